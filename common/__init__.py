@@ -1,0 +1,1 @@
+"""Shared kernel: CloudEvent model, errors, settings pieces, logging, clock, client factories."""

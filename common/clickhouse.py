@@ -1,0 +1,102 @@
+"""ClickHouse client factory: the embedded engine (chdb) or a server, behind one client API.
+
+clickhouse-connect gives the same client for both (`interface="chdb"` runs ClickHouse in-process).
+The chdb client is synchronous and holds a file lock on its folder, so one process owns it and calls
+are serialised here; async code goes through `ClickHouse.run` which hops to a worker thread.
+Third-party errors are translated at this boundary into `Unavailable`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import Callable, Sequence
+from typing import Any, TypeVar
+from urllib.parse import urlparse
+
+import clickhouse_connect
+from clickhouse_connect.driver.client import Client
+from clickhouse_connect.driver.exceptions import ClickHouseError, DatabaseError, OperationalError
+
+from common.errors import Unavailable
+from common.settings import ClickHouseSettings
+
+T = TypeVar("T")
+
+MIN_ENGINE_VERSION = (24, 8)
+
+
+class ClickHouse:
+    """A client plus the database name, with a lock for the embedded engine."""
+
+    def __init__(self, client: Client, database: str, *, embedded: bool) -> None:
+        self.client = client
+        self.database = database
+        self.embedded = embedded
+        self._lock = threading.RLock() if embedded else None
+
+    def call(self, fn: Callable[[Client], T]) -> T:
+        """Run fn(client) synchronously, translating connection failures into Unavailable."""
+        try:
+            if self._lock is None:
+                return fn(self.client)
+            with self._lock:
+                return fn(self.client)
+        except OperationalError as exc:
+            raise Unavailable(f"ClickHouse is unavailable: {exc}") from exc
+
+    async def run(self, fn: Callable[[Client], T]) -> T:
+        return await asyncio.to_thread(self.call, fn)
+
+    def command(
+        self, sql: str, parameters: dict[str, Any] | None = None, settings: dict[str, Any] | None = None
+    ) -> Any:
+        return self.call(lambda c: c.command(sql, parameters=parameters, settings=settings))
+
+    def rows(
+        self, sql: str, parameters: dict[str, Any] | None = None, settings: dict[str, Any] | None = None
+    ) -> Sequence[Sequence[Any]]:
+        return self.call(lambda c: c.query(sql, parameters=parameters, settings=settings).result_rows)
+
+    def table(self, name: str) -> str:
+        """Fully qualified, quoted table name."""
+        return f"`{self.database}`.`{name}`"
+
+    def close(self) -> None:
+        self.call(lambda c: c.close())
+
+
+def engine_version(ch: ClickHouse) -> tuple[int, int]:
+    version = str(ch.rows("SELECT version()")[0][0])
+    major, minor = version.split(".")[:2]
+    return int(major), int(minor)
+
+
+def connect_clickhouse(settings: ClickHouseSettings) -> ClickHouse:
+    """Open the configured engine and make sure the database exists and the engine is recent enough."""
+    try:
+        if settings.url is None:
+            settings.path.mkdir(parents=True, exist_ok=True)
+            client = clickhouse_connect.get_client(interface="chdb", path=str(settings.path))
+            ch = ClickHouse(client, settings.database, embedded=True)
+        else:
+            url = urlparse(settings.url)
+            client = clickhouse_connect.get_client(
+                host=url.hostname or "localhost",
+                port=url.port or (8443 if url.scheme == "https" else 8123),
+                username=url.username or "default",
+                password=url.password or "",
+                secure=url.scheme == "https",
+                autogenerate_session_id=False,
+            )
+            ch = ClickHouse(client, settings.database, embedded=False)
+    except (OperationalError, DatabaseError, ClickHouseError) as exc:
+        raise Unavailable(f"cannot open ClickHouse: {exc}") from exc
+    version = engine_version(ch)
+    if version < MIN_ENGINE_VERSION:
+        raise Unavailable(
+            f"ClickHouse {version[0]}.{version[1]} is too old: Metergate needs "
+            f"{MIN_ENGINE_VERSION[0]}.{MIN_ENGINE_VERSION[1]} or newer (insert dedupe semantics)"
+        )
+    ch.command(f"CREATE DATABASE IF NOT EXISTS `{settings.database}`")
+    return ch

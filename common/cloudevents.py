@@ -1,0 +1,193 @@
+"""CloudEvents 1.0 parsing and validation: pure, no I/O, no clock.
+
+Every entry point (HTTP ingest, the Kafka structured and binary bindings) ends in `validate_event`, so a
+rule holds everywhere or nowhere. The caller passes the instant to use when `time` is absent (the time
+of receipt over HTTP, the Kafka message timestamp in the sink), which keeps the sink deterministic: the
+same message always builds the same row.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta, timezone
+from typing import Any
+
+import orjson
+
+from common.errors import InvalidInput
+
+SPEC_VERSION = "1.0"
+MAX_ATTRIBUTE_LENGTH = 1024
+# DateTime64(3, 'UTC') holds more, but usage before the epoch or past 2200 is a bug at the producer.
+MIN_EVENT_TIME = datetime(1970, 1, 1, tzinfo=UTC)
+MAX_EVENT_TIME = datetime(2200, 1, 1, tzinfo=UTC)
+REQUIRED_ATTRIBUTES = ("id", "source", "specversion", "type", "subject")
+ALLOWED_DATA_CONTENT_TYPES = frozenset({"application/json"})
+
+# RFC 3339 date-time: full date, 'T' or space, time with optional fraction, mandatory offset.
+_RFC3339 = re.compile(r"^(\d{4})-(\d{2})-(\d{2})[Tt ](\d{2}):(\d{2}):(\d{2})(\.\d{1,9})?([Zz]|[+-]\d{2}:\d{2})$")
+
+
+class EventValidationError(InvalidInput):
+    """One event is invalid; `index` is its position in the request (None for a single event)."""
+
+    def __init__(self, message: str, *, field: str | None, index: int | None = None) -> None:
+        super().__init__(message, field=field, index=index)
+        self.field = field
+        self.index = index
+
+    def at_index(self, index: int) -> EventValidationError:
+        return EventValidationError(self.message, field=self.field, index=index)
+
+    @property
+    def pointer(self) -> str:
+        """Where the problem is, e.g. `[3].time`."""
+        prefix = "" if self.index is None else f"[{self.index}]"
+        return f"{prefix}.{self.field}" if self.field else (prefix or "$")
+
+
+@dataclass(frozen=True, slots=True)
+class CloudEvent:
+    """A validated event. `time` is UTC with millisecond precision; `data` is canonical JSON text."""
+
+    id: str
+    source: str
+    type: str
+    subject: str
+    time: datetime
+    data: str
+
+    @property
+    def key(self) -> tuple[str, str]:
+        return (self.source, self.id)
+
+    def to_json_dict(self) -> dict[str, Any]:
+        return {
+            "specversion": SPEC_VERSION,
+            "id": self.id,
+            "source": self.source,
+            "type": self.type,
+            "subject": self.subject,
+            "time": format_time(self.time),
+            "datacontenttype": "application/json",
+            "data": orjson.loads(self.data),
+        }
+
+    def to_json(self) -> bytes:
+        return orjson.dumps(self.to_json_dict())
+
+
+def format_time(t: datetime) -> str:
+    """RFC 3339 in UTC with milliseconds, the form Metergate writes everywhere."""
+    return t.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.") + f"{t.microsecond // 1000:03d}Z"
+
+
+def truncate_to_millis(t: datetime) -> datetime:
+    return t.replace(microsecond=(t.microsecond // 1000) * 1000)
+
+
+def parse_time(value: object, *, field: str = "time") -> datetime:
+    """Parse an RFC 3339 timestamp into an aware UTC datetime truncated to milliseconds."""
+    if not isinstance(value, str):
+        raise EventValidationError(f"{field} must be an RFC 3339 string", field=field)
+    m = _RFC3339.match(value)
+    if m is None:
+        raise EventValidationError(
+            f"{field} must be an RFC 3339 date-time with an offset, e.g. 2024-01-01T12:00:00.123Z",
+            field=field,
+        )
+    year, month, day, hour, minute, second, frac, offset = m.groups()
+    micro = int((frac[1:] + "000000")[:6]) if frac else 0
+    try:
+        if offset in ("Z", "z"):
+            tz = UTC
+        else:
+            sign = 1 if offset[0] == "+" else -1
+            hours, minutes = int(offset[1:3]), int(offset[4:6])
+            if hours > 23 or minutes > 59:
+                raise ValueError("offset out of range")
+            tz = timezone(sign * timedelta(hours=hours, minutes=minutes))
+        parsed = datetime(int(year), int(month), int(day), int(hour), int(minute), int(second), micro, tzinfo=tz)
+        parsed = parsed.astimezone(UTC)
+    except (ValueError, OverflowError) as exc:
+        raise EventValidationError(f"{field} is not a valid date-time: {exc}", field=field) from None
+    if not MIN_EVENT_TIME <= parsed < MAX_EVENT_TIME:
+        raise EventValidationError(
+            f"{field} must be between {format_time(MIN_EVENT_TIME)} and {format_time(MAX_EVENT_TIME)}",
+            field=field,
+        )
+    return truncate_to_millis(parsed)
+
+
+def _require_string(obj: dict[str, Any], name: str) -> str:
+    value = obj.get(name)
+    if value is None:
+        raise EventValidationError(f"{name} is required", field=name)
+    if not isinstance(value, str):
+        raise EventValidationError(f"{name} must be a string, not {type(value).__name__}", field=name)
+    if not value.strip():
+        raise EventValidationError(f"{name} must not be empty", field=name)
+    if len(value) > MAX_ATTRIBUTE_LENGTH:
+        raise EventValidationError(f"{name} is longer than {MAX_ATTRIBUTE_LENGTH} characters", field=name)
+    return value
+
+
+def validate_event(obj: object, *, default_time: datetime) -> CloudEvent:
+    """Validate one decoded JSON value as a CloudEvent. Raises EventValidationError."""
+    if not isinstance(obj, dict):
+        raise EventValidationError("an event must be a JSON object", field=None)
+    event_id = _require_string(obj, "id")
+    source = _require_string(obj, "source")
+    specversion = _require_string(obj, "specversion")
+    if specversion != SPEC_VERSION:
+        raise EventValidationError(f'specversion must be "{SPEC_VERSION}"', field="specversion")
+    event_type = _require_string(obj, "type")
+    subject = _require_string(obj, "subject")
+
+    raw_time = obj.get("time")
+    time = truncate_to_millis(default_time.astimezone(UTC)) if raw_time is None else parse_time(raw_time)
+
+    content_type = obj.get("datacontenttype")
+    if content_type is not None and content_type not in ALLOWED_DATA_CONTENT_TYPES:
+        raise EventValidationError("datacontenttype must be application/json", field="datacontenttype")
+
+    if "data_base64" in obj:
+        raise EventValidationError("data_base64 is not supported: send data as a JSON object", field="data")
+    data = obj.get("data")
+    if data is not None and not isinstance(data, dict):
+        raise EventValidationError("data must be a JSON object or null", field="data")
+    return CloudEvent(
+        id=event_id,
+        source=source,
+        type=event_type,
+        subject=subject,
+        time=time,
+        data=canonical_data(data),
+    )
+
+
+def canonical_data(data: dict[str, Any] | None) -> str:
+    """JSON text with sorted keys, so equal payloads compare equal as strings."""
+    if data is None:
+        return "null"
+    return orjson.dumps(data, option=orjson.OPT_SORT_KEYS).decode()
+
+
+def decode_json(body: bytes) -> Any:
+    """Decode a JSON document; non-UTF-8 and malformed input raise InvalidInput."""
+    try:
+        return orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        raise InvalidInput(f"malformed JSON: {exc}") from None
+
+
+def validate_batch(values: list[Any], *, default_time: datetime) -> list[CloudEvent]:
+    """Validate a batch as a whole: the first bad event rejects it, naming its index."""
+    events: list[CloudEvent] = []
+    for index, value in enumerate(values):
+        try:
+            events.append(validate_event(value, default_time=default_time))
+        except EventValidationError as exc:
+            raise exc.at_index(index) from None
+    return events

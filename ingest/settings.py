@@ -1,0 +1,17 @@
+"""Settings of the sink worker (the Kafka -> ClickHouse path)."""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, Field
+
+
+class SinkSettings(BaseModel):
+    consumer_group: str = "metergate-sink"
+    batch_size: int = Field(default=10_000, ge=1, le=1_000_000, description="max events per write")
+    batch_timeout_ms: int = Field(default=500, ge=1, description="flush a partial batch after this long")
+    session_timeout_ms: int = Field(default=10_000, ge=1_000)
+    retry_backoff_initial_ms: int = Field(default=200, ge=1)
+    retry_backoff_max_ms: int = Field(default=10_000, ge=1)
+    dedupe_window_days: int = Field(
+        default=32, ge=1, description="how far from an event's time the sink looks for an earlier copy"
+    )

@@ -1,0 +1,65 @@
+"""Service settings: each service composes the sections it needs. Built once at start-up, passed down.
+
+Environment variables: METERGATE_<FIELD>, nested with a double underscore, e.g.
+METERGATE_CLICKHOUSE__URL, METERGATE_KAFKA__BOOTSTRAP_SERVERS, METERGATE_AUTH__API_KEYS='{"key": "ns"}'.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from pathlib import Path
+
+from pydantic import AwareDatetime, Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from common.settings import AuthSettings, ClickHouseSettings, DatabaseSettings, KafkaSettings, LogSettings
+from ingest.settings import SinkSettings
+
+_CONFIG = SettingsConfigDict(env_prefix="METERGATE_", env_nested_delimiter="__", extra="forbid", validate_default=True)
+
+
+class ApiServiceSettings(BaseSettings):
+    """`metergate api` and `metergate dev` (dev also runs the sink in-process)."""
+
+    model_config = _CONFIG
+
+    host: str = "127.0.0.1"
+    port: int = Field(default=8888, ge=0, le=65535)
+    max_body_bytes: int = Field(default=1024 * 1024, ge=1024, description="request body limit (413 past it)")
+    meters_file: Path | None = Field(default=None, description="YAML file of meters loaded at start")
+    clock_frozen_at: AwareDatetime | None = Field(
+        default=None, description="freeze the service clock here (test clock); moved with POST /api/v1/debug/clock"
+    )
+    clickhouse: ClickHouseSettings = Field(default_factory=ClickHouseSettings)
+    kafka: KafkaSettings = Field(default_factory=KafkaSettings)
+    database: DatabaseSettings = Field(default_factory=DatabaseSettings)
+    auth: AuthSettings = Field(default_factory=AuthSettings)
+    log: LogSettings = Field(default_factory=LogSettings)
+    sink: SinkSettings = Field(default_factory=SinkSettings)
+
+    def frozen_at(self) -> datetime | None:
+        return self.clock_frozen_at
+
+
+class WorkerSettings(BaseSettings):
+    """`metergate ingest-worker`: Kafka -> ClickHouse."""
+
+    model_config = _CONFIG
+
+    clickhouse: ClickHouseSettings = Field(default_factory=ClickHouseSettings)
+    kafka: KafkaSettings = Field(default_factory=KafkaSettings)
+    sink: SinkSettings = Field(default_factory=SinkSettings)
+    log: LogSettings = Field(default_factory=LogSettings)
+    meters_file: Path | None = Field(default=None, description="YAML file of meters (rollups to keep exact)")
+
+
+class MigrateSettings(BaseSettings):
+    """`metergate migrate`: ClickHouse tables and rollups, entitlement database schema, Kafka topics."""
+
+    model_config = _CONFIG
+
+    clickhouse: ClickHouseSettings = Field(default_factory=ClickHouseSettings)
+    kafka: KafkaSettings = Field(default_factory=KafkaSettings)
+    database: DatabaseSettings = Field(default_factory=DatabaseSettings)
+    log: LogSettings = Field(default_factory=LogSettings)
+    meters_file: Path | None = None
