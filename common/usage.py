@@ -1,0 +1,73 @@
+"""Ports between the aggregator (meters, usage) and the entitlements package.
+
+The aggregator implements these (ClickHouseUsageReader, the meter service); entitlements depends only on
+the Protocols, and its unit tests use in-memory fakes. Instants are aware UTC datetimes; windows are
+half-open [start, end). Amounts are Decimal, never float.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from decimal import Decimal
+from typing import Protocol
+
+
+@dataclass(frozen=True, slots=True)
+class MeterRef:
+    """What entitlements need to know of a meter."""
+
+    slug: str
+    aggregation: str  # SUM, COUNT, UNIQUE_COUNT, AVG, MIN, MAX, LATEST
+    event_type: str
+    group_by: Mapping[str, str] = field(default_factory=dict)  # name -> JSONPath
+
+
+class MeterCatalog(Protocol):
+    async def get_meter(self, namespace: str, slug: str) -> MeterRef | None: ...
+
+
+class UsageReader(Protocol):
+    async def usage(
+        self,
+        namespace: str,
+        meter_slug: str,
+        subject: str,
+        group_by_filters: Mapping[str, str],
+        start: datetime,
+        end: datetime,
+    ) -> Decimal:
+        """The meter's aggregate over [start, end) for one subject, filtered by group-by values."""
+        ...
+
+    async def usage_windows(
+        self,
+        namespace: str,
+        meter_slug: str,
+        subject: str,
+        group_by_filters: Mapping[str, str],
+        boundaries: Sequence[datetime],
+    ) -> list[Decimal]:
+        """Usage in each consecutive window [boundaries[i], boundaries[i+1]) in one round trip."""
+        ...
+
+    async def last_stored_at(
+        self,
+        namespace: str,
+        meter_slug: str,
+        subject: str,
+        before: datetime,
+    ) -> datetime | None:
+        """The latest storage time among the subject's events of this meter's type with time < before.
+
+        A balance snapshot taken at wall time W for instant T is stale when this is later than W: an
+        event older than T arrived after the snapshot (a late event).
+        """
+        ...
+
+
+class MeterUseGuard(Protocol):
+    """Asked before a meter is deleted: a meter that a feature uses cannot be (409)."""
+
+    async def features_using_meter(self, namespace: str, meter_slug: str) -> list[str]: ...
