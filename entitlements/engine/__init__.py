@@ -1,0 +1,52 @@
+"""The pure balance engine of metered entitlements (no I/O, no clock, no logging; Decimal only).
+
+Plan the windows -> the shell fetches their usage -> compute. See README.md for every semantic rule.
+"""
+
+from entitlements.engine.burn import current_period, initial_snapshot, run
+from entitlements.engine.model import (
+    ISSUE_AFTER_RESET_GRANT_ID,
+    EntitlementTerms,
+    Grant,
+    GrantUsage,
+    Ledger,
+    ManualReset,
+    Result,
+    Segment,
+    Snapshot,
+    burn_order_key,
+)
+from entitlements.engine.period import (
+    EngineInputError,
+    ExpirationUnit,
+    Interval,
+    Period,
+    Recurrence,
+    add_months,
+)
+from entitlements.engine.timeline import inputs_digest, plan_windows, snapshot_is_usable
+
+__all__ = [
+    "ISSUE_AFTER_RESET_GRANT_ID",
+    "EngineInputError",
+    "EntitlementTerms",
+    "ExpirationUnit",
+    "Grant",
+    "GrantUsage",
+    "Interval",
+    "Ledger",
+    "ManualReset",
+    "Period",
+    "Recurrence",
+    "Result",
+    "Segment",
+    "Snapshot",
+    "add_months",
+    "burn_order_key",
+    "current_period",
+    "initial_snapshot",
+    "inputs_digest",
+    "plan_windows",
+    "run",
+    "snapshot_is_usable",
+]
