@@ -1,0 +1,85 @@
+"""Reading stored events back for GET /api/v1/events (a debugging view, newest first).
+
+`list_events_query` is pure (filters in, SQL and parameters out); `ClickHouseEventsReader` runs it.
+Every query is scoped to one namespace: a caller can never read another tenant's events.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from common.clickhouse import ClickHouse
+from common.cloudevents import CloudEvent
+from ingest.schema import EVENTS_TABLE
+
+DEFAULT_LIMIT = 100
+MAX_LIMIT = 1000
+
+
+@dataclass(frozen=True, slots=True)
+class EventFilter:
+    """Which events to list; the time window is half-open [start, end) on the event time."""
+
+    start: datetime | None = None
+    end: datetime | None = None
+    subject: str | None = None
+    type: str | None = None
+    limit: int = DEFAULT_LIMIT
+
+
+@dataclass(frozen=True, slots=True)
+class StoredEvent:
+    event: CloudEvent
+    ingested_at: datetime
+    stored_at: datetime
+
+
+def list_events_query(table: str, namespace: str, f: EventFilter) -> tuple[str, dict[str, Any]]:
+    """SQL and server-side parameters listing a namespace's events, newest first."""
+    where = ["namespace = {namespace:String}"]
+    params: dict[str, Any] = {"namespace": namespace, "limit": max(1, min(f.limit, MAX_LIMIT))}
+    if f.start is not None:
+        where.append("time >= {start:DateTime64(3, 'UTC')}")
+        params["start"] = f.start
+    if f.end is not None:
+        where.append("time < {end:DateTime64(3, 'UTC')}")
+        params["end"] = f.end
+    if f.subject is not None:
+        where.append("subject = {subject:String}")
+        params["subject"] = f.subject
+    if f.type is not None:
+        where.append("type = {type:String}")
+        params["type"] = f.type
+    sql = (
+        "SELECT id, source, type, subject, time, data, ingested_at, stored_at "
+        f"FROM {table} WHERE {' AND '.join(where)} "
+        "ORDER BY time DESC, ingested_at DESC, source, id LIMIT {limit:UInt32}"
+    )
+    return sql, params
+
+
+def _utc(value: datetime) -> datetime:
+    # clickhouse-connect returns naive datetimes for DateTime64(3, 'UTC') columns; they are UTC.
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+def stored_event_from_row(row: Sequence[Any]) -> StoredEvent:
+    event_id, source, event_type, subject, time, data, ingested_at, stored_at = row
+    return StoredEvent(
+        event=CloudEvent(id=event_id, source=source, type=event_type, subject=subject, time=_utc(time), data=data),
+        ingested_at=_utc(ingested_at),
+        stored_at=_utc(stored_at),
+    )
+
+
+class ClickHouseEventsReader:
+    def __init__(self, clickhouse: ClickHouse) -> None:
+        self._ch = clickhouse
+
+    async def list_events(self, namespace: str, f: EventFilter) -> list[StoredEvent]:
+        sql, params = list_events_query(self._ch.table(EVENTS_TABLE), namespace, f)
+        rows = await self._ch.run(lambda c: c.query(sql, parameters=params).result_rows)
+        return [stored_event_from_row(row) for row in rows]

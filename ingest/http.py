@@ -1,0 +1,129 @@
+"""HTTP ingest, OpenMeter v1 compatible: POST /api/v1/events and GET /api/v1/events.
+
+The POST path is kept lean on purpose (it must carry >= 20k events/s on one core): the body is read
+once (the app's middleware enforces the size limit while it streams in), decoded with orjson, validated by the pure
+CloudEvents module (no pydantic per event), and handed to the publisher in one call. A batch is all or
+nothing: the first invalid event rejects the request before anything is published.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated, Any
+
+import orjson
+from fastapi import APIRouter, Query, Request
+from fastapi.responses import Response
+
+from common.cloudevents import EventValidationError, decode_json, format_time, parse_time, validate_batch
+from common.errors import InvalidInput, UnsupportedMediaType
+from common.http import Namespace
+from ingest.events_reader import DEFAULT_LIMIT, MAX_LIMIT, EventFilter, StoredEvent
+from metergate.wiring import Services, services_of
+
+router = APIRouter(tags=["events"])
+
+SINGLE = "application/cloudevents+json"
+BATCH = "application/cloudevents-batch+json"
+JSON = "application/json"
+ACCEPTED_CONTENT_TYPES = (SINGLE, BATCH, JSON)
+
+
+class InvalidEvent(InvalidInput):
+    """An event of the request is invalid; names its index (None for a single event) and field."""
+
+
+def media_type(content_type: str | None) -> str:
+    """The bare media type, lower-case, without parameters such as charset."""
+    if not content_type:
+        return ""
+    return content_type.split(";", 1)[0].strip().lower()
+
+
+def events_of(kind: str, document: Any) -> list[Any]:
+    """The list of raw events a document holds, per its content type."""
+    if kind == SINGLE:
+        if isinstance(document, list):
+            raise InvalidInput(f"{SINGLE} carries one event: send a batch as {BATCH}")
+        return [document]
+    if kind == BATCH:
+        if not isinstance(document, list):
+            raise InvalidInput(f"{BATCH} carries a JSON array of events")
+        values = document
+    else:
+        values = document if isinstance(document, list) else [document]
+    if not values:
+        raise InvalidInput("the batch is empty: send at least one event")
+    return values
+
+
+def _invalid(exc: EventValidationError, *, batch: bool) -> InvalidEvent:
+    where = f"event {exc.index}" if batch and exc.index is not None else "event"
+    field = f" field {exc.field}" if exc.field else ""
+    return InvalidEvent(
+        f"{where}{field}: {exc.message}",
+        index=exc.index if batch else None,
+        field=exc.field,
+        pointer=exc.pointer if batch else (f".{exc.field}" if exc.field else "$"),
+    )
+
+
+@router.post("/api/v1/events", status_code=204, response_class=Response, summary="Ingest CloudEvents")
+async def ingest_events(request: Request, namespace: Namespace) -> Response:
+    kind = media_type(request.headers.get("content-type"))
+    if kind not in ACCEPTED_CONTENT_TYPES:
+        raise UnsupportedMediaType(
+            f"Content-Type must be one of {', '.join(ACCEPTED_CONTENT_TYPES)}", content_type=kind or None
+        )
+    services = services_of(request)
+    # The size limit was enforced while the body streamed in (metergate.app.BodyLimitMiddleware).
+    document = decode_json(await request.body())
+    values = events_of(kind, document)
+    received_at = services.clock.now()
+    try:
+        events = validate_batch(values, default_time=received_at)
+    except EventValidationError as exc:
+        raise _invalid(exc, batch=kind == BATCH or isinstance(document, list)) from None
+    await services.publisher.publish(namespace, events, received_at)
+    return Response(status_code=204)
+
+
+def _time_param(value: str | None, name: str) -> datetime | None:
+    if value is None:
+        return None
+    try:
+        return parse_time(value, field=name)
+    except EventValidationError as exc:
+        raise InvalidInput(exc.message, parameter=name) from None
+
+
+def ingested_event_json(services: Services, namespace: str, stored: StoredEvent) -> dict[str, Any]:
+    """OpenMeter's IngestedEvent."""
+    hook = services.event_validation
+    return {
+        "event": stored.event.to_json_dict(),
+        "ingestedAt": format_time(stored.ingested_at),
+        "storedAt": format_time(stored.stored_at),
+        "validationError": hook(namespace, stored.event) if hook is not None else None,
+    }
+
+
+@router.get("/api/v1/events", summary="List stored events, newest first (for debugging)")
+async def list_events(
+    request: Request,
+    namespace: Namespace,
+    from_: Annotated[str | None, Query(alias="from", description="RFC 3339; events with time >= from")] = None,
+    to: Annotated[str | None, Query(description="RFC 3339; events with time < to")] = None,
+    subject: Annotated[str | None, Query(min_length=1)] = None,
+    type_: Annotated[str | None, Query(alias="type", min_length=1)] = None,
+    limit: Annotated[int, Query(ge=1, le=MAX_LIMIT)] = DEFAULT_LIMIT,
+) -> Response:
+    start, end = _time_param(from_, "from"), _time_param(to, "to")
+    if start is not None and end is not None and start >= end:
+        raise InvalidInput("from must be before to", parameter="from")
+    services = services_of(request)
+    stored = await services.events_reader.list_events(
+        namespace, EventFilter(start=start, end=end, subject=subject, type=type_, limit=limit)
+    )
+    body = [ingested_event_json(services, namespace, s) for s in stored]
+    return Response(orjson.dumps(body), media_type="application/json")

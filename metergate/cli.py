@@ -1,0 +1,265 @@
+"""The `metergate` console script: dev, api, ingest-worker, migrate.
+
+Settings come from METERGATE_* environment variables (metergate/settings.py), built once here and passed
+down. `--check-config` builds and checks them, prints the outcome, and exits 0 (valid) or 1 (not).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any, TypeVar
+
+import structlog
+import uvicorn
+from pydantic import BaseModel, ValidationError
+from pydantic_settings import BaseSettings
+from pydantic_settings.exceptions import SettingsError
+
+from common.logging import configure_logging
+from metergate.app import ConfigError, check_auth_binding, create_app
+from metergate.migrate import run_migrations
+from metergate.settings import ApiServiceSettings, MigrateSettings, WorkerSettings
+from metergate.wiring import build_services
+
+log = structlog.get_logger(__name__)
+
+S = TypeVar("S", bound=BaseSettings)
+
+
+class CliError(Exception):
+    """A problem the user can fix; printed without a traceback, exit status 1."""
+
+
+def describe_validation_error(exc: ValidationError) -> str:
+    """One line per problem, named by its environment variable."""
+    lines = []
+    for error in exc.errors():
+        loc = "__".join(str(part) for part in error["loc"]).upper()
+        lines.append(f"  METERGATE_{loc}: {error['msg']}")
+    return "invalid settings:\n" + "\n".join(lines)
+
+
+def load_settings(cls: type[S], **overrides: Any) -> S:
+    """Settings from the environment; `overrides` (from command-line flags) take precedence."""
+    try:
+        return cls(**overrides)
+    except ValidationError as exc:
+        raise CliError(describe_validation_error(exc)) from None
+    except SettingsError as exc:
+        raise CliError(f"invalid settings: {exc} (JSON values such as METERGATE_AUTH__API_KEYS must be JSON)") from None
+
+
+def _nested_update(model: BaseModel, updates: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    data = model.model_dump()
+    for section, values in updates.items():
+        data[section] = {**data[section], **values}
+    return data
+
+
+def dev_settings(args: argparse.Namespace) -> ApiServiceSettings:
+    """Embedded defaults: loopback, chdb and SQLite under the data folder, no broker, auth off unless keys."""
+    base = load_settings(ApiServiceSettings)
+    updates: dict[str, dict[str, Any]] = {"kafka": {"bootstrap_servers": None}}
+    if base.kafka.bootstrap_servers is not None:
+        print("metergate dev ignores METERGATE_KAFKA__BOOTSTRAP_SERVERS: it runs without a broker", file=sys.stderr)
+    if args.data_dir is not None:
+        data_dir = Path(args.data_dir).resolve()
+        updates["clickhouse"] = {"path": data_dir / "clickhouse"}
+        updates["database"] = {"url": f"sqlite:///{data_dir / 'state.db'}"}
+    updates["auth"] = {"enabled": bool(base.auth.api_keys)}
+    data = _nested_update(base, updates)
+    if args.host is not None:
+        data["host"] = args.host
+    if args.port is not None:
+        data["port"] = args.port
+    return load_settings(ApiServiceSettings, **data)
+
+
+def api_settings(args: argparse.Namespace) -> ApiServiceSettings:
+    settings = load_settings(
+        ApiServiceSettings,
+        **{k: v for k, v in (("host", args.host), ("port", args.port)) if v is not None},
+    )
+    if settings.kafka.bootstrap_servers is None:
+        raise CliError(
+            "metergate api publishes to Kafka: set METERGATE_KAFKA__BOOTSTRAP_SERVERS "
+            "(or run `metergate dev` for everything in one process without a broker)"
+        )
+    return settings
+
+
+def check_api(settings: ApiServiceSettings) -> None:
+    try:
+        check_auth_binding(settings.auth, settings.host)
+    except ConfigError as exc:
+        raise CliError(str(exc)) from None
+
+
+def migrate_settings_from(settings: ApiServiceSettings) -> MigrateSettings:
+    return MigrateSettings(
+        clickhouse=settings.clickhouse,
+        kafka=settings.kafka,
+        database=settings.database,
+        log=settings.log,
+        meters_file=settings.meters_file,
+    )
+
+
+def dev_banner(settings: ApiServiceSettings) -> str:
+    base = f"http://{settings.host}:{settings.port}"
+    auth = (
+        f"on: {len(settings.auth.api_keys)} API key(s) from METERGATE_AUTH__API_KEYS"
+        if settings.auth.enabled
+        else f'OFF (loopback only): every request acts in namespace "{settings.auth.default_namespace}"'
+    )
+    clock = f"frozen at {settings.clock_frozen_at.isoformat()}" if settings.clock_frozen_at else "off (system time)"
+    header = "" if not settings.auth.enabled else " -H 'Authorization: Bearer <api key>'"
+    event = (
+        '{"specversion":"1.0","id":"evt-1","source":"demo","type":"tokens",'
+        '"subject":"customer-1","time":"2025-01-01T12:00:00.000Z","data":{"tokens":42}}'
+    )
+    return "\n".join(
+        [
+            "Metergate dev: everything in one process",
+            f"  HTTP API     {base}  (OpenAPI docs: {base}/docs)",
+            f"  ClickHouse   embedded engine (chdb) in {settings.clickhouse.path}, "
+            f"database {settings.clickhouse.database}",
+            f"  State        {settings.database.url}",
+            "  Ingest       HTTP -> in-process log -> sink -> ClickHouse (no Kafka broker)",
+            f"  Auth         {auth}",
+            f"  Test clock   {clock}",
+            "Try it:",
+            f"  curl -i -X POST {base}/api/v1/events{header} -H 'Content-Type: application/cloudevents+json' \\",
+            f"       -d '{event}'",
+            f"  curl -s {base}/api/v1/events{header}",
+            "",
+        ]
+    )
+
+
+async def serve(settings: ApiServiceSettings, *, migrate_first: bool) -> None:
+    from common.clickhouse import connect_clickhouse
+
+    clickhouse = await asyncio.to_thread(connect_clickhouse, settings.clickhouse)
+    if migrate_first:
+        await run_migrations(migrate_settings_from(settings), clickhouse)
+    services = await build_services(settings, clickhouse=clickhouse)
+    try:
+        if not settings.auth.enabled:
+            log.warning(
+                "auth_disabled",
+                namespace=settings.auth.default_namespace,
+                host=settings.host,
+                note="every request acts in the default namespace; allowed on loopback only",
+            )
+        app = create_app(services, settings.auth)
+        config = uvicorn.Config(
+            app, host=settings.host, port=settings.port, log_config=None, access_log=False, lifespan="off"
+        )
+        await uvicorn.Server(config).serve()
+    finally:
+        await services.close()
+
+
+def cmd_dev(args: argparse.Namespace) -> int:
+    settings = dev_settings(args)
+    check_api(settings)
+    if args.check_config:
+        return report_ok("dev", settings)
+    configure_logging(settings.log)
+    print(dev_banner(settings), flush=True)
+    asyncio.run(serve(settings, migrate_first=True))
+    return 0
+
+
+def cmd_api(args: argparse.Namespace) -> int:
+    settings = api_settings(args)
+    check_api(settings)
+    if args.check_config:
+        return report_ok("api", settings)
+    configure_logging(settings.log)
+    asyncio.run(serve(settings, migrate_first=False))
+    return 0
+
+
+def cmd_ingest_worker(args: argparse.Namespace) -> int:
+    settings = load_settings(WorkerSettings)
+    if settings.kafka.bootstrap_servers is None:
+        raise CliError("the ingest worker consumes Kafka: set METERGATE_KAFKA__BOOTSTRAP_SERVERS")
+    if args.check_config:
+        return report_ok("ingest-worker", settings)
+    configure_logging(settings.log)
+    from ingest.sink.worker import run_worker
+
+    asyncio.run(run_worker(settings))
+    return 0
+
+
+def cmd_migrate(args: argparse.Namespace) -> int:
+    settings = load_settings(MigrateSettings)
+    if args.check_config:
+        return report_ok("migrate", settings)
+    configure_logging(settings.log)
+    asyncio.run(run_migrations(settings))
+    print("migrations applied", flush=True)
+    return 0
+
+
+def report_ok(command: str, settings: BaseSettings) -> int:
+    print(f"configuration of `metergate {command}` is valid")
+    shown = settings.model_dump(mode="json")
+    auth = shown.get("auth")
+    if isinstance(auth, dict) and auth.get("api_keys"):
+        auth["api_keys"] = {"<hidden>": sorted(set(auth["api_keys"].values()))}
+    for key, value in shown.items():
+        print(f"  {key}: {value}")
+    return 0
+
+
+COMMANDS: dict[str, tuple[str, Callable[[argparse.Namespace], int]]] = {
+    "dev": ("everything in one process on embedded defaults (chdb, SQLite, no broker)", cmd_dev),
+    "api": ("the HTTP API, publishing events to Kafka", cmd_api),
+    "ingest-worker": ("the sink worker: Kafka -> ClickHouse, exactly once in effect", cmd_ingest_worker),
+    "migrate": ("create ClickHouse tables, Kafka topics, rollups and the state schema", cmd_migrate),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--check-config", action="store_true", help="validate the settings and exit 0 or 1")
+    parser = argparse.ArgumentParser(
+        prog="metergate",
+        description="Usage metering and entitlements. Settings: METERGATE_* environment variables.",
+        parents=[common],
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name, (help_text, _) in COMMANDS.items():
+        p = sub.add_parser(name, help=help_text, description=help_text, parents=[common])
+        if name in ("dev", "api"):
+            p.add_argument("--host", help="address to listen on (METERGATE_HOST)")
+            p.add_argument("--port", type=int, help="port to listen on (METERGATE_PORT)")
+        if name == "dev":
+            p.add_argument("--data-dir", help="folder for the embedded ClickHouse and SQLite (default .metergate)")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = build_parser().parse_args(argv)
+    # argparse lets the subcommand's default hide a --check-config given before the command.
+    args.check_config = "--check-config" in argv
+    try:
+        return COMMANDS[args.command][1](args)
+    except CliError as exc:
+        print(f"metergate {args.command}: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,124 @@
+"""The Services container: every adapter the HTTP routers use, built once from settings at start-up.
+
+Routers reach it through `services_of(request)` (stored on `app.state.services`), so a test can build a
+Services around its own ClickHouse database and publisher and hand it to `metergate.app.create_app`.
+
+Extending it (meters, entitlements): add a typed field with a default of None below, build it in
+`build_services` (it may register a closer with `services.on_close`), and include the router in
+`metergate.app.ROUTERS`. Close order is the reverse of registration.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Protocol
+
+import structlog
+from fastapi import Request
+
+from common.clickhouse import ClickHouse, connect_clickhouse
+from common.clock import Clock, FrozenClock, SystemClock
+from common.cloudevents import CloudEvent
+from ingest.events_reader import ClickHouseEventsReader
+from ingest.publisher import EventPublisher
+
+if TYPE_CHECKING:
+    from metergate.settings import ApiServiceSettings
+
+log = structlog.get_logger(__name__)
+
+
+class EventValidationHook(Protocol):
+    """Why a stored event does not count for some meter (e.g. a missing valueProperty), or None.
+
+    Shown as `validationError` by GET /api/v1/events. The aggregator supplies it once meters exist.
+    """
+
+    def __call__(self, namespace: str, event: CloudEvent) -> str | None: ...
+
+
+Closer = Callable[[], Awaitable[None]]
+
+
+@dataclass
+class Services:
+    clickhouse: ClickHouse
+    publisher: EventPublisher
+    clock: Clock
+    events_reader: ClickHouseEventsReader
+    max_body_bytes: int = 1024 * 1024
+    event_validation: EventValidationHook | None = None
+    # Later services (meters, entitlements) go here as typed fields defaulting to None.
+    _closers: list[Closer] = field(default_factory=list, repr=False)
+
+    def on_close(self, closer: Closer) -> None:
+        self._closers.append(closer)
+
+    async def close(self) -> None:
+        while self._closers:
+            closer = self._closers.pop()
+            try:
+                await closer()
+            except Exception:
+                log.exception("service_close_failed", closer=getattr(closer, "__qualname__", repr(closer)))
+
+
+def clock_from(settings: ApiServiceSettings) -> Clock:
+    frozen_at = settings.frozen_at()
+    if frozen_at is None:
+        return SystemClock()
+    log.warning("test_clock_frozen", at=frozen_at.isoformat())
+    return FrozenClock(frozen_at)
+
+
+async def publisher_from(settings: ApiServiceSettings, clickhouse: ClickHouse, clock: Clock) -> EventPublisher:
+    """Kafka when a broker is configured; otherwise the in-process log that feeds the sink directly."""
+    if settings.kafka.bootstrap_servers is not None:
+        from ingest.kafka_publisher import KafkaEventPublisher
+
+        publisher = KafkaEventPublisher(settings.kafka)
+        await publisher.start()
+        return publisher
+    from ingest.sink.embedded import EmbeddedLog
+
+    embedded = EmbeddedLog(clickhouse, settings.sink, clock=clock)
+    await embedded.start()
+    return embedded
+
+
+async def build_services(settings: ApiServiceSettings, *, clickhouse: ClickHouse | None = None) -> Services:
+    """Open every adapter the API needs. The caller owns the result and must `await services.close()`.
+
+    Pass `clickhouse` to reuse an engine already open (the embedded one allows one folder per process).
+    """
+    if clickhouse is None:
+        clickhouse = await asyncio.to_thread(connect_clickhouse, settings.clickhouse)
+    closers: list[Closer] = []
+    if not clickhouse.embedded:
+        closers.append(lambda: asyncio.to_thread(clickhouse.close))
+    clock = clock_from(settings)
+    try:
+        publisher = await publisher_from(settings, clickhouse, clock)
+    except BaseException:
+        for closer in reversed(closers):
+            await closer()
+        raise
+    services = Services(
+        clickhouse=clickhouse,
+        publisher=publisher,
+        clock=clock,
+        events_reader=ClickHouseEventsReader(clickhouse),
+        max_body_bytes=settings.max_body_bytes,
+        _closers=closers,
+    )
+    services.on_close(publisher.close)
+    # Hook: meters (aggregator) and entitlements build their services here, registering closers; on a
+    # failure they `await services.close()` before re-raising so nothing opened so far leaks.
+    return services
+
+
+def services_of(request: Request) -> Services:
+    services: Services = request.app.state.services
+    return services
