@@ -64,11 +64,13 @@ class _State:
 class _Inputs:
     """Grants and resets indexed for the walk."""
 
-    def __init__(self, terms: EntitlementTerms, grants: Sequence[Grant], resets: Sequence[ManualReset]) -> None:
+    def __init__(
+        self, terms: EntitlementTerms, grants: Sequence[Grant], resets: Sequence[ManualReset], since: datetime
+    ) -> None:
         self.terms = terms
-        self.raw_grants = grants
-        self.raw_resets = resets
-        self.grants = {g.id: g for g in all_grants(terms, grants)}
+        # Grants that ended at or before `since` cannot matter any more: skipping them keeps a read's work
+        # proportional to what happened since the snapshot.
+        self.grants = {g.id: g for g in all_grants(terms, grants) if g.end is None or g.end > since}
         self.order = {g.id: k for k, g in enumerate(sorted(self.grants.values(), key=burn_order_key))}
         self.resets = merged_resets(terms, resets)
 
@@ -143,7 +145,7 @@ def initial_snapshot(terms: EntitlementTerms, grants: Sequence[Grant], resets: S
     Grants effective earlier activate at measure_usage_from with their full amount; a manual reset at that
     instant only moves the cadence (there is nothing to roll over).
     """
-    ins = _Inputs(terms, grants, resets)
+    ins = _Inputs(terms, grants, resets, terms.measure_usage_from)
     start = terms.measure_usage_from
     st = _State(start, {}, ZERO, start, terms.usage_period, ZERO, ZERO)
     ins.apply_instant(st, start, first=True)
@@ -178,7 +180,7 @@ def run(
     if missing:
         raise EngineInputError("boundaries miss planned instants", first_missing=min(missing).isoformat())
 
-    ins = _Inputs(terms, grants, resets)
+    ins = _Inputs(terms, grants, resets, snapshot.at)
     st = _State(
         snapshot.at,
         dict(snapshot.balances),
@@ -253,4 +255,4 @@ def current_period(
 ) -> tuple[datetime, datetime]:
     """[start, end) of the usage period containing snapshot.at, given the manual resets known now."""
     st = _State(snapshot.at, {}, ZERO, snapshot.period_start, snapshot.period, ZERO, ZERO)
-    return snapshot.period_start, _period_end(st, _Inputs(terms, (), resets))
+    return snapshot.period_start, _period_end(st, _Inputs(terms, (), resets, snapshot.at))
