@@ -21,6 +21,7 @@ EVENT_COLUMNS = (
     "data",
     "ingested_at",
     "stored_at",
+    "ingest_topic",
     "ingest_partition",
     "ingest_offset",
 )
@@ -39,6 +40,7 @@ CREATE TABLE IF NOT EXISTS `{database}`.`{EVENTS_TABLE}`
     data String COMMENT 'CloudEvents data as canonical JSON text (sorted keys), or null',
     ingested_at DateTime64(3, 'UTC') COMMENT 'when Metergate accepted the event (HTTP receipt or Kafka timestamp)',
     stored_at DateTime64(3, 'UTC') COMMENT 'when the sink wrote the batch holding the event',
+    ingest_topic LowCardinality(String) COMMENT 'source log: the Kafka topic, or "embedded" for the in-process log',
     ingest_partition Int32 COMMENT 'source log partition (Kafka partition; 0 for the embedded log)',
     ingest_offset Int64 COMMENT 'source log offset',
     INDEX idx_event_id id TYPE bloom_filter(0.01) GRANULARITY 4

@@ -1,6 +1,8 @@
-"""Settings of the sink worker (the Kafka -> ClickHouse path)."""
+"""Settings of the sink worker (the Kafka -> ClickHouse path) and of the embedded log."""
 
 from __future__ import annotations
+
+from datetime import timedelta
 
 from pydantic import BaseModel, Field
 
@@ -15,3 +17,12 @@ class SinkSettings(BaseModel):
     dedupe_window_days: int = Field(
         default=32, ge=1, description="how far from an event's time the sink looks for an earlier copy"
     )
+    default_namespace: str = Field(
+        default="default",
+        pattern=r"^[A-Za-z0-9_-]{1,64}$",
+        description="namespace of events published straight to the topic without a namespace header",
+    )
+    max_partition_fetch_bytes: int = Field(default=4 * 1024 * 1024, ge=64 * 1024)
+
+    def dedupe_window(self) -> timedelta:
+        return timedelta(days=self.dedupe_window_days)

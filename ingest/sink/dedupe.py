@@ -1,0 +1,95 @@
+"""Dedupe decisions (pure): which events of a batch to store, keyed on (namespace, source, id).
+
+The first copy wins: a copy already stored (found by the key check) or an earlier copy in the same
+batch. A later copy with the same payload is a duplicate and is dropped silently; a later copy with a
+different payload (type, subject, time or data) is a conflict: dropped and reported.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+
+from common.cloudevents import CloudEvent
+from ingest.sink.decode import Decoded
+
+EventKey = tuple[str, str, str]
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_MS = timedelta(milliseconds=1)
+
+
+@dataclass(frozen=True, slots=True)
+class Fingerprint:
+    """What must match for two copies of an event to be the same event."""
+
+    type: str
+    subject: str
+    time_ms: int
+    data: str
+
+
+@dataclass(frozen=True, slots=True)
+class Item:
+    """A decoded message of a batch at its log offset."""
+
+    offset: int
+    decoded: Decoded
+
+
+@dataclass(frozen=True, slots=True)
+class Conflict:
+    offset: int
+    key: EventKey
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class Resolution:
+    keep: list[Item]
+    duplicates: int
+    conflicts: list[Conflict]
+
+
+def to_millis(t: datetime) -> int:
+    return (t - _EPOCH) // _MS
+
+
+def event_key(namespace: str, event: CloudEvent) -> EventKey:
+    return (namespace, event.source, event.id)
+
+
+def fingerprint(event: CloudEvent) -> Fingerprint:
+    return Fingerprint(event.type, event.subject, to_millis(event.time), event.data)
+
+
+def _difference(first: Fingerprint, later: Fingerprint) -> str:
+    fields = [name for name in ("type", "subject", "time_ms", "data") if getattr(first, name) != getattr(later, name)]
+    return "same (namespace, source, id) as an earlier event with a different " + ", ".join(
+        "time" if f == "time_ms" else f for f in fields
+    )
+
+
+def resolve(items: Sequence[Item], stored: Mapping[EventKey, Fingerprint]) -> Resolution:
+    """Keep the first copy of every key not already stored; count duplicates; report conflicts."""
+    seen: dict[EventKey, Fingerprint] = {}
+    keep: list[Item] = []
+    duplicates = 0
+    conflicts: list[Conflict] = []
+    for item in items:
+        event = item.decoded.event
+        key = (item.decoded.namespace, event.source, event.id)
+        first = seen.get(key)
+        if first is None:
+            first = stored.get(key)
+            if first is None:
+                seen[key] = fingerprint(event)
+                keep.append(item)
+                continue
+            seen[key] = first
+        later = fingerprint(event)
+        if later == first:
+            duplicates += 1
+        else:
+            conflicts.append(Conflict(item.offset, key, _difference(first, later)))
+    return Resolution(keep, duplicates, conflicts)

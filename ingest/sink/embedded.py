@@ -1,0 +1,164 @@
+"""The embedded log: HTTP ingest without a broker, through the same exactly-once processor.
+
+Each publish becomes one or more batches of a log named "embedded", partition 0, with offsets that
+continue from the ledger, written under the same rules as the Kafka worker (range recorded first,
+deterministic rows, insert token from the range, key check). Publishes are serialised by a lock and
+the blocking ClickHouse work runs in a worker thread. When `publish` returns the events are stored;
+when it raises (after a few unchanged retries) the caller may send them again: the key check drops
+whatever a failed attempt managed to write.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+from collections.abc import Sequence
+from datetime import datetime
+
+import orjson
+import structlog
+
+from common.clickhouse import ClickHouse
+from common.clock import Clock, SystemClock
+from common.cloudevents import CloudEvent
+from common.errors import Unavailable
+from ingest.schema import EVENTS_TABLE
+from ingest.settings import SinkSettings
+from ingest.sink.batch import OffsetRange
+from ingest.sink.decode import Decoded
+from ingest.sink.dedupe import Item, to_millis
+from ingest.sink.dlq import ClickHouseDeadLetters, DeadLetter, DeadLetterSink
+from ingest.sink.ledger import LedgerRecord
+from ingest.sink.migrations import migrate_clickhouse
+from ingest.sink.processor import Batch, BatchProcessor, BatchResult, SinkCounters
+from ingest.sink.rows import RangeId
+
+log = structlog.get_logger(__name__)
+
+EMBEDDED_TOPIC = "embedded"
+EMBEDDED_PARTITION = 0
+WRITE_ATTEMPTS = 4
+
+
+def items_digest(items: Sequence[Item]) -> str:
+    h = hashlib.blake2b(digest_size=12)
+    for item in items:
+        d, e = item.decoded, item.decoded.event
+        row = [item.offset, d.namespace, e.id, e.source, e.type, e.subject, to_millis(e.time), e.data]
+        row.append(to_millis(d.ingested_at))
+        h.update(orjson.dumps(row))
+    return h.hexdigest()
+
+
+class EmbeddedLog:
+    """An EventPublisher (ingest.publisher) that stores events in-process."""
+
+    def __init__(
+        self,
+        clickhouse: ClickHouse,
+        sink: SinkSettings,
+        *,
+        clock: Clock | None = None,
+        dead_letters: DeadLetterSink | None = None,
+    ) -> None:
+        self._ch = clickhouse
+        self._settings = sink
+        self._clock = clock or SystemClock()
+        self._dead_letters = dead_letters or ClickHouseDeadLetters(clickhouse)
+        self._lock = asyncio.Lock()
+        self._processor: BatchProcessor | None = None
+        self._next_offset = 0
+        self.counters = SinkCounters()
+
+    async def start(self) -> None:
+        """Create the tables if missing and find where the log continues (idempotent)."""
+        async with self._lock:
+            await self._start()
+
+    async def _start(self) -> None:
+        if self._processor is not None:
+            return
+
+        def open_processor() -> tuple[BatchProcessor, int]:
+            migrate_clickhouse(self._ch)
+            processor = BatchProcessor(self._ch, dedupe_window=self._settings.dedupe_window(), clock=self._clock)
+            after_ledger = processor.ledger.next_offset(EMBEDDED_TOPIC, EMBEDDED_PARTITION)
+            # The ledger's TTL may have cleared old records; stored rows still pin the offsets used.
+            rows = self._ch.rows(
+                f"SELECT max(ingest_offset) + 1, count() FROM {self._ch.table(EVENTS_TABLE)} "
+                "WHERE ingest_topic = {topic:String} AND ingest_partition = {partition:Int32}",
+                parameters={"topic": EMBEDDED_TOPIC, "partition": EMBEDDED_PARTITION},
+            )
+            after_rows = int(rows[0][0]) if int(rows[0][1]) else 0
+            return processor, max(after_ledger, after_rows)
+
+        self._processor, self._next_offset = await asyncio.to_thread(open_processor)
+        log.info("embedded_log_started", next_offset=self._next_offset)
+
+    async def publish(self, namespace: str, events: Sequence[CloudEvent], ingested_at: datetime) -> None:
+        if not events:
+            return
+        async with self._lock:
+            await self._start()
+            size = self._settings.batch_size
+            for i in range(0, len(events), size):
+                await self._write(namespace, events[i : i + size], ingested_at)
+
+    async def _write(self, namespace: str, events: Sequence[CloudEvent], ingested_at: datetime) -> None:
+        processor = self._processor
+        assert processor is not None
+        start = self._next_offset
+        # Offsets are never reused, even after a failure: a failed range may be partly written.
+        self._next_offset = start + len(events)
+        items = [Item(start + i, Decoded(namespace, e, ingested_at)) for i, e in enumerate(events)]
+        range_id = RangeId(EMBEDDED_TOPIC, EMBEDDED_PARTITION, OffsetRange(start, start + len(events) - 1))
+        batch = Batch(range_id, items_digest(items), items)
+        result = await self._write_with_retry(processor, batch)
+        self.counters.add(batch, result)
+        if result.conflicts:
+            letters = []
+            for conflict in result.conflicts:
+                log.warning("sink_event_conflict", topic=EMBEDDED_TOPIC, offset=conflict.offset, reason=conflict.reason)
+                event = items[conflict.offset - start].decoded.event
+                letters.append(
+                    DeadLetter(
+                        "conflict",
+                        conflict.reason,
+                        EMBEDDED_TOPIC,
+                        EMBEDDED_PARTITION,
+                        conflict.offset,
+                        "\x00".join(conflict.key).encode(),
+                        event.to_json(),
+                    )
+                )
+            try:
+                await self._dead_letters.send(letters)
+            except Exception as exc:  # noqa: BLE001 - the events are stored; only the report failed
+                log.warning("dead_letters_failed", count=len(letters), error=str(exc)[:300])
+
+    async def _write_with_retry(self, processor: BatchProcessor, batch: Batch) -> BatchResult:
+        rec: LedgerRecord | None = None
+
+        def attempt() -> BatchResult:
+            nonlocal rec
+            if rec is None:
+                rec = processor.record(batch.range_id, batch.digest)
+            return processor.write(batch, rec)
+
+        backoff = self._settings.retry_backoff_initial_ms / 1000
+        for n in range(1, WRITE_ATTEMPTS + 1):
+            try:
+                return await asyncio.to_thread(attempt)
+            except Exception as exc:
+                self.counters.write_failures += 1
+                log.warning("embedded_write_failed", attempt=n, start=batch.range_id.range.start, error=str(exc)[:300])
+                if n == WRITE_ATTEMPTS:
+                    raise Unavailable("ClickHouse did not accept the events; send them again") from exc
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, self._settings.retry_backoff_max_ms / 1000)
+        raise AssertionError("unreachable")
+
+    async def close(self) -> None:
+        """Wait for a publish in flight; the ClickHouse client belongs to the caller."""
+        async with self._lock:
+            self._processor = None

@@ -1,0 +1,51 @@
+"""Idempotent set-up of what the ingest pipeline needs: ClickHouse tables and Kafka topics.
+
+`metergate migrate` calls both; the worker and the embedded log also call `migrate_clickhouse` at start
+so a fresh embedded engine works with no manual step.
+"""
+
+from __future__ import annotations
+
+import contextlib
+
+import structlog
+
+from common.clickhouse import ClickHouse
+from common.errors import Unavailable
+from common.settings import KafkaSettings
+from ingest.schema import events_table_ddl
+from ingest.sink.dlq import dead_letters_table_ddl
+from ingest.sink.ledger import ledger_table_ddl
+
+log = structlog.get_logger(__name__)
+
+
+def migrate_clickhouse(ch: ClickHouse) -> None:
+    """Create the events table, the sink ledger and the dead-letters table if missing (blocking)."""
+    ch.command(f"CREATE DATABASE IF NOT EXISTS `{ch.database}`")
+    for ddl in (events_table_ddl(ch.database), ledger_table_ddl(ch.database), dead_letters_table_ddl(ch.database)):
+        ch.command(ddl)
+
+
+async def create_topics(kafka: KafkaSettings) -> list[str]:
+    """Create the events and dead-letter topics if missing; returns the topics it created."""
+    from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+    from aiokafka.errors import KafkaError, TopicAlreadyExistsError
+
+    if kafka.bootstrap_servers is None:
+        return []
+    admin = AIOKafkaAdminClient(bootstrap_servers=kafka.bootstrap_servers, client_id=f"{kafka.client_id}-migrate")
+    try:
+        await admin.start()
+        existing = set(await admin.list_topics())
+        wanted = [t for t in (kafka.events_topic, kafka.dead_letter_topic) if t not in existing]
+        if wanted:
+            new = [NewTopic(t, kafka.topic_partitions, kafka.replication_factor) for t in wanted]
+            with contextlib.suppress(TopicAlreadyExistsError):  # created concurrently: fine
+                await admin.create_topics(new)
+            log.info("kafka_topics_created", topics=wanted, partitions=kafka.topic_partitions)
+        return wanted
+    except KafkaError as exc:
+        raise Unavailable(f"cannot create Kafka topics: {exc}") from exc
+    finally:
+        await admin.close()

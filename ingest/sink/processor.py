@@ -1,0 +1,112 @@
+"""The exactly-once write of one batch into ClickHouse (blocking: callers run it in a worker thread).
+
+Order, per batch (one contiguous offset range of one partition):
+1. record the range in the ledger (with stored_at and the message digest) unless already recorded;
+2. drop duplicates inside the batch and against stored events (the key check), report conflicts;
+3. insert the rows, built only from the messages and the record, under a token derived from the range.
+The caller commits offsets only after `write` returned, and retries a failed `write` unchanged with
+the same record. Nothing is claimed before the insert succeeded: the key check reads the events
+table itself, so a failed write leaves no trace that could hide an event.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import timedelta
+from typing import Any
+
+from common.clickhouse import ClickHouse
+from common.clock import Clock
+from ingest.schema import EVENT_COLUMNS, EVENTS_TABLE
+from ingest.sink.dedupe import Conflict, Item, resolve, to_millis
+from ingest.sink.keycheck import ClickHouseKeyCheck
+from ingest.sink.ledger import ClickHouseLedger, LedgerRecord
+from ingest.sink.rows import RangeId, build_rows
+
+# Settings every insert pins, because exactly-once depends on them (defaults differ across versions:
+# chdb defaults to async_insert=1, and 26.x ignores insert_deduplicate=0 in favour of deduplicate_insert).
+PINNED_INSERT_SETTINGS: dict[str, Any] = {
+    "async_insert": 0,
+    "insert_deduplicate": 1,
+    "deduplicate_insert": "enable",
+    "deduplicate_blocks_in_dependent_materialized_views": 1,
+}
+
+
+@dataclass(frozen=True, slots=True)
+class Batch:
+    """The decoded messages of one range; `malformed` are (offset, reason) pairs."""
+
+    range_id: RangeId
+    digest: str
+    items: Sequence[Item]
+    malformed: Sequence[tuple[int, str]] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class BatchResult:
+    stored: int
+    duplicates: int
+    conflicts: list[Conflict]
+
+
+@dataclass(slots=True)
+class SinkCounters:
+    """Totals since start; a replayed batch counts again (the insert under its token does not)."""
+
+    batches: int = 0
+    stored: int = 0
+    duplicates: int = 0
+    conflicts: int = 0
+    malformed: int = 0
+    write_failures: int = 0
+    by_reason: dict[str, int] = field(default_factory=dict)
+
+    def add(self, batch: Batch, result: BatchResult) -> None:
+        self.batches += 1
+        self.stored += result.stored
+        self.duplicates += result.duplicates
+        self.conflicts += len(result.conflicts)
+        self.malformed += len(batch.malformed)
+
+
+def supported_insert_settings(ch: ClickHouse) -> dict[str, Any]:
+    """The pinned settings this engine knows (an older server lacks `deduplicate_insert`)."""
+    names = {
+        str(row[0])
+        for row in ch.rows(
+            "SELECT name FROM system.settings WHERE name IN {names:Array(String)}",
+            parameters={"names": list(PINNED_INSERT_SETTINGS)},
+        )
+    }
+    return {k: v for k, v in PINNED_INSERT_SETTINGS.items() if k in names}
+
+
+class BatchProcessor:
+    def __init__(self, ch: ClickHouse, *, dedupe_window: timedelta, clock: Clock) -> None:
+        self._ch = ch
+        self._clock = clock
+        self._table = ch.table(EVENTS_TABLE)
+        self._columns = list(EVENT_COLUMNS)
+        self.ledger = ClickHouseLedger(ch)
+        self._keys = ClickHouseKeyCheck(ch, window=dedupe_window)
+        self._settings = supported_insert_settings(ch)
+
+    def record(self, range_id: RangeId, digest: str) -> LedgerRecord:
+        """Durably record a new range, stamping the stored_at its rows will carry forever."""
+        rec = LedgerRecord(range_id, digest, to_millis(self._clock.now()))
+        self.ledger.record(rec)
+        return rec
+
+    def write(self, batch: Batch, rec: LedgerRecord) -> BatchResult:
+        """Store the batch's new events exactly once. Safe to call again with the same arguments."""
+        if rec.range_id != batch.range_id or rec.digest != batch.digest:
+            raise ValueError("the ledger record does not describe this batch")
+        stored = self._keys.stored(batch.range_id, batch.items)
+        resolution = resolve(batch.items, stored)
+        if resolution.keep:
+            rows = build_rows(batch.range_id, resolution.keep, rec.stored_at_ms)
+            settings = {**self._settings, "insert_deduplication_token": rec.token}
+            self._ch.call(lambda c: c.insert(self._table, rows, column_names=self._columns, settings=settings))
+        return BatchResult(len(resolution.keep), resolution.duplicates, resolution.conflicts)

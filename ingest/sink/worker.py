@@ -1,0 +1,282 @@
+"""The sink worker: an aiokafka consumer group feeding the exactly-once batch processor.
+
+Loop: fetch -> buffer per partition -> cut batches (size, time, ledger boundaries) -> record + write
+(in a worker thread) -> dead letters -> commit end+1. A failed write pauses the partitions and is
+retried unchanged with exponential backoff; offsets are never committed for an unwritten batch.
+A revoke waits for the write in flight (so the ledger and the next owner agree) and drops the rest
+of the buffer; a new owner replays every recorded range at or past the committed offset.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import signal
+import time
+from typing import Any
+
+import structlog
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
+from aiokafka.errors import KafkaError
+
+from common.clickhouse import ClickHouse, connect_clickhouse
+from common.clock import Clock, SystemClock
+from common.settings import ClickHouseSettings, KafkaSettings
+from ingest.settings import SinkSettings
+from ingest.sink.batch import Cut
+from ingest.sink.consumer import PartitionState, batch_from_records, conflict_letters
+from ingest.sink.dlq import DeadLetterSink, KafkaDeadLetters
+from ingest.sink.ledger import LedgerRecord
+from ingest.sink.migrations import migrate_clickhouse
+from ingest.sink.processor import BatchProcessor, BatchResult, SinkCounters
+
+log = structlog.get_logger(__name__)
+
+SHUTDOWN_RETRY_SECONDS = 10.0
+
+
+class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]
+    def __init__(self, worker: SinkWorker) -> None:
+        self._worker = worker
+
+    async def on_partitions_revoked(self, revoked: Any) -> None:
+        await self._worker.revoke(list(revoked))
+
+    async def on_partitions_assigned(self, assigned: Any) -> None:
+        self._worker.assign(list(assigned))
+
+
+class SinkWorker:
+    def __init__(
+        self,
+        consumer: AIOKafkaConsumer,
+        processor: BatchProcessor,
+        dead_letters: DeadLetterSink,
+        settings: SinkSettings,
+    ) -> None:
+        self.consumer = consumer
+        self.processor = processor
+        self.dead_letters = dead_letters
+        self.settings = settings
+        self.counters = SinkCounters()
+        self.partitions: dict[TopicPartition, PartitionState] = {}
+        self._write_lock = asyncio.Lock()
+        self._paused = False
+        self._stop = asyncio.Event()
+
+    def listener(self) -> ConsumerRebalanceListener:
+        return _Listener(self)
+
+    # rebalance --------------------------------------------------------------------------------
+    def assign(self, tps: list[TopicPartition]) -> None:
+        for tp in tps:
+            if tp not in self.partitions:
+                self.partitions[tp] = PartitionState(tp.topic, tp.partition)
+        if tps:
+            self.consumer.pause(*tps)  # until the ledger was read
+        log.info("sink_partitions_assigned", partitions=sorted(tp.partition for tp in tps))
+
+    async def revoke(self, tps: list[TopicPartition]) -> None:
+        async with self._write_lock:  # let the write in flight finish; buffered batches are dropped
+            for tp in tps:
+                state = self.partitions.pop(tp, None)
+                if state is not None:
+                    state.revoked = True
+        log.info("sink_partitions_revoked", partitions=sorted(tp.partition for tp in tps))
+
+    async def _load_ledgers(self) -> None:
+        for tp, state in list(self.partitions.items()):
+            if state.recorded is not None:
+                continue
+            committed = await self.consumer.committed(tp)
+            start = committed if committed is not None and committed >= 0 else 0
+            records = await asyncio.to_thread(self.processor.ledger.recorded_from, tp.topic, tp.partition, start)
+            if state.revoked:
+                continue
+            state.set_recorded(records)
+            if committed is not None and committed >= 0:
+                self.consumer.seek(tp, committed)
+            if not self._paused:
+                self.consumer.resume(tp)
+            log.info("sink_partition_ready", partition=tp.partition, committed=committed, replay_ranges=len(records))
+
+    # main loop --------------------------------------------------------------------------------
+    async def run(self, stop: asyncio.Event) -> None:
+        self._stop = stop
+        poll_ms = max(1, min(self.settings.batch_timeout_ms, 200))
+        while not stop.is_set():
+            try:
+                await self._load_ledgers()
+            except Exception as exc:  # noqa: BLE001 - ClickHouse down: stay paused and retry
+                log.warning("sink_ledger_read_failed", error=str(exc))
+                await self._sleep(self.settings.retry_backoff_initial_ms / 1000)
+                continue
+            fetched = await self.consumer.getmany(timeout_ms=poll_ms, max_records=self.settings.batch_size)
+            now = time.monotonic()
+            for tp, records in fetched.items():
+                state = self.partitions.get(tp)
+                if state is not None and state.recorded is not None:
+                    state.extend(records, now)
+            await self._flush(final=False)
+        await self._flush(final=True)
+
+    async def _flush(self, *, final: bool) -> None:
+        timeout = self.settings.batch_timeout_ms / 1000
+        for tp, state in list(self.partitions.items()):
+            now = time.monotonic()
+            due = state.first_buffered_at is not None and now - state.first_buffered_at >= timeout
+            for cut in state.cuts(self.settings.batch_size, flush_partial=final or due):
+                records = state.take(cut)
+                if not await self._write(tp, state, cut, records, final=final):
+                    return
+                state.done(cut, time.monotonic())
+
+    async def _write(
+        self, tp: TopicPartition, state: PartitionState, cut: Cut, records: list[Any], *, final: bool
+    ) -> bool:
+        """Write one batch until it sticks, then commit. False when abandoned (revoked, or shutdown)."""
+        batch, letters = batch_from_records(tp.topic, tp.partition, cut.range, records, self.settings.default_namespace)
+        rec: LedgerRecord | None = state.records_by_start.get(cut.range.start) if cut.recorded else None
+        if rec is not None and rec.digest != batch.digest:
+            log.warning("sink_ledger_digest_mismatch", partition=tp.partition, start=cut.range.start)
+            rec = LedgerRecord(rec.range_id, batch.digest, rec.stored_at_ms)
+
+        def attempt() -> tuple[LedgerRecord, BatchResult]:
+            nonlocal rec
+            if rec is None:
+                rec = self.processor.record(batch.range_id, batch.digest)
+            return rec, self.processor.write(batch, rec)
+
+        backoff = self.settings.retry_backoff_initial_ms / 1000
+        give_up_at: float | None = None
+        while True:
+            if state.revoked:
+                log.info("sink_batch_dropped_on_revoke", partition=tp.partition, start=cut.range.start)
+                return False
+            try:
+                async with self._write_lock:
+                    if state.revoked:
+                        continue
+                    _, result = await asyncio.to_thread(attempt)
+                await self.dead_letters.send(
+                    letters + conflict_letters(tp.topic, tp.partition, result.conflicts, records)
+                )
+                break
+            except Exception as exc:  # noqa: BLE001 - every failure is retried unchanged; nothing committed
+                self.counters.write_failures += 1
+                log.warning(
+                    "sink_write_failed",
+                    partition=tp.partition,
+                    start=cut.range.start,
+                    end=cut.range.end,
+                    retry_in_s=round(backoff, 3),
+                    error=str(exc)[:300],
+                )
+                self._pause_all()
+                if self._stop.is_set() or final:
+                    give_up_at = give_up_at or time.monotonic() + SHUTDOWN_RETRY_SECONDS
+                    if time.monotonic() >= give_up_at:
+                        log.error(  # noqa: TRY400 - the failure was logged above
+                            "sink_shutdown_with_unwritten_batch", partition=tp.partition, start=cut.range.start
+                        )
+                        return False
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, self.settings.retry_backoff_max_ms / 1000)
+        self._resume_all()
+        self.counters.add(batch, result)
+        for conflict in result.conflicts:
+            log.warning(
+                "sink_event_conflict",
+                partition=tp.partition,
+                offset=conflict.offset,
+                key=list(conflict.key),
+                reason=conflict.reason,
+            )
+        try:
+            await self.consumer.commit({tp: cut.range.end + 1})
+        except KafkaError as exc:  # a rebalance took the partition: the next owner replays the range
+            log.warning("sink_commit_failed", partition=tp.partition, end=cut.range.end, error=str(exc))
+            return False
+        log.debug(
+            "sink_batch_committed",
+            partition=tp.partition,
+            start=cut.range.start,
+            end=cut.range.end,
+            stored=result.stored,
+            duplicates=result.duplicates,
+            malformed=len(batch.malformed),
+        )
+        return True
+
+    def _pause_all(self) -> None:
+        if not self._paused:
+            self._paused = True
+            self.consumer.pause(*self.consumer.assignment())
+
+    def _resume_all(self) -> None:
+        if self._paused:
+            self._paused = False
+            ready = [tp for tp, s in self.partitions.items() if s.recorded is not None]
+            self.consumer.resume(*ready)
+
+    async def _sleep(self, seconds: float) -> None:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._stop.wait(), seconds)
+
+
+async def run_worker(
+    clickhouse: ClickHouseSettings,
+    kafka: KafkaSettings,
+    sink: SinkSettings,
+    *,
+    stop: asyncio.Event | None = None,
+    clock: Clock | None = None,
+) -> SinkCounters:
+    """Consume the events topic into ClickHouse until `stop` is set (or SIGTERM/SIGINT when it is None)."""
+    if kafka.bootstrap_servers is None:
+        raise ValueError("the sink worker needs kafka.bootstrap_servers (the embedded default has no worker)")
+    own_stop = stop is None
+    stop = stop or asyncio.Event()
+    loop = asyncio.get_running_loop()
+    if own_stop:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+    ch: ClickHouse = await asyncio.to_thread(connect_clickhouse, clickhouse)
+    await asyncio.to_thread(migrate_clickhouse, ch)
+    processor = await asyncio.to_thread(
+        lambda: BatchProcessor(ch, dedupe_window=sink.dedupe_window(), clock=clock or SystemClock())
+    )
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=kafka.bootstrap_servers,
+        client_id=f"{kafka.client_id}-sink",
+        group_id=sink.consumer_group,
+        enable_auto_commit=False,
+        auto_offset_reset="earliest",
+        session_timeout_ms=sink.session_timeout_ms,
+        heartbeat_interval_ms=max(100, sink.session_timeout_ms // 3),
+        max_partition_fetch_bytes=sink.max_partition_fetch_bytes,
+    )
+    producer = AIOKafkaProducer(
+        bootstrap_servers=kafka.bootstrap_servers,
+        client_id=f"{kafka.client_id}-dlq",
+        acks="all",
+        enable_idempotence=False,
+    )
+    await producer.start()
+    worker = SinkWorker(consumer, processor, KafkaDeadLetters(producer, kafka.dead_letter_topic), sink)
+    consumer.subscribe([kafka.events_topic], listener=worker.listener())
+    await consumer.start()
+    log.info("sink_worker_started", topic=kafka.events_topic, group=sink.consumer_group)
+    try:
+        await worker.run(stop)
+    finally:
+        with contextlib.suppress(Exception):
+            await consumer.stop()
+        with contextlib.suppress(Exception):
+            await producer.stop()
+        if own_stop:
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                loop.remove_signal_handler(sig)
+        log.info("sink_worker_stopped", **dataclasses.asdict(worker.counters))
+    return worker.counters
