@@ -62,6 +62,7 @@ def tansu_broker() -> Iterator[str]:
             proc.wait(5)
         except subprocess.TimeoutExpired:
             proc.kill()
+            proc.wait()  # reap it, or Popen.__del__ warns (and warnings are errors)
         log.close()
         os.unlink(log.name)
 
