@@ -62,7 +62,14 @@ class KafkaDeadLetters:
         if not letters:
             return
         futures = [
-            await self._producer.send(self._topic, value=d.value, key=d.key, headers=d.dlq_headers()) for d in letters
+            # Kafka needs a key or a value; an empty key keeps an empty message a dead letter
+            await self._producer.send(
+                self._topic,
+                value=d.value,
+                key=d.key if d.key is not None or d.value is not None else b"",
+                headers=d.dlq_headers(),
+            )
+            for d in letters
         ]
         await asyncio.gather(*futures)
 
