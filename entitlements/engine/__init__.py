@@ -4,6 +4,7 @@ Plan the windows -> the shell fetches their usage -> compute. See README.md for 
 """
 
 from entitlements.engine.burn import current_period, initial_snapshot, run
+from entitlements.engine.history import HistoryWindow, windowed_history
 from entitlements.engine.model import (
     ISSUE_AFTER_RESET_GRANT_ID,
     EntitlementTerms,
@@ -33,6 +34,7 @@ __all__ = [
     "ExpirationUnit",
     "Grant",
     "GrantUsage",
+    "HistoryWindow",
     "Interval",
     "Ledger",
     "ManualReset",
@@ -49,4 +51,5 @@ __all__ = [
     "plan_windows",
     "run",
     "snapshot_is_usable",
+    "windowed_history",
 ]

@@ -12,7 +12,7 @@ import itertools
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from decimal import Decimal
+from decimal import Context, Decimal, DivisionByZero, Inexact, InvalidOperation, Overflow, localcontext
 
 from entitlements.engine.model import (
     ZERO,
@@ -139,6 +139,11 @@ class _Inputs:
         st.credited_in_period = rolled
 
 
+#: Every computation runs in this context: an amount needing more than 100 significant digits raises
+#: (EngineInputError) instead of being rounded, so balances are exact or refused.
+EXACT = Context(prec=100, traps=[InvalidOperation, DivisionByZero, Overflow, Inexact])
+
+
 def initial_snapshot(terms: EntitlementTerms, grants: Sequence[Grant], resets: Sequence[ManualReset]) -> Snapshot:
     """The state at terms.measure_usage_from: grants usable then hold their amount, nothing is used yet.
 
@@ -148,7 +153,11 @@ def initial_snapshot(terms: EntitlementTerms, grants: Sequence[Grant], resets: S
     ins = _Inputs(terms, grants, resets, terms.measure_usage_from)
     start = terms.measure_usage_from
     st = _State(start, {}, ZERO, start, terms.usage_period, ZERO, ZERO)
-    ins.apply_instant(st, start, first=True)
+    try:
+        with localcontext(EXACT):
+            ins.apply_instant(st, start, first=True)
+    except Inexact as e:
+        raise EngineInputError("amounts need more than 100 significant digits") from e
     return st.snapshot(inputs_digest(terms, grants, resets, start))
 
 
@@ -180,6 +189,21 @@ def run(
     if missing:
         raise EngineInputError("boundaries miss planned instants", first_missing=min(missing).isoformat())
 
+    try:
+        with localcontext(EXACT):
+            return _run(snapshot, grants, resets, terms, bounds, usage)
+    except Inexact as e:
+        raise EngineInputError("amounts need more than 100 significant digits") from e
+
+
+def _run(
+    snapshot: Snapshot,
+    grants: Sequence[Grant],
+    resets: Sequence[ManualReset],
+    terms: EntitlementTerms,
+    bounds: list[datetime],
+    usage: Sequence[Decimal],
+) -> Result:
     ins = _Inputs(terms, grants, resets, snapshot.at)
     st = _State(
         snapshot.at,

@@ -23,6 +23,7 @@ from entitlements.engine import (
     initial_snapshot,
     plan_windows,
     run,
+    windowed_history,
 )
 from tests.support.engine import T0, Event, day, evaluate, grant, monthly
 
@@ -355,3 +356,23 @@ def test_run_refuses_bad_inputs() -> None:
         plan_windows(snap, [grants[0], grants[0]], [], terms, day(10))
     with pytest.raises(EngineInputError, match="float"):
         Grant(id="f", amount=1.5, effective_at=T0, created_at=T0)  # type: ignore[arg-type]
+
+
+def test_windowed_history_groups_segments() -> None:
+    grants = [grant("a", 100), grant("b", 50, effective_at=day(1.5))]
+    edges = [day(0), day(1), day(2), day(3)]
+    r = evaluate(monthly(), grants, [ev(0.5, 10), ev(1.2, 20), ev(1.7, 5), ev(2.5, 200)], day(3), extra=edges)
+    rows = windowed_history(r.segments, edges)
+    assert [(w.usage, w.balance_at_start, w.balance_at_end, w.overage_at_end) for w in rows] == [
+        (D(10), D(100), D(90), D(0)),
+        (D(25), D(90), D(115), D(0)),  # b (50) activates inside the window at day 1.5
+        (D(200), D(115), D(0), D(85)),
+    ]
+    with pytest.raises(EngineInputError, match="segment boundary"):
+        windowed_history(r.segments, [day(0), day(0.25)])
+
+
+def test_amounts_beyond_precision_are_refused_not_rounded() -> None:
+    huge = grant("a", "1" + "0" * 110)
+    with pytest.raises(EngineInputError, match="significant digits"):
+        evaluate(monthly(), [huge], [ev(1, "0.5")], day(2))

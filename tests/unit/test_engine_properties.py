@@ -104,7 +104,8 @@ def worlds(draw: st.DrawFn) -> World:
 
 def reference(w: World) -> tuple[dict[str, Decimal], Decimal, Decimal]:
     """Balances, overage and period usage at w.target, stepping hour by hour and burning event by event."""
-    grants = list(w.grants) + ([w.terms.issue_grant()] if w.terms.issue_grant() else [])  # type: ignore[list-item]
+    issued = w.terms.issue_grant()
+    grants = [*w.grants, *([issued] if issued is not None else [])]
     order = sorted(
         grants,
         key=lambda g: (g.priority, g.expires_at is None, g.expires_at or T0, g.created_at, g.id),
