@@ -8,8 +8,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
+import signal
 import sys
-from collections.abc import Callable, Sequence
+import threading
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -141,6 +144,23 @@ def dev_banner(settings: ApiServiceSettings) -> str:
     )
 
 
+class GracefulServer(uvicorn.Server):
+    """uvicorn re-raises SIGTERM/SIGINT once it has stopped serving, which would kill the process before
+    the services are closed (producer flushed, embedded log idle). Stop serving, then return normally."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        if threading.current_thread() is not threading.main_thread():
+            yield
+            return
+        original = {sig: signal.signal(sig, self.handle_exit) for sig in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            yield
+        finally:
+            for sig, handler in original.items():
+                signal.signal(sig, handler)
+
+
 async def serve(settings: ApiServiceSettings, *, migrate_first: bool) -> None:
     from common.clickhouse import connect_clickhouse
 
@@ -160,7 +180,8 @@ async def serve(settings: ApiServiceSettings, *, migrate_first: bool) -> None:
         config = uvicorn.Config(
             app, host=settings.host, port=settings.port, log_config=None, access_log=False, lifespan="off"
         )
-        await uvicorn.Server(config).serve()
+        await GracefulServer(config).serve()
+        log.info("api_stopped")
     finally:
         await services.close()
 
@@ -195,7 +216,7 @@ def cmd_ingest_worker(args: argparse.Namespace) -> int:
     configure_logging(settings.log)
     from ingest.sink.worker import run_worker
 
-    asyncio.run(run_worker(settings))
+    asyncio.run(run_worker(settings.clickhouse, settings.kafka, settings.sink))  # stops on SIGTERM/SIGINT
     return 0
 
 
