@@ -1,0 +1,385 @@
+"""All SQL of the entitlement state: one repository per aggregate, each bound to one transaction's Session.
+
+Repositories return domain values (entitlements.domain), never ORM rows, so nothing outside this package
+can lazily load or mutate state behind a transaction's back.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import datetime
+
+from sqlalchemy import delete, select, update
+from sqlalchemy.orm import Session
+
+from entitlements.db.models import EntitlementRow, FeatureRow, GrantRow, ResetRow, SnapshotRow
+from entitlements.domain import (
+    Entitlement,
+    EntitlementType,
+    Expiration,
+    ExpirationDuration,
+    Feature,
+    Grant,
+    Reset,
+    StoredSnapshot,
+    UsagePeriod,
+)
+
+
+class FeatureRepository:
+    def __init__(self, session: Session) -> None:
+        self.s = session
+
+    def add(self, f: Feature) -> None:
+        self.s.add(
+            FeatureRow(
+                id=f.id,
+                namespace=f.namespace,
+                key=f.key,
+                name=f.name,
+                meter_slug=f.meter_slug,
+                meter_group_by_filters=dict(f.meter_group_by_filters),
+                metadata_=dict(f.metadata),
+                created_at=f.created_at,
+                updated_at=f.updated_at,
+                archived_at=f.archived_at,
+            )
+        )
+        self.s.flush()
+
+    def get(self, namespace: str, id_or_key: str) -> Feature | None:
+        """By id, else the active feature with that key."""
+        row = self.s.scalars(select(FeatureRow).where(FeatureRow.namespace == namespace, FeatureRow.id == id_or_key))
+        found = row.first()
+        if found is None:
+            found = self.s.scalars(
+                select(FeatureRow).where(
+                    FeatureRow.namespace == namespace, FeatureRow.key == id_or_key, FeatureRow.archived_at.is_(None)
+                )
+            ).first()
+        return None if found is None else _feature(found)
+
+    def active_by_key(self, namespace: str, key: str) -> Feature | None:
+        found = self.s.scalars(
+            select(FeatureRow).where(
+                FeatureRow.namespace == namespace, FeatureRow.key == key, FeatureRow.archived_at.is_(None)
+            )
+        ).first()
+        return None if found is None else _feature(found)
+
+    def search(
+        self, namespace: str, *, include_archived: bool, meter_slugs: Sequence[str] = (), limit: int, offset: int
+    ) -> list[Feature]:
+        q = select(FeatureRow).where(FeatureRow.namespace == namespace)
+        if not include_archived:
+            q = q.where(FeatureRow.archived_at.is_(None))
+        if meter_slugs:
+            q = q.where(FeatureRow.meter_slug.in_(list(meter_slugs)))
+        q = q.order_by(FeatureRow.created_at, FeatureRow.id).limit(limit).offset(offset)
+        return [_feature(r) for r in self.s.scalars(q)]
+
+    def archive(self, namespace: str, feature_id: str, at: datetime) -> None:
+        self.s.execute(
+            update(FeatureRow)
+            .where(FeatureRow.namespace == namespace, FeatureRow.id == feature_id, FeatureRow.archived_at.is_(None))
+            .values(archived_at=at, updated_at=at)
+        )
+
+    def active_keys_using_meter(self, namespace: str, meter_slug: str) -> list[str]:
+        q = select(FeatureRow.key).where(
+            FeatureRow.namespace == namespace, FeatureRow.meter_slug == meter_slug, FeatureRow.archived_at.is_(None)
+        )
+        return sorted(self.s.scalars(q))
+
+
+def _feature(r: FeatureRow) -> Feature:
+    return Feature(
+        id=r.id,
+        namespace=r.namespace,
+        key=r.key,
+        name=r.name,
+        meter_slug=r.meter_slug,
+        meter_group_by_filters=dict(r.meter_group_by_filters or {}),
+        metadata=dict(r.metadata_ or {}),
+        created_at=r.created_at,
+        updated_at=r.updated_at,
+        archived_at=r.archived_at,
+    )
+
+
+class EntitlementRepository:
+    def __init__(self, session: Session, *, lock_rows: bool) -> None:
+        self.s = session
+        self.lock_rows = lock_rows
+
+    def add(self, e: Entitlement) -> None:
+        self.s.add(
+            EntitlementRow(
+                id=e.id,
+                namespace=e.namespace,
+                subject_key=e.subject_key,
+                feature_id=e.feature_id,
+                feature_key=e.feature_key,
+                type=e.type.value,
+                config=e.config,
+                usage_period_interval=e.usage_period.interval if e.usage_period else None,
+                usage_period_anchor=e.usage_period.anchor if e.usage_period else None,
+                measure_usage_from=e.measure_usage_from,
+                is_soft_limit=e.is_soft_limit,
+                issue_after_reset=e.issue_after_reset,
+                issue_after_reset_priority=e.issue_after_reset_priority,
+                preserve_overage_at_reset=e.preserve_overage_at_reset,
+                metadata_=dict(e.metadata),
+                version=e.version,
+                created_at=e.created_at,
+                updated_at=e.updated_at,
+                deleted_at=e.deleted_at,
+            )
+        )
+        self.s.flush()
+
+    def get(self, namespace: str, entitlement_id: str, *, for_update: bool = False) -> Entitlement | None:
+        """By id. `for_update` takes the per-entitlement lock (PostgreSQL row lock) until the transaction ends."""
+        q = select(EntitlementRow).where(EntitlementRow.namespace == namespace, EntitlementRow.id == entitlement_id)
+        if for_update and self.lock_rows:
+            q = q.with_for_update()
+        row = self.s.scalars(q).first()
+        return None if row is None else _entitlement(row)
+
+    def active_for(self, namespace: str, subject_key: str, feature_id: str) -> Entitlement | None:
+        q = select(EntitlementRow).where(
+            EntitlementRow.namespace == namespace,
+            EntitlementRow.subject_key == subject_key,
+            EntitlementRow.feature_id == feature_id,
+            EntitlementRow.deleted_at.is_(None),
+        )
+        row = self.s.scalars(q).first()
+        return None if row is None else _entitlement(row)
+
+    def active_for_feature_key(self, namespace: str, subject_key: str, feature_key: str) -> Entitlement | None:
+        q = select(EntitlementRow).where(
+            EntitlementRow.namespace == namespace,
+            EntitlementRow.subject_key == subject_key,
+            EntitlementRow.feature_key == feature_key,
+            EntitlementRow.deleted_at.is_(None),
+        )
+        row = self.s.scalars(q).first()
+        return None if row is None else _entitlement(row)
+
+    def search(
+        self,
+        namespace: str,
+        *,
+        subject_keys: Sequence[str] = (),
+        feature_keys: Sequence[str] = (),
+        include_deleted: bool = False,
+        limit: int,
+        offset: int,
+    ) -> list[Entitlement]:
+        q = select(EntitlementRow).where(EntitlementRow.namespace == namespace)
+        if subject_keys:
+            q = q.where(EntitlementRow.subject_key.in_(list(subject_keys)))
+        if feature_keys:
+            q = q.where(EntitlementRow.feature_key.in_(list(feature_keys)))
+        if not include_deleted:
+            q = q.where(EntitlementRow.deleted_at.is_(None))
+        q = q.order_by(EntitlementRow.created_at, EntitlementRow.id).limit(limit).offset(offset)
+        return [_entitlement(r) for r in self.s.scalars(q)]
+
+    def mark_deleted(self, namespace: str, entitlement_id: str, at: datetime) -> None:
+        self.s.execute(
+            update(EntitlementRow)
+            .where(EntitlementRow.namespace == namespace, EntitlementRow.id == entitlement_id)
+            .values(deleted_at=at, updated_at=at, version=EntitlementRow.version + 1)
+        )
+
+    def bump_version(self, entitlement_id: str, at: datetime) -> None:
+        self.s.execute(
+            update(EntitlementRow)
+            .where(EntitlementRow.id == entitlement_id)
+            .values(version=EntitlementRow.version + 1, updated_at=at)
+        )
+
+
+def _entitlement(r: EntitlementRow) -> Entitlement:
+    period = (
+        UsagePeriod(r.usage_period_interval, r.usage_period_anchor)
+        if r.usage_period_interval is not None and r.usage_period_anchor is not None
+        else None
+    )
+    return Entitlement(
+        id=r.id,
+        namespace=r.namespace,
+        subject_key=r.subject_key,
+        feature_id=r.feature_id,
+        feature_key=r.feature_key,
+        type=EntitlementType(r.type),
+        created_at=r.created_at,
+        updated_at=r.updated_at,
+        metadata=dict(r.metadata_ or {}),
+        deleted_at=r.deleted_at,
+        config=r.config,
+        usage_period=period,
+        measure_usage_from=r.measure_usage_from,
+        is_soft_limit=r.is_soft_limit,
+        issue_after_reset=r.issue_after_reset,
+        issue_after_reset_priority=r.issue_after_reset_priority,
+        preserve_overage_at_reset=r.preserve_overage_at_reset,
+        version=r.version,
+    )
+
+
+class GrantRepository:
+    def __init__(self, session: Session) -> None:
+        self.s = session
+
+    def add(self, g: Grant) -> None:
+        self.s.add(
+            GrantRow(
+                id=g.id,
+                namespace=g.namespace,
+                entitlement_id=g.entitlement_id,
+                amount=g.amount,
+                priority=g.priority,
+                effective_at=g.effective_at,
+                expiration_duration=g.expiration.duration.value,
+                expiration_count=g.expiration.count,
+                expires_at=g.expires_at,
+                min_rollover_amount=g.min_rollover_amount,
+                max_rollover_amount=g.max_rollover_amount,
+                recurrence_interval=g.recurrence.interval if g.recurrence else None,
+                recurrence_anchor=g.recurrence.anchor if g.recurrence else None,
+                metadata_=dict(g.metadata),
+                created_at=g.created_at,
+                updated_at=g.updated_at,
+                voided_at=g.voided_at,
+            )
+        )
+        self.s.flush()
+
+    def get(self, namespace: str, grant_id: str) -> Grant | None:
+        row = self.s.scalars(select(GrantRow).where(GrantRow.namespace == namespace, GrantRow.id == grant_id)).first()
+        return None if row is None else _grant(row)
+
+    def for_entitlement(self, entitlement_id: str) -> list[Grant]:
+        q = select(GrantRow).where(GrantRow.entitlement_id == entitlement_id).order_by(GrantRow.created_at, GrantRow.id)
+        return [_grant(r) for r in self.s.scalars(q)]
+
+    def search(
+        self, namespace: str, *, include_voided: bool, entitlement_ids: Sequence[str] | None, limit: int, offset: int
+    ) -> list[Grant]:
+        q = select(GrantRow).where(GrantRow.namespace == namespace)
+        if not include_voided:
+            q = q.where(GrantRow.voided_at.is_(None))
+        if entitlement_ids is not None:
+            q = q.where(GrantRow.entitlement_id.in_(list(entitlement_ids)))
+        q = q.order_by(GrantRow.created_at, GrantRow.id).limit(limit).offset(offset)
+        return [_grant(r) for r in self.s.scalars(q)]
+
+    def void(self, grant_id: str, at: datetime) -> None:
+        self.s.execute(update(GrantRow).where(GrantRow.id == grant_id).values(voided_at=at, updated_at=at))
+
+
+def _grant(r: GrantRow) -> Grant:
+    recurrence = (
+        UsagePeriod(r.recurrence_interval, r.recurrence_anchor)
+        if r.recurrence_interval is not None and r.recurrence_anchor is not None
+        else None
+    )
+    return Grant(
+        id=r.id,
+        namespace=r.namespace,
+        entitlement_id=r.entitlement_id,
+        amount=r.amount,
+        priority=r.priority,
+        effective_at=r.effective_at,
+        expiration=Expiration(ExpirationDuration(r.expiration_duration), r.expiration_count),
+        expires_at=r.expires_at,
+        created_at=r.created_at,
+        updated_at=r.updated_at,
+        min_rollover_amount=r.min_rollover_amount,
+        max_rollover_amount=r.max_rollover_amount,
+        recurrence=recurrence,
+        metadata=dict(r.metadata_ or {}),
+        voided_at=r.voided_at,
+    )
+
+
+class ResetRepository:
+    def __init__(self, session: Session) -> None:
+        self.s = session
+
+    def add(self, r: Reset) -> None:
+        self.s.add(
+            ResetRow(
+                id=r.id,
+                entitlement_id=r.entitlement_id,
+                effective_at=r.effective_at,
+                retain_anchor=r.retain_anchor,
+                preserve_overage=r.preserve_overage,
+                created_at=r.created_at,
+            )
+        )
+        self.s.flush()
+
+    def for_entitlement(self, entitlement_id: str) -> list[Reset]:
+        q = select(ResetRow).where(ResetRow.entitlement_id == entitlement_id).order_by(ResetRow.effective_at)
+        return [
+            Reset(
+                id=r.id,
+                entitlement_id=r.entitlement_id,
+                effective_at=r.effective_at,
+                retain_anchor=r.retain_anchor,
+                preserve_overage=r.preserve_overage,
+                created_at=r.created_at,
+            )
+            for r in self.s.scalars(q)
+        ]
+
+
+class SnapshotRepository:
+    """Engine snapshots: a cache. Invalidation deletes rows; a read that finds none recomputes."""
+
+    def __init__(self, session: Session) -> None:
+        self.s = session
+
+    def latest_at_or_before(self, entitlement_id: str, at: datetime, *, limit: int) -> list[StoredSnapshot]:
+        """The newest snapshots with snapshot.at <= at, newest first."""
+        q = (
+            select(SnapshotRow)
+            .where(SnapshotRow.entitlement_id == entitlement_id, SnapshotRow.at <= at)
+            .order_by(SnapshotRow.at.desc())
+            .limit(limit)
+        )
+        return [
+            StoredSnapshot(
+                entitlement_id=r.entitlement_id, at=r.at, created_at=r.created_at, version=r.version, state=r.state
+            )
+            for r in self.s.scalars(q)
+        ]
+
+    def put(self, snapshots: Sequence[StoredSnapshot]) -> None:
+        for snap in snapshots:
+            self.s.merge(
+                SnapshotRow(
+                    entitlement_id=snap.entitlement_id,
+                    at=snap.at,
+                    created_at=snap.created_at,
+                    version=snap.version,
+                    state=snap.state,
+                )
+            )
+        self.s.flush()
+
+    def delete_from(self, entitlement_id: str, at: datetime) -> int:
+        """Drop snapshots at or after `at` (a change effective at `at` makes them wrong)."""
+        result = self.s.execute(
+            delete(SnapshotRow).where(SnapshotRow.entitlement_id == entitlement_id, SnapshotRow.at >= at)
+        )
+        return int(getattr(result, "rowcount", 0) or 0)
+
+    def delete_all(self, entitlement_id: str) -> None:
+        self.s.execute(delete(SnapshotRow).where(SnapshotRow.entitlement_id == entitlement_id))
+
+    def count(self, entitlement_id: str) -> int:
+        return len(list(self.s.scalars(select(SnapshotRow.at).where(SnapshotRow.entitlement_id == entitlement_id))))

@@ -1,0 +1,382 @@
+"""OpenMeter v1 routes for features, entitlements, grants, balances (value, history, reset).
+
+The services come from `request.app.state.services.entitlements` (metergate.wiring); the namespace from
+the auth middleware. Status codes come from common.http's table; success codes are OpenMeter's.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Query, Request
+from fastapi.responses import Response
+
+from common.cloudevents import parse_time
+from common.errors import InvalidInput, Unavailable
+from common.http import Namespace
+from entitlements.domain import EntitlementType, Expiration, ExpirationDuration
+from entitlements.schemas import (
+    EntitlementCreateBody,
+    FeatureCreateBody,
+    GrantCreateBody,
+    ResetBody,
+    encode,
+    page_of,
+    parse_body,
+)
+from entitlements.service import Entitlements
+from entitlements.service.entitlements import EntitlementInput
+from entitlements.service.features import FeatureInput
+from entitlements.service.grants import GrantInput
+from entitlements.service.history import WindowSize, balance_history, zone
+from entitlements.views import entitlement_view, feature_view, grant_view, history_view, value_view
+
+router = APIRouter(tags=["entitlements"])
+
+ENT = "/api/v1/subjects/{subjectIdOrKey}/entitlements"
+MAX_LIMIT = 1000
+
+
+def services(request: Request) -> Entitlements:
+    found = getattr(getattr(request.app.state, "services", None), "entitlements", None)
+    if not isinstance(found, Entitlements):
+        raise Unavailable("the entitlement service is not configured in this process")
+    return found
+
+
+def json_response(body: Any, status: int = 200) -> Response:
+    return Response(encode(body), status_code=status, media_type="application/json")
+
+
+def _time(value: str | None, field: str) -> datetime | None:
+    return None if value is None else parse_time(value, field=field)
+
+
+def _paging(page: int | None, page_size: int | None, offset: int, limit: int | None) -> tuple[int, int]:
+    if page is not None or page_size is not None:
+        size = min(page_size or 100, MAX_LIMIT)
+        return size, ((page or 1) - 1) * size
+    return min(limit or MAX_LIMIT, MAX_LIMIT), offset
+
+
+Page = Annotated[int | None, Query(ge=1)]
+PageSize = Annotated[int | None, Query(alias="pageSize", ge=1, le=MAX_LIMIT)]
+Offset = Annotated[int, Query(ge=0)]
+Limit = Annotated[int | None, Query(ge=1, le=MAX_LIMIT)]
+
+
+# ---- features ----
+
+
+@router.get("/api/v1/features")
+async def list_features(
+    request: Request,
+    namespace: Namespace,
+    meter_slug: Annotated[list[str] | None, Query(alias="meterSlug")] = None,
+    include_archived: Annotated[bool, Query(alias="includeArchived")] = False,
+    page: Page = None,
+    page_size: PageSize = None,
+    offset: Offset = 0,
+    limit: Limit = None,
+) -> Response:
+    n, skip = _paging(page, page_size, offset, limit)
+    svc = services(request).features
+    items = await svc.search(
+        namespace, include_archived=include_archived, meter_slugs=meter_slug or (), limit=n, offset=skip
+    )
+    total = (
+        len(items)
+        if page is None and page_size is None
+        else len(
+            await svc.search(namespace, include_archived=include_archived, meter_slugs=meter_slug or (), limit=10**9)
+        )
+    )
+    return json_response(page_of([feature_view(f) for f in items], page, page_size, total))
+
+
+@router.post("/api/v1/features", status_code=201)
+async def create_feature(request: Request, namespace: Namespace) -> Response:
+    body = parse_body(FeatureCreateBody, await request.body())
+    feature = await services(request).features.create(
+        namespace,
+        FeatureInput(
+            key=body.key,
+            name=body.name,
+            meter_slug=body.meterSlug,
+            meter_group_by_filters=body.meterGroupByFilters or {},
+            metadata=body.metadata or {},
+        ),
+    )
+    return json_response(feature_view(feature), 201)
+
+
+@router.get("/api/v1/features/{featureId}")
+async def get_feature(request: Request, namespace: Namespace, featureId: str) -> Response:  # noqa: N803
+    return json_response(feature_view(await services(request).features.get(namespace, featureId)))
+
+
+@router.delete("/api/v1/features/{featureId}", status_code=204)
+async def archive_feature(request: Request, namespace: Namespace, featureId: str) -> Response:  # noqa: N803
+    await services(request).features.archive(namespace, featureId)
+    return Response(status_code=204)
+
+
+# ---- entitlements ----
+
+
+def _entitlement_input(body: EntitlementCreateBody) -> EntitlementInput:
+    if body.isUnlimited:
+        raise InvalidInput("isUnlimited is deprecated and not supported: use isSoftLimit", field="isUnlimited")
+    return EntitlementInput(
+        type=EntitlementType(body.type),
+        feature_id=body.featureId,
+        feature_key=body.featureKey,
+        metadata=body.metadata or {},
+        config=body.config,
+        usage_period_interval=body.usagePeriod.interval if body.usagePeriod else None,
+        usage_period_anchor=body.usagePeriod.anchor if body.usagePeriod else None,
+        measure_usage_from=body.measureUsageFrom,
+        is_soft_limit=body.isSoftLimit,
+        issue_after_reset=body.issueAfterReset,
+        issue_after_reset_priority=body.issueAfterResetPriority,
+        preserve_overage_at_reset=body.preserveOverageAtReset,
+    )
+
+
+async def _entitlement_views(svc: Entitlements, entitlements: list[Any]) -> list[dict[str, Any]]:
+    periods = await svc.balances.periods(entitlements, svc.deps.clock.now())
+    return [entitlement_view(e, periods.get(e.id)) for e in entitlements]
+
+
+@router.post(ENT, status_code=201)
+async def create_entitlement(request: Request, namespace: Namespace, subjectIdOrKey: str) -> Response:  # noqa: N803
+    svc = services(request)
+    spec = _entitlement_input(parse_body(EntitlementCreateBody, await request.body()))
+    created = await svc.entitlements.create(namespace, subjectIdOrKey, spec)
+    return json_response((await _entitlement_views(svc, [created]))[0], 201)
+
+
+@router.get(ENT)
+async def list_subject_entitlements(
+    request: Request,
+    namespace: Namespace,
+    subjectIdOrKey: str,  # noqa: N803
+    include_deleted: Annotated[bool, Query(alias="includeDeleted")] = False,
+) -> Response:
+    svc = services(request)
+    items = await svc.entitlements.search(namespace, subject_keys=[subjectIdOrKey], include_deleted=include_deleted)
+    return json_response(await _entitlement_views(svc, items))
+
+
+@router.get("/api/v1/entitlements")
+async def list_entitlements(
+    request: Request,
+    namespace: Namespace,
+    subject: Annotated[list[str] | None, Query()] = None,
+    feature: Annotated[list[str] | None, Query()] = None,
+    include_deleted: Annotated[bool, Query(alias="includeDeleted")] = False,
+    page: Page = None,
+    page_size: PageSize = None,
+    offset: Offset = 0,
+    limit: Limit = None,
+) -> Response:
+    svc = services(request)
+    n, skip = _paging(page, page_size, offset, limit)
+    filters: dict[str, Any] = {
+        "subject_keys": subject or (),
+        "feature_keys": feature or (),
+        "include_deleted": include_deleted,
+    }
+    items = await svc.entitlements.search(namespace, limit=n, offset=skip, **filters)
+    total = len(items)
+    if page is not None or page_size is not None:
+        total = len(await svc.entitlements.search(namespace, limit=10**9, **filters))
+    return json_response(page_of(await _entitlement_views(svc, items), page, page_size, total))
+
+
+@router.get("/api/v1/entitlements/{entitlementId}")
+async def get_entitlement_by_id(request: Request, namespace: Namespace, entitlementId: str) -> Response:  # noqa: N803
+    svc = services(request)
+    found = await svc.entitlements.get(namespace, None, entitlementId)
+    return json_response((await _entitlement_views(svc, [found]))[0])
+
+
+@router.get(ENT + "/{entitlementId}")
+async def get_entitlement(
+    request: Request,
+    namespace: Namespace,
+    subjectIdOrKey: str,  # noqa: N803
+    entitlementId: str,  # noqa: N803
+) -> Response:
+    svc = services(request)
+    found = await svc.entitlements.get(namespace, subjectIdOrKey, entitlementId)
+    return json_response((await _entitlement_views(svc, [found]))[0])
+
+
+@router.delete(ENT + "/{entitlementId}", status_code=204)
+async def delete_entitlement(
+    request: Request,
+    namespace: Namespace,
+    subjectIdOrKey: str,  # noqa: N803
+    entitlementId: str,  # noqa: N803
+) -> Response:
+    await services(request).entitlements.delete(namespace, subjectIdOrKey, entitlementId)
+    return Response(status_code=204)
+
+
+@router.put(ENT + "/{entitlementIdOrFeatureKey}/override", status_code=201)
+async def override_entitlement(
+    request: Request,
+    namespace: Namespace,
+    subjectIdOrKey: str,  # noqa: N803
+    entitlementIdOrFeatureKey: str,  # noqa: N803
+) -> Response:
+    svc = services(request)
+    spec = _entitlement_input(parse_body(EntitlementCreateBody, await request.body()))
+    created = await svc.entitlements.override(namespace, subjectIdOrKey, entitlementIdOrFeatureKey, spec)
+    return json_response((await _entitlement_views(svc, [created]))[0], 201)
+
+
+# ---- grants ----
+
+
+@router.post(ENT + "/{entitlementIdOrFeatureKey}/grants", status_code=201)
+async def create_grant(
+    request: Request,
+    namespace: Namespace,
+    subjectIdOrKey: str,  # noqa: N803
+    entitlementIdOrFeatureKey: str,  # noqa: N803
+) -> Response:
+    svc = services(request)
+    body = parse_body(GrantCreateBody, await request.body())
+    grant = await svc.grants.create(
+        namespace,
+        subjectIdOrKey,
+        entitlementIdOrFeatureKey,
+        GrantInput(
+            amount=body.amount,
+            effective_at=body.effectiveAt,
+            expiration=Expiration(ExpirationDuration(body.expiration.duration), body.expiration.count),
+            priority=body.priority,
+            min_rollover_amount=body.minRolloverAmount,
+            max_rollover_amount=body.maxRolloverAmount,
+            recurrence_interval=body.recurrence.interval if body.recurrence else None,
+            recurrence_anchor=body.recurrence.anchor if body.recurrence else None,
+            metadata=body.metadata or {},
+        ),
+    )
+    return json_response(grant_view(grant, svc.deps.clock.now()), 201)
+
+
+@router.get(ENT + "/{entitlementIdOrFeatureKey}/grants")
+async def list_entitlement_grants(
+    request: Request,
+    namespace: Namespace,
+    subjectIdOrKey: str,  # noqa: N803
+    entitlementIdOrFeatureKey: str,  # noqa: N803
+    include_deleted: Annotated[bool, Query(alias="includeDeleted")] = False,
+) -> Response:
+    svc = services(request)
+    grants = await svc.grants.list_for_entitlement(
+        namespace, subjectIdOrKey, entitlementIdOrFeatureKey, include_voided=include_deleted
+    )
+    now = svc.deps.clock.now()
+    return json_response([grant_view(g, now) for g in grants])
+
+
+@router.get("/api/v1/grants")
+async def list_grants(
+    request: Request,
+    namespace: Namespace,
+    subject: Annotated[list[str] | None, Query()] = None,
+    feature: Annotated[list[str] | None, Query()] = None,
+    include_deleted: Annotated[bool, Query(alias="includeDeleted")] = False,
+    page: Page = None,
+    page_size: PageSize = None,
+    offset: Offset = 0,
+    limit: Limit = None,
+) -> Response:
+    svc = services(request)
+    n, skip = _paging(page, page_size, offset, limit)
+    filters: dict[str, Any] = {
+        "subject_keys": subject or (),
+        "feature_keys": feature or (),
+        "include_voided": include_deleted,
+    }
+    grants = await svc.grants.search(namespace, limit=n, offset=skip, **filters)
+    total = len(grants)
+    if page is not None or page_size is not None:
+        total = len(await svc.grants.search(namespace, limit=10**9, **filters))
+    now = svc.deps.clock.now()
+    return json_response(page_of([grant_view(g, now) for g in grants], page, page_size, total))
+
+
+@router.delete("/api/v1/grants/{grantId}", status_code=204)
+async def void_grant(request: Request, namespace: Namespace, grantId: str) -> Response:  # noqa: N803
+    await services(request).grants.void(namespace, grantId)
+    return Response(status_code=204)
+
+
+# ---- balances ----
+
+
+@router.get(ENT + "/{entitlementIdOrFeatureKey}/value")
+async def entitlement_value(
+    request: Request,
+    namespace: Namespace,
+    subjectIdOrKey: str,  # noqa: N803
+    entitlementIdOrFeatureKey: str,  # noqa: N803
+    time: str | None = None,
+) -> Response:
+    value = await services(request).balances.value(
+        namespace, subjectIdOrKey, entitlementIdOrFeatureKey, _time(time, "time")
+    )
+    return json_response(value_view(value))
+
+
+@router.get(ENT + "/{entitlementId}/history")
+async def entitlement_history(
+    request: Request,
+    namespace: Namespace,
+    subjectIdOrKey: str,  # noqa: N803
+    entitlementId: str,  # noqa: N803
+    window_size: Annotated[str, Query(alias="windowSize")],
+    from_: Annotated[str | None, Query(alias="from")] = None,
+    to: str | None = None,
+    window_time_zone: Annotated[str, Query(alias="windowTimeZone")] = "UTC",
+) -> Response:
+    try:
+        size = WindowSize(window_size.upper())
+    except ValueError:
+        raise InvalidInput("windowSize must be MINUTE, HOUR, DAY or MONTH", field="windowSize") from None
+    history = await balance_history(
+        services(request).balances,
+        namespace,
+        subjectIdOrKey,
+        entitlementId,
+        start=_time(from_, "from"),
+        end=_time(to, "to"),
+        size=size,
+        tz=zone(window_time_zone),
+    )
+    return json_response(history_view(history))
+
+
+@router.post(ENT + "/{entitlementId}/reset", status_code=204)
+async def reset_usage(
+    request: Request,
+    namespace: Namespace,
+    subjectIdOrKey: str,  # noqa: N803
+    entitlementId: str,  # noqa: N803
+) -> Response:
+    body = parse_body(ResetBody, await request.body())
+    await services(request).balances.reset(
+        namespace,
+        subjectIdOrKey,
+        entitlementId,
+        effective_at=body.effectiveAt,
+        retain_anchor=body.retainAnchor,
+        preserve_overage=body.preserveOverage,
+    )
+    return Response(status_code=204)

@@ -1,0 +1,152 @@
+"""The wire format: OpenMeter v1 request bodies (camelCase) in, response JSON out.
+
+Request bodies are decoded with Decimal for every JSON number with a fraction, and responses write
+Decimals as JSON numbers digit for digit, so amounts never pass through a float.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from datetime import datetime
+from decimal import Decimal
+from typing import Any, Literal, TypeVar
+
+import orjson
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, ValidationError
+
+from common.cloudevents import format_time
+from common.errors import InvalidInput
+
+# ---- JSON with exact decimals ----
+
+
+def decode_body(body: bytes) -> Any:
+    try:
+        return json.loads(body, parse_float=Decimal, parse_constant=_no_constant)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise InvalidInput(f"malformed JSON: {exc}") from None
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a number")
+
+
+def decimal_text(d: Decimal) -> str:
+    """A JSON number for d: plain notation, no trailing zeros (100, 0.5, -3.25)."""
+    if not d.is_finite():
+        raise ValueError("amounts are finite")
+    text = format(d.normalize(), "f") if d != 0 else "0"
+    if "." in text:
+        text = text.rstrip("0").rstrip(".")
+    return text or "0"
+
+
+def encode(value: Any) -> bytes:
+    """JSON bytes; Decimal becomes a number with exactly its digits, datetimes RFC 3339 UTC."""
+    return "".join(_encode(value)).encode()
+
+
+def _encode(value: Any) -> list[str]:
+    if isinstance(value, Decimal):
+        return [decimal_text(value)]
+    if isinstance(value, datetime):
+        return ['"', format_time(value), '"']
+    if isinstance(value, Mapping):
+        out = ["{"]
+        for i, (k, v) in enumerate(value.items()):
+            if i:
+                out.append(",")
+            out.append(orjson.dumps(str(k)).decode())
+            out.append(":")
+            out.extend(_encode(v))
+        out.append("}")
+        return out
+    if isinstance(value, list | tuple):
+        out = ["["]
+        for i, v in enumerate(value):
+            if i:
+                out.append(",")
+            out.extend(_encode(v))
+        out.append("]")
+        return out
+    return [orjson.dumps(value).decode()]
+
+
+# ---- request bodies ----
+
+
+class _In(BaseModel):
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+
+class FeatureCreateBody(_In):
+    key: str = Field(min_length=1, max_length=64)
+    name: str = Field(min_length=1, max_length=256)
+    meterSlug: str | None = None  # noqa: N815 - OpenMeter's field name
+    meterGroupByFilters: dict[str, str] | None = None  # noqa: N815
+    metadata: dict[str, str] | None = None
+
+
+class UsagePeriodBody(_In):
+    interval: str
+    anchor: AwareDatetime | None = None
+
+
+class EntitlementCreateBody(_In):
+    type: Literal["boolean", "static", "metered"]
+    featureKey: str | None = None  # noqa: N815
+    featureId: str | None = None  # noqa: N815
+    metadata: dict[str, str] | None = None
+    config: Any = None
+    usagePeriod: UsagePeriodBody | None = None  # noqa: N815
+    measureUsageFrom: AwareDatetime | Literal["CURRENT_PERIOD_START", "NOW"] | None = None  # noqa: N815
+    isSoftLimit: bool = False  # noqa: N815
+    isUnlimited: bool = False  # noqa: N815
+    issueAfterReset: Decimal | None = None  # noqa: N815
+    issueAfterResetPriority: int = 1  # noqa: N815
+    preserveOverageAtReset: bool = False  # noqa: N815
+
+
+class ExpirationBody(_In):
+    duration: Literal["HOUR", "DAY", "WEEK", "MONTH", "YEAR"]
+    count: int = Field(ge=1, le=100_000)
+
+
+class GrantCreateBody(_In):
+    amount: Decimal
+    priority: int = 1
+    effectiveAt: AwareDatetime  # noqa: N815
+    expiration: ExpirationBody
+    minRolloverAmount: Decimal = Decimal(0)  # noqa: N815
+    maxRolloverAmount: Decimal = Decimal(0)  # noqa: N815
+    recurrence: UsagePeriodBody | None = None
+    metadata: dict[str, str] | None = None
+
+
+class ResetBody(_In):
+    effectiveAt: AwareDatetime | None = None  # noqa: N815
+    retainAnchor: bool = False  # noqa: N815
+    preserveOverage: bool | None = None  # noqa: N815
+
+
+M = TypeVar("M", bound=BaseModel)
+
+
+def parse_body(model: type[M], body: bytes) -> M:
+    raw = decode_body(body) if body.strip() else {}
+    if not isinstance(raw, dict):
+        raise InvalidInput("the request body must be a JSON object")
+    try:
+        return model.model_validate(raw)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first["loc"]) or None
+        raise InvalidInput(f"{where}: {first['msg']}" if where else first["msg"], field=where) from None
+
+
+def page_of(items: Sequence[Any], page: int | None, page_size: int | None, total: int) -> Any:
+    """OpenMeter lists: a bare array, or {items, page, pageSize, totalCount} when paging was asked for."""
+    if page is None and page_size is None:
+        return list(items)
+    return {"items": list(items), "page": page or 1, "pageSize": page_size or len(items), "totalCount": total}

@@ -1,0 +1,48 @@
+"""The entitlement services, built once at start-up around one database and the meter ports."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from common.clock import Clock, SystemClock
+from common.usage import MeterCatalog, UsageReader
+from entitlements.db.session import Database
+from entitlements.service.balance import BalanceService
+from entitlements.service.deps import Deps
+from entitlements.service.entitlements import EntitlementService
+from entitlements.service.features import FeatureService
+from entitlements.service.grants import GrantService
+
+
+@dataclass(frozen=True)
+class Entitlements:
+    """Everything the HTTP layer needs. `features` is also the aggregator's MeterUseGuard."""
+
+    deps: Deps
+    features: FeatureService
+    entitlements: EntitlementService
+    grants: GrantService
+    balances: BalanceService
+
+    def close(self) -> None:
+        self.deps.db.dispose()
+
+
+def build_entitlements(
+    db: Database | str,
+    *,
+    meters: MeterCatalog,
+    usage: UsageReader,
+    clock: Clock,
+    wall_clock: Clock | None = None,
+) -> Entitlements:
+    """`db` is a Database or a URL; run `entitlements.db.migrate.upgrade_database` on it first."""
+    database = Database(db) if isinstance(db, str) else db
+    deps = Deps(db=database, meters=meters, usage=usage, clock=clock, wall_clock=wall_clock or SystemClock())
+    return Entitlements(
+        deps=deps,
+        features=FeatureService(deps),
+        entitlements=EntitlementService(deps),
+        grants=GrantService(deps),
+        balances=BalanceService(deps),
+    )

@@ -1,0 +1,283 @@
+"""The shell around the balance engine: value, history and reset.
+
+A read is: one consistent read transaction (entitlement, feature, grants, resets, recent snapshots) ->
+pick the newest usable snapshot -> the engine plans windows -> one usage round trip -> the engine runs ->
+new period-start snapshots are stored if nothing changed meanwhile. So a read costs what happened since
+its snapshot, not the whole history.
+
+Snapshots are a cache, never the truth. One is unusable when
+- an input before its instant changed (backdated grant, void, reset): the engine's inputs digest differs,
+  and the writes also delete snapshots from the change's instant on;
+- a late event arrived: an event older than the snapshot's instant was stored after the snapshot was
+  taken (UsageReader.last_stored_at later than its wall-clock creation time).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from decimal import Decimal
+
+import structlog
+
+from common.errors import InvalidInput
+from entitlements import engine
+from entitlements.db.repositories import (
+    EntitlementRepository,
+    FeatureRepository,
+    GrantRepository,
+    ResetRepository,
+    SnapshotRepository,
+)
+from entitlements.domain import (
+    Entitlement,
+    EntitlementNotFound,
+    EntitlementType,
+    Feature,
+    NotMetered,
+    Reset,
+    StoredSnapshot,
+    new_id,
+)
+from entitlements.service.deps import Deps
+from entitlements.service.entitlements import find_entitlement
+from entitlements.service.terms import Inputs, PeriodView, period_at
+
+log = structlog.get_logger(__name__)
+
+ZERO = Decimal(0)
+SNAPSHOT_CANDIDATES = 4
+# Events become visible in ClickHouse a moment after their storage time is stamped: a snapshot counts as
+# taken this much earlier than its wall time, so an event stored just before a read but not yet visible
+# to it still invalidates the snapshot.
+VISIBILITY_MARGIN = timedelta(seconds=5)
+
+
+@dataclass(frozen=True, slots=True)
+class Value:
+    has_access: bool
+    balance: Decimal | None = None
+    usage: Decimal | None = None
+    overage: Decimal | None = None
+    total_available_grant_amount: Decimal | None = None
+    config: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Loaded:
+    entitlement: Entitlement
+    feature: Feature
+    inputs: Inputs | None
+    snapshots: tuple[StoredSnapshot, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Computed:
+    result: engine.Result
+    start: engine.Snapshot
+    bounds: tuple[datetime, ...]
+    usage: tuple[Decimal, ...]
+
+
+def _active_at(e: Entitlement, at: datetime) -> bool:
+    return e.deleted_at is None or at < e.deleted_at
+
+
+class BalanceService:
+    def __init__(self, deps: Deps) -> None:
+        self.d = deps
+
+    # ---- loading ----
+
+    def _load(self, namespace: str, subject_key: str, id_or_feature_key: str, snapshots_before: datetime) -> Loaded:
+        with self.d.db.read() as s:
+            ent = find_entitlement(EntitlementRepository(s, lock_rows=False), namespace, subject_key, id_or_feature_key)
+            if ent is None:
+                raise EntitlementNotFound(id_or_feature_key, subject_key)
+            feature = FeatureRepository(s).get(namespace, ent.feature_id)
+            if feature is None:
+                raise EntitlementNotFound(id_or_feature_key, subject_key)
+            if ent.type is not EntitlementType.METERED:
+                return Loaded(ent, feature, None, ())
+            grants = GrantRepository(s).for_entitlement(ent.id)
+            resets = ResetRepository(s).for_entitlement(ent.id)
+            snaps = SnapshotRepository(s).latest_at_or_before(ent.id, snapshots_before, limit=SNAPSHOT_CANDIDATES)
+            return Loaded(ent, feature, Inputs.of(ent, grants, resets), tuple(snaps))
+
+    async def _start_snapshot(self, loaded: Loaded) -> tuple[engine.Snapshot, list[datetime]]:
+        """The newest usable snapshot (or the initial state) and the instants of stale ones to drop."""
+        inputs = loaded.inputs
+        assert inputs is not None
+        stale: list[datetime] = []
+        for stored in loaded.snapshots:
+            try:
+                snap = engine.Snapshot.from_dict(stored.state)
+            except (KeyError, ValueError, TypeError, ArithmeticError):
+                stale.append(stored.at)
+                continue
+            if not engine.snapshot_is_usable(snap, inputs.terms, inputs.grants, inputs.resets):
+                stale.append(stored.at)
+                continue
+            last = await self.d.usage.last_stored_at(
+                loaded.entitlement.namespace,
+                loaded.feature.meter_slug or "",
+                loaded.entitlement.subject_key,
+                before=stored.at,
+            )
+            if last is not None and last > stored.created_at:
+                log.info("snapshot_stale_late_event", entitlement_id=stored.entitlement_id, at=stored.at.isoformat())
+                stale.append(stored.at)
+                continue
+            return snap, stale
+        return engine.initial_snapshot(inputs.terms, inputs.grants, inputs.resets), stale
+
+    async def _compute(self, loaded: Loaded, target: datetime, extra: Sequence[datetime] = ()) -> Computed:
+        inputs = loaded.inputs
+        assert inputs is not None
+        start, stale = await self._start_snapshot(loaded)
+        bounds = engine.plan_windows(start, inputs.grants, inputs.resets, inputs.terms, target, extra)
+        wall = self.d.wall_clock.now() - VISIBILITY_MARGIN
+        usage: list[Decimal] = []
+        if len(bounds) > 1:
+            usage = await self.d.usage.usage_windows(
+                loaded.entitlement.namespace,
+                loaded.feature.meter_slug or "",
+                loaded.entitlement.subject_key,
+                loaded.feature.meter_group_by_filters,
+                bounds,
+            )
+        result = engine.run(start, inputs.grants, inputs.resets, inputs.terms, bounds, usage)
+        await self._persist(loaded, result, wall, stale)
+        return Computed(result, start, tuple(bounds), tuple(usage))
+
+    async def _persist(self, loaded: Loaded, result: engine.Result, wall: datetime, stale: list[datetime]) -> None:
+        """Store the period-start snapshots this run passed (not future ones), if the inputs did not change."""
+        now = self.d.clock.now()
+        ent = loaded.entitlement
+        fresh = [
+            StoredSnapshot(ent.id, snap.at, wall, ent.version, snap.to_dict())
+            for snap in result.snapshots
+            if snap.at <= now
+        ]
+        if not fresh and not stale:
+            return
+
+        def tx() -> bool:
+            with self.d.db.write() as s:
+                current = EntitlementRepository(s, lock_rows=self.d.db.locks_rows).get(
+                    ent.namespace, ent.id, for_update=True
+                )
+                if current is None or current.version != ent.version:
+                    return False  # a grant, void or reset landed meanwhile: these states may be wrong now
+                snaps = SnapshotRepository(s)
+                if stale:
+                    snaps.delete_from(ent.id, min(stale))
+                snaps.put(fresh)
+                return True
+
+        stored = await self.d.in_thread(tx)
+        log.debug("snapshots_stored", entitlement_id=ent.id, count=len(fresh), stored=stored, dropped=len(stale))
+
+    # ---- API ----
+
+    async def value(self, namespace: str, subject_key: str, id_or_feature_key: str, at: datetime | None) -> Value:
+        target = at or self.d.clock.now()
+        loaded = await self.d.in_thread(lambda: self._load(namespace, subject_key, id_or_feature_key, target))
+        ent = loaded.entitlement
+        active = _active_at(ent, target)
+        if ent.type is EntitlementType.BOOLEAN:
+            return Value(has_access=active)
+        if ent.type is EntitlementType.STATIC:
+            return Value(has_access=active, config=ent.config)
+        inputs = loaded.inputs
+        assert inputs is not None
+        if target < inputs.terms.measure_usage_from:
+            return Value(
+                has_access=active and inputs.terms.is_soft_limit,
+                balance=ZERO,
+                usage=ZERO,
+                overage=ZERO,
+                total_available_grant_amount=ZERO,
+            )
+        computed = await self._compute(loaded, target)
+        r = computed.result
+        return Value(
+            has_access=active and r.has_access,
+            balance=r.balance,
+            usage=r.usage,
+            overage=r.overage,
+            total_available_grant_amount=r.total_available_grant_amount,
+        )
+
+    async def reset(
+        self,
+        namespace: str,
+        subject_key: str,
+        entitlement_id: str,
+        *,
+        effective_at: datetime | None,
+        retain_anchor: bool,
+        preserve_overage: bool | None,
+    ) -> Reset:
+        now = self.d.clock.now()
+        at = effective_at or now
+        if at > now:
+            raise InvalidInput("a reset cannot be in the future", field="effectiveAt")
+
+        def tx() -> Reset:
+            with self.d.db.write() as s:
+                ents = EntitlementRepository(s, lock_rows=self.d.db.locks_rows)
+                ent = find_entitlement(ents, namespace, subject_key, entitlement_id, for_update=True)
+                if ent is None or ent.deleted_at is not None:
+                    raise EntitlementNotFound(entitlement_id, subject_key)
+                if ent.type is not EntitlementType.METERED:
+                    raise NotMetered(ent.id, "usage to reset")
+                assert ent.measure_usage_from is not None
+                if at < ent.measure_usage_from:
+                    raise InvalidInput("a reset cannot be before measureUsageFrom", field="effectiveAt")
+                resets = ResetRepository(s)
+                last = max((r.effective_at for r in resets.for_entitlement(ent.id)), default=None)
+                if last is not None and at < last:
+                    raise InvalidInput(
+                        f"a reset cannot be before the last reset ({last.isoformat()})", field="effectiveAt"
+                    )
+                reset = Reset(
+                    id=new_id(),
+                    entitlement_id=ent.id,
+                    effective_at=at,
+                    retain_anchor=retain_anchor,
+                    preserve_overage=(ent.preserve_overage_at_reset if preserve_overage is None else preserve_overage),
+                    created_at=now,
+                )
+                resets.add(reset)
+                ents.bump_version(ent.id, now)
+                SnapshotRepository(s).delete_from(ent.id, at)
+                return reset
+
+        reset = await self.d.in_thread(tx)
+        log.info("usage_reset", entitlement_id=reset.entitlement_id, at=reset.effective_at.isoformat())
+        return reset
+
+    async def load_metered(self, namespace: str, subject_key: str, entitlement_id: str, before: datetime) -> Loaded:
+        loaded = await self.d.in_thread(lambda: self._load(namespace, subject_key, entitlement_id, before))
+        if loaded.inputs is None:
+            raise NotMetered(loaded.entitlement.id, "balance history")
+        return loaded
+
+    async def compute(self, loaded: Loaded, target: datetime, extra: Sequence[datetime]) -> Computed:
+        return await self._compute(loaded, target, extra)
+
+    async def periods(self, entitlements: Sequence[Entitlement], at: datetime) -> dict[str, PeriodView]:
+        """The current usage period of each metered entitlement (resets can move it; grants cannot)."""
+        metered = [e for e in entitlements if e.type is EntitlementType.METERED]
+        if not metered:
+            return {}
+
+        def tx() -> dict[str, list[Reset]]:
+            with self.d.db.read() as s:
+                repo = ResetRepository(s)
+                return {e.id: repo.for_entitlement(e.id) for e in metered}
+
+        resets = await self.d.in_thread(tx)
+        return {e.id: period_at(Inputs.of(e, (), resets[e.id]), at) for e in metered}

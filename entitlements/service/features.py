@@ -1,0 +1,146 @@
+"""Features: what a subject may be entitled to, optionally measured by a meter (filtered by group-by values)."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+
+import structlog
+from sqlalchemy.exc import IntegrityError
+
+from common.errors import InvalidInput
+from entitlements.db.repositories import FeatureRepository
+from entitlements.domain import Feature, FeatureKeyTaken, FeatureNotFound, MeterNotFound, new_id
+from entitlements.service.deps import Deps
+
+log = structlog.get_logger(__name__)
+
+KEY_PATTERN = re.compile(r"^[a-z0-9]+(?:[_-][a-z0-9]+)*$")
+MAX_PAGE = 1000
+
+
+@dataclass(frozen=True, slots=True)
+class FeatureInput:
+    key: str
+    name: str
+    meter_slug: str | None = None
+    meter_group_by_filters: Mapping[str, str] = field(default_factory=dict)
+    metadata: Mapping[str, str] = field(default_factory=dict)
+
+
+class FeatureService:
+    def __init__(self, deps: Deps) -> None:
+        self.d = deps
+
+    async def create(self, namespace: str, spec: FeatureInput) -> Feature:
+        if not KEY_PATTERN.match(spec.key) or len(spec.key) > 64:
+            raise InvalidInput("key must be 1-64 lowercase letters, digits, '_' or '-' (not at the ends)", field="key")
+        if not spec.name.strip():
+            raise InvalidInput("name must not be empty", field="name")
+        if spec.meter_group_by_filters and spec.meter_slug is None:
+            raise InvalidInput("meterGroupByFilters needs a meterSlug", field="meterGroupByFilters")
+        if spec.meter_slug is not None:
+            meter = await self.d.meters.get_meter(namespace, spec.meter_slug)
+            if meter is None:
+                raise MeterNotFound(spec.meter_slug)
+            unknown = sorted(set(spec.meter_group_by_filters) - set(meter.group_by))
+            if unknown:
+                raise InvalidInput(
+                    f"meterGroupByFilters keys {unknown} are not group-by keys of meter {meter.slug!r} "
+                    f"(it has {sorted(meter.group_by)})",
+                    field="meterGroupByFilters",
+                )
+        now = self.d.clock.now()
+        feature = Feature(
+            id=new_id(),
+            namespace=namespace,
+            key=spec.key,
+            name=spec.name,
+            meter_slug=spec.meter_slug,
+            meter_group_by_filters=dict(spec.meter_group_by_filters),
+            metadata=dict(spec.metadata),
+            created_at=now,
+            updated_at=now,
+        )
+
+        def tx() -> Feature:
+            with self.d.db.write() as s:
+                repo = FeatureRepository(s)
+                existing = repo.active_by_key(namespace, spec.key)
+                if existing is not None:
+                    raise FeatureKeyTaken(spec.key, existing.id)
+                repo.add(feature)
+            return feature
+
+        try:
+            created = await self.d.in_thread(tx)
+        except IntegrityError:
+            # A concurrent create won the unique index on (namespace, key) among active features.
+            winner = await self.d.in_thread(lambda: self._active_by_key(namespace, spec.key))
+            raise FeatureKeyTaken(spec.key, winner.id if winner else "?") from None
+        log.info("feature_created", feature_id=created.id, key=created.key, meter=created.meter_slug)
+        return created
+
+    def _active_by_key(self, namespace: str, key: str) -> Feature | None:
+        with self.d.db.read() as s:
+            return FeatureRepository(s).active_by_key(namespace, key)
+
+    async def get(self, namespace: str, id_or_key: str) -> Feature:
+        def tx() -> Feature | None:
+            with self.d.db.read() as s:
+                return FeatureRepository(s).get(namespace, id_or_key)
+
+        found = await self.d.in_thread(tx)
+        if found is None:
+            raise FeatureNotFound(id_or_key)
+        return found
+
+    async def search(
+        self,
+        namespace: str,
+        *,
+        include_archived: bool = False,
+        meter_slugs: Sequence[str] = (),
+        limit: int = MAX_PAGE,
+        offset: int = 0,
+    ) -> list[Feature]:
+        def tx() -> list[Feature]:
+            with self.d.db.read() as s:
+                return FeatureRepository(s).search(
+                    namespace,
+                    include_archived=include_archived,
+                    meter_slugs=meter_slugs,
+                    limit=min(limit, MAX_PAGE),
+                    offset=offset,
+                )
+
+        return await self.d.in_thread(tx)
+
+    async def archive(self, namespace: str, id_or_key: str) -> Feature:
+        """DELETE archives: existing entitlements keep working, new ones cannot use the feature."""
+        now = self.d.clock.now()
+
+        def tx() -> Feature | None:
+            with self.d.db.write() as s:
+                repo = FeatureRepository(s)
+                found = repo.get(namespace, id_or_key)
+                if found is None:
+                    return None
+                repo.archive(namespace, found.id, now)
+                return repo.get(namespace, found.id)
+
+        archived = await self.d.in_thread(tx)
+        if archived is None:
+            raise FeatureNotFound(id_or_key)
+        log.info("feature_archived", feature_id=archived.id, key=archived.key)
+        return archived
+
+    async def features_using_meter(self, namespace: str, meter_slug: str) -> list[str]:
+        """MeterUseGuard: active feature keys that measure with this meter (a meter in use cannot be deleted)."""
+
+        def tx() -> list[str]:
+            with self.d.db.read() as s:
+                return FeatureRepository(s).active_keys_using_meter(namespace, meter_slug)
+
+        return await self.d.in_thread(tx)

@@ -1,0 +1,205 @@
+"""Grants: credits on a metered entitlement. Creating, voiding (and resetting, in balance.py) is serialised
+per entitlement and bumps its version, so a balance read never mixes states and stale snapshots are dropped.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from decimal import Decimal
+
+import structlog
+
+from common.errors import InvalidInput
+from entitlements import engine
+from entitlements.db.repositories import EntitlementRepository, GrantRepository, SnapshotRepository
+from entitlements.domain import (
+    Entitlement,
+    EntitlementNotFound,
+    EntitlementType,
+    Expiration,
+    ExpirationDuration,
+    Grant,
+    GrantAlreadyVoided,
+    GrantNotFound,
+    NotMetered,
+    UsagePeriod,
+    new_id,
+)
+from entitlements.service.deps import Deps
+from entitlements.service.entitlements import find_entitlement
+from entitlements.service.terms import expires_at
+
+log = structlog.get_logger(__name__)
+
+MAX_PAGE = 1000
+MAX_PRIORITY = 255
+
+
+@dataclass(frozen=True, slots=True)
+class GrantInput:
+    amount: Decimal
+    effective_at: datetime
+    expiration: Expiration
+    priority: int = 1
+    min_rollover_amount: Decimal = Decimal(0)
+    max_rollover_amount: Decimal = Decimal(0)
+    recurrence_interval: str | None = None
+    recurrence_anchor: datetime | None = None
+    metadata: Mapping[str, str] = field(default_factory=dict)
+
+
+def _validate(spec: GrantInput) -> None:
+    for name, value in (
+        ("amount", spec.amount),
+        ("minRolloverAmount", spec.min_rollover_amount),
+        ("maxRolloverAmount", spec.max_rollover_amount),
+    ):
+        if not value.is_finite() or value < 0:
+            raise InvalidInput(f"{name} must be a finite number >= 0", field=name)
+    if spec.min_rollover_amount > spec.max_rollover_amount:
+        raise InvalidInput("minRolloverAmount must not exceed maxRolloverAmount", field="minRolloverAmount")
+    if not 0 <= spec.priority <= MAX_PRIORITY:
+        raise InvalidInput(f"priority must be between 0 and {MAX_PRIORITY}", field="priority")
+    if spec.expiration.count < 1:
+        raise InvalidInput("expiration.count must be at least 1", field="expiration.count")
+    if spec.recurrence_interval is not None:
+        try:
+            engine.Period.parse(spec.recurrence_interval)
+        except engine.EngineInputError:
+            raise InvalidInput(
+                "recurrence.interval must be DAY, WEEK, MONTH, YEAR or an ISO 8601 duration",
+                field="recurrence.interval",
+            ) from None
+
+
+class GrantService:
+    def __init__(self, deps: Deps) -> None:
+        self.d = deps
+
+    async def create(self, namespace: str, subject_key: str, id_or_feature_key: str, spec: GrantInput) -> Grant:
+        _validate(spec)
+        now = self.d.clock.now()
+        recurrence = (
+            UsagePeriod(spec.recurrence_interval, spec.recurrence_anchor or spec.effective_at)
+            if spec.recurrence_interval is not None
+            else None
+        )
+
+        def tx() -> Grant:
+            with self.d.db.write() as s:
+                ents = EntitlementRepository(s, lock_rows=self.d.db.locks_rows)
+                ent = find_entitlement(ents, namespace, subject_key, id_or_feature_key, for_update=True)
+                _require_metered(ent, id_or_feature_key, subject_key)
+                assert ent is not None
+                grant = Grant(
+                    id=new_id(),
+                    namespace=namespace,
+                    entitlement_id=ent.id,
+                    amount=spec.amount,
+                    priority=spec.priority,
+                    effective_at=spec.effective_at,
+                    expiration=spec.expiration,
+                    expires_at=expires_at(spec.effective_at, spec.expiration),
+                    created_at=now,
+                    updated_at=now,
+                    min_rollover_amount=spec.min_rollover_amount,
+                    max_rollover_amount=spec.max_rollover_amount,
+                    recurrence=recurrence,
+                    metadata=dict(spec.metadata),
+                )
+                GrantRepository(s).add(grant)
+                ents.bump_version(ent.id, now)
+                # A backdated grant changes every state from its effective time on.
+                SnapshotRepository(s).delete_from(ent.id, grant.effective_at)
+                return grant
+
+        grant = await self.d.in_thread(tx)
+        log.info("grant_created", grant_id=grant.id, entitlement_id=grant.entitlement_id, amount=str(grant.amount))
+        return grant
+
+    async def list_for_entitlement(
+        self, namespace: str, subject_key: str, id_or_feature_key: str, *, include_voided: bool = False
+    ) -> list[Grant]:
+        def tx() -> list[Grant]:
+            with self.d.db.read() as s:
+                ent = find_entitlement(
+                    EntitlementRepository(s, lock_rows=False), namespace, subject_key, id_or_feature_key
+                )
+                if ent is None:
+                    raise EntitlementNotFound(id_or_feature_key, subject_key)
+                grants = GrantRepository(s).for_entitlement(ent.id)
+                return [g for g in grants if include_voided or g.voided_at is None]
+
+        return await self.d.in_thread(tx)
+
+    async def search(
+        self,
+        namespace: str,
+        *,
+        subject_keys: Sequence[str] = (),
+        feature_keys: Sequence[str] = (),
+        include_voided: bool = False,
+        limit: int = MAX_PAGE,
+        offset: int = 0,
+    ) -> list[Grant]:
+        def tx() -> list[Grant]:
+            with self.d.db.read() as s:
+                ids: list[str] | None = None
+                if subject_keys or feature_keys:
+                    ents = EntitlementRepository(s, lock_rows=False).search(
+                        namespace,
+                        subject_keys=subject_keys,
+                        feature_keys=feature_keys,
+                        include_deleted=True,
+                        limit=100_000,
+                        offset=0,
+                    )
+                    ids = [e.id for e in ents]
+                return GrantRepository(s).search(
+                    namespace,
+                    include_voided=include_voided,
+                    entitlement_ids=ids,
+                    limit=min(limit, MAX_PAGE),
+                    offset=offset,
+                )
+
+        return await self.d.in_thread(tx)
+
+    async def void(self, namespace: str, grant_id: str) -> Grant:
+        """The grant's balance ends now; usage already burnt from it stays burnt."""
+        now = self.d.clock.now()
+
+        def tx() -> Grant:
+            with self.d.db.write() as s:
+                grants = GrantRepository(s)
+                found = grants.get(namespace, grant_id)
+                if found is None:
+                    raise GrantNotFound(grant_id)
+                ents = EntitlementRepository(s, lock_rows=self.d.db.locks_rows)
+                ents.get(namespace, found.entitlement_id, for_update=True)
+                found = grants.get(namespace, grant_id)  # re-read under the entitlement lock
+                assert found is not None
+                if found.voided_at is not None:
+                    raise GrantAlreadyVoided(grant_id)
+                grants.void(grant_id, now)
+                ents.bump_version(found.entitlement_id, now)
+                SnapshotRepository(s).delete_from(found.entitlement_id, now)
+                voided = grants.get(namespace, grant_id)
+                assert voided is not None
+                return voided
+
+        voided = await self.d.in_thread(tx)
+        log.info("grant_voided", grant_id=grant_id, entitlement_id=voided.entitlement_id)
+        return voided
+
+
+def _require_metered(ent: Entitlement | None, id_or_feature_key: str, subject_key: str) -> None:
+    if ent is None or ent.deleted_at is not None:
+        raise EntitlementNotFound(id_or_feature_key, subject_key)
+    if ent.type is not EntitlementType.METERED:
+        raise NotMetered(ent.id, "grants")
+
+
+__all__ = ["Expiration", "ExpirationDuration", "GrantInput", "GrantService"]

@@ -1,0 +1,171 @@
+"""Balance history: usage and balance per window (in a time zone), plus the grant burn-down segments.
+
+Window edges are computed in the requested IANA zone (so DAY windows follow local midnight across DST)
+and converted to UTC. The engine runs once over the union of its planned instants and the window edges
+(splitting a window never changes a result); usage is fetched in one round trip.
+"""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+from enum import StrEnum
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from common.errors import InvalidInput
+from entitlements import engine
+from entitlements.service.balance import BalanceService
+
+ZERO = Decimal(0)
+MAX_WINDOWS = 10_000
+
+
+class WindowSize(StrEnum):
+    MINUTE = "MINUTE"
+    HOUR = "HOUR"
+    DAY = "DAY"
+    MONTH = "MONTH"
+
+
+@dataclass(frozen=True, slots=True)
+class HistoryWindow:
+    start: datetime
+    end: datetime
+    usage: Decimal
+    balance_at_start: Decimal
+
+
+@dataclass(frozen=True, slots=True)
+class History:
+    windows: tuple[HistoryWindow, ...]
+    segments: tuple[engine.Segment, ...]
+
+
+def zone(name: str) -> ZoneInfo:
+    try:
+        return ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError):
+        raise InvalidInput(
+            f"unknown time zone {name!r}: use an IANA name such as Europe/Berlin", field="windowTimeZone"
+        ) from None
+
+
+def _floor(t: datetime, size: WindowSize) -> datetime:
+    if size is WindowSize.MINUTE:
+        return t.replace(second=0, microsecond=0)
+    if size is WindowSize.HOUR:
+        return t.replace(minute=0, second=0, microsecond=0)
+    if size is WindowSize.DAY:
+        return t.replace(hour=0, minute=0, second=0, microsecond=0)
+    return t.replace(day=1, hour=0, minute=0, second=0, microsecond=0)
+
+
+def _next(t: datetime, size: WindowSize) -> datetime:
+    """The next window start in local wall time (re-localised, so DAY/MONTH follow DST)."""
+    tz = t.tzinfo
+    if size is WindowSize.MINUTE:
+        return (t.astimezone(UTC) + timedelta(minutes=1)).astimezone(tz)
+    if size is WindowSize.HOUR:
+        return (t.astimezone(UTC) + timedelta(hours=1)).astimezone(tz)
+    if size is WindowSize.DAY:
+        naive = t.replace(tzinfo=None) + timedelta(days=1)
+        return naive.replace(tzinfo=tz)
+    month = t.month % 12 + 1
+    year = t.year + (1 if t.month == 12 else 0)
+    return t.replace(tzinfo=None, year=year, month=month).replace(tzinfo=tz)
+
+
+def window_edges(start: datetime, end: datetime, size: WindowSize, tz: ZoneInfo) -> list[datetime]:
+    """UTC edges start = e0 < e1 < ... < en = end; inner edges are local window starts. Pure."""
+    edges = [start]
+    local = _floor(start.astimezone(tz), size)
+    while True:
+        local = _next(local, size)
+        edge = local.astimezone(UTC)
+        if edge >= end:
+            break
+        if edge > edges[-1]:
+            edges.append(edge)
+        if len(edges) > MAX_WINDOWS:
+            raise InvalidInput(f"more than {MAX_WINDOWS} windows: use a larger windowSize or a shorter range")
+    if end > edges[-1]:
+        edges.append(end)
+    return edges
+
+
+async def balance_history(
+    balances: BalanceService,
+    namespace: str,
+    subject_key: str,
+    entitlement_id: str,
+    *,
+    start: datetime | None,
+    end: datetime | None,
+    size: WindowSize,
+    tz: ZoneInfo,
+) -> History:
+    now = balances.d.clock.now()
+    end = end or now
+    loaded = await balances.load_metered(namespace, subject_key, entitlement_id, start or end)
+    assert loaded.inputs is not None
+    measure_from = loaded.inputs.terms.measure_usage_from
+    if start is None:
+        from entitlements.service.terms import period_at
+
+        start = period_at(loaded.inputs, end).start
+    start = max(start, measure_from)
+    if end <= start:
+        if end < start and end > measure_from:
+            raise InvalidInput("from must be before to", field="from")
+        return History((), ())
+    edges = window_edges(start, end, size, tz)
+    computed = await balances.compute(loaded, end, edges)
+    segments = [seg for seg in computed.result.segments if seg.start >= start]
+    windows: list[HistoryWindow] = []
+    i = 0
+    for w_start, w_end in itertools.pairwise(edges):
+        while i < len(segments) and segments[i].start < w_start:
+            i += 1
+        used = ZERO
+        balance_at_start = segments[i].balance_at_start if i < len(segments) else ZERO
+        j = i
+        while j < len(segments) and segments[j].start < w_end:
+            used += segments[j].usage
+            j += 1
+        if used != 0:
+            windows.append(HistoryWindow(w_start, w_end, used, balance_at_start))
+    return History(tuple(windows), tuple(_merge_at_edges(segments, set(edges[1:-1]))))
+
+
+def _merge_at_edges(segments: list[engine.Segment], edges: set[datetime]) -> list[engine.Segment]:
+    """Burn-down segments split only where the engine's state changes, not at history window edges."""
+    out: list[engine.Segment] = []
+    for seg in segments:
+        prev = out[-1] if out else None
+        if prev is not None and seg.start in edges and not seg.reset_at_start and _same_phase(prev, seg):
+            usages: dict[str, Decimal] = {u.grant_id: u.usage for u in prev.grant_usages}
+            for u in seg.grant_usages:
+                usages[u.grant_id] = usages.get(u.grant_id, ZERO) + u.usage
+            out[-1] = engine.Segment(
+                start=prev.start,
+                end=seg.end,
+                usage=prev.usage + seg.usage,
+                overage_at_start=prev.overage_at_start,
+                overage_at_end=seg.overage_at_end,
+                overage_created=prev.overage_created + seg.overage_created,
+                balances_at_start=prev.balances_at_start,
+                balances_at_end=seg.balances_at_end,
+                grant_usages=tuple(engine.GrantUsage(k, v) for k, v in usages.items()),
+                period_start=prev.period_start,
+                reset_at_start=prev.reset_at_start,
+            )
+        else:
+            out.append(seg)
+    return out
+
+
+def _same_phase(prev: engine.Segment, seg: engine.Segment) -> bool:
+    """No grant appeared or disappeared at the edge: the balances simply continue."""
+    return prev.balances_at_end == seg.balances_at_start and prev.period_start == seg.period_start

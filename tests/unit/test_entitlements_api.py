@@ -1,0 +1,249 @@
+"""The entitlement API over a real SQLite file, with in-memory meter ports and a frozen clock."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+from pathlib import Path
+
+import httpx
+import pytest
+
+from common.clock import FrozenClock
+from entitlements.db.migrate import upgrade_database
+from entitlements.service import Entitlements, build_entitlements
+from tests.support.entitlement_fakes import FakeMeters, FakeUsage, entitlements_app
+
+T0 = datetime(2024, 1, 1, tzinfo=UTC)
+
+
+class Env:
+    def __init__(self, ents: Entitlements, client: httpx.AsyncClient, clock: FrozenClock, usage: FakeUsage) -> None:
+        self.ents = ents
+        self.client = client
+        self.clock = clock
+        self.usage = usage
+        self.meters: FakeMeters = ents.deps.meters  # type: ignore[assignment]
+
+    async def post(self, path: str, body: object, status: int = 201) -> dict:
+        r = await self.client.post(path, content=json.dumps(body), headers={"content-type": "application/json"})
+        assert r.status_code == status, r.text
+        return r.json() if r.content else {}
+
+    async def get(self, path: str, status: int = 200, **params: str) -> dict:
+        r = await self.client.get(path, params=params)
+        assert r.status_code == status, r.text
+        return r.json()
+
+    async def metered(self, subject: str = "acme", **extra: object) -> dict:
+        self.meters.add("tokens", "model")
+        await self.post("/api/v1/features", {"key": "gpt", "name": "GPT", "meterSlug": "tokens"})
+        body = {
+            "type": "metered",
+            "featureKey": "gpt",
+            "usagePeriod": {"interval": "MONTH", "anchor": "2024-01-01T00:00:00Z"},
+        }
+        body.update(extra)
+        return await self.post(f"/api/v1/subjects/{subject}/entitlements", body)
+
+    async def value(self, subject: str = "acme", key: str = "gpt", time: str | None = None) -> dict:
+        params = {"time": time} if time else {}
+        return await self.get(f"/api/v1/subjects/{subject}/entitlements/{key}/value", **params)
+
+
+@pytest.fixture
+async def env(tmp_path: Path) -> AsyncIterator[Env]:
+    url = f"sqlite:///{tmp_path / 'state.db'}"
+    upgrade_database(url)
+    clock = FrozenClock(T0)
+    usage = FakeUsage()
+    ents = build_entitlements(url, meters=FakeMeters(), usage=usage, clock=clock)
+    transport = httpx.ASGITransport(app=entitlements_app(ents))
+    async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+        yield Env(ents, client, clock, usage)
+    ents.close()
+
+
+async def test_features_validate_meter_and_filters_and_archive(env: Env) -> None:
+    env.meters.add("tokens", "model")
+    await env.post("/api/v1/features", {"key": "x", "name": "X", "meterSlug": "nope"}, 400)
+    bad = await env.post(
+        "/api/v1/features",
+        {"key": "x", "name": "X", "meterSlug": "tokens", "meterGroupByFilters": {"region": "eu"}},
+        400,
+    )
+    assert "region" in bad["detail"]
+    f = await env.post(
+        "/api/v1/features",
+        {"key": "gpt4", "name": "GPT-4", "meterSlug": "tokens", "meterGroupByFilters": {"model": "gpt-4"}},
+    )
+    assert f["meterGroupByFilters"] == {"model": "gpt-4"}
+    assert f["archivedAt"] is None
+    dup = await env.post("/api/v1/features", {"key": "gpt4", "name": "again"}, 409)
+    assert f["id"] in dup["detail"]
+    assert (await env.get(f"/api/v1/features/{f['id']}"))["key"] == "gpt4"
+    assert [x["key"] for x in await env.get("/api/v1/features")] == ["gpt4"]
+    r = await env.client.delete(f"/api/v1/features/{f['id']}")
+    assert r.status_code == 204
+    assert (await env.get(f"/api/v1/features/{f['id']}"))["archivedAt"] is not None
+    assert await env.get("/api/v1/features") == []
+    assert len(await env.get("/api/v1/features", includeArchived="true")) == 1
+    await env.post("/api/v1/subjects/s/entitlements", {"type": "boolean", "featureId": f["id"]}, 400)
+    await env.get("/api/v1/features/missing", 404)
+
+
+async def test_boolean_and_static_values(env: Env) -> None:
+    await env.post("/api/v1/features", {"key": "sso", "name": "SSO"})
+    await env.post("/api/v1/features", {"key": "seats", "name": "Seats"})
+    b = await env.post("/api/v1/subjects/acme/entitlements", {"type": "boolean", "featureKey": "sso"})
+    assert b["type"] == "boolean"
+    assert b["subjectKey"] == "acme"
+    s = await env.post(
+        "/api/v1/subjects/acme/entitlements", {"type": "static", "featureKey": "seats", "config": {"max": 5}}
+    )
+    assert json.loads(s["config"]) == {"max": 5}
+    assert await env.value(key="sso") == {"hasAccess": True}
+    v = await env.value(key="seats")
+    assert v["hasAccess"] is True
+    assert json.loads(v["config"]) == {"max": 5}
+    await env.get("/api/v1/subjects/other/entitlements/sso/value", 404)
+
+
+async def test_one_active_entitlement_per_subject_and_feature(env: Env) -> None:
+    first = await env.metered()
+    conflict = await env.post("/api/v1/subjects/acme/entitlements", {"type": "boolean", "featureKey": "gpt"}, 409)
+    assert first["id"] in conflict["detail"]
+    assert conflict["conflictingEntityId"] == first["id"]
+    r = await env.client.delete(f"/api/v1/subjects/acme/entitlements/{first['id']}")
+    assert r.status_code == 204
+    second = await env.post("/api/v1/subjects/acme/entitlements", {"type": "boolean", "featureKey": "gpt"})
+    assert second["id"] != first["id"]
+    listed = await env.get("/api/v1/entitlements", includeDeleted="true")
+    assert {e["id"] for e in listed} == {first["id"], second["id"]}
+
+
+async def test_metered_entitlement_shape(env: Env) -> None:
+    env.clock.advance_to(T0 + timedelta(days=40))
+    e = await env.metered(measureUsageFrom="CURRENT_PERIOD_START", issueAfterReset=10)
+    assert e["usagePeriod"]["interval"] == "MONTH"
+    assert e["currentUsagePeriod"] == {"from": "2024-02-01T00:00:00.000Z", "to": "2024-03-01T00:00:00.000Z"}
+    assert e["measureUsageFrom"] == "2024-02-01T00:00:00.000Z"
+    assert e["issueAfterReset"] == 10
+    got = await env.get(f"/api/v1/subjects/acme/entitlements/{e['id']}")
+    assert got["id"] == e["id"]
+    assert (await env.get(f"/api/v1/entitlements/{e['id']}"))["featureKey"] == "gpt"
+
+
+async def test_grants_burn_usage_exactly(env: Env) -> None:
+    await env.metered(measureUsageFrom="2024-01-01T00:00:00Z")
+    g = await env.post(
+        "/api/v1/subjects/acme/entitlements/gpt/grants",
+        {"amount": 0.1, "effectiveAt": "2024-01-01T00:00:00Z", "expiration": {"duration": "YEAR", "count": 1}},
+    )
+    await env.post(
+        "/api/v1/subjects/acme/entitlements/gpt/grants",
+        {
+            "amount": 0.2,
+            "priority": 2,
+            "effectiveAt": "2024-01-01T00:00:00Z",
+            "expiration": {"duration": "YEAR", "count": 1},
+        },
+    )
+    assert g["expiresAt"] == "2025-01-01T00:00:00.000Z"
+    env.usage.add("tokens", "acme", T0 + timedelta(hours=1), "0.25", model="gpt-4")
+    env.clock.advance_to(T0 + timedelta(days=2))
+    r = await env.client.get("/api/v1/subjects/acme/entitlements/gpt/value")
+    # Amounts travel as exact JSON numbers: 0.3 - 0.25 is 0.05, not 0.04999999999999999.
+    assert b'"balance":0.05' in r.content
+    v = r.json()
+    assert v["hasAccess"] is True
+    assert Decimal(str(v["usage"])) == Decimal("0.25")
+    assert v["overage"] == 0
+    assert Decimal(str(v["totalAvailableGrantAmount"])) == Decimal("0.3")
+    grants = await env.get("/api/v1/subjects/acme/entitlements/gpt/grants")
+    assert len(grants) == 2
+    r = await env.client.delete(f"/api/v1/grants/{g['id']}")
+    assert r.status_code == 204
+    assert [x["id"] for x in await env.get("/api/v1/grants")] == [x["id"] for x in grants if x["id"] != g["id"]]
+    assert len(await env.get("/api/v1/grants", includeDeleted="true")) == 2
+    v = await env.value()
+    # The voided grant's 0.1 was burnt first (priority 1) and its rest ends; 0.2 - 0.15 remains.
+    assert Decimal(str(v["balance"])) == Decimal("0.05")
+    again = await env.client.delete(f"/api/v1/grants/{g['id']}")
+    assert again.status_code == 409
+
+
+async def test_reset_rolls_over_and_preserves_overage(env: Env) -> None:
+    """The worked example of the issue: grant 100, min = max rollover 50, usage 110, preserve overage -> 40."""
+    e = await env.metered(measureUsageFrom="2024-01-01T00:00:00Z", preserveOverageAtReset=True)
+    await env.post(
+        "/api/v1/subjects/acme/entitlements/gpt/grants",
+        {
+            "amount": 100,
+            "effectiveAt": "2024-01-01T00:00:00Z",
+            "expiration": {"duration": "YEAR", "count": 1},
+            "minRolloverAmount": 50,
+            "maxRolloverAmount": 50,
+        },
+    )
+    env.usage.add("tokens", "acme", T0 + timedelta(days=3), 110)
+    env.clock.advance_to(T0 + timedelta(days=10))
+    before = await env.value()
+    assert (before["balance"], before["overage"], before["hasAccess"]) == (0, 10, False)
+    await env.post(f"/api/v1/subjects/acme/entitlements/{e['id']}/reset", {"effectiveAt": "2024-01-05T00:00:00Z"}, 204)
+    after = await env.value()
+    assert (after["balance"], after["overage"], after["usage"]) == (40, 0, 0)
+    ent = await env.get(f"/api/v1/subjects/acme/entitlements/{e['id']}")
+    assert ent["lastReset"] == "2024-01-05T00:00:00.000Z"
+    assert ent["currentUsagePeriod"]["from"] == "2024-01-05T00:00:00.000Z"
+    await env.post(f"/api/v1/subjects/acme/entitlements/{e['id']}/reset", {"effectiveAt": "2024-01-04T00:00:00Z"}, 400)
+    await env.post(f"/api/v1/subjects/acme/entitlements/{e['id']}/reset", {"effectiveAt": "2024-02-04T00:00:00Z"}, 400)
+
+
+async def test_value_at_a_past_instant_and_history(env: Env) -> None:
+    e = await env.metered(measureUsageFrom="2024-01-01T00:00:00Z")
+    await env.post(
+        "/api/v1/subjects/acme/entitlements/gpt/grants",
+        {"amount": 100, "effectiveAt": "2024-01-01T00:00:00Z", "expiration": {"duration": "MONTH", "count": 3}},
+    )
+    for day in range(5):
+        env.usage.add("tokens", "acme", T0 + timedelta(days=day, hours=12), 10)
+    env.clock.advance_to(T0 + timedelta(days=10))
+    past = await env.value(time="2024-01-03T00:00:00Z")
+    assert (past["balance"], past["usage"]) == (80, 20)
+    h = await env.get(
+        f"/api/v1/subjects/acme/entitlements/{e['id']}/history",
+        **{"from": "2024-01-01T00:00:00Z", "to": "2024-01-06T00:00:00Z", "windowSize": "DAY"},
+    )
+    assert [(w["period"]["from"][:10], w["usage"], w["balanceAtStart"]) for w in h["windowedHistory"]] == [
+        ("2024-01-01", 10, 100),
+        ("2024-01-02", 10, 90),
+        ("2024-01-03", 10, 80),
+        ("2024-01-04", 10, 70),
+        ("2024-01-05", 10, 60),
+    ]
+    burn = h["burndownHistory"]
+    assert sum(s["usage"] for s in burn) == 50
+    assert burn[-1]["balanceAtEnd"] == 50
+    await env.get(
+        f"/api/v1/subjects/acme/entitlements/{e['id']}/history", 400, windowSize="DAY", windowTimeZone="Mars/Olympus"
+    )
+
+
+async def test_grant_validation(env: Env) -> None:
+    await env.metered()
+    base = {"effectiveAt": "2024-01-01T00:00:00Z", "expiration": {"duration": "DAY", "count": 1}}
+    await env.post("/api/v1/subjects/acme/entitlements/gpt/grants", {**base, "amount": -1}, 400)
+    await env.post(
+        "/api/v1/subjects/acme/entitlements/gpt/grants",
+        {**base, "amount": 1, "minRolloverAmount": 5, "maxRolloverAmount": 1},
+        400,
+    )
+    await env.post(
+        "/api/v1/subjects/acme/entitlements/gpt/grants",
+        {**base, "amount": 1, "effectiveAt": "2024-01-01T00:00:00"},
+        400,
+    )
+    await env.post("/api/v1/subjects/acme/entitlements/nope/grants", {**base, "amount": 1}, 404)
