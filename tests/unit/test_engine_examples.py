@@ -376,3 +376,16 @@ def test_amounts_beyond_precision_are_refused_not_rounded() -> None:
     huge = grant("a", "1" + "0" * 110)
     with pytest.raises(EngineInputError, match="significant digits"):
         evaluate(monthly(), [huge], [ev(1, "0.5")], day(2))
+
+
+def test_cost_after_sixty_periods_is_that_of_one_period() -> None:
+    terms = monthly(issue_after_reset=D(100))
+    grants = [grant("a", 50, max_rollover=D(50)), grant("b", 10, recurrence=Recurrence(Period.parse("MONTH"), T0))]
+    events = [ev(d + 0.5, 3) for d in range(0, 1830, 10)]
+    long = evaluate(terms, grants, events, day(1830))
+    assert len(long.snapshots) == 60  # one per period start, for the shell to persist
+    last = long.snapshots[-1]
+    plan = plan_windows(last, grants, [], terms, day(1830))
+    assert plan == [last.at, day(1830)]  # the read after 60 periods plans one window, as after one
+    again = evaluate(terms, grants, events, day(1830), snapshot=last)
+    assert again.final == long.final
