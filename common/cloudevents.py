@@ -26,7 +26,10 @@ REQUIRED_ATTRIBUTES = ("id", "source", "specversion", "type", "subject")
 ALLOWED_DATA_CONTENT_TYPES = frozenset({"application/json"})
 
 # RFC 3339 date-time: full date, 'T' or space, time with optional fraction, mandatory offset.
-_RFC3339 = re.compile(r"^(\d{4})-(\d{2})-(\d{2})[Tt ](\d{2}):(\d{2}):(\d{2})(\.\d{1,9})?([Zz]|[+-]\d{2}:\d{2})$")
+# ASCII digits only (\d also matches other scripts' digits) and no trailing newline (`$` would allow one).
+_RFC3339 = re.compile(
+    r"([0-9]{4})-([0-9]{2})-([0-9]{2})[Tt ]([0-9]{2}):([0-9]{2}):([0-9]{2})(\.[0-9]{1,9})?([Zz]|[+-][0-9]{2}:[0-9]{2})"
+)
 
 
 class EventValidationError(InvalidInput):
@@ -91,7 +94,7 @@ def parse_time(value: object, *, field: str = "time") -> datetime:
     """Parse an RFC 3339 timestamp into an aware UTC datetime truncated to milliseconds."""
     if not isinstance(value, str):
         raise EventValidationError(f"{field} must be an RFC 3339 string", field=field)
-    m = _RFC3339.match(value)
+    m = _RFC3339.fullmatch(value)
     if m is None:
         raise EventValidationError(
             f"{field} must be an RFC 3339 date-time with an offset, e.g. 2024-01-01T12:00:00.123Z",
@@ -171,7 +174,10 @@ def canonical_data(data: dict[str, Any] | None) -> str:
     """JSON text with sorted keys, so equal payloads compare equal as strings."""
     if data is None:
         return "null"
-    return orjson.dumps(data, option=orjson.OPT_SORT_KEYS).decode()
+    try:
+        return orjson.dumps(data, option=orjson.OPT_SORT_KEYS).decode()
+    except orjson.JSONEncodeError as exc:  # nested deeper than 254 levels, or an integer past 64 bits
+        raise EventValidationError(f"data cannot be stored: {exc}", field="data") from None
 
 
 def decode_json(body: bytes) -> Any:
