@@ -1,0 +1,211 @@
+"""Meter query parameters and results (pure): validate a request into `sql.Query`, shape rows into
+OpenMeter's MeterQueryResult. Clear InvalidInput errors for bad ranges, group-by keys and time zones.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from decimal import Decimal, localcontext
+from typing import Any
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from aggregator.meter import Aggregation, Meter, WindowSize
+from aggregator.sql import Query
+from common.cloudevents import MIN_EVENT_TIME, format_time, parse_time
+from common.errors import InvalidInput
+
+MAX_WINDOWS = 100_000
+
+
+class InvalidQuery(InvalidInput):
+    pass
+
+
+@dataclass(frozen=True, slots=True)
+class QueryParams:
+    """The request as given (HTTP query string or JSON body), before validation."""
+
+    start: str | None = None
+    end: str | None = None
+    window_size: str | None = None
+    window_time_zone: str | None = None
+    subjects: tuple[str, ...] = ()
+    filter_group_by: tuple[tuple[str, str], ...] = ()
+    group_by: tuple[str, ...] = ()
+
+
+def check_time_zone(name: str) -> str:
+    try:
+        ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError):
+        raise InvalidQuery(
+            f"unknown time zone {name!r}: use an IANA name such as Europe/Berlin", field="windowTimeZone"
+        ) from None
+    return name
+
+
+def to_query(meter: Meter, namespace: str, params: QueryParams, *, now: datetime) -> Query:
+    start = MIN_EVENT_TIME if params.start is None else _instant(params.start, "from")
+    end = now.astimezone(UTC) if params.end is None else _instant(params.end, "to")
+    if not start < end:
+        raise InvalidQuery(f"from ({format_time(start)}) must be before to ({format_time(end)})", field="from")
+    window: WindowSize | None = None
+    if params.window_size is not None:
+        try:
+            window = WindowSize(params.window_size.upper())
+        except ValueError:
+            allowed = ", ".join(w.value for w in WindowSize)
+            raise InvalidQuery(f"windowSize must be one of {allowed}", field="windowSize") from None
+    tz = check_time_zone(params.window_time_zone or "UTC")
+    if window is WindowSize.MINUTE and (end - start).total_seconds() / 60 > MAX_WINDOWS:
+        raise InvalidQuery(f"more than {MAX_WINDOWS} MINUTE windows: narrow from/to", field="windowSize")
+    known = set(meter.group_by)
+    group_subject = False
+    group_by: list[str] = []
+    for key in params.group_by:
+        if key == "subject":
+            group_subject = True
+        elif key not in known:
+            raise InvalidQuery(_unknown_key(meter, key), field="groupBy")
+        elif key not in group_by:
+            group_by.append(key)
+    for key, _ in params.filter_group_by:
+        if key not in known:
+            raise InvalidQuery(_unknown_key(meter, key), field=f"filterGroupBy[{key}]")
+    subjects = tuple(dict.fromkeys(s for s in params.subjects if s))
+    return Query(
+        meter=meter,
+        namespace=namespace,
+        start=start,
+        end=end,
+        window=window,
+        tz=tz,
+        subjects=subjects,
+        filters=tuple(sorted(dict(params.filter_group_by).items())),
+        group_by=tuple(group_by),
+        group_subject=group_subject or bool(subjects),
+    )
+
+
+def _unknown_key(meter: Meter, key: str) -> str:
+    known = ", ".join(sorted(meter.group_by)) or "none"
+    return f"unknown group-by key {key!r} for meter {meter.slug} (its keys: {known}; or subject)"
+
+
+def _instant(value: str, name: str) -> datetime:
+    try:
+        return parse_time(value, field=name)
+    except InvalidInput as exc:
+        raise InvalidQuery(exc.message, field=name) from None
+
+
+def merged_value(meter: Meter, values: Sequence[Any]) -> Decimal:
+    """The window's value from the merged states (exact Decimal; AVG = sum / count)."""
+    if meter.aggregation is Aggregation.AVG:
+        total, count = Decimal(values[0]), int(values[1])
+        if count == 0:
+            return Decimal(0)
+        with localcontext() as ctx:
+            ctx.prec = 38
+            return total / count
+    return Decimal(values[0])
+
+
+@dataclass(frozen=True, slots=True)
+class Row:
+    window_start: datetime
+    window_end: datetime
+    subject: str | None
+    group_by: dict[str, str]
+    value: Decimal
+
+
+def shape_rows(q: Query, rows: Sequence[Sequence[Any]]) -> list[Row]:
+    """Clip each bucket to [start, end): a window never reaches outside the query range."""
+    out: list[Row] = []
+    ngroups = len(q.group_by)
+    for row in rows:
+        bucket, bucket_end, subject = int(row[0]), int(row[1]), str(row[2])
+        groups = {k: str(v) for k, v in zip(q.group_by, row[3 : 3 + ngroups], strict=True)}
+        value = merged_value(q.meter, row[3 + ngroups :])
+        if q.boundaries is not None:
+            ws, we = q.boundaries[bucket], q.boundaries[bucket + 1]
+        elif q.window is None:
+            ws, we = q.start, q.end
+        else:
+            ws = max(datetime.fromtimestamp(bucket, UTC), q.start)
+            we = min(datetime.fromtimestamp(bucket_end, UTC), q.end)
+        out.append(Row(ws, we, subject if q.group_subject else None, groups, value))
+    return out
+
+
+def decimal_text(value: Decimal) -> str:
+    """Plain decimal notation without trailing zeros (12.500000000 -> 12.5, 1E+2 -> 100)."""
+    text = format(value.normalize(), "f")
+    return "0" if text in ("-0", "") else text
+
+
+def result_body(q: Query, rows: list[Row], *, explicit_from: bool) -> dict[str, Any]:
+    body: dict[str, Any] = {
+        "to": format_time(q.end),
+        "windowSize": None if q.window is None else q.window.value,
+        "data": [
+            {
+                "value": r.value,
+                "windowStart": format_time(r.window_start),
+                "windowEnd": format_time(r.window_end),
+                "subject": r.subject,
+                "groupBy": r.group_by,
+            }
+            for r in rows
+        ],
+    }
+    if explicit_from:
+        body = {"from": format_time(q.start), **body}
+    return body
+
+
+def params_from_mapping(items: Mapping[str, Any] | Sequence[tuple[str, str]]) -> QueryParams:
+    """From a query string (repeated keys kept) or a POST body (OpenMeter field names)."""
+    pairs: list[tuple[str, Any]] = list(items.items()) if isinstance(items, Mapping) else list(items)
+    values: dict[str, Any] = {}
+    subjects: list[str] = []
+    group_by: list[str] = []
+    filters: list[tuple[str, str]] = []
+    for key, value in pairs:
+        if key == "subject":
+            subjects.extend(_strings(value, key))
+        elif key == "groupBy":
+            group_by.extend(_strings(value, key))
+        elif key == "filterGroupBy" and isinstance(value, dict):
+            filters.extend((str(k), _one(v, f"filterGroupBy[{k}]")) for k, v in value.items())
+        elif key.startswith("filterGroupBy[") and key.endswith("]"):
+            filters.append((key[len("filterGroupBy[") : -1], _one(value, key)))
+        elif key in ("from", "to", "windowSize", "windowTimeZone"):
+            values[key] = _one(value, key) if value is not None else None
+        else:
+            raise InvalidQuery(f"unknown query parameter {key!r}", field=key)
+    return QueryParams(
+        start=values.get("from"),
+        end=values.get("to"),
+        window_size=values.get("windowSize"),
+        window_time_zone=values.get("windowTimeZone"),
+        subjects=tuple(subjects),
+        filter_group_by=tuple(filters),
+        group_by=tuple(group_by),
+    )
+
+
+def _strings(value: Any, key: str) -> list[str]:
+    items = value if isinstance(value, list) else [value]
+    if not all(isinstance(v, str) for v in items):
+        raise InvalidQuery(f"{key} must be a string or a list of strings", field=key)
+    return list(items)
+
+
+def _one(value: Any, key: str) -> str:
+    if not isinstance(value, str):
+        raise InvalidQuery(f"{key} must be a string", field=key)
+    return value

@@ -1,0 +1,195 @@
+"""Meters and their rollups in ClickHouse (the imperative shell of the aggregator).
+
+`ClickHouseMeterRepository` stores meter definitions in the `meters` table (ReplacingMergeTree keyed by
+namespace, slug, id; read with FINAL) and owns each meter's rollup lifecycle: create the rollup table and
+its materialized view, backfill the past, drop both. Every step is idempotent and `reconcile` finishes
+whatever a crash interrupted (a meter left in state `creating` is rebuilt from scratch).
+"""
+
+from __future__ import annotations
+
+import time
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import orjson
+import structlog
+
+from aggregator import sql
+from aggregator.meter import Meter, parse_meter
+from common.clickhouse import ClickHouse
+from ingest.schema import EVENTS_TABLE, events_table_ddl
+
+log = structlog.get_logger(__name__)
+
+CREATING, READY, DELETED = "creating", "ready", "deleted"
+# The view must exist before the cutover instant; this margin covers the CREATE statement itself.
+CUTOVER_MARGIN = timedelta(milliseconds=300)
+SETTLE_TIMEOUT_S = 60.0
+
+
+class ClickHouseMeterRepository:
+    def __init__(self, ch: ClickHouse) -> None:
+        self.ch = ch
+        self.db = ch.database
+
+    # --- schema --------------------------------------------------------------------------------
+
+    def migrate(self) -> None:
+        """The meters table, and the server-side insert time on events (see README: backfill)."""
+        self.ch.command(events_table_ddl(self.db))
+        self.ch.command(sql.meters_table_ddl(self.db))
+        self.ch.command(sql.inserted_at_ddl(self.db))
+        # Parts written before the column existed would compute DEFAULT now64() at read time (always
+        # "after" any cutover); materialise it once so old rows carry a fixed, earlier insert time.
+        rows = self.ch.rows(
+            "SELECT count() FROM system.parts AS p WHERE p.database = {db:String} AND p.table = {t:String} "
+            "AND p.active AND p.name NOT IN (SELECT part_name FROM system.parts_columns WHERE database = {db:String} "
+            "AND table = {t:String} AND active AND column = {c:String})",
+            parameters={"db": self.db, "t": EVENTS_TABLE, "c": sql.INSERTED_AT},
+        )
+        if int(rows[0][0]) > 0:
+            log.info("materializing_inserted_at", parts=int(rows[0][0]))
+            self.ch.command(
+                f"ALTER TABLE {sql.qualified(self.db, EVENTS_TABLE)} MATERIALIZE COLUMN {sql.INSERTED_AT}",
+                settings={"mutations_sync": 2},
+            )
+
+    # --- meter rows ----------------------------------------------------------------------------
+
+    def _write(self, meter: Meter, state: str, cutover: datetime) -> None:
+        body = meter.to_api()
+        body.pop("createdAt", None)
+        body.pop("updatedAt", None)
+        row = [
+            meter.namespace or "",
+            meter.slug,
+            meter.id,
+            orjson.dumps(body).decode(),
+            state,
+            cutover,
+            meter.created_at or datetime.now(UTC),
+            time.time_ns(),
+        ]
+        self.ch.call(
+            lambda c: c.insert(
+                sql.qualified(self.db, sql.METERS_TABLE),
+                [row],
+                column_names=["namespace", "slug", "id", "definition", "state", "cutover", "created_at", "version"],
+                settings={"insert_deduplicate": 0, "deduplicate_insert": "disable"},
+            )
+        )
+
+    def all_rows(self) -> list[tuple[Meter, str, datetime]]:
+        rows = self.ch.rows(
+            f"SELECT namespace, id, definition, state, cutover, created_at FROM "
+            f"{sql.qualified(self.db, sql.METERS_TABLE)} FINAL ORDER BY namespace, slug"
+        )
+        out = []
+        for namespace, meter_id, definition, state, cutover, created_at in rows:
+            meter = parse_meter(
+                orjson.loads(definition),
+                meter_id=meter_id,
+                namespace=namespace or None,
+                created_at=_aware(created_at),
+            )
+            out.append((meter, str(state), _aware(cutover)))
+        return out
+
+    def live(self) -> list[Meter]:
+        return [m for m, state, _ in self.all_rows() if state == READY]
+
+    # --- rollup lifecycle ------------------------------------------------------------------------
+
+    def create(self, meter: Meter) -> None:
+        """Record, create the view, wait for older inserts to finish, backfill, mark ready."""
+        self._write(meter, CREATING, datetime.fromtimestamp(0, UTC))
+        self.build(meter)
+
+    def build(self, meter: Meter) -> None:
+        for stmt in sql.drop_sql(self.db, meter):
+            self.ch.command(stmt)
+        self.ch.command(sql.rollup_table_ddl(self.db, meter))
+        cutover = self._server_now() + CUTOVER_MARGIN
+        self.ch.command(sql.materialized_view_ddl(self.db, meter, cutover))
+        if self._server_now() >= cutover:
+            # The view may have been created after the cutover: rows in between would be missed.
+            log.warning("meter_cutover_missed_retrying", slug=meter.slug)
+            self.build(meter)
+            return
+        self._write(meter, CREATING, cutover)
+        self._settle(cutover)
+        started = time.monotonic()
+        self.ch.command(
+            sql.backfill_sql(self.db, meter, cutover),
+            settings={"insert_deduplication_token": f"backfill:{meter.id}:{cutover.timestamp()}"},
+        )
+        self._write(meter, READY, cutover)
+        log.info("meter_backfilled", slug=meter.slug, id=meter.id, seconds=round(time.monotonic() - started, 3))
+
+    def drop(self, meter: Meter) -> None:
+        self._write(meter, DELETED, datetime.fromtimestamp(0, UTC))
+        for stmt in sql.drop_sql(self.db, meter):
+            self.ch.command(stmt)
+        log.info("meter_dropped", slug=meter.slug, id=meter.id)
+
+    def reconcile(self, wanted_config: list[Meter]) -> None:
+        """Make the rollups match: config meters exist, half-built ones are rebuilt, deleted ones dropped."""
+        rows = self.all_rows()
+        wanted_ids = {m.id for m in wanted_config}
+        known = {m.id: state for m, state, _ in rows}
+        for meter, state, _ in rows:
+            if meter.namespace is None and meter.id not in wanted_ids and state != DELETED:
+                self.drop(meter)  # removed from (or changed in) the config file
+            elif state == DELETED:
+                for stmt in sql.drop_sql(self.db, meter):
+                    self.ch.command(stmt)
+            elif state == CREATING:
+                log.info("meter_rebuilding", slug=meter.slug, id=meter.id)
+                self.build(meter)
+        for meter in wanted_config:
+            if known.get(meter.id) != READY:
+                self.create(meter)
+
+    def subjects(self, meter: Meter, namespace: str) -> list[str]:
+        rows = self.ch.rows(
+            f"SELECT DISTINCT subject FROM {sql.qualified(self.db, meter.rollup_table)} "
+            "WHERE namespace = {ns:String} ORDER BY subject",
+            parameters={"ns": namespace},
+        )
+        return [str(r[0]) for r in rows]
+
+    def query_rows(self, text: str, params: dict[str, Any]) -> list[tuple[Any, ...]]:
+        return [tuple(r) for r in self.ch.rows(text, parameters=params)]
+
+    # --- the cutover ---------------------------------------------------------------------------
+
+    def _server_now(self) -> datetime:
+        return _aware(self.ch.rows("SELECT now64(3, 'UTC')")[0][0])
+
+    def _settle(self, cutover: datetime) -> None:
+        """Wait until the cutover has passed on the server and no INSERT that began before it still runs."""
+        deadline = time.monotonic() + SETTLE_TIMEOUT_S
+        while True:
+            now = self._server_now()
+            busy = 0
+            if now >= cutover:
+                busy = int(
+                    self.ch.rows(
+                        "SELECT count() FROM system.processes WHERE query_kind = 'Insert' "
+                        "AND now64(3, 'UTC') - toIntervalMillisecond(toUInt64(elapsed * 1000) + 1000) "
+                        "< {c:DateTime64(3, 'UTC')}",
+                        parameters={"c": cutover},
+                    )[0][0]
+                )
+                if busy == 0:
+                    return
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"inserts started before the meter cutover are still running ({busy})")
+            time.sleep(0.05)
+
+
+def _aware(value: Any) -> datetime:
+    if not isinstance(value, datetime):
+        raise TypeError(f"expected a datetime, got {type(value).__name__}")
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)

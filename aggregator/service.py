@@ -1,0 +1,154 @@
+"""The meter service: create/list/get/delete meters, run meter queries. Async shell over the repository.
+
+ClickHouse calls run in a worker thread (`ClickHouse.run` semantics via asyncio.to_thread). Mutations are
+serialised in-process by a lock; the live-meter cache is refreshed after each mutation and every
+`cache_seconds` (another process may have created or deleted a meter).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Mapping
+from datetime import UTC, datetime
+from typing import Any
+
+import structlog
+
+from aggregator import sql
+from aggregator.meter import Meter, new_meter_id, parse_meter, validation_error
+from aggregator.query import QueryParams, Row, shape_rows, to_query
+from aggregator.repository import ClickHouseMeterRepository
+from common.clock import Clock, SystemClock
+from common.errors import Conflict, NotFound
+from common.usage import MeterRef, MeterUseGuard
+
+log = structlog.get_logger(__name__)
+
+
+class MeterNotFound(NotFound):
+    def __init__(self, id_or_slug: str) -> None:
+        super().__init__(f"meter {id_or_slug!r} not found", meter=id_or_slug)
+
+
+class MeterInUse(Conflict):
+    def __init__(self, slug: str, features: list[str]) -> None:
+        super().__init__(f"meter {slug} is used by feature(s) {', '.join(features)}: archive them first",
+                         meter=slug, features=features)
+
+
+class MeterExists(Conflict):
+    def __init__(self, slug: str) -> None:
+        super().__init__(f"a meter with slug {slug} already exists", meter=slug)
+
+
+class ConfigMeterReadOnly(Conflict):
+    def __init__(self, slug: str) -> None:
+        super().__init__(f"meter {slug} is defined in the meters config file: remove it there", meter=slug)
+
+
+class NoMeterGuard:
+    async def features_using_meter(self, namespace: str, meter_slug: str) -> list[str]:  # noqa: ARG002
+        return []
+
+
+class MeterService:
+    def __init__(
+        self,
+        repository: ClickHouseMeterRepository,
+        *,
+        config_meters: list[Meter] | None = None,
+        guard: MeterUseGuard | None = None,
+        clock: Clock | None = None,
+        cache_seconds: float = 2.0,
+    ) -> None:
+        self.repository = repository
+        self.config_meters = list(config_meters or [])
+        self.guard: MeterUseGuard = guard or NoMeterGuard()
+        self.clock: Clock = clock or SystemClock()
+        self.cache_seconds = cache_seconds
+        self._lock = asyncio.Lock()
+        self._meters: list[Meter] = []
+        self._loaded_at = float("-inf")
+
+    async def start(self) -> None:
+        """Migrate and reconcile (idempotent): run by `metergate migrate` and at service start."""
+        await asyncio.to_thread(self.repository.migrate)
+        await asyncio.to_thread(self.repository.reconcile, self.config_meters)
+        await self._refresh()
+
+    async def _refresh(self) -> None:
+        self._meters = await asyncio.to_thread(self.repository.live)
+        self._loaded_at = time.monotonic()
+
+    async def meters(self, namespace: str) -> list[Meter]:
+        if time.monotonic() - self._loaded_at > self.cache_seconds:
+            await self._refresh()
+        return [m for m in self._meters if m.namespace in (None, namespace)]
+
+    async def get(self, namespace: str, id_or_slug: str) -> Meter:
+        for meter in await self.meters(namespace):
+            if id_or_slug in (meter.id, meter.slug):
+                return meter
+        raise MeterNotFound(id_or_slug)
+
+    async def create(self, namespace: str, body: Any) -> Meter:
+        meter = parse_meter(body, meter_id=new_meter_id(), namespace=namespace, created_at=self.clock.now())
+        async with self._lock:
+            await self._refresh()
+            if any(m.slug == meter.slug for m in await self.meters(namespace)):
+                raise MeterExists(meter.slug)
+            await asyncio.to_thread(self.repository.create, meter)
+            await self._refresh()
+        log.info("meter_created", namespace=namespace, slug=meter.slug, id=meter.id)
+        return meter
+
+    async def delete(self, namespace: str, id_or_slug: str) -> None:
+        async with self._lock:
+            await self._refresh()
+            meter = await self.get(namespace, id_or_slug)
+            if meter.namespace is None:
+                raise ConfigMeterReadOnly(meter.slug)
+            features = await self.guard.features_using_meter(namespace, meter.slug)
+            if features:
+                raise MeterInUse(meter.slug, features)
+            await asyncio.to_thread(self.repository.drop, meter)
+            await self._refresh()
+        log.info("meter_deleted", namespace=namespace, slug=meter.slug, id=meter.id)
+
+    async def query(self, namespace: str, id_or_slug: str, params: QueryParams) -> tuple[sql.Query, list[Row]]:
+        meter = await self.get(namespace, id_or_slug)
+        q = to_query(meter, namespace, params, now=self.clock.now())
+        return q, await self.run(q)
+
+    async def run(self, q: sql.Query) -> list[Row]:
+        text, params = sql.build_query(self.repository.db, q)
+        rows = await asyncio.to_thread(self.repository.query_rows, text, params)
+        return shape_rows(q, rows)
+
+    async def subjects(self, namespace: str, id_or_slug: str) -> list[str]:
+        meter = await self.get(namespace, id_or_slug)
+        return await asyncio.to_thread(self.repository.subjects, meter, namespace)
+
+    # --- ports for other packages ----------------------------------------------------------------
+
+    async def get_meter(self, namespace: str, slug: str) -> MeterRef | None:
+        """MeterCatalog (common.usage) for entitlements."""
+        try:
+            meter = await self.get(namespace, slug)
+        except MeterNotFound:
+            return None
+        return MeterRef(slug=meter.slug, aggregation=meter.aggregation.value, event_type=meter.event_type,
+                        group_by=dict(meter.group_by))
+
+    async def validation_error(self, namespace: str, event_type: str, data_json: str) -> str | None:
+        """Why a stored event is invalid for the namespace's meters (GET /api/v1/events), or None."""
+        return validation_error(await self.meters(namespace), event_type, data_json)
+
+
+def utc(t: datetime) -> datetime:
+    return t.astimezone(UTC)
+
+
+def group_filters(filters: Mapping[str, str]) -> tuple[tuple[str, str], ...]:
+    return tuple(sorted(filters.items()))

@@ -1,0 +1,392 @@
+"""ClickHouse SQL for meters (pure): rollup DDL, the materialized view, the backfill, window queries.
+
+Values are Decimal(38, 9) end to end (never Float64): a value is valid when its JSON text (a number,
+or a numeric string) parses exactly into Decimal(38, 9); otherwise the event is skipped for the meter,
+never counted as zero. The rollup (minute, per namespace, subject and group-by values) keeps aggregate
+*states*, so windows of any size merge exactly, including uniqExact (UNIQUE_COUNT) and argMax (LATEST).
+
+Every query has the same shape whether it reads rollups or raw events: states from whole minutes in
+the rollup, UNION ALL states computed from raw events for partial minutes at the edges, merged once.
+`raw_query` is the reference: the same answer from raw events only (tests and the benchmark).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from aggregator.jsonpath import Segment, clickhouse_args
+from aggregator.meter import VALUE_SCALE, Aggregation, Meter, WindowSize
+from ingest.schema import EVENTS_TABLE
+
+# Server-side insert time of each events row: the cut between what the view counts and what the
+# backfill counts (see README "Backfill without a gap or a double count").
+INSERTED_AT = "inserted_at"
+ROLLUP_DEDUPLICATION_WINDOW = 10_000
+METERS_TABLE = "meters"
+_NUMBER_RE = r"^[+-]?([0-9]+\.?[0-9]*|\.[0-9]+)([eE][+-]?[0-9]+)?$"
+_DEC = f"Decimal(38, {VALUE_SCALE})"
+_LATEST_KEY = "Tuple(DateTime64(3, 'UTC'), String, String)"
+
+
+def literal(value: str) -> str:
+    """A ClickHouse string literal (for DDL, where server-side parameters are not available)."""
+    return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
+
+
+def ident(name: str) -> str:
+    return "`" + name.replace("`", "``") + "`"
+
+
+def qualified(database: str, name: str) -> str:
+    return f"{ident(database)}.{ident(name)}"
+
+
+def group_column(key: str) -> str:
+    return f"group_{key}"
+
+
+# --- per-event expressions over the events table -------------------------------------------------
+
+
+def _json_text(segments: tuple[Segment, ...]) -> str:
+    """The JSON value as text: a string's content, a number's literal, NULL for anything else."""
+    args = clickhouse_args(segments)
+    return (
+        f"multiIf(JSONType(data, {args}) = 'String', JSONExtractString(data, {args}), "
+        f"JSONType(data, {args}) IN ('Int64', 'UInt64', 'Double'), JSONExtractRaw(data, {args}), NULL)"
+    )
+
+
+def group_expr(segments: tuple[Segment, ...]) -> str:
+    """A group-by value: strings as is, other JSON as its text, '' when missing or null."""
+    args = clickhouse_args(segments)
+    return (
+        f"multiIf(JSONType(data, {args}) = 'String', JSONExtractString(data, {args}), "
+        f"JSONType(data, {args}) = 'Null', '', JSONExtractRaw(data, {args}))"
+    )
+
+
+def value_exprs(meter: Meter) -> tuple[str | None, str]:
+    """(value expression, validity predicate) of the meter over an events row."""
+    segments = meter.value_segments
+    if segments is None:
+        return None, "1"
+    text = _json_text(segments)
+    if meter.aggregation is Aggregation.UNIQUE_COUNT:
+        return f"assumeNotNull({text})", f"({text}) IS NOT NULL"
+    dec = f"toDecimal128OrNull({text}, {VALUE_SCALE})"
+    valid = (
+        f"(match(ifNull({text}, ''), '{_NUMBER_RE.replace(chr(92), chr(92) * 2)}') AND {dec} IS NOT NULL "
+        f"AND toDecimal256OrNull({text}, 40) = {dec})"
+    )
+    return f"assumeNotNull({dec})", valid
+
+
+def state_columns(meter: Meter) -> list[tuple[str, str, str]]:
+    """(column, AggregateFunction type, state expression over an events row) per rollup state."""
+    value, _ = value_exprs(meter)
+    match meter.aggregation:
+        case Aggregation.COUNT:
+            return [("value", "AggregateFunction(count)", "countState()")]
+        case Aggregation.SUM:
+            return [("value", f"AggregateFunction(sum, {_DEC})", f"sumState({value})")]
+        case Aggregation.AVG:
+            return [
+                ("value", f"AggregateFunction(sum, {_DEC})", f"sumState({value})"),
+                ("value_count", "AggregateFunction(count)", "countState()"),
+            ]
+        case Aggregation.MIN:
+            return [("value", f"AggregateFunction(min, {_DEC})", f"minState({value})")]
+        case Aggregation.MAX:
+            return [("value", f"AggregateFunction(max, {_DEC})", f"maxState({value})")]
+        case Aggregation.UNIQUE_COUNT:
+            return [("value", "AggregateFunction(uniqExact, String)", f"uniqExactState({value})")]
+        case Aggregation.LATEST:
+            # Ties on time are broken by (source, id), unique per namespace: the answer is deterministic.
+            return [
+                (
+                    "value",
+                    f"AggregateFunction(argMax, {_DEC}, {_LATEST_KEY})",
+                    f"argMaxState({value}, tuple(time, source, id))",
+                )
+            ]
+    raise AssertionError(meter.aggregation)
+
+
+def merge_exprs(meter: Meter) -> list[str]:
+    fn = {
+        Aggregation.COUNT: "countMerge",
+        Aggregation.SUM: "sumMerge",
+        Aggregation.AVG: "sumMerge",
+        Aggregation.MIN: "minMerge",
+        Aggregation.MAX: "maxMerge",
+        Aggregation.UNIQUE_COUNT: "uniqExactMerge",
+        Aggregation.LATEST: "argMaxMerge",
+    }[meter.aggregation]
+    exprs = [f"{fn}(value)"]
+    if meter.aggregation is Aggregation.AVG:
+        exprs.append("countMerge(value_count)")
+    return exprs
+
+
+def meter_filter(meter: Meter) -> str:
+    """Which events rows belong to the meter (type, namespace for API meters, eventFrom, validity)."""
+    _, valid = value_exprs(meter)
+    parts = [f"type = {literal(meter.event_type)}"]
+    if meter.namespace is not None:
+        parts.append(f"namespace = {literal(meter.namespace)}")
+    if meter.event_from is not None:
+        parts.append(f"time >= toDateTime64({literal(_ch_time(meter.event_from))}, 3, 'UTC')")
+    parts.append(valid)
+    return " AND ".join(parts)
+
+
+def _ch_time(t: datetime) -> str:
+    return t.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S.") + f"{t.microsecond // 1000:03d}"
+
+
+# --- DDL -----------------------------------------------------------------------------------------
+
+
+def meters_table_ddl(database: str) -> str:
+    return f"""
+CREATE TABLE IF NOT EXISTS {qualified(database, METERS_TABLE)}
+(
+    namespace String COMMENT 'namespace of an API meter; empty for a config-file meter (every namespace)',
+    slug String,
+    id String COMMENT 'meter id; the rollup table is meter_rollup_<id>',
+    definition String COMMENT 'the meter as OpenMeter v1 JSON',
+    state LowCardinality(String) COMMENT 'creating | ready | deleted',
+    cutover DateTime64(3, 'UTC') COMMENT 'events inserted before: backfilled; at or after: the view',
+    created_at DateTime64(3, 'UTC'),
+    version UInt64
+)
+ENGINE = ReplacingMergeTree(version)
+ORDER BY (namespace, slug, id)
+"""
+
+
+def inserted_at_ddl(database: str) -> str:
+    return (
+        f"ALTER TABLE {qualified(database, EVENTS_TABLE)} ADD COLUMN IF NOT EXISTS {INSERTED_AT} "
+        f"DateTime64(3, 'UTC') DEFAULT now64(3) "
+        f"COMMENT 'set by ClickHouse at insert; separates meter backfill from the meter view'"
+    )
+
+
+def rollup_table_ddl(database: str, meter: Meter) -> str:
+    groups = "".join(f"    {ident(group_column(k))} String,\n" for k in sorted(meter.group_by))
+    states = ",\n".join(f"    {ident(name)} {typ}" for name, typ, _ in state_columns(meter))
+    order = ", ".join(["namespace", "subject", "minute", *(ident(group_column(k)) for k in sorted(meter.group_by))])
+    return f"""
+CREATE TABLE IF NOT EXISTS {qualified(database, meter.rollup_table)}
+(
+    namespace LowCardinality(String),
+    minute DateTime('UTC') COMMENT 'start of the minute (UTC) of the events',
+    subject String,
+{groups}{states}
+)
+ENGINE = AggregatingMergeTree
+PARTITION BY toYYYYMM(minute)
+ORDER BY ({order})
+SETTINGS non_replicated_deduplication_window = {ROLLUP_DEDUPLICATION_WINDOW}
+COMMENT {literal("rollup of meter " + meter.slug)}
+"""
+
+
+def rollup_select(database: str, meter: Meter, extra_where: str) -> str:
+    keys = ["namespace", "toStartOfMinute(time) AS minute", "subject"]
+    group_names = []
+    for key, segments in meter.group_segments().items():
+        keys.append(f"{group_expr(segments)} AS {ident(group_column(key))}")
+        group_names.append(ident(group_column(key)))
+    states = [f"{expr} AS {ident(name)}" for name, _, expr in state_columns(meter)]
+    return (
+        f"SELECT {', '.join(keys + states)} FROM {qualified(database, EVENTS_TABLE)} "
+        f"WHERE {meter_filter(meter)} AND {extra_where} "
+        f"GROUP BY {', '.join(['namespace', 'minute', 'subject', *group_names])}"
+    )
+
+
+def _cutover_literal(cutover: datetime) -> str:
+    return f"toDateTime64({literal(_ch_time(cutover))}, 3, 'UTC')"
+
+
+def materialized_view_ddl(database: str, meter: Meter, cutover: datetime) -> str:
+    select = rollup_select(database, meter, f"{INSERTED_AT} >= {_cutover_literal(cutover)}")
+    return (
+        f"CREATE MATERIALIZED VIEW IF NOT EXISTS {qualified(database, meter.view_name)} "
+        f"TO {qualified(database, meter.rollup_table)} AS {select}"
+    )
+
+
+def backfill_sql(database: str, meter: Meter, cutover: datetime) -> str:
+    select = rollup_select(database, meter, f"{INSERTED_AT} < {_cutover_literal(cutover)}")
+    return f"INSERT INTO {qualified(database, meter.rollup_table)} {select}"
+
+
+def drop_sql(database: str, meter: Meter) -> list[str]:
+    return [
+        f"DROP VIEW IF EXISTS {qualified(database, meter.view_name)} SYNC",
+        f"DROP TABLE IF EXISTS {qualified(database, meter.rollup_table)} SYNC",
+    ]
+
+
+# --- window queries --------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Query:
+    """A validated meter query. Windows: `window` grid in `tz`, or explicit `boundaries`, or one window."""
+
+    meter: Meter
+    namespace: str
+    start: datetime
+    end: datetime
+    window: WindowSize | None = None
+    tz: str = "UTC"
+    boundaries: tuple[datetime, ...] | None = None
+    subjects: tuple[str, ...] = ()
+    filters: tuple[tuple[str, str], ...] = ()
+    group_by: tuple[str, ...] = ()
+    group_subject: bool = False
+
+
+def _bucket(q: Query, ts: str) -> tuple[str, str]:
+    """(bucket start, bucket end) SQL over a UTC DateTime expression, as Int64 unix seconds."""
+    tz = literal(q.tz)
+    if q.boundaries is not None:
+        # arrayFirstIndex is 1-based: the first boundary after ts is window k-2's end (0-based).
+        idx = f"toInt64(arrayFirstIndex(b -> b > {ts}, {{bounds:Array(DateTime64(3, 'UTC'))}}) - 2)"
+        return idx, idx
+    match q.window:
+        case None:
+            return "toInt64(0)", "toInt64(0)"
+        case WindowSize.MINUTE:
+            s = f"toInt64(toUnixTimestamp(toStartOfMinute({ts})))"
+            return s, f"{s} + 60"
+        case WindowSize.HOUR:
+            s = f"toInt64(toUnixTimestamp(toStartOfHour({ts}, {tz})))"
+            return s, f"toInt64(toUnixTimestamp(toStartOfHour(toStartOfHour({ts}, {tz}) + INTERVAL 90 MINUTE, {tz})))"
+        case WindowSize.DAY:
+            s = f"toInt64(toUnixTimestamp(toStartOfDay({ts}, {tz})))"
+            return s, f"toInt64(toUnixTimestamp(toStartOfDay(toStartOfDay({ts}, {tz}) + INTERVAL 36 HOUR, {tz})))"
+        case WindowSize.MONTH:
+            month = f"toStartOfMonth({ts}, {tz})"
+            return (
+                f"toInt64(toUnixTimestamp(toDateTime({month}, {tz})))",
+                f"toInt64(toUnixTimestamp(toDateTime(toStartOfMonth({month} + 32), {tz})))",
+            )
+    raise AssertionError(q.window)
+
+
+def _floor_minute(t: datetime) -> datetime:
+    return t.replace(second=0, microsecond=0)
+
+
+def _ceil_minute(t: datetime) -> datetime:
+    f = _floor_minute(t)
+    return f if f == t else f + timedelta(minutes=1)
+
+
+def plan_edges(q: Query) -> tuple[datetime, datetime, list[datetime], list[tuple[datetime, datetime]]]:
+    """(rollup from, rollup to, inner minutes to skip in the rollup, raw intervals) for the query.
+
+    Whole minutes inside [start, end) come from the rollup, except minutes cut by a window boundary
+    that is not on a minute; those parts, and the partial minutes at start and end, come from raw events.
+    """
+    cuts = [q.start, q.end, *(q.boundaries or ())]
+    edge_minutes = sorted({_floor_minute(b) for b in cuts if b != _floor_minute(b)})
+    raw: list[tuple[datetime, datetime]] = []
+    for m in edge_minutes:
+        lo, hi = max(m, q.start), min(m + timedelta(minutes=1), q.end)
+        if lo < hi:
+            raw.append((lo, hi))
+    r_from, r_to = _ceil_minute(q.start), _floor_minute(q.end)
+    skip = [m for m in edge_minutes if r_from <= m < r_to]
+    return r_from, r_to, skip, raw
+
+
+def _select_keys(q: Query, ts: str, *, from_raw: bool) -> list[str]:
+    start, end = _bucket(q, ts)
+    keys = [f"{start} AS bucket", f"{end} AS bucket_end"]
+    keys.append("subject" if q.group_subject else "'' AS subject")
+    segments = q.meter.group_segments()
+    for key in q.group_by:
+        col = ident(group_column(key))
+        keys.append(f"{group_expr(segments[key])} AS {col}" if from_raw else col)
+    return keys
+
+
+def _common_filters(q: Query, params: dict[str, Any], *, from_raw: bool) -> list[str]:
+    where = ["namespace = {ns:String}"]
+    params["ns"] = q.namespace
+    if q.subjects:
+        where.append("subject IN {subjects:Array(String)}")
+        params["subjects"] = list(q.subjects)
+    segments = q.meter.group_segments()
+    for i, (key, value) in enumerate(q.filters):
+        col = group_expr(segments[key]) if from_raw else ident(group_column(key))
+        where.append(f"{col} = {{f{i}:String}}")
+        params[f"f{i}"] = value
+    return where
+
+
+def _raw_select(database: str, q: Query, params: dict[str, Any], intervals: list[tuple[datetime, datetime]]) -> str:
+    where = _common_filters(q, params, from_raw=True)
+    where.append(meter_filter(q.meter))
+    spans = []
+    for i, (lo, hi) in enumerate(intervals):
+        spans.append(f"(time >= {{lo{i}:DateTime64(3, 'UTC')}} AND time < {{hi{i}:DateTime64(3, 'UTC')}})")
+        params[f"lo{i}"], params[f"hi{i}"] = lo, hi
+    where.append("(" + " OR ".join(spans) + ")")
+    keys = _select_keys(q, "toDateTime(time, 'UTC')", from_raw=True)
+    states = [f"{expr} AS {ident(name)}" for name, _, expr in state_columns(q.meter)]
+    return (
+        f"SELECT {', '.join(keys + states)} FROM {qualified(database, EVENTS_TABLE)} WHERE {' AND '.join(where)} "
+        f"GROUP BY bucket, bucket_end, subject{''.join(', ' + ident(group_column(k)) for k in q.group_by)}"
+    )
+
+
+def _outer(q: Query, inner: str) -> str:
+    groups = "".join(", " + ident(group_column(k)) for k in q.group_by)
+    merges = ", ".join(merge_exprs(q.meter))
+    return (
+        f"SELECT bucket, any(bucket_end) AS bucket_end, subject{groups}, {merges} FROM ({inner}) "
+        f"GROUP BY bucket, subject{groups} ORDER BY bucket, subject{groups}"
+    )
+
+
+def build_query(database: str, q: Query) -> tuple[str, dict[str, Any]]:
+    """Rollup minutes + raw edges, merged. Rows: bucket, bucket_end, subject, group values..., values."""
+    params: dict[str, Any] = {}
+    if q.boundaries is not None:
+        params["bounds"] = list(q.boundaries)
+    r_from, r_to, skip, raw = plan_edges(q)
+    parts: list[str] = []
+    if r_from < r_to:
+        where = _common_filters(q, params, from_raw=False)
+        where.append("minute >= {rfrom:DateTime('UTC')} AND minute < {rto:DateTime('UTC')}")
+        params["rfrom"], params["rto"] = r_from, r_to
+        if skip:
+            where.append("minute NOT IN {skip:Array(DateTime('UTC'))}")
+            params["skip"] = skip
+        keys = _select_keys(q, "minute", from_raw=False)
+        states = [ident(name) for name, _, _ in state_columns(q.meter)]
+        rollup = qualified(database, q.meter.rollup_table)
+        parts.append(f"SELECT {', '.join(keys + states)} FROM {rollup} WHERE {' AND '.join(where)}")
+    if raw:
+        parts.append(_raw_select(database, q, params, raw))
+    if not parts:
+        return "SELECT 1 WHERE 0", params
+    return _outer(q, " UNION ALL ".join(parts)), params
+
+
+def raw_query(database: str, q: Query) -> tuple[str, dict[str, Any]]:
+    """The reference answer: the same query over raw events only (no rollup)."""
+    params: dict[str, Any] = {}
+    if q.boundaries is not None:
+        params["bounds"] = list(q.boundaries)
+    return _outer(q, _raw_select(database, q, params, [(q.start, q.end)])), params
