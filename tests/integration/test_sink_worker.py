@@ -74,19 +74,19 @@ async def test_50k_with_duplicates_conflicts_and_malformed(
     assert 49_000 < len(stream.messages) < 51_000
     kafka = kafka_settings(kafka_bootstrap_servers, PARTITIONS)
     await make_topics(kafka)
-    await produce(kafka_bootstrap_servers, kafka.events_topic, stream.messages)
+    ends = await produce(kafka_bootstrap_servers, kafka.events_topic, stream.messages)
     sink = sink_settings(batch_size=5000)
     async with running_worker(clickhouse_settings, kafka, sink) as task:
-        await wait_until_committed(
-            kafka_bootstrap_servers, sink.consumer_group, kafka.events_topic, PARTITIONS, timeout=120
-        )
+        await wait_until_committed(kafka_bootstrap_servers, sink.consumer_group, kafka.events_topic, ends, within=120)
     counters = task.result()
     assert_exact(clickhouse, stream)
     assert counters.malformed == stream.malformed
     assert counters.conflicts == stream.conflicts
     assert counters.duplicates == stream.duplicates
 
-    letters = await read_all(kafka_bootstrap_servers, kafka.dead_letter_topic, PARTITIONS)
+    letters = await read_all(
+        kafka_bootstrap_servers, kafka.dead_letter_topic, PARTITIONS, stream.malformed + stream.conflicts
+    )
     kinds = [dict(rec.headers)[KIND_HEADER].decode() for rec in letters]  # type: ignore[attr-defined]
     assert kinds.count("malformed") == stream.malformed
     assert kinds.count("conflict") == stream.conflicts
@@ -115,14 +115,13 @@ async def test_clickhouse_failure_loses_nothing_and_doubles_nothing(
 
     async with running_worker(clickhouse_settings, kafka, sink) as task:
         half = len(stream.messages) // 2
-        await produce(kafka_bootstrap_servers, kafka.events_topic, stream.messages[:half])
+        first = await produce(kafka_bootstrap_servers, kafka.events_topic, stream.messages[:half])
         thread = threading.Thread(target=outage)
         thread.start()
-        await produce(kafka_bootstrap_servers, kafka.events_topic, stream.messages[half:])
+        second = await produce(kafka_bootstrap_servers, kafka.events_topic, stream.messages[half:])
+        ends = {p: max(first.get(p, 0), second.get(p, 0)) for p in range(PARTITIONS)}
         await asyncio.to_thread(thread.join)
-        await wait_until_committed(
-            kafka_bootstrap_servers, sink.consumer_group, kafka.events_topic, PARTITIONS, timeout=120
-        )
+        await wait_until_committed(kafka_bootstrap_servers, sink.consumer_group, kafka.events_topic, ends, within=120)
     counters = task.result()
     assert outage_done.is_set()
     assert counters.write_failures > 0, "the outage did not hit the worker"
