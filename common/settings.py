@@ -5,6 +5,7 @@ as a global.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 from pydantic import BaseModel, Field, SecretStr, field_validator
@@ -44,6 +45,9 @@ class LogSettings(BaseModel):
     level: str = Field(default="INFO", pattern="^(DEBUG|INFO|WARNING|ERROR)$")
 
 
+NAMESPACE_PATTERN = re.compile(r"[A-Za-z0-9_-]{1,64}")
+
+
 class AuthSettings(BaseModel):
     """API keys map to namespaces. With auth off every request acts in `default_namespace`."""
 
@@ -57,8 +61,9 @@ class AuthSettings(BaseModel):
         for key, namespace in value.items():
             if len(key) < 16:
                 raise ValueError("an API key must be at least 16 characters long")
-            if not namespace or len(namespace) > 64:
-                raise ValueError(f"namespace {namespace!r} must be 1 to 64 characters")
+            # The same rule as the sink's namespace header: a namespace HTTP accepts must be storable.
+            if not NAMESPACE_PATTERN.fullmatch(namespace):
+                raise ValueError(f"namespace {namespace!r} must be 1 to 64 characters of [A-Za-z0-9_-]")
         return value
 
     def secret_keys(self) -> dict[SecretStr, str]:

@@ -117,3 +117,11 @@ def test_auth_on_needs_keys() -> None:
     with pytest.raises(ConfigError, match="no API keys"):
         check_auth_binding(AuthSettings(enabled=True), "0.0.0.0")
     check_auth_binding(AuthSettings(enabled=True, api_keys={"a" * 16: "ns"}), "0.0.0.0")
+
+
+@pytest.mark.parametrize("namespace", ["", "acme corp", "a/b", "x" * 65, "ns\n", "é"])
+def test_api_keys_map_only_to_storable_namespaces(namespace: str) -> None:
+    from pydantic import ValidationError
+
+    with pytest.raises(ValidationError, match="namespace"):
+        AuthSettings(api_keys={"k" * 16: namespace})
