@@ -71,12 +71,12 @@ def _header_text(raw: object, name: str) -> str:
 def _headers(headers: Sequence[tuple[str, bytes]]) -> dict[str, str]:
     """Header values as text; the first occurrence of a name wins (deterministic for duplicates)."""
     out: dict[str, str] = {}
-    for item in headers:
-        if not isinstance(item, tuple) or len(item) != 2 or not isinstance(item[0], str):
-            raise EventValidationError("a header is not a (name, value) pair", field=None)
-        name = item[0].lower()
-        if name not in out:
-            out[name] = _header_text(item[1], name)
+    for name, raw in headers:
+        if not isinstance(name, str):
+            raise EventValidationError("a header name is not text", field=None)
+        lowered = name.lower()
+        if lowered not in out:
+            out[lowered] = _header_text(raw, lowered)
     return out
 
 

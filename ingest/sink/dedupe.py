@@ -72,7 +72,8 @@ def _difference(first: Fingerprint, later: Fingerprint) -> str:
 
 def resolve(items: Sequence[Item], stored: Mapping[EventKey, Fingerprint]) -> Resolution:
     """Keep the first copy of every key not already stored; count duplicates; report conflicts."""
-    seen: dict[EventKey, Fingerprint] = {}
+    # Fingerprints are built only when a key repeats: most keys are new, and this is the hot loop.
+    seen: dict[EventKey, Item | Fingerprint] = {}
     keep: list[Item] = []
     duplicates = 0
     conflicts: list[Conflict] = []
@@ -83,10 +84,11 @@ def resolve(items: Sequence[Item], stored: Mapping[EventKey, Fingerprint]) -> Re
         if first is None:
             first = stored.get(key)
             if first is None:
-                seen[key] = fingerprint(event)
+                seen[key] = item
                 keep.append(item)
                 continue
-            seen[key] = first
+        if isinstance(first, Item):
+            first = seen[key] = fingerprint(first.decoded.event)
         later = fingerprint(event)
         if later == first:
             duplicates += 1

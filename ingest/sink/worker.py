@@ -14,6 +14,7 @@ import contextlib
 import dataclasses
 import signal
 import time
+from collections.abc import AsyncIterator
 from typing import Any
 
 import structlog
@@ -225,23 +226,13 @@ class SinkWorker:
             await asyncio.wait_for(self._stop.wait(), seconds)
 
 
-async def run_worker(
-    clickhouse: ClickHouseSettings,
-    kafka: KafkaSettings,
-    sink: SinkSettings,
-    *,
-    stop: asyncio.Event | None = None,
-    clock: Clock | None = None,
-) -> SinkCounters:
-    """Consume the events topic into ClickHouse until `stop` is set (or SIGTERM/SIGINT when it is None)."""
+@contextlib.asynccontextmanager
+async def open_worker(
+    clickhouse: ClickHouseSettings, kafka: KafkaSettings, sink: SinkSettings, *, clock: Clock | None = None
+) -> AsyncIterator[SinkWorker]:
+    """A started worker (ClickHouse migrated, consumer subscribed, dead-letter producer up); closes on exit."""
     if kafka.bootstrap_servers is None:
         raise ValueError("the sink worker needs kafka.bootstrap_servers (the embedded default has no worker)")
-    own_stop = stop is None
-    stop = stop or asyncio.Event()
-    loop = asyncio.get_running_loop()
-    if own_stop:
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, stop.set)
     ch: ClickHouse = await asyncio.to_thread(connect_clickhouse, clickhouse)
     await asyncio.to_thread(migrate_clickhouse, ch)
     processor = await asyncio.to_thread(
@@ -265,18 +256,44 @@ async def run_worker(
     )
     await producer.start()
     worker = SinkWorker(consumer, processor, KafkaDeadLetters(producer, kafka.dead_letter_topic), sink)
-    consumer.subscribe([kafka.events_topic], listener=worker.listener())
-    await consumer.start()
-    log.info("sink_worker_started", topic=kafka.events_topic, group=sink.consumer_group)
     try:
-        await worker.run(stop)
+        consumer.subscribe([kafka.events_topic], listener=worker.listener())
+        await consumer.start()
+        log.info("sink_worker_started", topic=kafka.events_topic, group=sink.consumer_group)
+        yield worker
     finally:
         with contextlib.suppress(Exception):
             await consumer.stop()
         with contextlib.suppress(Exception):
             await producer.stop()
+        if not ch.embedded:
+            ch.close()
+        log.info("sink_worker_stopped", **dataclasses.asdict(worker.counters))
+
+
+async def run_worker(
+    clickhouse: ClickHouseSettings,
+    kafka: KafkaSettings,
+    sink: SinkSettings,
+    *,
+    stop: asyncio.Event | None = None,
+    clock: Clock | None = None,
+) -> SinkCounters:
+    """Consume the events topic into ClickHouse until `stop` is set (or SIGTERM/SIGINT when it is None).
+
+    On stop: the buffered batches are flushed and committed, then the consumer leaves the group.
+    """
+    own_stop = stop is None
+    stop = stop or asyncio.Event()
+    loop = asyncio.get_running_loop()
+    if own_stop:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+    try:
+        async with open_worker(clickhouse, kafka, sink, clock=clock) as worker:
+            await worker.run(stop)
+            return worker.counters
+    finally:
         if own_stop:
             for sig in (signal.SIGTERM, signal.SIGINT):
                 loop.remove_signal_handler(sig)
-        log.info("sink_worker_stopped", **dataclasses.asdict(worker.counters))
-    return worker.counters

@@ -1,0 +1,234 @@
+"""Ingest benchmark (prints JSON): in one run, on the same generated events,
+
+1. raw baseline: aiokafka consume -> ClickHouse insert of the raw values, commit; no logic at all;
+2. the sink worker: decoding and validation of both CloudEvents bindings, in-batch and stored-key
+   dedupe, ledger record, tokenised insert, commit;
+3. HTTP ingest: POST /api/v1/events in batches of 100 through `metergate dev` (embedded path) on
+   uvicorn, in a subprocess with its own chdb folder.
+
+Rates are events/s measured from the first message fetched to the last batch committed (the group
+join is excluded). Kafka is tansu on loopback unless KAFKA_BOOTSTRAP_SERVERS is set.
+
+    python bench/ingest.py [--events 300000] [--http-events 50000]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+import orjson  # noqa: E402
+from aiokafka import AIOKafkaConsumer  # noqa: E402
+
+from common.clickhouse import connect_clickhouse  # noqa: E402
+from common.settings import ClickHouseSettings, KafkaSettings  # noqa: E402
+from ingest.settings import SinkSettings  # noqa: E402
+from ingest.sink.worker import open_worker  # noqa: E402
+from tests.support.services import free_port, kafka_bootstrap  # noqa: E402
+from tests.support.sink_kafka import make_topics, produce  # noqa: E402
+from tests.support.sink_stream import build_stream  # noqa: E402
+
+PARTITIONS = 4
+BATCH = 10_000
+
+
+async def raw_baseline(bootstrap: str, topic: str, ch_settings: ClickHouseSettings, total: int) -> float:
+    ch = connect_clickhouse(ch_settings)
+    table = ch.table("raw_events")
+    ch.command(f"CREATE TABLE IF NOT EXISTS {table} (value String) ENGINE = MergeTree ORDER BY tuple()")
+    consumer = AIOKafkaConsumer(
+        topic,
+        bootstrap_servers=bootstrap,
+        group_id=f"raw-{uuid.uuid4().hex[:8]}",
+        enable_auto_commit=False,
+        auto_offset_reset="earliest",
+        session_timeout_ms=2000,
+        heartbeat_interval_ms=600,
+        max_partition_fetch_bytes=4 * 1024 * 1024,
+    )
+    await consumer.start()
+    try:
+        done = 0
+        started: float | None = None
+        while done < total:
+            fetched = await consumer.getmany(timeout_ms=200, max_records=BATCH)
+            if not fetched:
+                continue
+            started = started or time.perf_counter()
+            rows = [(r.value or b"",) for records in fetched.values() for r in records]
+            await asyncio.to_thread(
+                lambda rows=rows: ch.call(lambda c: c.insert(table, rows, column_names=["value"]))  # type: ignore[misc]
+            )
+            await consumer.commit()
+            done += len(rows)
+        assert started is not None
+        return total / (time.perf_counter() - started)
+    finally:
+        await consumer.stop()
+
+
+async def sink_worker(
+    kafka: KafkaSettings, ch_settings: ClickHouseSettings, total: int
+) -> tuple[float, dict[str, Any]]:
+    sink = SinkSettings(consumer_group=f"sink-{uuid.uuid4().hex[:8]}", session_timeout_ms=2000, batch_size=BATCH)
+    stop = asyncio.Event()
+    async with open_worker(ch_settings, kafka, sink) as worker:
+        task = asyncio.create_task(worker.run(stop))
+        started: float | None = None
+        while True:
+            c = worker.counters
+            processed = c.stored + c.duplicates + c.conflicts + c.malformed
+            if started is None and (processed or any(s.buffer for s in worker.partitions.values())):
+                started = time.perf_counter()
+            if processed >= total:
+                break
+            if task.done():
+                task.result()
+            await asyncio.sleep(0.005)
+        assert started is not None
+        elapsed = time.perf_counter() - started
+        stop.set()
+        await task
+        counters = {"stored": c.stored, "duplicates": c.duplicates, "batches": c.batches}
+    return total / elapsed, counters
+
+
+def http_ingest(events: int, batch: int = 100, concurrency: int = 8) -> dict[str, Any]:
+    """`metergate dev` in a subprocess (embedded path), driven by an httpx client with N connections."""
+    import httpx
+
+    if not (ROOT / "metergate" / "app.py").exists():
+        return {"skipped": "metergate/app.py not present"}
+    port = free_port()
+    with tempfile.TemporaryDirectory(prefix="bench-dev-") as data_dir:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("METERGATE_")}
+        env["METERGATE_LOG__LEVEL"] = "WARNING"
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "metergate", "dev", "--data-dir", data_dir, "--port", str(port)],
+            cwd=ROOT,
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        base = f"http://127.0.0.1:{port}"
+        try:
+            deadline = time.monotonic() + 60
+            while True:
+                with contextlib.suppress(httpx.HTTPError):
+                    if httpx.get(f"{base}/api/v1/events?limit=1", timeout=1).status_code < 500:
+                        break
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    return {"error": "metergate dev did not start"}
+                time.sleep(0.2)
+            bodies = [
+                orjson.dumps(
+                    [
+                        {
+                            "specversion": "1.0",
+                            "id": f"http-{b}-{i}",
+                            "source": "bench",
+                            "type": "llm.tokens",
+                            "subject": f"customer-{(b * batch + i) % 1000}",
+                            "time": "2026-03-01T12:00:00.123Z",
+                            "data": {"tokens": i, "model": "m"},
+                        }
+                        for i in range(batch)
+                    ]
+                )
+                for b in range(events // batch)
+            ]
+
+            async def drive() -> tuple[float, int]:
+                limits = httpx.Limits(max_connections=concurrency)
+                async with httpx.AsyncClient(base_url=base, limits=limits, timeout=60) as client:
+                    queue = list(reversed(bodies))
+                    failures = 0
+
+                    async def one() -> None:
+                        nonlocal failures
+                        while queue:
+                            body = queue.pop()
+                            r = await client.post(
+                                "/api/v1/events",
+                                content=body,
+                                headers={"content-type": "application/cloudevents-batch+json"},
+                            )
+                            failures += r.status_code != 204
+
+                    t0 = time.perf_counter()
+                    await asyncio.gather(*(one() for _ in range(concurrency)))
+                    return time.perf_counter() - t0, failures
+
+            elapsed, failures = asyncio.run(drive())
+            return {
+                "events_per_s": round(len(bodies) * batch / elapsed),
+                "batch": batch,
+                "concurrency": concurrency,
+                "events": len(bodies) * batch,
+                "failed_requests": failures,
+            }
+        finally:
+            proc.terminate()
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                proc.wait(30)
+            if proc.poll() is None:
+                proc.kill()
+
+
+async def kafka_part(events: int) -> dict[str, Any]:
+    stream = build_stream(events, duplicate_rate=0.02, conflict_rate=0.0, malformed_rate=0.0)
+    total = len(stream.messages)
+    with kafka_bootstrap() as bootstrap, tempfile.TemporaryDirectory(prefix="bench-chdb-") as folder:
+        kafka = KafkaSettings(
+            bootstrap_servers=bootstrap,
+            events_topic=f"bench-{uuid.uuid4().hex[:8]}",
+            dead_letter_topic=f"bench-dlq-{uuid.uuid4().hex[:8]}",
+            topic_partitions=PARTITIONS,
+        )
+        await make_topics(kafka)
+        await produce(bootstrap, kafka.events_topic, stream.messages)
+        ch_settings = ClickHouseSettings(path=Path(folder), database="bench")
+        raw = await raw_baseline(bootstrap, kafka.events_topic, ch_settings, total)
+        sink, counters = await sink_worker(kafka, ch_settings, total)
+        assert counters["stored"] == len(stream.expected), counters
+    return {
+        "messages": total,
+        "unique_events": len(stream.expected),
+        "raw_baseline_events_per_s": round(raw),
+        "sink_events_per_s": round(sink),
+        "sink_to_raw_ratio": round(sink / raw, 3),
+        "sink_batches": counters["batches"],
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--events", type=int, default=300_000)
+    parser.add_argument("--http-events", type=int, default=50_000)
+    args = parser.parse_args()
+    result: dict[str, Any] = {
+        "machine": {"python": platform.python_version(), "cpus": os.cpu_count()},
+        "batch_size": BATCH,
+        "partitions": PARTITIONS,
+    }
+    result.update(asyncio.run(kafka_part(args.events)))
+    result["http_ingest_batches_of_100"] = http_ingest(args.http_events) if args.http_events else {"skipped": True}
+    print(json.dumps(result, indent=2))
+
+
+if __name__ == "__main__":
+    main()
