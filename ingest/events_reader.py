@@ -11,8 +11,11 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+from clickhouse_connect.driver.exceptions import DatabaseError
+
 from common.clickhouse import ClickHouse
 from common.cloudevents import CloudEvent
+from common.errors import Unavailable
 from ingest.schema import EVENTS_TABLE
 
 DEFAULT_LIMIT = 100
@@ -81,5 +84,10 @@ class ClickHouseEventsReader:
 
     async def list_events(self, namespace: str, f: EventFilter) -> list[StoredEvent]:
         sql, params = list_events_query(self._ch.table(EVENTS_TABLE), namespace, f)
-        rows = await self._ch.run(lambda c: c.query(sql, parameters=params).result_rows)
+        try:
+            rows = await self._ch.run(lambda c: c.query(sql, parameters=params).result_rows)
+        except DatabaseError as exc:
+            if "UNKNOWN_TABLE" in str(exc) or "UNKNOWN_DATABASE" in str(exc):
+                raise Unavailable("the events table does not exist yet: run `metergate migrate`") from exc
+            raise
         return [stored_event_from_row(row) for row in rows]

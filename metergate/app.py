@@ -21,13 +21,15 @@ import orjson
 import structlog
 from fastapi import APIRouter, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import Response
+from fastapi.responses import RedirectResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from aggregator.http import router as meters_router
 from common.errors import MetergateError, PayloadTooLarge, Unauthenticated, Unavailable
 from common.http import PROBLEM_JSON, problem, problem_for
 from common.settings import AuthSettings
+from entitlements.http import router as entitlements_router
 from ingest.http import router as events_router
 from metergate.clock_http import router as clock_router
 from metergate.wiring import Services
@@ -35,7 +37,7 @@ from metergate.wiring import Services
 log = structlog.get_logger(__name__)
 
 # Every router of the API, in one place. Meters and entitlements add theirs here.
-ROUTERS: tuple[APIRouter, ...] = (events_router, clock_router)
+ROUTERS: tuple[APIRouter, ...] = (events_router, clock_router, meters_router, entitlements_router)
 
 PROTECTED_PREFIX = "/api/"
 
@@ -228,6 +230,10 @@ def create_app(services: Services, auth: AuthSettings) -> FastAPI:
     app.state.services = services
     for router in ROUTERS:
         app.include_router(router)
+
+    @app.get("/", include_in_schema=False)
+    async def root() -> Response:
+        return RedirectResponse("/docs")
 
     @app.get("/healthz", include_in_schema=False)
     async def healthz() -> Response:

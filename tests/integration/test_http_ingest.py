@@ -387,3 +387,21 @@ async def test_clock_endpoint_is_409_when_not_frozen(services: Services) -> None
         moved = await c.post("/api/v1/debug/clock", json={"time": "2030-01-01T00:00:00Z"})
     assert got.json()["frozen"] is False
     assert moved.status_code == 409
+
+
+async def test_listing_before_migrate_says_to_migrate(clickhouse: ClickHouse, publisher: RecordingPublisher) -> None:
+    services = Services(
+        clickhouse=clickhouse,
+        publisher=publisher,
+        clock=FrozenClock(NOW),
+        events_reader=ClickHouseEventsReader(clickhouse),
+    )
+    app = create_app(services, AuthSettings(enabled=False))
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://m") as c:
+        response = await c.get("/api/v1/events")
+        root = await c.get("/")
+    assert response.status_code == 503
+    assert "metergate migrate" in response.json()["detail"]
+    assert response.headers["retry-after"] == "1"
+    assert root.status_code == 307
+    assert root.headers["location"] == "/docs"
