@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
@@ -15,10 +16,12 @@ from aiokafka import AIOKafkaConsumer
 from common.clickhouse import ClickHouse
 from common.clock import FrozenClock
 from common.errors import Unavailable
-from common.settings import AuthSettings, KafkaSettings
+from common.settings import AuthSettings, ClickHouseSettings, KafkaSettings
 from ingest.events_reader import ClickHouseEventsReader
 from ingest.kafka_publisher import KafkaEventPublisher
+from ingest.settings import SinkSettings
 from ingest.sink.migrations import create_topics
+from ingest.sink.worker import run_worker
 from ingest.wire import message_key
 from metergate.app import create_app
 from metergate.wiring import Services
@@ -135,6 +138,39 @@ async def test_duplicates_share_a_partition(client: httpx.AsyncClient, kafka_set
     messages = await consume_all(kafka_settings, 3)
     assert len(messages) == 3
     assert len({m.partition for m in messages}) == 1  # type: ignore[attr-defined]
+
+
+async def test_production_path_post_then_worker_then_get(
+    client: httpx.AsyncClient, kafka_settings: KafkaSettings, clickhouse_settings: ClickHouseSettings
+) -> None:
+    """POST -> Kafka -> the sink worker (run_worker, same ClickHouse) -> GET, with a re-sent batch stored once."""
+    batch = [
+        {"specversion": "1.0", "id": f"p{i}", "source": "svc", "type": "calls", "subject": "acme", "data": {"n": i}}
+        for i in range(30)
+    ]
+    for chunk in (batch[:20], batch[10:]):  # 10 events sent twice
+        response = await client.post(
+            "/api/v1/events",
+            content=orjson.dumps(chunk),
+            headers={"Content-Type": "application/cloudevents-batch+json"},
+        )
+        assert response.status_code == 204
+
+    stop = asyncio.Event()
+    sink = SinkSettings(consumer_group=f"sink_{uuid.uuid4().hex[:8]}", batch_timeout_ms=50, session_timeout_ms=2000)
+    worker = asyncio.create_task(run_worker(clickhouse_settings, kafka_settings, sink, stop=stop))
+    try:
+        items: list[object] = []
+        for _ in range(100):
+            items = (await client.get("/api/v1/events", params={"limit": 100})).json()
+            if len(items) >= 30 or worker.done():
+                break
+            await asyncio.sleep(0.1)
+    finally:
+        stop.set()
+        await asyncio.wait_for(worker, 30)
+    assert sorted(i["event"]["id"] for i in items) == sorted(f"p{i}" for i in range(30))  # type: ignore[index]
+    assert {i["ingestedAt"] for i in items} == {"2025-05-05T05:05:05.555Z"}  # type: ignore[index]
 
 
 async def test_unreachable_broker_is_unavailable() -> None:
