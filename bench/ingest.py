@@ -35,7 +35,8 @@ import orjson  # noqa: E402
 from aiokafka import AIOKafkaConsumer  # noqa: E402
 
 from common.clickhouse import connect_clickhouse  # noqa: E402
-from common.settings import ClickHouseSettings, KafkaSettings  # noqa: E402
+from common.logging import configure_logging  # noqa: E402
+from common.settings import ClickHouseSettings, KafkaSettings, LogSettings  # noqa: E402
 from ingest.settings import SinkSettings  # noqa: E402
 from ingest.sink.worker import open_worker  # noqa: E402
 from tests.support.services import free_port, kafka_bootstrap  # noqa: E402
@@ -220,6 +221,7 @@ def main() -> None:
     parser.add_argument("--events", type=int, default=300_000)
     parser.add_argument("--http-events", type=int, default=50_000)
     args = parser.parse_args()
+    configure_logging(LogSettings(level="WARNING"))  # logs to stderr; stdout is the JSON result
     result: dict[str, Any] = {
         "machine": {"python": platform.python_version(), "cpus": os.cpu_count()},
         "batch_size": BATCH,

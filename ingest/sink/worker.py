@@ -15,6 +15,7 @@ import dataclasses
 import signal
 import time
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from typing import Any
 
 import structlog
@@ -25,16 +26,28 @@ from common.clickhouse import ClickHouse, connect_clickhouse
 from common.clock import Clock, SystemClock
 from common.settings import ClickHouseSettings, KafkaSettings
 from ingest.settings import SinkSettings
-from ingest.sink.batch import Cut
 from ingest.sink.consumer import PartitionState, batch_from_records, conflict_letters
-from ingest.sink.dlq import DeadLetterSink, KafkaDeadLetters
+from ingest.sink.dlq import DeadLetter, DeadLetterSink, KafkaDeadLetters
 from ingest.sink.ledger import LedgerRecord
 from ingest.sink.migrations import migrate_clickhouse
-from ingest.sink.processor import BatchProcessor, BatchResult, SinkCounters
+from ingest.sink.processor import Batch, BatchProcessor, BatchResult, SinkCounters
 
 log = structlog.get_logger(__name__)
 
 SHUTDOWN_RETRY_SECONDS = 10.0
+
+
+@dataclass(frozen=True, slots=True)
+class _Job:
+    """A decoded batch waiting for the writer."""
+
+    tp: TopicPartition
+    state: PartitionState
+    batch: Batch
+    letters: list[DeadLetter]
+    records: list[Any]
+    record: LedgerRecord | None
+    final: bool
 
 
 class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]
@@ -65,6 +78,7 @@ class SinkWorker:
         self._write_lock = asyncio.Lock()
         self._paused = False
         self._stop = asyncio.Event()
+        self._give_up_at: float | None = None
 
     def listener(self) -> ConsumerRebalanceListener:
         return _Listener(self)
@@ -104,84 +118,96 @@ class SinkWorker:
 
     # main loop --------------------------------------------------------------------------------
     async def run(self, stop: asyncio.Event) -> None:
+        """Fetch and decode here; a writer task writes and commits, so decoding the next batch overlaps
+        the ClickHouse work of the previous one (a small queue bounds what is held in memory)."""
         self._stop = stop
+        queue: asyncio.Queue[_Job | None] = asyncio.Queue(maxsize=2)
+        writer = asyncio.create_task(self._writer(queue))
         poll_ms = max(1, min(self.settings.batch_timeout_ms, 200))
-        while not stop.is_set():
-            try:
-                await self._load_ledgers()
-            except Exception as exc:  # noqa: BLE001 - ClickHouse down: stay paused and retry
-                log.warning("sink_ledger_read_failed", error=str(exc))
-                await self._sleep(self.settings.retry_backoff_initial_ms / 1000)
-                continue
-            fetched = await self.consumer.getmany(timeout_ms=poll_ms, max_records=self.settings.batch_size)
-            now = time.monotonic()
-            for tp, records in fetched.items():
-                state = self.partitions.get(tp)
-                if state is not None and state.recorded is not None:
-                    state.extend(records, now)
-            await self._flush(final=False)
-        await self._flush(final=True)
+        try:
+            while not stop.is_set() and not writer.done():
+                try:
+                    await self._load_ledgers()
+                except Exception as exc:  # noqa: BLE001 - ClickHouse down: stay paused and retry
+                    log.warning("sink_ledger_read_failed", error=str(exc))
+                    await self._sleep(self.settings.retry_backoff_initial_ms / 1000)
+                    continue
+                fetched = await self.consumer.getmany(timeout_ms=poll_ms, max_records=self.settings.batch_size)
+                now = time.monotonic()
+                for tp, records in fetched.items():
+                    state = self.partitions.get(tp)
+                    if state is not None and state.recorded is not None:
+                        state.extend(records, now)
+                await self._enqueue_ready(queue, final=False)
+            if not writer.done():
+                await self._enqueue_ready(queue, final=True)
+        finally:
+            if not writer.done():
+                await queue.put(None)
+            await writer  # raises if the writer failed
 
-    async def _flush(self, *, final: bool) -> None:
+    async def _enqueue_ready(self, queue: asyncio.Queue[_Job | None], *, final: bool) -> None:
         timeout = self.settings.batch_timeout_ms / 1000
         for tp, state in list(self.partitions.items()):
             now = time.monotonic()
             due = state.first_buffered_at is not None and now - state.first_buffered_at >= timeout
             for cut in state.cuts(self.settings.batch_size, flush_partial=final or due):
                 records = state.take(cut)
-                if not await self._write(tp, state, cut, records, final=final):
-                    return
+                batch, letters = batch_from_records(
+                    tp.topic, tp.partition, cut.range, records, self.settings.default_namespace
+                )
+                rec = state.records_by_start.get(cut.range.start) if cut.recorded else None
+                if rec is not None and rec.digest != batch.digest:
+                    log.warning("sink_ledger_digest_mismatch", partition=tp.partition, start=cut.range.start)
+                    rec = LedgerRecord(rec.range_id, batch.digest, rec.stored_at_ms)
                 state.done(cut, time.monotonic())
+                await queue.put(_Job(tp, state, batch, letters, records, rec, final))
 
-    async def _write(
-        self, tp: TopicPartition, state: PartitionState, cut: Cut, records: list[Any], *, final: bool
-    ) -> bool:
+    async def _writer(self, queue: asyncio.Queue[_Job | None]) -> None:
+        while (job := await queue.get()) is not None:
+            await self._write(job)
+
+    async def _write(self, job: _Job) -> bool:
         """Write one batch until it sticks, then commit. False when abandoned (revoked, or shutdown)."""
-        batch, letters = batch_from_records(tp.topic, tp.partition, cut.range, records, self.settings.default_namespace)
-        rec: LedgerRecord | None = state.records_by_start.get(cut.range.start) if cut.recorded else None
-        if rec is not None and rec.digest != batch.digest:
-            log.warning("sink_ledger_digest_mismatch", partition=tp.partition, start=cut.range.start)
-            rec = LedgerRecord(rec.range_id, batch.digest, rec.stored_at_ms)
+        tp, state, batch = job.tp, job.state, job.batch
+        offsets = batch.range_id.range
+        rec = job.record
 
-        def attempt() -> tuple[LedgerRecord, BatchResult]:
+        def attempt() -> BatchResult:
             nonlocal rec
             if rec is None:
                 rec = self.processor.record(batch.range_id, batch.digest)
-            return rec, self.processor.write(batch, rec)
+            return self.processor.write(batch, rec)
 
         backoff = self.settings.retry_backoff_initial_ms / 1000
-        give_up_at: float | None = None
         while True:
             if state.revoked:
-                log.info("sink_batch_dropped_on_revoke", partition=tp.partition, start=cut.range.start)
+                log.info("sink_batch_dropped_on_revoke", partition=tp.partition, start=offsets.start)
+                return False
+            if self._give_up_at is not None and time.monotonic() >= self._give_up_at:
+                log.error("sink_shutdown_with_unwritten_batch", partition=tp.partition, start=offsets.start)
                 return False
             try:
                 async with self._write_lock:
                     if state.revoked:
                         continue
-                    _, result = await asyncio.to_thread(attempt)
-                await self.dead_letters.send(
-                    letters + conflict_letters(tp.topic, tp.partition, result.conflicts, records)
-                )
+                    result = await asyncio.to_thread(attempt)
+                conflicts = conflict_letters(tp.topic, tp.partition, result.conflicts, job.records)
+                await self.dead_letters.send(job.letters + conflicts)
                 break
             except Exception as exc:  # noqa: BLE001 - every failure is retried unchanged; nothing committed
                 self.counters.write_failures += 1
                 log.warning(
                     "sink_write_failed",
                     partition=tp.partition,
-                    start=cut.range.start,
-                    end=cut.range.end,
+                    start=offsets.start,
+                    end=offsets.end,
                     retry_in_s=round(backoff, 3),
                     error=str(exc)[:300],
                 )
                 self._pause_all()
-                if self._stop.is_set() or final:
-                    give_up_at = give_up_at or time.monotonic() + SHUTDOWN_RETRY_SECONDS
-                    if time.monotonic() >= give_up_at:
-                        log.error(  # noqa: TRY400 - the failure was logged above
-                            "sink_shutdown_with_unwritten_batch", partition=tp.partition, start=cut.range.start
-                        )
-                        return False
+                if (self._stop.is_set() or job.final) and self._give_up_at is None:
+                    self._give_up_at = time.monotonic() + SHUTDOWN_RETRY_SECONDS
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, self.settings.retry_backoff_max_ms / 1000)
         self._resume_all()
@@ -195,15 +221,15 @@ class SinkWorker:
                 reason=conflict.reason,
             )
         try:
-            await self.consumer.commit({tp: cut.range.end + 1})
+            await self.consumer.commit({tp: offsets.end + 1})
         except KafkaError as exc:  # a rebalance took the partition: the next owner replays the range
-            log.warning("sink_commit_failed", partition=tp.partition, end=cut.range.end, error=str(exc))
+            log.warning("sink_commit_failed", partition=tp.partition, end=offsets.end, error=str(exc))
             return False
         log.debug(
             "sink_batch_committed",
             partition=tp.partition,
-            start=cut.range.start,
-            end=cut.range.end,
+            start=offsets.start,
+            end=offsets.end,
             stored=result.stored,
             duplicates=result.duplicates,
             malformed=len(batch.malformed),
