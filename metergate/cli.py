@@ -9,12 +9,14 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import difflib
+import os
 import signal
 import sys
 import threading
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, TypeVar, get_args
 
 import structlog
 import uvicorn
@@ -32,6 +34,8 @@ log = structlog.get_logger(__name__)
 
 S = TypeVar("S", bound=BaseSettings)
 
+ENV_PREFIX = "METERGATE_"
+
 
 class CliError(Exception):
     """A problem the user can fix; printed without a traceback, exit status 1."""
@@ -46,8 +50,41 @@ def describe_validation_error(exc: ValidationError) -> str:
     return "invalid settings:\n" + "\n".join(lines)
 
 
+def setting_variables(model: type[BaseModel], prefix: str = ENV_PREFIX) -> set[str]:
+    """Every environment variable name a settings class reads, nested sections joined with `__`."""
+    names: set[str] = set()
+    for name, info in model.model_fields.items():
+        variable = f"{prefix}{name.upper()}"
+        names.add(variable)
+        nested = next(
+            (
+                t
+                for t in (info.annotation, *get_args(info.annotation))
+                if isinstance(t, type) and issubclass(t, BaseModel)
+            ),
+            None,
+        )
+        if nested is not None:
+            names |= setting_variables(nested, f"{variable}__")
+    return names
+
+
+def unknown_variables(environ: Mapping[str, str]) -> list[str]:
+    """METERGATE_* variables that no Metergate service reads: typos, silently ignored otherwise."""
+    known = set().union(*(setting_variables(cls) for cls in (ApiServiceSettings, WorkerSettings, MigrateSettings)))
+    problems = []
+    for name in sorted(environ):
+        if name.startswith(ENV_PREFIX) and name.upper() not in known:
+            hint = difflib.get_close_matches(name.upper(), known, n=1)
+            problems.append(f"  {name}: not a Metergate setting" + (f" (did you mean {hint[0]}?)" if hint else ""))
+    return problems
+
+
 def load_settings(cls: type[S], **overrides: Any) -> S:
     """Settings from the environment; `overrides` (from command-line flags) take precedence."""
+    unknown = unknown_variables(os.environ)
+    if unknown:
+        raise CliError("unknown settings:\n" + "\n".join(unknown))
     try:
         return cls(**overrides)
     except ValidationError as exc:
