@@ -1,0 +1,190 @@
+"""Entitlement value reads: p50/p99 per type, and the cost of history (60 monthly periods, 1M events).
+
+Runs in one process on the embedded engines: chdb (ClickHouse) for events and rollups, SQLite for state,
+the real aggregator usage reader, the entitlement HTTP router over an in-process ASGI transport.
+Prints JSON. Usage: python bench/entitlements.py [--events 1000000] [--reads 300]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import httpx
+from fastapi import FastAPI, Request
+from fastapi.responses import Response
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from aggregator.repository import ClickHouseMeterRepository
+from aggregator.service import MeterService
+from aggregator.usage import ClickHouseUsageReader
+from common.clickhouse import connect_clickhouse
+from common.clock import FrozenClock
+from common.errors import MetergateError
+from common.http import problem_for
+from common.settings import ClickHouseSettings
+from entitlements.db.migrate import upgrade_database
+from entitlements.http import router
+from entitlements.service import build_entitlements
+from ingest.schema import EVENT_COLUMNS, EVENTS_TABLE
+from ingest.sink.migrations import migrate_clickhouse
+
+NS = "bench"
+START = datetime(2020, 1, 1, tzinfo=UTC)
+PERIODS = 60
+NOW = datetime(2024, 12, 20, tzinfo=UTC)  # inside the 60th monthly period
+LAST_PERIOD = datetime(2024, 12, 1, tzinfo=UTC)
+
+
+def app_for(ents: Any) -> FastAPI:
+    app = FastAPI()
+    app.state.services = SimpleNamespace(entitlements=ents)
+
+    @app.middleware("http")
+    async def _ns(request: Request, call_next: Any) -> Any:
+        request.state.namespace = NS
+        return await call_next(request)
+
+    @app.exception_handler(MetergateError)
+    async def _problem(_request: Request, exc: MetergateError) -> Response:
+        return problem_for(exc)
+
+    app.include_router(router)
+    return app
+
+
+def insert_events(ch: Any, subject: str, start: datetime, end: datetime, n: int) -> None:
+    """n events spread evenly over [start, end), stored now (after the meter's cutover, like the sink does)."""
+    span = (end - start).total_seconds()
+    stored = datetime.now(UTC)
+    batch: list[list[Any]] = []
+    for i in range(n):
+        t = start + timedelta(seconds=span * i / n)
+        batch.append([NS, f"{subject}-{i}", "bench", "tokens", subject, t, '{"v":1}', t, stored, "bench", 0, i])
+        if len(batch) == 200_000:
+            ch.client.insert(f"{ch.database}.{EVENTS_TABLE}", batch, column_names=list(EVENT_COLUMNS))
+            batch = []
+    if batch:
+        ch.client.insert(f"{ch.database}.{EVENTS_TABLE}", batch, column_names=list(EVENT_COLUMNS))
+
+
+def pct(samples: list[float], p: float) -> float:
+    ordered = sorted(samples)
+    return round(ordered[min(len(ordered) - 1, int(p * len(ordered)))] * 1000, 3)
+
+
+async def timed_reads(client: httpx.AsyncClient, path: str, reads: int) -> dict[str, float]:
+    samples = []
+    for _ in range(reads):
+        t = time.perf_counter()
+        r = await client.get(path)
+        samples.append(time.perf_counter() - t)
+        r.raise_for_status()
+    return {
+        "p50_ms": pct(samples, 0.5),
+        "p99_ms": pct(samples, 0.99),
+        "mean_ms": round(statistics.mean(samples) * 1000, 3),
+    }
+
+
+async def main(events: int, reads: int) -> dict[str, Any]:
+    work = Path(tempfile.mkdtemp(prefix="bench-ent-"))
+    try:
+        ch = connect_clickhouse(ClickHouseSettings(path=work / "chdb", database="bench"))
+        migrate_clickhouse(ch)
+        meters = MeterService(ClickHouseMeterRepository(ch), cache_seconds=3600)
+        await meters.start()
+        await meters.create(NS, {"slug": "tokens", "aggregation": "SUM", "eventType": "tokens", "valueProperty": "$.v"})
+        t = time.perf_counter()
+        long_end = datetime(2024, 12, 31, tzinfo=UTC)
+        insert_events(ch, "long", START, long_end, events)
+        per_period = events // PERIODS
+        insert_events(ch, "short", LAST_PERIOD, long_end, per_period)
+        load_s = time.perf_counter() - t
+        await asyncio.sleep(6)  # past the snapshot visibility margin: these events are not late for any read
+
+        url = f"sqlite:///{work / 'state.db'}"
+        upgrade_database(url)
+        clock = FrozenClock(START)
+        ents = build_entitlements(url, meters=meters, usage=ClickHouseUsageReader(meters), clock=clock)
+        transport = httpx.ASGITransport(app=app_for(ents))
+        async with httpx.AsyncClient(transport=transport, base_url="http://bench") as c:
+
+            async def post(path: str, body: dict[str, Any]) -> None:
+                r = await c.post(path, json=body)
+                r.raise_for_status()
+
+            await post("/api/v1/features", {"key": "sso", "name": "SSO"})
+            await post("/api/v1/features", {"key": "seats", "name": "Seats"})
+            await post("/api/v1/features", {"key": "gpt", "name": "GPT", "meterSlug": "tokens"})
+            await post("/api/v1/subjects/long/entitlements", {"type": "boolean", "featureKey": "sso"})
+            await post(
+                "/api/v1/subjects/long/entitlements", {"type": "static", "featureKey": "seats", "config": {"n": 5}}
+            )
+            period = {"interval": "MONTH", "anchor": START.isoformat()}
+            for subject, since in (("long", START), ("short", LAST_PERIOD)):
+                await post(
+                    f"/api/v1/subjects/{subject}/entitlements",
+                    {
+                        "type": "metered",
+                        "featureKey": "gpt",
+                        "usagePeriod": period,
+                        "measureUsageFrom": since.isoformat(),
+                    },
+                )
+                await post(
+                    f"/api/v1/subjects/{subject}/entitlements/gpt/grants",
+                    {
+                        "amount": per_period * 2,
+                        "effectiveAt": since.isoformat(),
+                        "expiration": {"duration": "YEAR", "count": 10},
+                        "recurrence": {"interval": "MONTH", "anchor": START.isoformat()},
+                    },
+                )
+            clock.advance_to(NOW)
+            t = time.perf_counter()
+            cold = await c.get("/api/v1/subjects/long/entitlements/gpt/value")
+            cold_ms = (time.perf_counter() - t) * 1000
+            cold.raise_for_status()
+            await c.get("/api/v1/subjects/short/entitlements/gpt/value")
+            result = {
+                "boolean": await timed_reads(c, "/api/v1/subjects/long/entitlements/sso/value", reads),
+                "static": await timed_reads(c, "/api/v1/subjects/long/entitlements/seats/value", reads),
+                "metered_one_period": await timed_reads(c, "/api/v1/subjects/short/entitlements/gpt/value", reads),
+                "metered_60_periods": await timed_reads(c, "/api/v1/subjects/long/entitlements/gpt/value", reads),
+            }
+            long_value = cold.json()
+        ents.close()
+        ratio = result["metered_60_periods"]["p50_ms"] / result["metered_one_period"]["p50_ms"]
+        return {
+            "events": events + per_period,
+            "periods": PERIODS,
+            "load_seconds": round(load_s, 2),
+            "reads_per_case": reads,
+            "value_reads": result,
+            "metered_60_periods_cold_first_read_ms": round(cold_ms, 1),
+            "ratio_60_periods_vs_one_p50": round(ratio, 3),
+            "ratio_target": 1.5,
+            "long_value": long_value,
+        }
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--events", type=int, default=1_000_000)
+    parser.add_argument("--reads", type=int, default=300)
+    args = parser.parse_args()
+    print(json.dumps(asyncio.run(main(args.events, args.reads)), indent=2))
