@@ -405,3 +405,10 @@ async def test_listing_before_migrate_says_to_migrate(clickhouse: ClickHouse, pu
     assert response.headers["retry-after"] == "1"
     assert root.status_code == 307
     assert root.headers["location"] == "/docs"
+
+
+async def test_openapi_describes_the_ingest_body(client: httpx.AsyncClient) -> None:
+    spec = (await client.get("/openapi.json")).json()
+    content = spec["paths"]["/api/v1/events"]["post"]["requestBody"]["content"]
+    assert set(content) == {"application/cloudevents+json", "application/cloudevents-batch+json", "application/json"}
+    assert "limit" in {p["name"] for p in spec["paths"]["/api/v1/events"]["get"]["parameters"]}
