@@ -14,6 +14,7 @@ Snapshots are a cache, never the truth. One is unusable when
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -105,10 +106,11 @@ class BalanceService:
             snaps = SnapshotRepository(s).latest_at_or_before(ent.id, snapshots_before, limit=SNAPSHOT_CANDIDATES)
             return Loaded(ent, feature, Inputs.of(ent, grants, resets), tuple(snaps))
 
-    async def _start_snapshot(self, loaded: Loaded) -> tuple[engine.Snapshot, list[datetime]]:
-        """The newest usable snapshot (or the initial state) and the instants of stale ones to drop."""
+    def _candidates(self, loaded: Loaded) -> tuple[list[tuple[StoredSnapshot, engine.Snapshot]], list[datetime]]:
+        """Stored snapshots whose inputs are unchanged (newest first), and the instants of those that changed."""
         inputs = loaded.inputs
         assert inputs is not None
+        usable: list[tuple[StoredSnapshot, engine.Snapshot]] = []
         stale: list[datetime] = []
         for stored in loaded.snapshots:
             try:
@@ -116,38 +118,55 @@ class BalanceService:
             except (KeyError, ValueError, TypeError, ArithmeticError):
                 stale.append(stored.at)
                 continue
-            if not engine.snapshot_is_usable(snap, inputs.terms, inputs.grants, inputs.resets):
+            if engine.snapshot_is_usable(snap, inputs.terms, inputs.grants, inputs.resets):
+                usable.append((stored, snap))
+            else:
                 stale.append(stored.at)
-                continue
-            last = await self.d.usage.last_stored_at(
-                loaded.entitlement.namespace,
-                loaded.feature.meter_slug or "",
-                loaded.entitlement.subject_key,
-                before=stored.at,
-            )
-            if last is not None and last > stored.created_at:
-                log.info("snapshot_stale_late_event", entitlement_id=stored.entitlement_id, at=stored.at.isoformat())
-                stale.append(stored.at)
-                continue
-            return snap, stale
-        return engine.initial_snapshot(inputs.terms, inputs.grants, inputs.resets), stale
+        return usable, stale
+
+    async def _usage(self, loaded: Loaded, bounds: Sequence[datetime]) -> list[Decimal]:
+        if len(bounds) < 2:
+            return []
+        return await self.d.usage.usage_windows(
+            loaded.entitlement.namespace,
+            loaded.feature.meter_slug or "",
+            loaded.entitlement.subject_key,
+            loaded.feature.meter_group_by_filters,
+            bounds,
+        )
+
+    async def _late_event_after(self, loaded: Loaded, stored: StoredSnapshot) -> bool:
+        """Whether an event older than the snapshot's instant was stored after the snapshot was taken."""
+        last = await self.d.usage.last_stored_at(
+            loaded.entitlement.namespace,
+            loaded.feature.meter_slug or "",
+            loaded.entitlement.subject_key,
+            before=stored.at,
+        )
+        return last is not None and last > stored.created_at
 
     async def _compute(self, loaded: Loaded, target: datetime, extra: Sequence[datetime] = ()) -> Computed:
         inputs = loaded.inputs
         assert inputs is not None
-        start, stale = await self._start_snapshot(loaded)
-        bounds = engine.plan_windows(start, inputs.grants, inputs.resets, inputs.terms, target, extra)
+        terms, grants, resets = inputs.terms, inputs.grants, inputs.resets
+        usable, stale = self._candidates(loaded)
         wall = self.d.wall_clock.now() - VISIBILITY_MARGIN
-        usage: list[Decimal] = []
-        if len(bounds) > 1:
-            usage = await self.d.usage.usage_windows(
-                loaded.entitlement.namespace,
-                loaded.feature.meter_slug or "",
-                loaded.entitlement.subject_key,
-                loaded.feature.meter_group_by_filters,
-                bounds,
-            )
-        result = engine.run(start, inputs.grants, inputs.resets, inputs.terms, bounds, usage)
+        for stored, snap in usable:
+            bounds = engine.plan_windows(snap, grants, resets, terms, target, extra)
+            # Optimistic: fetch the usage after the snapshot while checking it for late events (one round
+            # trip of latency on a ClickHouse server); a late event (rare) discards both.
+            late, usage = await asyncio.gather(self._late_event_after(loaded, stored), self._usage(loaded, bounds))
+            if late:
+                log.info("snapshot_stale_late_event", entitlement_id=stored.entitlement_id, at=stored.at.isoformat())
+                stale.append(stored.at)
+                continue
+            start = snap
+            break
+        else:
+            start = engine.initial_snapshot(terms, grants, resets)
+            bounds = engine.plan_windows(start, grants, resets, terms, target, extra)
+            usage = await self._usage(loaded, bounds)
+        result = engine.run(start, grants, resets, terms, bounds, usage)
         await self._persist(loaded, result, wall, stale)
         return Computed(result, start, tuple(bounds), tuple(usage))
 
