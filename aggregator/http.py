@@ -2,22 +2,24 @@
 
 GET/POST /api/v1/meters, GET/DELETE /api/v1/meters/{meterIdOrSlug},
 GET/POST /api/v1/meters/{meterIdOrSlug}/query, GET /api/v1/meters/{meterIdOrSlug}/subjects.
-Errors are MetergateError subclasses; the app's handler renders them as problem+json (common.http).
+The service comes from `app.state.services.meters`. Errors are MetergateError subclasses; the app's
+handler renders them as problem+json (common.http).
 Values are written as exact JSON numbers from Decimal (never through float).
 """
 
 from __future__ import annotations
 
 from decimal import Decimal
-from typing import Any
+from typing import Annotated, Any
 
 import orjson
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Depends, Request
 from fastapi.responses import Response
 
 from aggregator.query import InvalidQuery, decimal_text, params_from_mapping, result_body
 from aggregator.service import MeterService
 from common.cloudevents import decode_json
+from common.errors import Unavailable
 from common.http import Namespace
 
 
@@ -36,45 +38,64 @@ def json_response(value: Any, status_code: int = 200) -> Response:
     return Response(render(value), status_code=status_code, media_type="application/json")
 
 
-def meters_router(service: MeterService) -> APIRouter:
-    router = APIRouter(prefix="/api/v1/meters", tags=["meters"])
+def meter_service(request: Request) -> MeterService:
+    """The app's MeterService (`app.state.services.meters`, see metergate/wiring.py)."""
+    service = getattr(request.app.state.services, "meters", None)
+    if not isinstance(service, MeterService):
+        raise Unavailable("meters are not configured in this process")
+    return service
 
-    @router.get("")
-    async def list_meters(namespace: Namespace) -> Response:
-        return json_response([m.to_api() for m in await service.meters(namespace)])
 
-    @router.post("")
-    async def create_meter(request: Request, namespace: Namespace) -> Response:
-        body = decode_json(await request.body())
-        meter = await service.create(namespace, body)
-        return json_response(meter.to_api(), status_code=201)
+Meters = Annotated[MeterService, Depends(meter_service)]
+router = APIRouter(prefix="/api/v1/meters", tags=["meters"])
 
-    @router.get("/{meter_id_or_slug}")
-    async def get_meter(meter_id_or_slug: str, namespace: Namespace) -> Response:
-        return json_response((await service.get(namespace, meter_id_or_slug)).to_api())
 
-    @router.delete("/{meter_id_or_slug}", status_code=204)
-    async def delete_meter(meter_id_or_slug: str, namespace: Namespace) -> Response:
-        await service.delete(namespace, meter_id_or_slug)
-        return Response(status_code=204)
+@router.get("")
+async def list_meters(namespace: Namespace, service: Meters) -> Response:
+    return json_response([m.to_api() for m in await service.meters(namespace)])
 
-    @router.get("/{meter_id_or_slug}/query")
-    async def query_meter(meter_id_or_slug: str, request: Request, namespace: Namespace) -> Response:
-        params = params_from_mapping(list(request.query_params.multi_items()))
-        q, rows = await service.query(namespace, meter_id_or_slug, params)
-        return json_response(result_body(q, rows, explicit_from=params.start is not None))
 
-    @router.post("/{meter_id_or_slug}/query")
-    async def query_meter_post(meter_id_or_slug: str, request: Request, namespace: Namespace) -> Response:
-        body = decode_json(await request.body()) if await request.body() else {}
-        if not isinstance(body, dict):
-            raise InvalidQuery("the query body must be a JSON object", field=None)
-        params = params_from_mapping(body)
-        q, rows = await service.query(namespace, meter_id_or_slug, params)
-        return json_response(result_body(q, rows, explicit_from=params.start is not None))
+@router.post("")
+async def create_meter(request: Request, namespace: Namespace, service: Meters) -> Response:
+    body = decode_json(await request.body())
+    meter = await service.create(namespace, body)
+    return json_response(meter.to_api(), status_code=201)
 
-    @router.get("/{meter_id_or_slug}/subjects")
-    async def meter_subjects(meter_id_or_slug: str, namespace: Namespace) -> Response:
-        return json_response(await service.subjects(namespace, meter_id_or_slug))
 
-    return router
+@router.get("/{meterIdOrSlug}")
+async def get_meter(meterIdOrSlug: str, namespace: Namespace, service: Meters) -> Response:  # noqa: N803
+    return json_response((await service.get(namespace, meterIdOrSlug)).to_api())
+
+
+@router.delete("/{meterIdOrSlug}", status_code=204)
+async def delete_meter(meterIdOrSlug: str, namespace: Namespace, service: Meters) -> Response:  # noqa: N803
+    await service.delete(namespace, meterIdOrSlug)
+    return Response(status_code=204)
+
+
+@router.get("/{meterIdOrSlug}/query")
+async def query_meter(meterIdOrSlug: str, request: Request, namespace: Namespace, service: Meters) -> Response:  # noqa: N803
+    params = params_from_mapping(list(request.query_params.multi_items()))
+    q, rows = await service.query(namespace, meterIdOrSlug, params)
+    return json_response(result_body(q, rows, explicit_from=params.start is not None))
+
+
+@router.post("/{meterIdOrSlug}/query")
+async def query_meter_post(
+    meterIdOrSlug: str,  # noqa: N803
+    request: Request,
+    namespace: Namespace,
+    service: Meters,
+) -> Response:
+    raw = await request.body()
+    body = decode_json(raw) if raw.strip() else {}
+    if not isinstance(body, dict):
+        raise InvalidQuery("the query body must be a JSON object", field=None)
+    params = params_from_mapping(body)
+    q, rows = await service.query(namespace, meterIdOrSlug, params)
+    return json_response(result_body(q, rows, explicit_from=params.start is not None))
+
+
+@router.get("/{meterIdOrSlug}/subjects")
+async def meter_subjects(meterIdOrSlug: str, namespace: Namespace, service: Meters) -> Response:  # noqa: N803
+    return json_response(await service.subjects(namespace, meterIdOrSlug))

@@ -29,9 +29,7 @@ RESERVED_GROUP_KEYS = frozenset({"subject", "namespace", "minute", "value", "win
 MAX_GROUP_BY = 16
 # Values are stored as Decimal(38, 9): 29 integer digits, 9 fractional digits.
 VALUE_SCALE = 9
-VALUE_LIMIT = Decimal(10) ** 29
 _NUMBER = re.compile(r"^[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?$")
-_QUANTUM = Decimal(1).scaleb(-VALUE_SCALE)
 
 
 class Aggregation(StrEnum):
@@ -185,7 +183,10 @@ def parse_meter(obj: object, *, meter_id: str, namespace: str | None, created_at
         _check_path(path, f"groupBy.{key}")
         group_by[key] = path
     raw_from = obj.get("eventFrom")
-    event_from = None if raw_from is None else parse_time(raw_from, field="eventFrom")
+    try:
+        event_from = None if raw_from is None else parse_time(raw_from, field="eventFrom")
+    except InvalidInput as exc:
+        raise InvalidMeter(exc.message, field="eventFrom") from None
     metadata = obj.get("metadata") or {}
     if not isinstance(metadata, dict) or not all(isinstance(v, str) for v in metadata.values()):
         raise InvalidMeter("metadata must be an object of strings", field="metadata")
@@ -243,9 +244,16 @@ def parse_number(value: Any) -> Decimal | None:
         number = Decimal(text)
     except InvalidOperation:
         return None
-    if not number.is_finite() or abs(number) >= VALUE_LIMIT:
+    if not number.is_finite():
         return None
-    if number != number.quantize(_QUANTUM, rounding="ROUND_DOWN"):
+    if number.is_zero():
+        return Decimal(0)
+    # Only the digits decide, no context arithmetic (which would round past 28 digits or overflow):
+    # below 1e29, and no significant digit past the 9th decimal.
+    _, digits, exponent = number.as_tuple()
+    assert isinstance(exponent, int)
+    trailing_zeros = len(digits) - len("".join(map(str, digits)).rstrip("0"))
+    if number.adjusted() >= 29 or exponent + trailing_zeros < -VALUE_SCALE:
         return None
     return number
 

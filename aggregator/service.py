@@ -20,6 +20,7 @@ from aggregator.meter import Meter, new_meter_id, parse_meter, validation_error
 from aggregator.query import QueryParams, Row, shape_rows, to_query
 from aggregator.repository import ClickHouseMeterRepository
 from common.clock import Clock, SystemClock
+from common.cloudevents import CloudEvent
 from common.errors import Conflict, NotFound
 from common.usage import MeterRef, MeterUseGuard
 
@@ -70,6 +71,14 @@ class MeterService:
         self._lock = asyncio.Lock()
         self._meters: list[Meter] = []
         self._loaded_at = float("-inf")
+
+    def set_guard(self, guard: MeterUseGuard) -> None:
+        """Entitlements register who uses meters (DELETE of a used meter: 409)."""
+        self.guard = guard
+
+    async def load(self) -> None:
+        """Read the live meters (the API process; `metergate migrate` builds the rollups)."""
+        await self._refresh()
 
     async def start(self) -> None:
         """Migrate and reconcile (idempotent): run by `metergate migrate` and at service start."""
@@ -141,9 +150,14 @@ class MeterService:
         return MeterRef(slug=meter.slug, aggregation=meter.aggregation.value, event_type=meter.event_type,
                         group_by=dict(meter.group_by))
 
-    async def validation_error(self, namespace: str, event_type: str, data_json: str) -> str | None:
-        """Why a stored event is invalid for the namespace's meters (GET /api/v1/events), or None."""
-        return validation_error(await self.meters(namespace), event_type, data_json)
+    def event_validation_error(self, namespace: str, event: CloudEvent) -> str | None:
+        """Why a stored event is invalid for the namespace's meters (GET /api/v1/events), or None.
+
+        Synchronous over the cached meters (refreshed at most `cache_seconds` late), as the events
+        listing calls it per event.
+        """
+        meters = [m for m in self._meters if m.namespace in (None, namespace)]
+        return validation_error(meters, event.type, event.data)
 
 
 def utc(t: datetime) -> datetime:

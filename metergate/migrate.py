@@ -36,12 +36,20 @@ async def create_kafka_topics(kafka: KafkaSettings) -> None:
 
 def migrate_meter_rollups(ch: ClickHouse, meters_file: Path | None) -> None:
     """Hook (aggregator): create, backfill and drop per-meter rollups to match the meters."""
+    from aggregator.config import load_config
+    from aggregator.repository import ClickHouseMeterRepository
+
+    repository = ClickHouseMeterRepository(ch)
+    repository.migrate()
+    repository.reconcile(load_config(meters_file))
+    log.info("migrated_meter_rollups", meters_file=str(meters_file) if meters_file else None)
 
 
 def migrate_entitlements_database(database: DatabaseSettings) -> None:
-    """Hook (entitlements): run the Alembic migrations on the state database."""
-    if database.url.startswith("sqlite:///"):
-        Path(database.url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+    """Hook (entitlements): run the Alembic migrations on the state database (SQLite folders are created)."""
+    from entitlements.db.migrate import upgrade_database
+
+    upgrade_database(database.url)
 
 
 async def run_migrations(settings: MigrateSettings, clickhouse: ClickHouse | None = None) -> None:

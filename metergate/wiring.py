@@ -25,6 +25,8 @@ from ingest.events_reader import ClickHouseEventsReader
 from ingest.publisher import EventPublisher
 
 if TYPE_CHECKING:
+    from aggregator.service import MeterService
+    from entitlements.service import Entitlements
     from metergate.settings import ApiServiceSettings
 
 log = structlog.get_logger(__name__)
@@ -50,6 +52,8 @@ class Services:
     events_reader: ClickHouseEventsReader
     max_body_bytes: int = 1024 * 1024
     event_validation: EventValidationHook | None = None
+    meters: MeterService | None = None
+    entitlements: Entitlements | None = None
     # Later services (meters, entitlements) go here as typed fields defaulting to None.
     _closers: list[Closer] = field(default_factory=list, repr=False)
 
@@ -114,9 +118,61 @@ async def build_services(settings: ApiServiceSettings, *, clickhouse: ClickHouse
         _closers=closers,
     )
     services.on_close(publisher.close)
+    await _build_meters(services, settings)
+    await _build_entitlements(services, settings)
     # Hook: meters (aggregator) and entitlements build their services here, registering closers; on a
     # failure they `await services.close()` before re-raising so nothing opened so far leaks.
     return services
+
+
+async def _build_meters(services: Services, settings: ApiServiceSettings) -> None:
+    """Meters (aggregator): the live meters, the query API and the events listing's validation hook.
+
+    `metergate migrate` (run first by `metergate dev`) builds the rollups; here they are only read.
+    """
+    from aggregator.config import load_config
+    from aggregator.repository import ClickHouseMeterRepository
+    from aggregator.service import MeterService
+
+    try:
+        meters = MeterService(
+            ClickHouseMeterRepository(services.clickhouse),
+            config_meters=load_config(settings.meters_file),
+            clock=services.clock,
+        )
+        await meters.load()
+    except BaseException:
+        await services.close()
+        raise
+    services.meters = meters
+    services.event_validation = meters.event_validation_error
+
+
+async def _build_entitlements(services: Services, settings: ApiServiceSettings) -> None:
+    """Entitlements: state in settings.database (migrated by `metergate migrate`), usage from the meters.
+
+    The feature service becomes the meters' MeterUseGuard: a meter a feature uses cannot be deleted.
+    """
+    from aggregator.usage import ClickHouseUsageReader
+    from entitlements.service import build_entitlements
+
+    try:
+        if services.meters is None:
+            raise RuntimeError("entitlements need the meters: build them first")
+        meters = services.meters
+        entitlements = await asyncio.to_thread(
+            build_entitlements,
+            settings.database.url,
+            meters=meters,
+            usage=ClickHouseUsageReader(meters),
+            clock=services.clock,
+        )
+    except BaseException:
+        await services.close()
+        raise
+    meters.set_guard(entitlements.features)
+    services.entitlements = entitlements
+    services.on_close(lambda: asyncio.to_thread(entitlements.close))
 
 
 def services_of(request: Request) -> Services:

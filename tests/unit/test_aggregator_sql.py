@@ -1,0 +1,110 @@
+from __future__ import annotations
+
+import itertools
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from aggregator import sql
+from aggregator.meter import parse_meter
+from aggregator.query import InvalidQuery, QueryParams, decimal_text, params_from_mapping, to_query
+
+M = parse_meter({"slug": "t", "aggregation": "SUM", "eventType": "e", "valueProperty": "$.v", "groupBy": {"g": "$.g"}},
+                meter_id="abc", namespace="ns")
+T0 = datetime(2024, 1, 1, tzinfo=UTC)
+NOW = datetime(2024, 2, 1, tzinfo=UTC)
+
+
+def q(start: datetime, end: datetime, boundaries: tuple[datetime, ...] | None = None) -> sql.Query:
+    return sql.Query(meter=M, namespace="ns", start=start, end=end, boundaries=boundaries)
+
+
+def test_aligned_range_is_all_rollup() -> None:
+    assert sql.plan_edges(q(T0, T0 + timedelta(hours=1))) == (T0, T0 + timedelta(hours=1), [], [])
+
+
+def test_unaligned_edges_come_from_raw_events() -> None:
+    s, e = T0 + timedelta(seconds=10), T0 + timedelta(minutes=5, seconds=30)
+    r_from, r_to, skip, raw = sql.plan_edges(q(s, e))
+    assert (r_from, r_to, skip) == (T0 + timedelta(minutes=1), T0 + timedelta(minutes=5), [])
+    assert raw == [(s, T0 + timedelta(minutes=1)), (T0 + timedelta(minutes=5), e)]
+
+
+def test_range_inside_one_minute_is_all_raw() -> None:
+    s, e = T0 + timedelta(seconds=10), T0 + timedelta(seconds=20)
+    r_from, r_to, _, raw = sql.plan_edges(q(s, e))
+    assert r_from > r_to
+    assert raw == [(s, e)]
+
+
+@given(st.lists(st.integers(0, 10_000_000), min_size=2, max_size=6, unique=True))
+def test_edges_partition_the_range(points: list[int]) -> None:
+    """Rollup minutes and raw intervals cover [start, end) exactly once, and no window straddles a minute."""
+    bounds = tuple(T0 + timedelta(milliseconds=p) for p in sorted(points))
+    r_from, r_to, skip, raw = sql.plan_edges(q(bounds[0], bounds[-1], bounds))
+    pieces = list(raw)
+    m = r_from
+    while m < r_to:
+        if m not in skip:
+            pieces.append((m, m + timedelta(minutes=1)))
+            assert not any(m < b < m + timedelta(minutes=1) for b in bounds)
+        m += timedelta(minutes=1)
+    pieces.sort()
+    assert pieces[0][0] == bounds[0]
+    assert pieces[-1][1] == bounds[-1]
+    assert all(a[1] == b[0] for a, b in itertools.pairwise(pieces))
+
+
+def test_rollup_ddl_keeps_dedupe_window_and_exact_types() -> None:
+    ddl = sql.rollup_table_ddl("db", M)
+    assert "non_replicated_deduplication_window" in ddl
+    assert "Decimal(38, 9)" in ddl
+    assert "Float" not in ddl
+    assert "`group_g` String" in ddl
+
+
+def test_view_and_backfill_split_on_the_cutover() -> None:
+    cut = datetime(2024, 1, 1, 0, 0, 1, 500000, tzinfo=UTC)
+    assert "inserted_at >= toDateTime64('2024-01-01 00:00:01.500', 3, 'UTC')" in sql.materialized_view_ddl("db", M, cut)
+    assert "inserted_at < toDateTime64('2024-01-01 00:00:01.500', 3, 'UTC')" in sql.backfill_sql("db", M, cut)
+
+
+def test_literals_are_escaped() -> None:
+    assert sql.literal("it's \\ x") == "'it\\'s \\\\ x'"
+
+
+@pytest.mark.parametrize(
+    ("params", "field"),
+    [
+        (QueryParams(start="2024-01-02T00:00:00Z", end="2024-01-01T00:00:00Z"), "from"),
+        (QueryParams(start="2024-01-01T00:00:00Z", end="2024-01-01T00:00:00Z"), "from"),
+        (QueryParams(start="yesterday"), "from"),
+        (QueryParams(window_time_zone="Mars/Olympus"), "windowTimeZone"),
+        (QueryParams(window_size="WEEK"), "windowSize"),
+        (QueryParams(group_by=("nope",)), "groupBy"),
+        (QueryParams(filter_group_by=(("nope", "x"),)), "filterGroupBy[nope]"),
+    ],
+)
+def test_bad_queries_are_clear_400s(params: QueryParams, field: str) -> None:
+    with pytest.raises(InvalidQuery) as exc:
+        to_query(M, "ns", params, now=NOW)
+    assert exc.value.fields["field"] == field
+
+
+def test_query_string_parsing_keeps_repeats() -> None:
+    p = params_from_mapping([("subject", "a"), ("subject", "b"), ("groupBy", "g"), ("filterGroupBy[g]", "x"),
+                             ("windowSize", "HOUR"), ("windowTimeZone", "Europe/Berlin")])
+    assert p.subjects == ("a", "b")
+    assert p.group_by == ("g",)
+    assert p.filter_group_by == (("g", "x"),)
+    query = to_query(M, "ns", p, now=NOW)
+    assert query.group_subject
+    assert query.tz == "Europe/Berlin"
+    assert query.end == NOW
+
+
+def test_decimal_text() -> None:
+    assert [decimal_text(Decimal(x)) for x in ("12.500000000", "100", "0E-9", "-0.5")] == ["12.5", "100", "0", "-0.5"]
