@@ -43,3 +43,4 @@ def configure_logging(settings: LogSettings) -> None:
     root.handlers[:] = [handler]
     root.setLevel(settings.level)
     logging.getLogger("aiokafka").setLevel(max(logging.WARNING, root.level))
+    logging.getLogger("alembic.runtime.plugins").setLevel(max(logging.WARNING, root.level))

@@ -20,10 +20,12 @@ from typing import Any, TypeVar, get_args
 
 import structlog
 import uvicorn
+from clickhouse_connect.driver.exceptions import DatabaseError
 from pydantic import BaseModel, ValidationError
 from pydantic_settings import BaseSettings
 from pydantic_settings.exceptions import SettingsError
 
+from common.errors import Unavailable
 from common.logging import configure_logging
 from metergate.app import ConfigError, check_auth_binding, create_app
 from metergate.migrate import run_migrations
@@ -204,7 +206,12 @@ async def serve(settings: ApiServiceSettings, *, migrate_first: bool) -> None:
     clickhouse = await asyncio.to_thread(connect_clickhouse, settings.clickhouse)
     if migrate_first:
         await run_migrations(migrate_settings_from(settings), clickhouse)
-    services = await build_services(settings, clickhouse=clickhouse)
+    try:
+        services = await build_services(settings, clickhouse=clickhouse)
+    except DatabaseError as exc:
+        if "UNKNOWN_TABLE" in str(exc) or "UNKNOWN_DATABASE" in str(exc):
+            raise CliError(f"ClickHouse lacks Metergate's tables: run `metergate migrate` first ({exc})") from None
+        raise
     try:
         if not settings.auth.enabled:
             log.warning(
@@ -314,6 +321,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return COMMANDS[args.command][1](args)
     except CliError as exc:
         print(f"metergate {args.command}: {exc}", file=sys.stderr)
+        return 1
+    except Unavailable as exc:  # a dependency is down at start: say which, no traceback
+        print(f"metergate {args.command}: {exc.message}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         return 130
