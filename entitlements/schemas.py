@@ -36,10 +36,12 @@ def decimal_text(d: Decimal) -> str:
     """A JSON number for d: plain notation, no trailing zeros (100, 0.5, -3.25)."""
     if not d.is_finite():
         raise ValueError("amounts are finite")
-    text = format(d.normalize(), "f") if d != 0 else "0"
+    if d == 0:
+        return "0"
+    text = format(d, "f")  # exact: no context rounding (normalize() would round to 28 digits)
     if "." in text:
         text = text.rstrip("0").rstrip(".")
-    return text or "0"
+    return text
 
 
 def encode(value: Any) -> bytes:
