@@ -247,3 +247,50 @@ async def test_grant_validation(env: Env) -> None:
         400,
     )
     await env.post("/api/v1/subjects/acme/entitlements/nope/grants", {**base, "amount": 1}, 404)
+
+
+async def test_override_replaces_the_active_entitlement(env: Env) -> None:
+    first = await env.metered(measureUsageFrom="2024-01-01T00:00:00Z")
+    r = await env.client.put(
+        "/api/v1/subjects/acme/entitlements/gpt/override",
+        content=json.dumps({"type": "boolean", "featureKey": "gpt"}),
+        headers={"content-type": "application/json"},
+    )
+    assert r.status_code == 201, r.text
+    second = r.json()
+    assert second["type"] == "boolean"
+    assert second["id"] != first["id"]
+    assert (await env.get(f"/api/v1/subjects/acme/entitlements/{first['id']}"))["deletedAt"] is not None
+    assert await env.value() == {"hasAccess": True}
+    assert [e["id"] for e in await env.get("/api/v1/subjects/acme/entitlements")] == [second["id"]]
+    r = await env.client.put(
+        "/api/v1/subjects/nobody/entitlements/gpt/override",
+        content=json.dumps({"type": "boolean", "featureKey": "gpt"}),
+    )
+    assert r.status_code == 404
+
+
+async def test_feature_group_by_filters_select_the_usage(env: Env) -> None:
+    env.meters.add("tokens", "model")
+    await env.post(
+        "/api/v1/features",
+        {"key": "gpt4", "name": "GPT-4", "meterSlug": "tokens", "meterGroupByFilters": {"model": "gpt-4"}},
+    )
+    await env.post(
+        "/api/v1/subjects/acme/entitlements",
+        {
+            "type": "metered",
+            "featureKey": "gpt4",
+            "usagePeriod": {"interval": "P1D", "anchor": "2024-01-01T00:00:00Z"},
+            "measureUsageFrom": "2024-01-01T00:00:00Z",
+            "issueAfterReset": 10,
+        },
+    )
+    env.usage.add("tokens", "acme", T0 + timedelta(hours=1), 3, model="gpt-4")
+    env.usage.add("tokens", "acme", T0 + timedelta(hours=2), 100, model="gpt-3.5")
+    env.clock.advance_to(T0 + timedelta(hours=5))
+    v = await env.value(key="gpt4")
+    assert (v["usage"], v["balance"], v["totalAvailableGrantAmount"]) == (3, 7, 10)
+    env.clock.advance_to(T0 + timedelta(days=1, hours=1))
+    # A new daily period: issueAfterReset tops the balance up to 10 again.
+    assert (await env.value(key="gpt4"))["balance"] == 10
