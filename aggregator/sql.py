@@ -312,7 +312,8 @@ def plan_edges(q: Query) -> tuple[datetime, datetime, list[datetime], list[tuple
 def _select_keys(q: Query, ts: str, *, from_raw: bool) -> list[str]:
     start, end = _bucket(q, ts)
     keys = [f"{start} AS bucket", f"{end} AS bucket_end"]
-    keys.append("subject" if q.group_subject else "'' AS subject")
+    # Not named `subject`: ClickHouse lets aliases shadow columns in WHERE (`subject IN ...` would see '').
+    keys.append("subject AS subject_key" if q.group_subject else "'' AS subject_key")
     segments = q.meter.group_segments()
     for key in q.group_by:
         col = ident(group_column(key))
@@ -346,7 +347,7 @@ def _raw_select(database: str, q: Query, params: dict[str, Any], intervals: list
     states = [f"{expr} AS {ident(name)}" for name, _, expr in state_columns(q.meter)]
     return (
         f"SELECT {', '.join(keys + states)} FROM {qualified(database, EVENTS_TABLE)} WHERE {' AND '.join(where)} "
-        f"GROUP BY bucket, bucket_end, subject{''.join(', ' + ident(group_column(k)) for k in q.group_by)}"
+        f"GROUP BY bucket, bucket_end, subject_key{''.join(', ' + ident(group_column(k)) for k in q.group_by)}"
     )
 
 
@@ -354,8 +355,8 @@ def _outer(q: Query, inner: str) -> str:
     groups = "".join(", " + ident(group_column(k)) for k in q.group_by)
     merges = ", ".join(merge_exprs(q.meter))
     return (
-        f"SELECT bucket, any(bucket_end) AS bucket_end, subject{groups}, {merges} FROM ({inner}) "
-        f"GROUP BY bucket, subject{groups} ORDER BY bucket, subject{groups}"
+        f"SELECT bucket, any(bucket_end) AS bucket_end, subject_key{groups}, {merges} FROM ({inner}) "
+        f"GROUP BY bucket, subject_key{groups} ORDER BY bucket, subject_key{groups}"
     )
 
 

@@ -1,0 +1,171 @@
+"""The meters REST API and the usage reader on a real ClickHouse engine (chdb), through a tiny app that
+sets the namespace the way metergate.app's auth middleware does."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Awaitable, Callable
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+from types import SimpleNamespace
+from typing import Any
+
+import httpx
+import pytest
+from fastapi import FastAPI, Request
+from fastapi.responses import Response
+
+from aggregator.config import parse_config
+from aggregator.http import router
+from aggregator.repository import ClickHouseMeterRepository
+from aggregator.service import MeterService
+from aggregator.usage import ClickHouseUsageReader
+from common.clickhouse import ClickHouse
+from common.clock import FrozenClock
+from common.cloudevents import CloudEvent
+from common.errors import MetergateError
+from common.http import problem_for
+from tests.integration.test_rollup_exact import insert
+
+pytestmark = pytest.mark.integration
+
+T0 = datetime(2024, 3, 30, 20, 0, tzinfo=UTC)
+TOKENS = {"slug": "tokens", "aggregation": "SUM", "eventType": "prompt", "valueProperty": "$.tokens",
+          "groupBy": {"model": "$.model"}}
+
+
+class FeatureGuard:
+    def __init__(self) -> None:
+        self.used: dict[str, list[str]] = {}
+
+    async def features_using_meter(self, namespace: str, meter_slug: str) -> list[str]:
+        return self.used.get(f"{namespace}/{meter_slug}", [])
+
+
+@pytest.fixture
+async def env(clickhouse: ClickHouse) -> AsyncIterator[SimpleNamespace]:
+    guard = FeatureGuard()
+    config = parse_config({"meters": [{"slug": "calls", "aggregation": "COUNT", "eventType": "prompt"}]})
+    service = MeterService(ClickHouseMeterRepository(clickhouse), config_meters=config, guard=guard,
+                           clock=FrozenClock(T0 + timedelta(days=5)), cache_seconds=0)
+    await service.start()
+    app = FastAPI()
+    app.state.services = SimpleNamespace(meters=service)
+    app.include_router(router)
+
+    @app.middleware("http")
+    async def namespace(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
+        request.state.namespace = request.headers.get("x-ns", "ns1")
+        return await call_next(request)
+
+    async def on_error(_: Request, exc: Exception) -> Response:
+        assert isinstance(exc, MetergateError)
+        return problem_for(exc)
+
+    app.add_exception_handler(MetergateError, on_error)
+    events: list[dict[str, Any]] = [
+        # Europe/Berlin switches to summer time at 2024-03-31T01:00Z.
+        {"id": "1", "time": T0, "subject": "alice", "type": "prompt", "data": {"tokens": 10, "model": "a"}},
+        {"id": "2", "time": T0 + timedelta(hours=3, seconds=5), "subject": "alice", "type": "prompt",
+         "data": {"tokens": "2.5", "model": "b"}},
+        {"id": "3", "time": T0 + timedelta(hours=30), "subject": "bob", "type": "prompt",
+         "data": {"tokens": 4, "model": "a"}},
+        {"id": "4", "time": T0 + timedelta(hours=30), "subject": "bob", "type": "prompt", "data": {"tokens": "NaN"}},
+    ]
+    insert(clickhouse, "ns1", events, "before-meter")
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+        yield SimpleNamespace(client=client, service=service, guard=guard, ch=clickhouse)
+
+
+async def test_create_backfills_and_queries_windows_across_dst(env: SimpleNamespace) -> None:
+    c = env.client
+    r = await c.post("/api/v1/meters", json=TOKENS)
+    assert r.status_code == 201, r.text
+    meter = r.json()
+    assert meter["slug"] == "tokens"
+    assert meter["groupBy"] == {"model": "$.model"}
+    assert (await c.get(f"/api/v1/meters/{meter['id']}")).json()["slug"] == "tokens"
+    assert {m["slug"] for m in (await c.get("/api/v1/meters")).json()} == {"tokens", "calls"}
+    assert (await c.get("/api/v1/meters", headers={"x-ns": "other"})).json()[0]["slug"] == "calls"
+
+    r = await c.get("/api/v1/meters/tokens/query", params={
+        "from": "2024-03-30T00:00:00Z", "to": "2024-04-02T00:00:00Z", "windowSize": "DAY",
+        "windowTimeZone": "Europe/Berlin"})
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert [(d["windowStart"], d["windowEnd"], d["value"]) for d in body["data"]] == [
+        ("2024-03-30T00:00:00.000Z", "2024-03-30T23:00:00.000Z", 10),  # clipped to `from`, CET
+        ("2024-03-30T23:00:00.000Z", "2024-03-31T22:00:00.000Z", 2.5),  # 23-hour day (DST starts)
+        ("2024-03-31T22:00:00.000Z", "2024-04-01T22:00:00.000Z", 4),  # CEST
+    ]
+    assert body["windowSize"] == "DAY"
+    assert body["from"] == "2024-03-30T00:00:00.000Z"
+
+    r = await c.get("/api/v1/meters/tokens/query", params=[
+        ("subject", "alice"), ("subject", "bob"), ("groupBy", "model"), ("filterGroupBy[model]", "a")])
+    assert sorted((d["subject"], d["groupBy"]["model"], d["value"]) for d in r.json()["data"]) == [
+        ("alice", "a", 10), ("bob", "a", 4)]
+
+    # Bounds off the minute: only the second event (at +3h 5s) is inside [+3h 1s, +3h 6s).
+    r = await c.post("/api/v1/meters/tokens/query", json={
+        "from": "2024-03-30T23:00:01Z", "to": "2024-03-30T23:00:06Z", "subject": ["alice"]})
+    assert [d["value"] for d in r.json()["data"]] == [2.5]
+
+    assert (await c.get("/api/v1/meters/tokens/subjects")).json() == ["alice", "bob"]
+    calls = await c.get("/api/v1/meters/calls/query")
+    assert calls.json()["data"][0]["value"] == 4  # COUNT counts the NaN event too: COUNT has no value
+
+
+@pytest.mark.parametrize(
+    ("params", "needle"),
+    [
+        ({"from": "2024-03-31T00:00:00Z", "to": "2024-03-30T00:00:00Z"}, "must be before"),
+        ({"groupBy": "colour"}, "unknown group-by key"),
+        ({"filterGroupBy[colour]": "x"}, "unknown group-by key"),
+        ({"windowTimeZone": "Mars/Base"}, "unknown time zone"),
+        ({"windowSize": "FORTNIGHT"}, "windowSize"),
+    ],
+)
+async def test_bad_queries_are_400(env: SimpleNamespace, params: dict[str, str], needle: str) -> None:
+    await env.client.post("/api/v1/meters", json=TOKENS)
+    r = await env.client.get("/api/v1/meters/tokens/query", params=params)
+    assert r.status_code == 400
+    assert r.headers["content-type"] == "application/problem+json"
+    assert needle in r.json()["detail"]
+
+
+async def test_delete_rules(env: SimpleNamespace) -> None:
+    c = env.client
+    assert (await c.post("/api/v1/meters", json=TOKENS)).status_code == 201
+    assert (await c.post("/api/v1/meters", json=TOKENS)).status_code == 409
+    assert (await c.post("/api/v1/meters", json={**TOKENS, "slug": "calls"})).status_code == 409
+    assert (await c.post("/api/v1/meters", json={**TOKENS, "aggregation": "COUNT"})).status_code == 400
+    env.guard.used["ns1/tokens"] = ["gpt_tokens"]
+    r = await c.delete("/api/v1/meters/tokens")
+    assert r.status_code == 409
+    assert "gpt_tokens" in r.json()["detail"]
+    assert (await c.delete("/api/v1/meters/calls")).status_code == 409  # config-file meter
+    env.guard.used.clear()
+    assert (await c.delete("/api/v1/meters/tokens")).status_code == 204
+    assert (await c.get("/api/v1/meters/tokens")).status_code == 404
+    tables = env.ch.rows(
+        "SELECT count() FROM system.tables WHERE database = {db:String} AND name LIKE 'meter_rollup_%'",
+        parameters={"db": env.ch.database},
+    )
+    assert tables[0][0] == 2  # only the config meter's table and view remain
+
+
+async def test_usage_reader_and_validation_hook(env: SimpleNamespace) -> None:
+    await env.client.post("/api/v1/meters", json=TOKENS)
+    reader = ClickHouseUsageReader(env.service)
+    assert await reader.usage("ns1", "tokens", "alice", {}, T0, T0 + timedelta(days=1)) == Decimal("12.5")
+    assert await reader.usage("ns1", "tokens", "alice", {"model": "b"}, T0, T0 + timedelta(days=1)) == Decimal("2.5")
+    bounds = [T0, T0 + timedelta(hours=3, seconds=5), T0 + timedelta(hours=3, seconds=5), T0 + timedelta(days=1)]
+    assert await reader.usage_windows("ns1", "tokens", "alice", {}, bounds) == [Decimal(10), Decimal(0), Decimal("2.5")]
+    assert await reader.last_stored_at("ns1", "tokens", "alice", T0) is None
+    assert await reader.last_stored_at("ns1", "tokens", "alice", T0 + timedelta(hours=4)) is not None
+    ref = await env.service.get_meter("ns1", "tokens")
+    assert ref is not None
+    assert ref.group_by == {"model": "$.model"}
+    bad = CloudEvent(id="x", source="s", type="prompt", subject="a", time=T0, data='{"tokens": "NaN"}')
+    assert "tokens" in (env.service.event_validation_error("ns1", bad) or "")
