@@ -44,10 +44,9 @@ from tests.support.sink_kafka import make_topics, produce  # noqa: E402
 from tests.support.sink_stream import build_stream  # noqa: E402
 
 PARTITIONS = 4
-BATCH = 10_000
 
 
-async def raw_baseline(bootstrap: str, topic: str, ch_settings: ClickHouseSettings, total: int) -> float:
+async def raw_baseline(bootstrap: str, topic: str, ch_settings: ClickHouseSettings, total: int, batch: int) -> float:
     ch = connect_clickhouse(ch_settings)
     table = ch.table("raw_events")
     ch.command(f"CREATE TABLE IF NOT EXISTS {table} (value String) ENGINE = MergeTree ORDER BY tuple()")
@@ -66,7 +65,7 @@ async def raw_baseline(bootstrap: str, topic: str, ch_settings: ClickHouseSettin
         done = 0
         started: float | None = None
         while done < total:
-            fetched = await consumer.getmany(timeout_ms=200, max_records=BATCH)
+            fetched = await consumer.getmany(timeout_ms=200, max_records=batch)
             if not fetched:
                 continue
             started = started or time.perf_counter()
@@ -83,9 +82,9 @@ async def raw_baseline(bootstrap: str, topic: str, ch_settings: ClickHouseSettin
 
 
 async def sink_worker(
-    kafka: KafkaSettings, ch_settings: ClickHouseSettings, total: int
+    kafka: KafkaSettings, ch_settings: ClickHouseSettings, total: int, batch: int
 ) -> tuple[float, dict[str, Any]]:
-    sink = SinkSettings(consumer_group=f"sink-{uuid.uuid4().hex[:8]}", session_timeout_ms=2000, batch_size=BATCH)
+    sink = SinkSettings(consumer_group=f"sink-{uuid.uuid4().hex[:8]}", session_timeout_ms=2000, batch_size=batch)
     stop = asyncio.Event()
     async with open_worker(ch_settings, kafka, sink) as worker:
         task = asyncio.create_task(worker.run(stop))
@@ -190,7 +189,7 @@ def http_ingest(events: int, batch: int = 100, concurrency: int = 8) -> dict[str
                 proc.kill()
 
 
-async def kafka_part(events: int) -> dict[str, Any]:
+async def kafka_part(events: int, batch: int) -> dict[str, Any]:
     stream = build_stream(events, duplicate_rate=0.02, conflict_rate=0.0, malformed_rate=0.0)
     total = len(stream.messages)
     with kafka_bootstrap() as bootstrap, tempfile.TemporaryDirectory(prefix="bench-chdb-") as folder:
@@ -203,8 +202,8 @@ async def kafka_part(events: int) -> dict[str, Any]:
         await make_topics(kafka)
         await produce(bootstrap, kafka.events_topic, stream.messages)
         ch_settings = ClickHouseSettings(path=Path(folder), database="bench")
-        raw = await raw_baseline(bootstrap, kafka.events_topic, ch_settings, total)
-        sink, counters = await sink_worker(kafka, ch_settings, total)
+        raw = await raw_baseline(bootstrap, kafka.events_topic, ch_settings, total, batch)
+        sink, counters = await sink_worker(kafka, ch_settings, total, batch)
         assert counters["stored"] == len(stream.expected), counters
     return {
         "messages": total,
@@ -220,14 +219,15 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--events", type=int, default=300_000)
     parser.add_argument("--http-events", type=int, default=50_000)
+    parser.add_argument("--batch", type=int, default=SinkSettings().batch_size, help="events per write (both)")
     args = parser.parse_args()
     configure_logging(LogSettings(level="WARNING"))  # logs to stderr; stdout is the JSON result
     result: dict[str, Any] = {
         "machine": {"python": platform.python_version(), "cpus": os.cpu_count()},
-        "batch_size": BATCH,
+        "batch_size": args.batch,
         "partitions": PARTITIONS,
     }
-    result.update(asyncio.run(kafka_part(args.events)))
+    result.update(asyncio.run(kafka_part(args.events, args.batch)))
     result["http_ingest_batches_of_100"] = http_ingest(args.http_events) if args.http_events else {"skipped": True}
     print(json.dumps(result, indent=2))
 

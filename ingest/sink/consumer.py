@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ingest.sink.batch import Cut, OffsetRange, plan_cuts
-from ingest.sink.decode import Decoded, decode_message
+from ingest.sink.decode import Decoded, Decoder, Malformed
 from ingest.sink.dedupe import Conflict, Item
 from ingest.sink.dlq import DeadLetter
 from ingest.sink.ledger import LedgerRecord
@@ -26,15 +26,18 @@ def batch_from_records(
     items: list[Item] = []
     malformed: list[tuple[int, str]] = []
     letters: list[DeadLetter] = []
+    decode = Decoder(default_namespace).decode
     for rec in records:
-        headers = list(rec.headers or ())
-        decoded = decode_message(rec.value, headers, rec.timestamp, default_namespace)
-        if isinstance(decoded, Decoded):
+        decoded = decode(rec.value, rec.headers, rec.timestamp)
+        if type(decoded) is Decoded:
             items.append(Item(rec.offset, decoded))
         else:
+            assert isinstance(decoded, Malformed)
             malformed.append((rec.offset, decoded.reason))
             letters.append(
-                DeadLetter("malformed", decoded.reason, topic, partition, rec.offset, rec.key, rec.value, headers)
+                DeadLetter(
+                    "malformed", decoded.reason, topic, partition, rec.offset, rec.key, rec.value, list(rec.headers)
+                )
             )
     digest = message_digest((rec.offset, rec.timestamp, rec.value) for rec in records)
     return Batch(RangeId(topic, partition, offsets), digest, items, malformed), letters

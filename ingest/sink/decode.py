@@ -27,7 +27,7 @@ from common.cloudevents import (
     parse_time,
     validate_event,
 )
-from ingest.wire import CONTENT_TYPE_HEADER, INGESTED_AT_HEADER, NAMESPACE_HEADER
+from ingest.wire import CONTENT_TYPE_HEADER, INGESTED_AT_HEADER, NAMESPACE_HEADER, STRUCTURED_CONTENT_TYPE
 
 BINARY_PREFIX = "ce_"
 SPECVERSION_HEADER = "ce_specversion"
@@ -35,6 +35,7 @@ NAMESPACE_PATTERN = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 MAX_VALUE_BYTES = 1024 * 1024
 MAX_HEADER_BYTES = 4096
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+STRUCTURED_CONTENT_TYPE_BYTES = STRUCTURED_CONTENT_TYPE.encode()
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,27 +69,27 @@ def _header_text(raw: object, name: str) -> str:
         raise EventValidationError(f"header {name} is not UTF-8", field=name) from None
 
 
-def _headers(headers: Sequence[tuple[str, bytes]]) -> dict[str, str]:
-    """Header values as text; the first occurrence of a name wins (deterministic for duplicates)."""
-    out: dict[str, str] = {}
+def _raw_headers(headers: Sequence[tuple[str, bytes]]) -> dict[str, bytes]:
+    """Header values by lower-cased name; the first occurrence of a name wins (deterministic)."""
+    out: dict[str, bytes] = {}
     for name, raw in headers:
         if not isinstance(name, str):
             raise EventValidationError("a header name is not text", field=None)
         lowered = name.lower()
         if lowered not in out:
-            out[lowered] = _header_text(raw, lowered)
+            out[lowered] = raw
     return out
 
 
-def _binary_event(value: bytes | None, headers: dict[str, str]) -> dict[str, Any]:
+def _binary_event(value: bytes | None, headers: dict[str, bytes]) -> dict[str, Any]:
     """The binary-mode attributes and data as one structured-mode dict."""
     obj: dict[str, Any] = {}
-    for name, text in headers.items():
+    for name, raw in headers.items():
         if name.startswith(BINARY_PREFIX) and len(name) > len(BINARY_PREFIX):
-            obj[name[len(BINARY_PREFIX) :]] = text
+            obj[name[len(BINARY_PREFIX) :]] = _header_text(raw, name)
     content_type = headers.get(CONTENT_TYPE_HEADER)
     if content_type is not None:
-        media = content_type.split(";", 1)[0].strip().lower()
+        media = _header_text(content_type, CONTENT_TYPE_HEADER).split(";", 1)[0].strip().lower()
         if media != "application/json":
             raise EventValidationError("binary-mode content-type must be application/json", field="datacontenttype")
     if value:
@@ -99,6 +100,94 @@ def _binary_event(value: bytes | None, headers: dict[str, str]) -> dict[str, Any
     return obj
 
 
+class Decoder:
+    """Decodes messages of the events topic. Pure: the memo only caches results of pure functions of
+    header values (a batch's messages mostly share their namespace and ingested_at)."""
+
+    MEMO_LIMIT = 4096
+
+    def __init__(self, default_namespace: str) -> None:
+        self.default_namespace = default_namespace
+        self._namespaces: dict[bytes, str] = {}
+        self._times: dict[bytes, datetime] = {}
+
+    def decode(
+        self, value: bytes | None, headers: Sequence[tuple[str, bytes]], timestamp_ms: int
+    ) -> Decoded | Malformed:
+        """Decode one message. Never raises."""
+        try:
+            return self._decode(value, headers, timestamp_ms)
+        except EventValidationError as exc:
+            return Malformed(exc.message if exc.field is None else f"{exc.field}: {exc.message}")
+        except (ValueError, TypeError, OverflowError, RecursionError) as exc:  # hostile input the checks missed
+            return Malformed(f"undecodable message: {type(exc).__name__}")
+
+    def _namespace(self, raw: bytes | None) -> str:
+        if raw is None:
+            return self.default_namespace
+        namespace = self._namespaces.get(raw)
+        if namespace is None:
+            namespace = _header_text(raw, NAMESPACE_HEADER)
+            if not NAMESPACE_PATTERN.match(namespace):
+                raise EventValidationError(
+                    "namespace header must be 1 to 64 characters of [A-Za-z0-9_-]", field=NAMESPACE_HEADER
+                )
+            if len(self._namespaces) >= self.MEMO_LIMIT:
+                self._namespaces.clear()
+            self._namespaces[raw] = namespace
+        return namespace
+
+    def _ingested_at(self, raw: bytes) -> datetime:
+        at = self._times.get(raw)
+        if at is None:
+            at = parse_time(_header_text(raw, INGESTED_AT_HEADER), field=INGESTED_AT_HEADER)
+            if len(self._times) >= self.MEMO_LIMIT:
+                self._times.clear()
+            self._times[raw] = at
+        return at
+
+    def _decode(
+        self, value: bytes | None, raw_headers: Sequence[tuple[str, bytes]], timestamp_ms: int
+    ) -> Decoded | Malformed:
+        if value is not None and len(value) > MAX_VALUE_BYTES:
+            return Malformed(f"value is larger than {MAX_VALUE_BYTES} bytes")
+        headers = _raw_headers(raw_headers) if raw_headers else {}
+        namespace = self._namespace(headers.get(NAMESPACE_HEADER))
+        raw_ingested = headers.get(INGESTED_AT_HEADER)
+        kafka_time: datetime | None = None
+        if raw_ingested is None:
+            ingested_at = kafka_time = timestamp_to_datetime(timestamp_ms)
+            if ingested_at is None:
+                return Malformed("no ingested_at header and the Kafka timestamp is unusable")
+        else:
+            ingested_at = self._ingested_at(raw_ingested)
+
+        obj: Any
+        if SPECVERSION_HEADER in headers:
+            obj = _binary_event(value, headers)
+        else:
+            content_type = headers.get(CONTENT_TYPE_HEADER)
+            if content_type is not None and content_type != STRUCTURED_CONTENT_TYPE_BYTES:
+                text = _header_text(content_type, CONTENT_TYPE_HEADER)
+                if not text.lower().startswith(STRUCTURED_CONTENT_TYPE):
+                    return Malformed("content-type must be application/cloudevents+json (or use binary mode)")
+            if not value:
+                return Malformed("empty value")
+            try:
+                obj = orjson.loads(value)
+            except orjson.JSONDecodeError as exc:
+                return Malformed(f"value is not JSON: {exc}")
+
+        default_time = ingested_at
+        if isinstance(obj, dict) and obj.get("time") is None:
+            kafka_time = kafka_time or timestamp_to_datetime(timestamp_ms)
+            if kafka_time is None:
+                return Malformed("event has no time and the Kafka timestamp is unusable")
+            default_time = kafka_time
+        event = validate_event(obj, default_time=default_time)
+        return Decoded(namespace, event, ingested_at)
+
+
 def decode_message(
     value: bytes | None,
     headers: Sequence[tuple[str, bytes]],
@@ -106,49 +195,4 @@ def decode_message(
     default_namespace: str,
 ) -> Decoded | Malformed:
     """Decode one message of the events topic. Never raises."""
-    try:
-        return _decode(value, headers, timestamp_ms, default_namespace)
-    except EventValidationError as exc:
-        return Malformed(exc.message if exc.field is None else f"{exc.field}: {exc.message}")
-    except (ValueError, TypeError, OverflowError, RecursionError) as exc:  # hostile input the checks missed
-        return Malformed(f"undecodable message: {type(exc).__name__}")
-
-
-def _decode(
-    value: bytes | None,
-    raw_headers: Sequence[tuple[str, bytes]],
-    timestamp_ms: int,
-    default_namespace: str,
-) -> Decoded | Malformed:
-    if value is not None and len(value) > MAX_VALUE_BYTES:
-        return Malformed(f"value is larger than {MAX_VALUE_BYTES} bytes")
-    headers = _headers(raw_headers) if raw_headers else {}
-    kafka_time = timestamp_to_datetime(timestamp_ms)
-
-    namespace = headers.get(NAMESPACE_HEADER, default_namespace)
-    if not NAMESPACE_PATTERN.match(namespace):
-        return Malformed("namespace header must be 1 to 64 characters of [A-Za-z0-9_-]")
-
-    raw_ingested = headers.get(INGESTED_AT_HEADER)
-    ingested_at = kafka_time if raw_ingested is None else parse_time(raw_ingested, field=INGESTED_AT_HEADER)
-    if ingested_at is None:
-        return Malformed("no ingested_at header and the Kafka timestamp is unusable")
-
-    obj: Any
-    if SPECVERSION_HEADER in headers:
-        obj = _binary_event(value, headers)
-    else:
-        content_type = headers.get(CONTENT_TYPE_HEADER)
-        if content_type is not None and not content_type.lower().startswith("application/cloudevents+json"):
-            return Malformed("content-type must be application/cloudevents+json (or use binary mode)")
-        if not value:
-            return Malformed("empty value")
-        try:
-            obj = orjson.loads(value)
-        except orjson.JSONDecodeError as exc:
-            return Malformed(f"value is not JSON: {exc}")
-
-    if isinstance(obj, dict) and obj.get("time") is None and kafka_time is None:
-        return Malformed("event has no time and the Kafka timestamp is unusable")
-    event = validate_event(obj, default_time=kafka_time or ingested_at)
-    return Decoded(namespace, event, ingested_at)
+    return Decoder(default_namespace).decode(value, headers, timestamp_ms)

@@ -8,6 +8,7 @@ is what lets ClickHouse drop the retried insert under the same token.
 from __future__ import annotations
 
 import hashlib
+from array import array
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -37,13 +38,14 @@ class RangeId:
 
 def message_digest(parts: Iterable[tuple[int, int, bytes | None]]) -> str:
     """Digest of (offset, timestamp, value) of a batch's messages, in order."""
-    h = hashlib.blake2b(digest_size=12)
+    numbers = array("q")
+    values: list[bytes] = []
     for offset, timestamp, value in parts:
-        h.update(offset.to_bytes(8, "big", signed=True))
-        h.update(timestamp.to_bytes(8, "big", signed=True))
-        h.update(len(value).to_bytes(4, "big") if value is not None else b"\xff\xff\xff\xff")
+        numbers.extend((offset, timestamp, -1 if value is None else len(value)))
         if value:
-            h.update(value)
+            values.append(value)
+    h = hashlib.blake2b(numbers.tobytes(), digest_size=12)
+    h.update(b"".join(values))
     return h.hexdigest()
 
 

@@ -104,7 +104,7 @@ def test_binary_mode_without_data_is_null_data() -> None:
         (orjson.dumps(event()), [("namespace", b"n" * 65)], TS, "namespace"),
         (orjson.dumps(event()), [("namespace", b"x" * 5000)], TS, "longer"),
         (orjson.dumps(event()), [("ingested_at", b"not a time")], TS, "ingested_at"),
-        (orjson.dumps(event()), [("ingested_at", None)], TS, "bytes"),  # type: ignore[list-item]
+        (orjson.dumps(event()), [("ingested_at", 12345)], TS, "bytes"),  # type: ignore[list-item]
         (b'{"a":1}', binary_headers(id=None), TS, "id"),
         (b'{"a":1}', [*binary_headers()[:-1], ("content-type", b"text/plain")], TS, "content-type"),
         (b"\x00\x01", binary_headers(), TS, "not JSON"),
