@@ -85,11 +85,13 @@ async def publisher_from(settings: ApiServiceSettings, clickhouse: ClickHouse, c
         publisher = KafkaEventPublisher(settings.kafka)
         await publisher.start()
         return publisher
+    from ingest.group_commit import GroupCommitPublisher
     from ingest.sink.embedded import EmbeddedLog
 
     embedded = EmbeddedLog(clickhouse, settings.sink, clock=clock)
     await embedded.start()
-    return embedded
+    # Each embedded write has a fixed cost; concurrent requests share one (see ingest/group_commit.py).
+    return GroupCommitPublisher(embedded, max_events=settings.sink.batch_size)
 
 
 async def build_services(settings: ApiServiceSettings, *, clickhouse: ClickHouse | None = None) -> Services:
