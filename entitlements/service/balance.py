@@ -19,6 +19,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from decimal import Decimal
+from typing import Protocol, runtime_checkable
 
 import structlog
 
@@ -53,6 +54,17 @@ SNAPSHOT_CANDIDATES = 4
 # taken this much earlier than its wall time, so an event stored just before a read but not yet visible
 # to it still invalidates the snapshot.
 VISIBILITY_MARGIN = timedelta(seconds=5)
+
+
+@runtime_checkable
+class StoredAfterProbe(Protocol):
+    """Optional on a UsageReader: the late-event question asked directly (cheaper than last_stored_at)."""
+
+    async def stored_after(
+        self, namespace: str, meter_slug: str, subject: str, *, before: datetime, after: datetime
+    ) -> bool:
+        """Whether an event of the meter's type for the subject with time < before was stored after `after`."""
+        ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -137,12 +149,16 @@ class BalanceService:
 
     async def _late_event_after(self, loaded: Loaded, stored: StoredSnapshot) -> bool:
         """Whether an event older than the snapshot's instant was stored after the snapshot was taken."""
-        last = await self.d.usage.last_stored_at(
+        ns, meter, subject = (
             loaded.entitlement.namespace,
             loaded.feature.meter_slug or "",
             loaded.entitlement.subject_key,
-            before=stored.at,
         )
+        if isinstance(self.d.usage, StoredAfterProbe):
+            # The narrower question lets a reader skip everything stored before the snapshot (an index on
+            # storage time) instead of scanning the subject's whole history.
+            return await self.d.usage.stored_after(ns, meter, subject, before=stored.at, after=stored.created_at)
+        last = await self.d.usage.last_stored_at(ns, meter, subject, before=stored.at)
         return last is not None and last > stored.created_at
 
     async def _compute(self, loaded: Loaded, target: datetime, extra: Sequence[datetime] = ()) -> Computed:

@@ -125,3 +125,19 @@ def entitlements_app(entitlements: Entitlements, namespace: str = "default") -> 
 
     app.include_router(router)
     return app
+
+
+@dataclass
+class FakeUsageWithProbe(FakeUsage):
+    """A reader that also answers the late-event question directly (entitlements' StoredAfterProbe)."""
+
+    probes: int = 0
+
+    async def stored_after(
+        self, namespace: str, meter_slug: str, subject: str, *, before: datetime, after: datetime
+    ) -> bool:
+        self.probes += 1
+        return any(
+            e.meter == meter_slug and e.subject == subject and e.time < before and e.stored_at > after
+            for e in self.events
+        )

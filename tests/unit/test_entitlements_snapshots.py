@@ -24,7 +24,7 @@ from entitlements.service.balance import Value
 from entitlements.service.entitlements import EntitlementInput
 from entitlements.service.features import FeatureInput
 from entitlements.service.grants import GrantInput
-from tests.support.entitlement_fakes import FakeMeters, FakeUsage
+from tests.support.entitlement_fakes import FakeMeters, FakeUsage, FakeUsageWithProbe
 
 T0 = datetime(2020, 1, 1, tzinfo=UTC)
 NS = "default"
@@ -36,9 +36,9 @@ def month(n: int) -> datetime:
 
 
 class Harness:
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, usage: FakeUsage | None = None) -> None:
         self.clock = FrozenClock(T0)
-        self.usage = FakeUsage()
+        self.usage = usage or FakeUsage()
         self.meters = FakeMeters()
         self.meters.add("tokens")
         self.ents: Entitlements = build_entitlements(url, meters=self.meters, usage=self.usage, clock=self.clock)
@@ -152,7 +152,11 @@ async def test_void_and_reset_keep_cached_reads_exact(harness: Harness) -> None:
     assert cached == await harness.value()
 
 
-async def test_late_event_older_than_a_snapshot_is_counted(harness: Harness) -> None:
+@pytest.mark.parametrize("probe", [False, True], ids=["last_stored_at", "stored_after"])
+async def test_late_event_older_than_a_snapshot_is_counted(tmp_path: Path, probe: bool) -> None:
+    url = f"sqlite:///{tmp_path / 'state.db'}"
+    upgrade_database(url)
+    harness = Harness(url, FakeUsageWithProbe() if probe else FakeUsage())
     eid = await harness.setup(grant_amount=100, recurring=False, rollover=True)
     harness.usage.add("tokens", "acme", month(0) + timedelta(days=1), 40, stored_at=OLD)
     harness.clock.advance_to(month(3) + timedelta(days=1))
@@ -163,6 +167,10 @@ async def test_late_event_older_than_a_snapshot_is_counted(harness: Harness) -> 
     harness.usage.add("tokens", "acme", month(0) + timedelta(days=20), 25)
     after = await harness.value(month(1) + timedelta(days=1))
     assert after.balance == Decimal(35)
+    assert isinstance(harness.usage, FakeUsageWithProbe) == probe
+    if isinstance(harness.usage, FakeUsageWithProbe):
+        assert harness.usage.probes == 1  # the second read checked the February snapshot
+    harness.ents.close()
 
 
 @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
