@@ -203,7 +203,15 @@ class GracefulServer(uvicorn.Server):
 async def serve(settings: ApiServiceSettings, *, migrate_first: bool) -> None:
     from common.clickhouse import connect_clickhouse
 
-    clickhouse = await asyncio.to_thread(connect_clickhouse, settings.clickhouse)
+    try:
+        clickhouse = await asyncio.to_thread(connect_clickhouse, settings.clickhouse)
+    except Unavailable as exc:
+        if not settings.clickhouse.embedded:
+            raise
+        raise CliError(
+            f"{exc.message}\n  The embedded engine allows one process per folder: is another metergate using "
+            f"{settings.clickhouse.path}? Stop it, or give this one its own folder (--data-dir)."
+        ) from None
     if migrate_first:
         await run_migrations(migrate_settings_from(settings), clickhouse)
     try:
