@@ -28,8 +28,8 @@ from entitlements.domain import EntitlementExists, EntitlementType, Expiration, 
 from entitlements.service.entitlements import EntitlementInput
 from entitlements.service.features import FeatureInput
 from entitlements.service.grants import GrantInput
+from tests.support.entitlement_harness import NS, OLD, T0, Harness, month
 from tests.support.services import postgres_url
-from tests.unit.test_entitlements_snapshots import NS, OLD, T0, Harness, month
 
 pytestmark = pytest.mark.integration
 
