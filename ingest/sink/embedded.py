@@ -2,7 +2,8 @@
 
 Each publish becomes one or more batches of a log named "embedded", partition 0, with offsets that
 continue from the ledger, written under the same rules as the Kafka worker (range recorded first,
-deterministic rows, insert token from the range, key check). Publishes are serialised by a lock and
+deterministic rows, insert token from the range, key check). Publishes are serialised (one drainer task
+under a lock; publishes that arrive meanwhile are written together, as one range: group commit) and
 the blocking ClickHouse work runs in a worker thread. When `publish` returns the events are stored;
 when it raises (after a few unchanged retries) the caller may send them again: the key check drops
 whatever a failed attempt managed to write.
@@ -12,7 +13,9 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+from collections import deque
 from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import datetime
 
 import orjson
@@ -50,6 +53,12 @@ def items_digest(items: Sequence[Item]) -> str:
     return h.hexdigest()
 
 
+@dataclass(frozen=True, slots=True)
+class _Pending:
+    decoded: list[Decoded]
+    done: asyncio.Future[None]
+
+
 class EmbeddedLog:
     """An EventPublisher (ingest.publisher) that stores events in-process."""
 
@@ -68,6 +77,8 @@ class EmbeddedLog:
         self._lock = asyncio.Lock()
         self._processor: BatchProcessor | None = None
         self._next_offset = 0
+        self._pending: deque[_Pending] = deque()
+        self._drainer: asyncio.Task[None] | None = None
         self.counters = SinkCounters()
 
     async def start(self) -> None:
@@ -96,22 +107,50 @@ class EmbeddedLog:
         log.info("embedded_log_started", next_offset=self._next_offset)
 
     async def publish(self, namespace: str, events: Sequence[CloudEvent], ingested_at: datetime) -> None:
+        """Store the events; returns once they are in ClickHouse. Concurrent publishes are grouped into
+        one batch (group commit), so a write's fixed cost is shared by every request waiting for it."""
         if not events:
             return
-        async with self._lock:
-            await self._start()
-            size = self._settings.batch_size
-            for i in range(0, len(events), size):
-                await self._write(namespace, events[i : i + size], ingested_at)
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._pending.append(_Pending([Decoded(namespace, e, ingested_at) for e in events], done))
+        if self._drainer is None or self._drainer.done():
+            self._drainer = asyncio.create_task(self._drain())
+        await asyncio.shield(done)  # a cancelled caller does not cancel the write others share
 
-    async def _write(self, namespace: str, events: Sequence[CloudEvent], ingested_at: datetime) -> None:
+    async def _drain(self) -> None:
+        async with self._lock:
+            while self._pending:
+                group: list[_Pending] = []
+                size = 0
+                while self._pending and (
+                    not group or size + len(self._pending[0].decoded) <= self._settings.batch_size
+                ):
+                    group.append(self._pending.popleft())
+                    size += len(group[-1].decoded)
+                try:
+                    await self._start()
+                    await self._write([d for p in group for d in p.decoded])
+                except Exception as exc:  # noqa: BLE001 - every publisher of the group gets the error
+                    for p in group:
+                        if not p.done.done():
+                            p.done.set_exception(exc)
+                else:
+                    for p in group:
+                        if not p.done.done():
+                            p.done.set_result(None)
+
+    async def _write(self, decoded: Sequence[Decoded]) -> None:
+        for i in range(0, len(decoded), self._settings.batch_size):
+            await self._write_range(decoded[i : i + self._settings.batch_size])
+
+    async def _write_range(self, decoded: Sequence[Decoded]) -> None:
         processor = self._processor
         assert processor is not None
         start = self._next_offset
         # Offsets are never reused, even after a failure: a failed range may be partly written.
-        self._next_offset = start + len(events)
-        items = [Item(start + i, Decoded(namespace, e, ingested_at)) for i, e in enumerate(events)]
-        range_id = RangeId(EMBEDDED_TOPIC, EMBEDDED_PARTITION, OffsetRange(start, start + len(events) - 1))
+        self._next_offset = start + len(decoded)
+        items = [Item(start + i, d) for i, d in enumerate(decoded)]
+        range_id = RangeId(EMBEDDED_TOPIC, EMBEDDED_PARTITION, OffsetRange(start, start + len(decoded) - 1))
         batch = Batch(range_id, items_digest(items), items)
         result = await self._write_with_retry(processor, batch)
         self.counters.add(batch, result)
@@ -159,6 +198,8 @@ class EmbeddedLog:
         raise AssertionError("unreachable")
 
     async def close(self) -> None:
-        """Wait for a publish in flight; the ClickHouse client belongs to the caller."""
+        """Wait for the publishes in flight; the ClickHouse client belongs to the caller."""
+        if self._drainer is not None:
+            await asyncio.wait([self._drainer])
         async with self._lock:
             self._processor = None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -9,6 +10,7 @@ import pytest
 from common.clickhouse import ClickHouse
 from common.clock import FrozenClock
 from common.cloudevents import CloudEvent
+from common.errors import Unavailable
 from ingest.settings import SinkSettings
 from ingest.sink.batch import OffsetRange
 from ingest.sink.decode import Decoded
@@ -88,3 +90,33 @@ async def test_offsets_continue_after_restart_and_replay_is_idempotent(clickhous
     assert result.stored == 3  # its own rows are excluded from the key check, so the rows are rebuilt ...
     after = clickhouse.rows(f"SELECT * FROM {clickhouse.table('events')} ORDER BY ingest_offset")
     assert after == before  # ... and ClickHouse drops the identical insert under the same token
+
+
+async def test_concurrent_publishes_are_grouped_and_stored_once(clickhouse: ClickHouse) -> None:
+    log = EmbeddedLog(clickhouse, SinkSettings(), clock=FrozenClock(T0))
+    await log.start()
+    # 20 requests of 50 events; neighbours overlap by 10 events (client retries of part of a batch)
+    requests = [[event(i) for i in range(40 * r, 40 * r + 50)] for r in range(20)]
+    await asyncio.gather(*(log.publish("acme", batch, T0) for batch in requests))
+    rows = stored(clickhouse)
+    assert len(rows) == 40 * 19 + 50
+    assert len({(r[0], r[1], r[2]) for r in rows}) == len(rows)
+    assert log.counters.duplicates == 19 * 10
+    assert log.counters.batches < len(requests)  # group commit: fewer writes than requests
+    await log.close()
+
+
+async def test_publish_fails_while_clickhouse_fails_then_a_retry_stores_once(clickhouse: ClickHouse) -> None:
+    log = EmbeddedLog(clickhouse, SinkSettings(retry_backoff_initial_ms=10, retry_backoff_max_ms=20))
+    await log.start()
+    await log.publish("acme", [event(0)], T0)
+    clickhouse.command(f"DETACH TABLE {clickhouse.table('events')}")
+    try:
+        with pytest.raises(Unavailable):
+            await log.publish("acme", [event(1), event(2)], T0)
+    finally:
+        clickhouse.command(f"ATTACH TABLE {clickhouse.table('events')}")
+    await log.publish("acme", [event(1), event(2)], T0)
+    await log.publish("acme", [event(1), event(2)], T0)
+    assert [r[2] for r in stored(clickhouse)] == ["evt-0", "evt-1", "evt-2"]
+    await log.close()
