@@ -107,7 +107,7 @@ async def sink_worker(
     return total / elapsed, counters
 
 
-def http_ingest(events: int, batch: int = 100, concurrency: int = 8) -> dict[str, Any]:
+def http_ingest(events: int, batch: int = 100, concurrency: int = 32) -> dict[str, Any]:
     """`metergate dev` in a subprocess (embedded path), driven by an httpx client with N connections."""
     import httpx
 

@@ -20,7 +20,7 @@ from ingest.sink.migrations import migrate_clickhouse
 from ingest.sink.processor import SinkCounters
 from ingest.sink.worker import run_worker
 from tests.support.sink_kafka import kafka_settings, make_topics, produce, read_all, wait_until_committed
-from tests.support.sink_stream import Stream, build_stream
+from tests.support.sink_stream import Message, Stream, build_stream
 
 pytestmark = pytest.mark.integration
 
@@ -125,4 +125,39 @@ async def test_clickhouse_failure_loses_nothing_and_doubles_nothing(
     counters = task.result()
     assert outage_done.is_set()
     assert counters.write_failures > 0, "the outage did not hit the worker"
+    assert_exact(clickhouse, stream)
+
+
+async def test_rebalances_while_consuming_lose_nothing_and_double_nothing(
+    kafka_bootstrap_servers: str, clickhouse: ClickHouse, clickhouse_settings: ClickHouseSettings
+) -> None:
+    """A second worker joins mid-stream (the first one's partitions are revoked and split), then the
+    first one leaves (the second one takes everything and replays what was recorded but not committed)."""
+    await asyncio.to_thread(migrate_clickhouse, clickhouse)
+    stream = build_stream(12_000, duplicate_rate=0.05, conflict_rate=0.0, malformed_rate=0.0, seed=5)
+    kafka = kafka_settings(kafka_bootstrap_servers, PARTITIONS)
+    await make_topics(kafka)
+    sink = sink_settings(batch_size=300, batch_timeout_ms=50)
+    ends: dict[int, int] = {}
+
+    async def send(messages: list[Message]) -> None:
+        for p, end in (await produce(kafka_bootstrap_servers, kafka.events_topic, messages)).items():
+            ends[p] = max(ends.get(p, 0), end)
+
+    # order matters only within a key, and every copy of a key lands in the same third
+    by_key: dict[bytes | None, int] = {}
+    thirds: list[list[Message]] = [[], [], []]
+    for message in stream.messages:
+        third = by_key.setdefault(message[0], len(by_key) % 3)
+        thirds[third].append(message)
+    first_stop = asyncio.Event()
+    first = asyncio.create_task(run_worker(clickhouse_settings, kafka, sink, stop=first_stop))
+    await send(thirds[0])
+    async with running_worker(clickhouse_settings, kafka, sink):
+        await send(thirds[1])
+        await asyncio.sleep(1.5)
+        first_stop.set()
+        await asyncio.wait_for(first, 30)
+        await send(thirds[2])
+        await wait_until_committed(kafka_bootstrap_servers, sink.consumer_group, kafka.events_topic, ends, within=120)
     assert_exact(clickhouse, stream)
