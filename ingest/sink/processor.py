@@ -22,7 +22,7 @@ from ingest.schema import EVENT_COLUMNS, EVENTS_TABLE
 from ingest.sink.dedupe import Conflict, Item, resolve, to_millis
 from ingest.sink.keycheck import ClickHouseKeyCheck
 from ingest.sink.ledger import ClickHouseLedger, LedgerRecord
-from ingest.sink.rows import RangeId, build_rows
+from ingest.sink.rows import RangeId, build_columns
 
 # Settings every insert pins, because exactly-once depends on them (defaults differ across versions:
 # chdb defaults to async_insert=1, and 26.x ignores insert_deduplicate=0 in favour of deduplicate_insert).
@@ -106,7 +106,11 @@ class BatchProcessor:
         stored = self._keys.stored(batch.range_id, batch.items)
         resolution = resolve(batch.items, stored)
         if resolution.keep:
-            rows = build_rows(batch.range_id, resolution.keep, rec.stored_at_ms)
+            columns = build_columns(batch.range_id, resolution.keep, rec.stored_at_ms)
             settings = {**self._settings, "insert_deduplication_token": rec.token}
-            self._ch.call(lambda c: c.insert(self._table, rows, column_names=self._columns, settings=settings))
+            self._ch.call(
+                lambda c: c.insert(
+                    self._table, columns, column_names=self._columns, column_oriented=True, settings=settings
+                )
+            )
         return BatchResult(len(resolution.keep), resolution.duplicates, resolution.conflicts)

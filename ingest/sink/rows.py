@@ -49,31 +49,26 @@ def message_digest(parts: Iterable[tuple[int, int, bytes | None]]) -> str:
     return h.hexdigest()
 
 
-def build_rows(range_id: RangeId, items: Sequence[Item], stored_at_ms: int) -> list[tuple[Any, ...]]:
-    """One row per kept item, columns in EVENT_COLUMNS order; DateTime64(3) columns as epoch millis."""
-    topic, partition = range_id.topic, range_id.partition
-    rows: list[tuple[Any, ...]] = []
-    append = rows.append
-    for item in items:
-        d = item.decoded
-        e = d.event
-        append(
-            (
-                d.namespace,
-                e.id,
-                e.source,
-                e.type,
-                e.subject,
-                to_millis(e.time),
-                e.data,
-                to_millis(d.ingested_at),
-                stored_at_ms,
-                topic,
-                partition,
-                item.offset,
-            )
-        )
-    return rows
+def build_columns(range_id: RangeId, items: Sequence[Item], stored_at_ms: int) -> list[list[Any]]:
+    """The kept items as columns in EVENT_COLUMNS order (column-oriented insert: no transpose in the
+    client); DateTime64(3) columns as epoch milliseconds."""
+    decoded = [item.decoded for item in items]
+    events = [d.event for d in decoded]
+    n = len(items)
+    return [
+        [d.namespace for d in decoded],
+        [e.id for e in events],
+        [e.source for e in events],
+        [e.type for e in events],
+        [e.subject for e in events],
+        [to_millis(e.time) for e in events],
+        [e.data for e in events],
+        [to_millis(d.ingested_at) for d in decoded],
+        [stored_at_ms] * n,
+        [range_id.topic] * n,
+        [range_id.partition] * n,
+        [item.offset for item in items],
+    ]
 
 
-assert len(EVENT_COLUMNS) == 12, "build_rows must follow EVENT_COLUMNS"
+assert len(EVENT_COLUMNS) == 12, "build_columns must follow EVENT_COLUMNS"

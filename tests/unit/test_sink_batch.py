@@ -12,7 +12,7 @@ from common.cloudevents import CloudEvent
 from ingest.sink.batch import Cut, OffsetRange, plan_cuts
 from ingest.sink.decode import Decoded
 from ingest.sink.dedupe import Fingerprint, Item, fingerprint, resolve
-from ingest.sink.rows import RangeId, build_rows, message_digest
+from ingest.sink.rows import RangeId, build_columns, message_digest
 
 R = OffsetRange
 
@@ -112,8 +112,9 @@ def test_resolve_keeps_first_copy_and_reports_conflicts() -> None:
 def test_rows_and_token_are_deterministic() -> None:
     rid = RangeId("topic", 3, R(10, 12))
     items = [item(10, "a"), item(12, "b")]
-    rows = build_rows(rid, items, stored_at_ms=1234)
-    assert rows == build_rows(rid, items, stored_at_ms=1234)
+    columns = build_columns(rid, items, stored_at_ms=1234)
+    assert columns == build_columns(rid, items, stored_at_ms=1234)
+    rows = list(zip(*columns, strict=True))
     assert rows[0] == (
         "ns",
         "a",
