@@ -12,9 +12,11 @@ the rollup, UNION ALL states computed from raw events for partial minutes at the
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
+from zoneinfo import ZoneInfo
 
 from aggregator.jsonpath import Segment, clickhouse_args
 from aggregator.meter import VALUE_SCALE, Aggregation, Meter, WindowSize
@@ -176,28 +178,50 @@ def inserted_at_ddl(database: str) -> str:
     )
 
 
-def rollup_table_ddl(database: str, meter: Meter) -> str:
+@dataclass(frozen=True, slots=True)
+class Tier:
+    """A rollup granularity: the minute table (exact edges) and the hour table (long ranges)."""
+
+    column: str  # the time column of the table: minute | hour
+    suffix: str
+    truncate: str  # ClickHouse function from an event time to the row's time
+
+
+MINUTE = Tier("minute", "", "toStartOfMinute")
+HOUR = Tier("hour", "_hour", "toStartOfHour")
+TIERS = (MINUTE, HOUR)
+
+
+def tier_table(meter: Meter, tier: Tier) -> str:
+    return meter.rollup_table + tier.suffix
+
+
+def tier_view(meter: Meter, tier: Tier) -> str:
+    return meter.rollup_table + tier.suffix + "_mv"
+
+
+def rollup_table_ddl(database: str, meter: Meter, tier: Tier = MINUTE) -> str:
     groups = "".join(f"    {ident(group_column(k))} String,\n" for k in sorted(meter.group_by))
     states = ",\n".join(f"    {ident(name)} {typ}" for name, typ, _ in state_columns(meter))
-    order = ", ".join(["namespace", "subject", "minute", *(ident(group_column(k)) for k in sorted(meter.group_by))])
+    order = ", ".join(["namespace", "subject", tier.column, *(ident(group_column(k)) for k in sorted(meter.group_by))])
     return f"""
-CREATE TABLE IF NOT EXISTS {qualified(database, meter.rollup_table)}
+CREATE TABLE IF NOT EXISTS {qualified(database, tier_table(meter, tier))}
 (
     namespace LowCardinality(String),
-    minute DateTime('UTC') COMMENT 'start of the minute (UTC) of the events',
+    {tier.column} DateTime('UTC') COMMENT 'start of the {tier.column} (UTC) of the events',
     subject String,
 {groups}{states}
 )
 ENGINE = AggregatingMergeTree
-PARTITION BY toYYYYMM(minute)
+PARTITION BY toYYYYMM({tier.column})
 ORDER BY ({order})
 SETTINGS non_replicated_deduplication_window = {ROLLUP_DEDUPLICATION_WINDOW}
-COMMENT {literal("rollup of meter " + meter.slug)}
+COMMENT {literal(tier.column + " rollup of meter " + meter.slug)}
 """
 
 
-def rollup_select(database: str, meter: Meter, extra_where: str) -> str:
-    keys = ["namespace", "toStartOfMinute(time) AS minute", "subject"]
+def rollup_select(database: str, meter: Meter, extra_where: str, tier: Tier = MINUTE) -> str:
+    keys = ["namespace", f"{tier.truncate}(time) AS {tier.column}", "subject"]
     group_names = []
     for key, segments in meter.group_segments().items():
         keys.append(f"{group_expr(segments)} AS {ident(group_column(key))}")
@@ -206,7 +230,7 @@ def rollup_select(database: str, meter: Meter, extra_where: str) -> str:
     return (
         f"SELECT {', '.join(keys + states)} FROM {qualified(database, EVENTS_TABLE)} "
         f"WHERE {meter_filter(meter)} AND {extra_where} "
-        f"GROUP BY {', '.join(['namespace', 'minute', 'subject', *group_names])}"
+        f"GROUP BY {', '.join(['namespace', tier.column, 'subject', *group_names])}"
     )
 
 
@@ -214,24 +238,23 @@ def _cutover_literal(cutover: datetime) -> str:
     return f"toDateTime64({literal(_ch_time(cutover))}, 3, 'UTC')"
 
 
-def materialized_view_ddl(database: str, meter: Meter, cutover: datetime) -> str:
-    select = rollup_select(database, meter, f"{INSERTED_AT} >= {_cutover_literal(cutover)}")
+def materialized_view_ddl(database: str, meter: Meter, cutover: datetime, tier: Tier = MINUTE) -> str:
+    select = rollup_select(database, meter, f"{INSERTED_AT} >= {_cutover_literal(cutover)}", tier)
     return (
-        f"CREATE MATERIALIZED VIEW IF NOT EXISTS {qualified(database, meter.view_name)} "
-        f"TO {qualified(database, meter.rollup_table)} AS {select}"
+        f"CREATE MATERIALIZED VIEW IF NOT EXISTS {qualified(database, tier_view(meter, tier))} "
+        f"TO {qualified(database, tier_table(meter, tier))} AS {select}"
     )
 
 
-def backfill_sql(database: str, meter: Meter, cutover: datetime) -> str:
-    select = rollup_select(database, meter, f"{INSERTED_AT} < {_cutover_literal(cutover)}")
-    return f"INSERT INTO {qualified(database, meter.rollup_table)} {select}"
+def backfill_sql(database: str, meter: Meter, cutover: datetime, tier: Tier = MINUTE) -> str:
+    select = rollup_select(database, meter, f"{INSERTED_AT} < {_cutover_literal(cutover)}", tier)
+    return f"INSERT INTO {qualified(database, tier_table(meter, tier))} {select}"
 
 
 def drop_sql(database: str, meter: Meter) -> list[str]:
-    return [
-        f"DROP VIEW IF EXISTS {qualified(database, meter.view_name)} SYNC",
-        f"DROP TABLE IF EXISTS {qualified(database, meter.rollup_table)} SYNC",
-    ]
+    views = [f"DROP VIEW IF EXISTS {qualified(database, tier_view(meter, t))} SYNC" for t in TIERS]
+    tables = [f"DROP TABLE IF EXISTS {qualified(database, tier_table(meter, t))} SYNC" for t in TIERS]
+    return views + tables
 
 
 # --- window queries --------------------------------------------------------------------------------
@@ -336,17 +359,25 @@ def _common_filters(q: Query, params: dict[str, Any], *, from_raw: bool) -> list
 
 
 def _raw_select(database: str, q: Query, params: dict[str, Any], intervals: list[tuple[datetime, datetime]]) -> str:
-    where = _common_filters(q, params, from_raw=True)
-    where.append(meter_filter(q.meter))
+    # PREWHERE narrows to the key range (namespace, type, subject, time) before any JSON is parsed: the
+    # value rule then runs on the few rows at the edges, not on whole granules.
+    prewhere = ["namespace = {ns:String}", f"type = {literal(q.meter.event_type)}"]
+    params["ns"] = q.namespace
+    if q.subjects:
+        prewhere.append("subject IN {subjects:Array(String)}")
+        params["subjects"] = list(q.subjects)
     spans = []
     for i, (lo, hi) in enumerate(intervals):
         spans.append(f"(time >= {{lo{i}:DateTime64(3, 'UTC')}} AND time < {{hi{i}:DateTime64(3, 'UTC')}})")
         params[f"lo{i}"], params[f"hi{i}"] = lo, hi
-    where.append("(" + " OR ".join(spans) + ")")
+    prewhere.append("(" + " OR ".join(spans) + ")")
+    where = [w for w in _common_filters(q, params, from_raw=True) if not w.startswith(("namespace", "subject"))]
+    where.append(meter_filter(q.meter))
     keys = _select_keys(q, "toDateTime(time, 'UTC')", from_raw=True)
     states = [f"{expr} AS {ident(name)}" for name, _, expr in state_columns(q.meter)]
     return (
-        f"SELECT {', '.join(keys + states)} FROM {qualified(database, EVENTS_TABLE)} WHERE {' AND '.join(where)} "
+        f"SELECT {', '.join(keys + states)} FROM {qualified(database, EVENTS_TABLE)} "
+        f"PREWHERE {' AND '.join(prewhere)} WHERE {' AND '.join(where)} "
         f"GROUP BY bucket, bucket_end, subject_key{''.join(', ' + ident(group_column(k)) for k in q.group_by)}"
     )
 
@@ -360,24 +391,76 @@ def _outer(q: Query, inner: str) -> str:
     )
 
 
+def _floor_hour(t: datetime) -> datetime:
+    return t.replace(minute=0, second=0, microsecond=0)
+
+
+def _ceil_hour(t: datetime) -> datetime:
+    f = _floor_hour(t)
+    return f if f == t else f + timedelta(hours=1)
+
+
+def hour_tier_allowed(q: Query) -> bool:
+    """Hour rows may serve a query only if no window boundary falls inside a UTC hour."""
+    if q.boundaries is not None:
+        return all(b == _floor_hour(b) for b in q.boundaries[1:-1])
+    if q.window is None:
+        return True
+    if q.window is WindowSize.MINUTE:
+        return False
+    return _whole_hour_zone(q.tz)
+
+
+@functools.lru_cache(maxsize=64)
+def _whole_hour_zone(name: str) -> bool:
+    """True when every UTC offset of the zone from 1970 to 2100 is whole hours (then local hours, days
+    and months start on UTC hours). Zones such as Asia/Kolkata are answered from minute rows."""
+    zone = ZoneInfo(name)
+    t, stop = datetime(1970, 1, 1, tzinfo=UTC), datetime(2100, 1, 1, tzinfo=UTC)
+    while t < stop:
+        if (t.astimezone(zone).utcoffset() or timedelta(0)) % timedelta(hours=1):
+            return False
+        t += timedelta(days=7)  # every real offset lasts far longer than a week
+    return True
+
+
+Span = tuple["Tier", datetime, datetime]
+
+
+def plan_tiers(q: Query) -> tuple[list[Span], list[datetime], list[tuple[datetime, datetime]]]:
+    """([(tier, from, to)], minutes to skip, raw intervals): hours where whole, minutes, raw at the edges."""
+    r_from, r_to, skip, raw = plan_edges(q)
+    spans: list[tuple[Tier, datetime, datetime]] = []
+    if r_from < r_to:
+        h_from, h_to = _ceil_hour(r_from), _floor_hour(r_to)
+        if not skip and h_from < h_to and hour_tier_allowed(q):
+            spans = [(MINUTE, r_from, h_from), (HOUR, h_from, h_to), (MINUTE, h_to, r_to)]
+        else:
+            spans = [(MINUTE, r_from, r_to)]
+    return [s for s in spans if s[1] < s[2]], skip, raw
+
+
 def build_query(database: str, q: Query) -> tuple[str, dict[str, Any]]:
-    """Rollup minutes + raw edges, merged. Rows: bucket, bucket_end, subject, group values..., values."""
+    """Hour rollup for whole hours, minute rollup for whole minutes, raw events for the partial minutes
+    at the edges; all as aggregate states, merged once. Rows: bucket, bucket_end, subject_key, group
+    values..., values."""
     params: dict[str, Any] = {}
     if q.boundaries is not None:
         params["bounds"] = list(q.boundaries)
-    r_from, r_to, skip, raw = plan_edges(q)
+    spans, skip, raw = plan_tiers(q)
     parts: list[str] = []
-    if r_from < r_to:
+    for i, (tier, lo, hi) in enumerate(spans):
+        col = tier.column
         where = _common_filters(q, params, from_raw=False)
-        where.append("minute >= {rfrom:DateTime('UTC')} AND minute < {rto:DateTime('UTC')}")
-        params["rfrom"], params["rto"] = r_from, r_to
-        if skip:
+        where.append(f"{col} >= {{rfrom{i}:DateTime('UTC')}} AND {col} < {{rto{i}:DateTime('UTC')}}")
+        params[f"rfrom{i}"], params[f"rto{i}"] = lo, hi
+        if skip and tier is MINUTE:
             where.append("minute NOT IN {skip:Array(DateTime('UTC'))}")
             params["skip"] = skip
-        keys = _select_keys(q, "minute", from_raw=False)
+        keys = _select_keys(q, col, from_raw=False)
         states = [ident(name) for name, _, _ in state_columns(q.meter)]
-        rollup = qualified(database, q.meter.rollup_table)
-        parts.append(f"SELECT {', '.join(keys + states)} FROM {rollup} WHERE {' AND '.join(where)}")
+        table = qualified(database, tier_table(q.meter, tier))
+        parts.append(f"SELECT {', '.join(keys + states)} FROM {table} WHERE {' AND '.join(where)}")
     if raw:
         parts.append(_raw_select(database, q, params, raw))
     if not parts:
