@@ -33,9 +33,11 @@ from common.clickhouse import connect_clickhouse
 from common.clock import FrozenClock
 from common.errors import MetergateError
 from common.http import problem_for
-from common.settings import ClickHouseSettings
+from common.logging import configure_logging
+from common.settings import ClickHouseSettings, LogSettings
 from entitlements.db.migrate import upgrade_database
 from entitlements.http import router
+from entitlements.late_events import ClickHouseLateEventProbe
 from entitlements.service import build_entitlements
 from ingest.schema import EVENT_COLUMNS, EVENTS_TABLE
 from ingest.sink.migrations import migrate_clickhouse
@@ -87,7 +89,7 @@ class TimedReader:
         self.seconds: dict[str, float] = {"usage_windows": 0.0, "last_stored_at": 0.0}
         self.calls: dict[str, int] = {"usage_windows": 0, "last_stored_at": 0}
 
-    async def _timed(self, name: str, coro: Any) -> Any:
+    async def timed(self, name: str, coro: Any) -> Any:
         t = time.perf_counter()
         try:
             return await coro
@@ -99,10 +101,10 @@ class TimedReader:
         return await self.inner.usage(*args)
 
     async def usage_windows(self, *args: Any) -> Any:
-        return await self._timed("usage_windows", self.inner.usage_windows(*args))
+        return await self.timed("usage_windows", self.inner.usage_windows(*args))
 
     async def last_stored_at(self, *args: Any, **kwargs: Any) -> Any:
-        return await self._timed("last_stored_at", self.inner.last_stored_at(*args, **kwargs))
+        return await self.timed("last_stored_at", self.inner.last_stored_at(*args, **kwargs))
 
     def take(self) -> dict[str, float]:
         """Mean milliseconds per call since the last take."""
@@ -110,6 +112,19 @@ class TimedReader:
         self.seconds = dict.fromkeys(self.seconds, 0.0)
         self.calls = dict.fromkeys(self.calls, 0)
         return out
+
+
+class TimedProbe:
+    """The late-event probe the app wires (entitlements.late_events), timed into the reader's account."""
+
+    def __init__(self, inner: ClickHouseLateEventProbe, account: TimedReader) -> None:
+        self.inner = inner
+        self.account = account
+        account.seconds["stored_after"] = 0.0
+        account.calls["stored_after"] = 0
+
+    async def stored_after(self, *args: Any, **kwargs: Any) -> Any:
+        return await self.account.timed("stored_after", self.inner.stored_after(*args, **kwargs))
 
 
 def pct(samples: list[float], p: float) -> float:
@@ -151,7 +166,8 @@ async def main(events: int, reads: int) -> dict[str, Any]:
         upgrade_database(url)
         clock = FrozenClock(START)
         reader = TimedReader(ClickHouseUsageReader(meters))
-        ents = build_entitlements(url, meters=meters, usage=reader, clock=clock)
+        probe = TimedProbe(ClickHouseLateEventProbe(ch, meters), reader)
+        ents = build_entitlements(url, meters=meters, usage=reader, clock=clock, late_events=probe)
         transport = httpx.ASGITransport(app=app_for(ents))
         async with httpx.AsyncClient(transport=transport, base_url="http://bench") as c:
 
@@ -223,4 +239,5 @@ if __name__ == "__main__":
     parser.add_argument("--events", type=int, default=1_000_000)
     parser.add_argument("--reads", type=int, default=300)
     args = parser.parse_args()
+    configure_logging(LogSettings(level="WARNING"))  # logs go to stderr; stdout is the JSON only
     print(json.dumps(asyncio.run(main(args.events, args.reads)), indent=2))

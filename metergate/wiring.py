@@ -156,6 +156,7 @@ async def _build_entitlements(services: Services, settings: ApiServiceSettings) 
     The feature service becomes the meters' MeterUseGuard: a meter a feature uses cannot be deleted.
     """
     from aggregator.usage import ClickHouseUsageReader
+    from entitlements.late_events import ClickHouseLateEventProbe
     from entitlements.service import build_entitlements
 
     try:
@@ -168,6 +169,7 @@ async def _build_entitlements(services: Services, settings: ApiServiceSettings) 
             meters=meters,
             usage=ClickHouseUsageReader(meters),
             clock=services.clock,
+            late_events=ClickHouseLateEventProbe(services.clickhouse, meters),
         )
     except BaseException:
         await services.close()

@@ -8,7 +8,7 @@ from common.clock import Clock, SystemClock
 from common.usage import MeterCatalog, UsageReader
 from entitlements.db.session import Database
 from entitlements.service.balance import BalanceService
-from entitlements.service.deps import Deps
+from entitlements.service.deps import Deps, StoredAfterProbe
 from entitlements.service.entitlements import EntitlementService
 from entitlements.service.features import FeatureService
 from entitlements.service.grants import GrantService
@@ -35,10 +35,18 @@ def build_entitlements(
     usage: UsageReader,
     clock: Clock,
     wall_clock: Clock | None = None,
+    late_events: StoredAfterProbe | None = None,
 ) -> Entitlements:
     """`db` is a Database or a URL; run `entitlements.db.migrate.upgrade_database` on it first."""
     database = Database(db) if isinstance(db, str) else db
-    deps = Deps(db=database, meters=meters, usage=usage, clock=clock, wall_clock=wall_clock or SystemClock())
+    deps = Deps(
+        db=database,
+        meters=meters,
+        usage=usage,
+        clock=clock,
+        wall_clock=wall_clock or SystemClock(),
+        late_events=late_events,
+    )
     return Entitlements(
         deps=deps,
         features=FeatureService(deps),

@@ -19,7 +19,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from decimal import Decimal
-from typing import Protocol, runtime_checkable
 
 import structlog
 
@@ -42,7 +41,7 @@ from entitlements.domain import (
     StoredSnapshot,
     new_id,
 )
-from entitlements.service.deps import Deps
+from entitlements.service.deps import Deps, StoredAfterProbe
 from entitlements.service.entitlements import find_entitlement
 from entitlements.service.terms import Inputs, PeriodView, period_at
 
@@ -54,17 +53,6 @@ SNAPSHOT_CANDIDATES = 4
 # taken this much earlier than its wall time, so an event stored just before a read but not yet visible
 # to it still invalidates the snapshot.
 VISIBILITY_MARGIN = timedelta(seconds=5)
-
-
-@runtime_checkable
-class StoredAfterProbe(Protocol):
-    """Optional on a UsageReader: the late-event question asked directly (cheaper than last_stored_at)."""
-
-    async def stored_after(
-        self, namespace: str, meter_slug: str, subject: str, *, before: datetime, after: datetime
-    ) -> bool:
-        """Whether an event of the meter's type for the subject with time < before was stored after `after`."""
-        ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -154,10 +142,10 @@ class BalanceService:
             loaded.feature.meter_slug or "",
             loaded.entitlement.subject_key,
         )
-        if isinstance(self.d.usage, StoredAfterProbe):
-            # The narrower question lets a reader skip everything stored before the snapshot (an index on
-            # storage time) instead of scanning the subject's whole history.
-            return await self.d.usage.stored_after(ns, meter, subject, before=stored.at, after=stored.created_at)
+        probe = self.d.late_events or (self.d.usage if isinstance(self.d.usage, StoredAfterProbe) else None)
+        if probe is not None:
+            # The narrower question stops at the first late event instead of scanning the whole history.
+            return await probe.stored_after(ns, meter, subject, before=stored.at, after=stored.created_at)
         last = await self.d.usage.last_stored_at(ns, meter, subject, before=stored.at)
         return last is not None and last > stored.created_at
 

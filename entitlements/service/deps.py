@@ -5,7 +5,8 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TypeVar
+from datetime import datetime
+from typing import Protocol, TypeVar, runtime_checkable
 
 from common.clock import Clock, SystemClock
 from common.usage import MeterCatalog, UsageReader
@@ -14,16 +15,29 @@ from entitlements.db.session import Database
 T = TypeVar("T")
 
 
+@runtime_checkable
+class StoredAfterProbe(Protocol):
+    """Optional on a UsageReader: the late-event question asked directly (cheaper than last_stored_at)."""
+
+    async def stored_after(
+        self, namespace: str, meter_slug: str, subject: str, *, before: datetime, after: datetime
+    ) -> bool:
+        """Whether an event of the meter's type for the subject with time < before was stored after `after`."""
+        ...
+
+
 @dataclass(frozen=True)
 class Deps:
     """`clock` is the service's now (a frozen test clock in replays); `wall_clock` is real time, used only
-    to stamp snapshots so they compare with event storage times (which never follow the test clock)."""
+    to stamp snapshots so they compare with event storage times (which never follow the test clock).
+    `late_events` answers the late-event question directly; without it the usage reader is asked."""
 
     db: Database
     meters: MeterCatalog
     usage: UsageReader
     clock: Clock
     wall_clock: Clock = SystemClock()  # noqa: RUF009 - stateless and immutable
+    late_events: StoredAfterProbe | None = None
 
     async def in_thread(self, fn: Callable[[], T]) -> T:
         """Run a synchronous transaction off the event loop."""
