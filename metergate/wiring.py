@@ -85,13 +85,12 @@ async def publisher_from(settings: ApiServiceSettings, clickhouse: ClickHouse, c
         publisher = KafkaEventPublisher(settings.kafka)
         await publisher.start()
         return publisher
-    from ingest.group_commit import GroupCommitPublisher
     from ingest.sink.embedded import EmbeddedLog
 
+    # EmbeddedLog group-commits: concurrent requests share one write (its fixed cost), each answered after it.
     embedded = EmbeddedLog(clickhouse, settings.sink, clock=clock)
     await embedded.start()
-    # Each embedded write has a fixed cost; concurrent requests share one (see ingest/group_commit.py).
-    return GroupCommitPublisher(embedded, max_events=settings.sink.batch_size)
+    return embedded
 
 
 async def build_services(settings: ApiServiceSettings, *, clickhouse: ClickHouse | None = None) -> Services:
