@@ -138,15 +138,17 @@ class SinkWorker:
                     state = self.partitions.get(tp)
                     if state is not None and state.recorded is not None:
                         state.extend(records, now)
-                await self._enqueue_ready(queue, final=False)
+                await self._enqueue_ready(queue, writer, final=False)
             if not writer.done():
-                await self._enqueue_ready(queue, final=True)
+                await self._enqueue_ready(queue, writer, final=True)
         finally:
             if not writer.done():
                 await queue.put(None)
             await writer  # raises if the writer failed
 
-    async def _enqueue_ready(self, queue: asyncio.Queue[_Job | None], *, final: bool) -> None:
+    async def _enqueue_ready(
+        self, queue: asyncio.Queue[_Job | None], writer: asyncio.Task[None], *, final: bool
+    ) -> None:
         timeout = self.settings.batch_timeout_ms / 1000
         for tp, state in list(self.partitions.items()):
             now = time.monotonic()
@@ -161,7 +163,12 @@ class SinkWorker:
                     log.warning("sink_ledger_digest_mismatch", partition=tp.partition, start=cut.range.start)
                     rec = LedgerRecord(rec.range_id, batch.digest, rec.stored_at_ms)
                 state.done(cut, time.monotonic())
-                await queue.put(_Job(tp, state, batch, letters, records, rec, final))
+                put = asyncio.ensure_future(queue.put(_Job(tp, state, batch, letters, records, rec, final)))
+                await asyncio.wait({put, writer}, return_when=asyncio.FIRST_COMPLETED)
+                if not put.done():  # the writer died: stop instead of waiting on a queue nobody drains
+                    put.cancel()
+                    writer.result()
+                    raise RuntimeError("the sink writer stopped")
 
     async def _writer(self, queue: asyncio.Queue[_Job | None]) -> None:
         while (job := await queue.get()) is not None:
