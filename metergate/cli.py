@@ -168,6 +168,7 @@ def dev_banner(settings: ApiServiceSettings) -> str:
         [
             "Metergate dev: everything in one process",
             f"  HTTP API     {base}  (OpenAPI docs: {base}/docs)",
+            "               OpenMeter v1: /api/v1/events, meters, features, subjects/{s}/entitlements, grants",
             f"  ClickHouse   embedded engine (chdb) in {settings.clickhouse.path}, "
             f"database {settings.clickhouse.database}",
             f"  State        {settings.database.url}",
