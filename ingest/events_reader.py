@@ -30,6 +30,9 @@ class EventFilter:
     end: datetime | None = None
     subject: str | None = None
     type: str | None = None
+    id: str | None = None
+    ingested_from: datetime | None = None
+    ingested_to: datetime | None = None
     limit: int = DEFAULT_LIMIT
 
 
@@ -56,6 +59,15 @@ def list_events_query(table: str, namespace: str, f: EventFilter) -> tuple[str, 
     if f.type is not None:
         where.append("type = {type:String}")
         params["type"] = f.type
+    if f.id is not None:
+        where.append("id = {id:String}")
+        params["id"] = f.id
+    if f.ingested_from is not None:
+        where.append("ingested_at >= {ingested_from:DateTime64(3, 'UTC')}")
+        params["ingested_from"] = f.ingested_from
+    if f.ingested_to is not None:
+        where.append("ingested_at < {ingested_to:DateTime64(3, 'UTC')}")
+        params["ingested_to"] = f.ingested_to
     sql = (
         "SELECT id, source, type, subject, time, data, ingested_at, stored_at "
         f"FROM {table} WHERE {' AND '.join(where)} "

@@ -159,14 +159,29 @@ async def list_events(
     to: Annotated[str | None, Query(description="RFC 3339; events with time < to")] = None,
     subject: Annotated[str | None, Query(min_length=1)] = None,
     type_: Annotated[str | None, Query(alias="type", min_length=1)] = None,
+    id_: Annotated[str | None, Query(alias="id", min_length=1)] = None,
+    ingested_at_from: Annotated[str | None, Query(alias="ingestedAtFrom", description="RFC 3339")] = None,
+    ingested_at_to: Annotated[str | None, Query(alias="ingestedAtTo", description="RFC 3339")] = None,
     limit: Annotated[int, Query(ge=1, le=MAX_LIMIT)] = DEFAULT_LIMIT,
 ) -> Response:
     start, end = _time_param(from_, "from"), _time_param(to, "to")
     if start is not None and end is not None and start >= end:
         raise InvalidInput("from must be before to", parameter="from")
+    ingested_from = _time_param(ingested_at_from, "ingestedAtFrom")
+    ingested_to = _time_param(ingested_at_to, "ingestedAtTo")
     services = services_of(request)
     stored = await services.events_reader.list_events(
-        namespace, EventFilter(start=start, end=end, subject=subject, type=type_, limit=limit)
+        namespace,
+        EventFilter(
+            start=start,
+            end=end,
+            subject=subject,
+            type=type_,
+            id=id_,
+            ingested_from=ingested_from,
+            ingested_to=ingested_to,
+            limit=limit,
+        ),
     )
     body = [ingested_event_json(services, namespace, s) for s in stored]
     return Response(orjson.dumps(body), media_type="application/json")

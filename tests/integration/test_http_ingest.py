@@ -301,6 +301,9 @@ async def test_list_events_newest_first_with_ms_and_filters(client: httpx.AsyncC
     assert await ids(**{"from": "2025-01-01T00:00:00.002Z"}) == ["evt-4", "evt-3", "evt-2"]
     assert await ids(to="2025-01-01T00:00:00.002Z") == ["evt-1"]
     assert await ids(limit=2) == ["evt-4", "evt-3"]
+    assert await ids(id="evt-3") == ["evt-3"]
+    assert await ids(ingestedAtFrom="2025-03-01T00:00:00Z") == ["evt-4", "evt-3", "evt-2", "evt-1"]
+    assert await ids(ingestedAtTo="2025-03-01T00:00:00Z") == []
 
 
 @pytest.mark.parametrize(
