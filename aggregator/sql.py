@@ -52,37 +52,37 @@ def group_column(key: str) -> str:
 # --- per-event expressions over the events table -------------------------------------------------
 
 
+def _raw(segments: tuple[Segment, ...]) -> str:
+    """The JSON text at the path ('' when missing): the document is parsed once per path."""
+    return f"JSONExtractRaw(data, {clickhouse_args(segments)})"
+
+
 def _json_text(segments: tuple[Segment, ...]) -> str:
-    """The JSON value as text: a string's content, a number's literal, NULL for anything else."""
-    args = clickhouse_args(segments)
-    return (
-        f"multiIf(JSONType(data, {args}) = 'String', JSONExtractString(data, {args}), "
-        f"JSONType(data, {args}) IN ('Int64', 'UInt64', 'Double'), JSONExtractRaw(data, {args}), NULL)"
-    )
+    """A string's content, or any other JSON value's text (numbers as written, true, null, '' if missing)."""
+    raw = _raw(segments)
+    return f"if(startsWith({raw}, '\"'), JSONExtractString({raw}), {raw})"
 
 
 def group_expr(segments: tuple[Segment, ...]) -> str:
     """A group-by value: strings as is, other JSON as its text, '' when missing or null."""
-    args = clickhouse_args(segments)
-    return (
-        f"multiIf(JSONType(data, {args}) = 'String', JSONExtractString(data, {args}), "
-        f"JSONType(data, {args}) = 'Null', '', JSONExtractRaw(data, {args}))"
-    )
+    raw = _raw(segments)
+    return f"multiIf(startsWith({raw}, '\"'), JSONExtractString({raw}), {raw} = 'null', '', {raw})"
+
+
+_NUMBER_SQL = "'" + _NUMBER_RE.replace("\\", "\\\\") + "'"
 
 
 def value_exprs(meter: Meter) -> tuple[str | None, str]:
-    """(value expression, validity predicate) of the meter over an events row."""
+    """(value expression, validity predicate) of the meter over an events row (mirrors meter.value_error)."""
     segments = meter.value_segments
     if segments is None:
         return None, "1"
     text = _json_text(segments)
     if meter.aggregation is Aggregation.UNIQUE_COUNT:
-        return f"assumeNotNull({text})", f"({text}) IS NOT NULL"
+        raw = _raw(segments)
+        return text, f"(startsWith({raw}, '\"') OR match({raw}, {_NUMBER_SQL}))"
     dec = f"toDecimal128OrNull({text}, {VALUE_SCALE})"
-    valid = (
-        f"(match(ifNull({text}, ''), '{_NUMBER_RE.replace(chr(92), chr(92) * 2)}') AND {dec} IS NOT NULL "
-        f"AND toDecimal256OrNull({text}, 40) = {dec})"
-    )
+    valid = f"(match({text}, {_NUMBER_SQL}) AND {dec} IS NOT NULL AND toDecimal256OrNull({text}, 40) = {dec})"
     return f"assumeNotNull({dec})", valid
 
 
