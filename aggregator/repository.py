@@ -109,9 +109,11 @@ class ClickHouseMeterRepository:
     def build(self, meter: Meter) -> None:
         for stmt in sql.drop_sql(self.db, meter):
             self.ch.command(stmt)
-        self.ch.command(sql.rollup_table_ddl(self.db, meter))
+        for tier in sql.TIERS:
+            self.ch.command(sql.rollup_table_ddl(self.db, meter, tier))
         cutover = self._server_now() + CUTOVER_MARGIN
-        self.ch.command(sql.materialized_view_ddl(self.db, meter, cutover))
+        for tier in sql.TIERS:
+            self.ch.command(sql.materialized_view_ddl(self.db, meter, cutover, tier))
         if self._server_now() >= cutover:
             # The view may have been created after the cutover: rows in between would be missed.
             log.warning("meter_cutover_missed_retrying", slug=meter.slug)
@@ -120,10 +122,11 @@ class ClickHouseMeterRepository:
         self._write(meter, CREATING, cutover)
         self._settle(cutover)
         started = time.monotonic()
-        self.ch.command(
-            sql.backfill_sql(self.db, meter, cutover),
-            settings={"insert_deduplication_token": f"backfill:{meter.id}:{cutover.timestamp()}"},
-        )
+        for tier in sql.TIERS:
+            self.ch.command(
+                sql.backfill_sql(self.db, meter, cutover, tier),
+                settings={"insert_deduplication_token": f"backfill:{meter.id}:{tier.column}:{cutover.timestamp()}"},
+            )
         self._write(meter, READY, cutover)
         log.info("meter_backfilled", slug=meter.slug, id=meter.id, seconds=round(time.monotonic() - started, 3))
 
@@ -153,7 +156,7 @@ class ClickHouseMeterRepository:
 
     def subjects(self, meter: Meter, namespace: str) -> list[str]:
         rows = self.ch.rows(
-            f"SELECT DISTINCT subject FROM {sql.qualified(self.db, meter.rollup_table)} "
+            f"SELECT DISTINCT subject FROM {sql.qualified(self.db, sql.tier_table(meter, sql.HOUR))} "
             "WHERE namespace = {ns:String} ORDER BY subject",
             parameters={"ns": namespace},
         )

@@ -24,7 +24,7 @@ from common.clock import FrozenClock
 from common.cloudevents import CloudEvent
 from common.errors import MetergateError
 from common.http import problem_for
-from tests.integration.test_rollup_exact import insert
+from tests.support.meter_events import insert
 
 pytestmark = pytest.mark.integration
 
@@ -152,7 +152,7 @@ async def test_delete_rules(env: SimpleNamespace) -> None:
         "SELECT count() FROM system.tables WHERE database = {db:String} AND name LIKE 'meter_rollup_%'",
         parameters={"db": env.ch.database},
     )
-    assert tables[0][0] == 2  # only the config meter's table and view remain
+    assert tables[0][0] == 4  # only the config meter's two tables (minute, hour) and their views remain
 
 
 async def test_usage_reader_and_validation_hook(env: SimpleNamespace) -> None:

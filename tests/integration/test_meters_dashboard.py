@@ -15,7 +15,7 @@ from aggregator import sql
 from aggregator.config import parse_config
 from aggregator.repository import ClickHouseMeterRepository
 from common.clickhouse import ClickHouse
-from tests.integration.test_rollup_exact import insert
+from tests.support.meter_events import insert
 
 pytestmark = pytest.mark.integration
 

@@ -11,7 +11,6 @@ from datetime import UTC, datetime, timedelta
 from decimal import Decimal, localcontext
 from typing import Any
 
-import orjson
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -21,12 +20,11 @@ from aggregator.meter import Meter, WindowSize, parse_meter, parse_number, value
 from aggregator.query import shape_rows
 from aggregator.repository import ClickHouseMeterRepository
 from common.clickhouse import ClickHouse
-from ingest.schema import EVENT_COLUMNS, EVENTS_TABLE
+from tests.support.meter_events import insert
 
 pytestmark = pytest.mark.integration
 
 BASE = datetime(2024, 3, 30, 22, 0, tzinfo=UTC)  # spans the Europe/Berlin DST change of 2024-03-31
-INSERT_SETTINGS = {"deduplicate_blocks_in_dependent_materialized_views": 1}
 
 METER_BODIES: list[dict[str, Any]] = [
     {"slug": "m_sum", "aggregation": "SUM", "eventType": "t", "valueProperty": "$.v", "groupBy": {"g": "$.g"}},
@@ -71,24 +69,6 @@ def events(draw: st.DrawFn) -> dict[str, Any]:
         "type": draw(st.sampled_from(["t", "t", "t", "other"])),
         "data": data,
     }
-
-
-def insert(ch: ClickHouse, namespace: str, evs: list[dict[str, Any]], token: str) -> None:
-    rows = []
-    for e in evs:
-        data = orjson.dumps(e["data"], option=orjson.OPT_SORT_KEYS).decode() if "data" in e else "null"
-        values = {"namespace": namespace, "id": e["id"], "source": "src", "type": e["type"], "subject": e["subject"],
-                  "time": e["time"], "data": data, "ingested_at": e["time"], "stored_at": e["time"],
-                  "ingest_topic": "t", "ingest_partition": 0, "ingest_offset": 0}
-        rows.append([values[c] for c in EVENT_COLUMNS])
-    ch.call(
-        lambda c: c.insert(
-            sql.qualified(ch.database, EVENTS_TABLE),
-            rows,
-            column_names=list(EVENT_COLUMNS),
-            settings={**INSERT_SETTINGS, "insert_deduplication_token": token},
-        )
-    )
 
 
 def answer(ch: ClickHouse, q: sql.Query, *, raw: bool) -> list[tuple[Any, ...]]:
