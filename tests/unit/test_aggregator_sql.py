@@ -9,7 +9,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from aggregator import sql
-from aggregator.meter import parse_meter
+from aggregator.meter import WindowSize, parse_meter
 from aggregator.query import InvalidQuery, QueryParams, decimal_text, params_from_mapping, to_query
 
 M = parse_meter({"slug": "t", "aggregation": "SUM", "eventType": "e", "valueProperty": "$.v", "groupBy": {"g": "$.g"}},
@@ -108,3 +108,26 @@ def test_query_string_parsing_keeps_repeats() -> None:
 
 def test_decimal_text() -> None:
     assert [decimal_text(Decimal(x)) for x in ("12.500000000", "100", "0E-9", "-0.5")] == ["12.5", "100", "0", "-0.5"]
+
+
+def test_tiers_use_hours_where_whole_and_minutes_at_the_edges() -> None:
+    s, e = T0 + timedelta(minutes=10, seconds=5), T0 + timedelta(hours=5, minutes=3)
+    spans, skip, raw = sql.plan_tiers(sql.Query(meter=M, namespace="ns", start=s, end=e, window=WindowSize.DAY,
+                                                tz="Europe/Berlin"))
+    assert [(t.column, a, b) for t, a, b in spans] == [
+        ("minute", T0 + timedelta(minutes=11), T0 + timedelta(hours=1)),
+        ("hour", T0 + timedelta(hours=1), T0 + timedelta(hours=5)),
+        ("minute", T0 + timedelta(hours=5), e),
+    ]
+    assert skip == []
+    assert raw == [(s, T0 + timedelta(minutes=11))]
+
+
+@pytest.mark.parametrize(
+    ("window", "tz", "hours"),
+    [(None, "UTC", True), (WindowSize.MINUTE, "UTC", False), (WindowSize.HOUR, "Asia/Kolkata", False),
+     (WindowSize.DAY, "America/New_York", True)],
+)
+def test_hour_tier_only_when_windows_start_on_utc_hours(window: WindowSize | None, tz: str, hours: bool) -> None:
+    query = sql.Query(meter=M, namespace="ns", start=T0, end=T0 + timedelta(days=2), window=window, tz=tz)
+    assert sql.hour_tier_allowed(query) is hours
