@@ -323,18 +323,30 @@ class ResetRepository:
         self.s.flush()
 
     def for_entitlement(self, entitlement_id: str) -> list[Reset]:
-        q = select(ResetRow).where(ResetRow.entitlement_id == entitlement_id).order_by(ResetRow.effective_at)
-        return [
-            Reset(
-                id=r.id,
-                entitlement_id=r.entitlement_id,
-                effective_at=r.effective_at,
-                retain_anchor=r.retain_anchor,
-                preserve_overage=r.preserve_overage,
-                created_at=r.created_at,
+        return self.for_entitlements([entitlement_id]).get(entitlement_id, [])
+
+    def for_entitlements(self, entitlement_ids: Sequence[str]) -> dict[str, list[Reset]]:
+        """Each entitlement's resets in effective order, in one query (entitlements without any are absent)."""
+        out: dict[str, list[Reset]] = {}
+        if not entitlement_ids:
+            return out
+        q = (
+            select(ResetRow)
+            .where(ResetRow.entitlement_id.in_(list(entitlement_ids)))
+            .order_by(ResetRow.entitlement_id, ResetRow.effective_at)
+        )
+        for r in self.s.scalars(q):
+            out.setdefault(r.entitlement_id, []).append(
+                Reset(
+                    id=r.id,
+                    entitlement_id=r.entitlement_id,
+                    effective_at=r.effective_at,
+                    retain_anchor=r.retain_anchor,
+                    preserve_overage=r.preserve_overage,
+                    created_at=r.created_at,
+                )
             )
-            for r in self.s.scalars(q)
-        ]
+        return out
 
 
 class SnapshotRepository:

@@ -25,7 +25,7 @@ from entitlements.engine.period import (
     Recurrence,
     add_months,
 )
-from entitlements.engine.timeline import inputs_digest, plan_windows, snapshot_is_usable
+from entitlements.engine.timeline import inputs_digest, period_containing, plan_windows, snapshot_is_usable
 
 __all__ = [
     "ISSUE_AFTER_RESET_GRANT_ID",
@@ -48,6 +48,7 @@ __all__ = [
     "current_period",
     "initial_snapshot",
     "inputs_digest",
+    "period_containing",
     "plan_windows",
     "run",
     "snapshot_is_usable",

@@ -78,6 +78,35 @@ def reset_instants(
         t = nxt
 
 
+def period_containing(
+    terms: EntitlementTerms, resets: Sequence[ManualReset], at: datetime
+) -> tuple[datetime, datetime, Recurrence]:
+    """[start, end) of the usage period containing `at` (>= measure_usage_from) and the cadence then.
+
+    Period arithmetic only, no walk: usage and grants never move a period boundary. The cadence at `at` is
+    the entitlement's, re-anchored by the last anchor-moving manual reset at or before `at`; the period
+    starts at the later of that cadence's boundary at or before `at` and the last manual reset after
+    measure_usage_from (a reset at measure_usage_from only moves the cadence, as in `initial_snapshot`);
+    it ends at the earlier of the cadence's next boundary and the next manual reset. Equal to what `run`
+    reports (`Result.period_start`, `period_end`, `final.period`), which the property tests check.
+    """
+    at = require_utc(at, "at")
+    if at < terms.measure_usage_from:
+        raise EngineInputError("the instant is before measure_usage_from", at=at.isoformat())
+    merged = merged_resets(terms, resets)
+    cadence = terms.usage_period
+    last_manual: datetime | None = None
+    for t in sorted(u for u in merged if u <= at):
+        cadence = moved_cadence(cadence, merged[t])
+        if t > terms.measure_usage_from:
+            last_manual = t
+    start = cadence.at_or_before(at)
+    if last_manual is not None and last_manual > start:
+        start = last_manual
+    end = min([cadence.after(at), *(t for t in merged if t > at)])
+    return start, end, cadence
+
+
 def grant_instants(g: Grant, start: datetime, end: datetime) -> list[datetime]:
     """Instants t with start < t < end where grant g activates, recurs, expires or is voided."""
     out = [t for t in (g.effective_at, g.end) if t is not None and start < t < end]

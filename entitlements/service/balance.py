@@ -299,8 +299,7 @@ class BalanceService:
 
         def tx() -> dict[str, list[Reset]]:
             with self.d.db.read() as s:
-                repo = ResetRepository(s)
-                return {e.id: repo.for_entitlement(e.id) for e in metered}
+                return ResetRepository(s).for_entitlements([e.id for e in metered])
 
         resets = await self.d.in_thread(tx)
-        return {e.id: period_at(Inputs.of(e, (), resets[e.id]), at) for e in metered}
+        return {e.id: period_at(Inputs.of(e, (), resets.get(e.id, [])), at) for e in metered}

@@ -5,7 +5,6 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from decimal import Decimal
 
 from entitlements import engine
 from entitlements.domain import Entitlement, Expiration, Grant, NotMetered, Reset, UsagePeriod
@@ -79,16 +78,14 @@ class PeriodView:
 def period_at(inputs: Inputs, at: datetime) -> PeriodView:
     """The usage period containing `at`, the cadence's anchor then (moved by resets), and the last reset.
 
-    Computed by the engine over the planned timeline with zero usage: usage never moves a period boundary,
-    and this costs no I/O (a few hundred windows at most for years of monthly periods).
+    Period arithmetic over the cadence and the manual resets (`engine.period_containing`): no walk over
+    the history and no I/O, whatever the number of periods since measureUsageFrom.
     """
     terms = inputs.terms
     last_manual = max((r.effective_at for r in inputs.resets if r.effective_at <= at), default=None)
     if at < terms.measure_usage_from:
         cadence = terms.usage_period
         return PeriodView(cadence.at_or_before(at), cadence.after(at), cadence.anchor, terms.measure_usage_from)
-    snap = engine.initial_snapshot(terms, inputs.grants, inputs.resets)
-    bounds = engine.plan_windows(snap, inputs.grants, inputs.resets, terms, at)
-    result = engine.run(snap, inputs.grants, inputs.resets, terms, bounds, [Decimal(0)] * (len(bounds) - 1))
+    start, end, cadence = engine.period_containing(terms, inputs.resets, at)
     last_reset = last_manual if last_manual is not None else terms.measure_usage_from
-    return PeriodView(result.period_start, result.period_end, result.final.period.anchor, last_reset)
+    return PeriodView(start, end, cadence.anchor, last_reset)
