@@ -60,6 +60,7 @@ def build_stream(
     malformed_rate: float = 0.01,
     namespaces: tuple[str, ...] = ("acme", "globex"),
     seed: int = 7,
+    id_prefix: str = "evt",
 ) -> Stream:
     """Originals come before their copies, and copies share the original's key (so its partition)."""
     rng = random.Random(seed)
@@ -69,7 +70,7 @@ def build_stream(
         namespace = namespaces[i % len(namespaces)]
         obj: dict[str, object] = {
             "specversion": "1.0",
-            "id": f"evt-{i:07d}",
+            "id": f"{id_prefix}-{i:07d}",
             "source": f"svc-{i % 3}",
             "type": "llm.tokens" if i % 2 else "api.calls",
             "subject": f"customer-{rng.randrange(200)}",
