@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import gc
 import json
 import os
 import platform
@@ -192,6 +193,8 @@ def http_ingest(events: int, batch: int = 100, concurrency: int = 32) -> dict[st
 async def kafka_part(events: int, batch: int) -> dict[str, Any]:
     stream = build_stream(events, duplicate_rate=0.02, conflict_rate=0.0, malformed_rate=0.0)
     total = len(stream.messages)
+    gc.collect()
+    gc.freeze()  # the generated data is not the system under test: keep it out of the collector's scans
     with kafka_bootstrap() as bootstrap, tempfile.TemporaryDirectory(prefix="bench-chdb-") as folder:
         kafka = KafkaSettings(
             bootstrap_servers=bootstrap,
