@@ -150,3 +150,38 @@ def test_never_raises(value: bytes | None, headers: list[tuple[str, bytes]], tim
     out = decode_message(value, headers, timestamp, "default")
     assert isinstance(out, Decoded | Malformed)
     assert decode_message(value, headers, timestamp, "default") == out  # deterministic
+
+
+def test_the_readme_producer_example_decodes_in_both_modes() -> None:
+    now = "2026-03-01T12:00:00.123+00:00"  # datetime.isoformat(timespec="milliseconds") of a UTC time
+    structured = {
+        "specversion": "1.0",
+        "id": "run-1",
+        "source": "worker",
+        "type": "tokens",
+        "subject": "customer-1",
+        "time": now,
+        "data": {"tokens": 120, "model": "small"},
+    }
+    out = decode_message(
+        orjson.dumps(structured),
+        [("content-type", b"application/cloudevents+json"), ("namespace", b"default")],
+        TS,
+        "x",
+    )
+    assert isinstance(out, Decoded)
+    assert out.namespace == "default"
+    binary_headers_ = [
+        ("ce_specversion", b"1.0"),
+        ("ce_id", b"run-2"),
+        ("ce_source", b"worker"),
+        ("ce_type", b"tokens"),
+        ("ce_subject", b"customer-1"),
+        ("ce_time", now.encode()),
+        ("content-type", b"application/json"),
+        ("namespace", b"default"),
+    ]
+    out2 = decode_message(orjson.dumps({"tokens": 80, "model": "large"}), binary_headers_, TS, "x")
+    assert isinstance(out2, Decoded)
+    assert out2.event.time == datetime(2026, 3, 1, 12, 0, 0, 123_000, tzinfo=UTC)
+    assert out2.event.data == '{"model":"large","tokens":80}'
