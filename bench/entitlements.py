@@ -37,7 +37,7 @@ from common.logging import configure_logging
 from common.settings import ClickHouseSettings, LogSettings
 from entitlements.db.migrate import upgrade_database
 from entitlements.http import router
-from entitlements.late_events import ClickHouseLateEventProbe, migrate_late_event_index
+from entitlements.late_events import ClickHouseLateEventProbe
 from entitlements.service import build_entitlements
 from ingest.schema import EVENT_COLUMNS, EVENTS_TABLE
 from ingest.sink.migrations import migrate_clickhouse
@@ -152,7 +152,6 @@ async def main(events: int, reads: int) -> dict[str, Any]:
     try:
         ch = connect_clickhouse(ClickHouseSettings(path=work / "chdb", database="bench"))
         migrate_clickhouse(ch)
-        migrate_late_event_index(ch)  # as `metergate migrate` does
         meters = MeterService(ClickHouseMeterRepository(ch), cache_seconds=3600)
         await meters.start()
         await meters.create(NS, {"slug": "tokens", "aggregation": "SUM", "eventType": "tokens", "valueProperty": "$.v"})

@@ -45,14 +45,6 @@ def migrate_meter_rollups(ch: ClickHouse, meters_file: Path | None) -> None:
     log.info("migrated_meter_rollups", meters_file=str(meters_file) if meters_file else None)
 
 
-def migrate_entitlement_clickhouse(ch: ClickHouse) -> None:
-    """Hook (entitlements): the events-table skip index that keeps the late-event probe's cost flat."""
-    from entitlements.late_events import migrate_late_event_index
-
-    added = migrate_late_event_index(ch)
-    log.info("migrated_late_event_index", added=added)
-
-
 def migrate_entitlements_database(database: DatabaseSettings) -> None:
     """Hook (entitlements): run the Alembic migrations on the state database (SQLite folders are created)."""
     from entitlements.db.migrate import upgrade_database
@@ -67,7 +59,6 @@ async def run_migrations(settings: MigrateSettings, clickhouse: ClickHouse | Non
         await asyncio.to_thread(migrate_events_tables, ch)
         await create_kafka_topics(settings.kafka)
         await asyncio.to_thread(migrate_meter_rollups, ch, settings.meters_file)
-        await asyncio.to_thread(migrate_entitlement_clickhouse, ch)
         await asyncio.to_thread(migrate_entitlements_database, settings.database)
     finally:
         if clickhouse is None and not ch.embedded:

@@ -7,7 +7,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from common.clickhouse import ClickHouse
-from entitlements.late_events import STORED_AT_INDEX, ClickHouseLateEventProbe, migrate_late_event_index
+from entitlements.late_events import ClickHouseLateEventProbe
 from ingest.schema import EVENT_COLUMNS, EVENTS_TABLE
 from ingest.sink.migrations import migrate_clickhouse
 from tests.support.entitlement_fakes import FakeMeters
@@ -22,11 +22,8 @@ def row(i: int, time: datetime, stored_at: datetime, subject: str = "acme", type
     return ["ns", f"e{i}", "src", type_, subject, time, '{"v":1}', time, stored_at, "test", 0, i]
 
 
-@pytest.mark.parametrize("indexed", [False, True], ids=["no-index", "stored-at-index"])
-async def test_stored_after_finds_exactly_the_late_events(clickhouse: ClickHouse, indexed: bool) -> None:
+async def test_stored_after_finds_exactly_the_late_events(clickhouse: ClickHouse) -> None:
     migrate_clickhouse(clickhouse)
-    if indexed:
-        assert migrate_late_event_index(clickhouse) is True
     meters = FakeMeters()
     meters.add("tokens")
     probe = ClickHouseLateEventProbe(clickhouse, meters)
@@ -44,19 +41,3 @@ async def test_stored_after_finds_exactly_the_late_events(clickhouse: ClickHouse
     assert await probe.stored_after("ns", "tokens", "acme", before=T - timedelta(milliseconds=1), after=W) is False
     assert await probe.stored_after("ns", "tokens", "acme", before=T, after=W + timedelta(milliseconds=1)) is False
     assert await probe.stored_after("ns", "missing-meter", "acme", before=T, after=W) is True  # unknown: stale
-
-
-async def test_stored_at_index_skips_granules_stored_before_the_snapshot(clickhouse: ClickHouse) -> None:
-    """The skip index is what keeps the probe's cost flat: granules stored before `after` are not read."""
-    migrate_clickhouse(clickhouse)
-    assert migrate_late_event_index(clickhouse) is True
-    assert migrate_late_event_index(clickhouse) is False  # idempotent
-    rows = [row(i, T - timedelta(minutes=i), W - timedelta(days=1)) for i in range(1, 20_001)]
-    clickhouse.client.insert(f"{clickhouse.database}.{EVENTS_TABLE}", rows, column_names=list(EVENT_COLUMNS))
-    probe = ClickHouseLateEventProbe(clickhouse, FakeMeters())
-    sql = probe._sql.replace("{ty:String}", "'tokens'").replace("{ns:String}", "'ns'").replace("{s:String}", "'acme'")
-    sql = sql.replace("{before:DateTime64(3, 'UTC')}", "toDateTime64('2024-06-01 00:00:00', 3, 'UTC')")
-    sql = sql.replace("{after:DateTime64(3, 'UTC')}", "toDateTime64('2024-07-01 00:00:00', 3, 'UTC')")
-    plan = "\n".join(str(r[0]) for r in clickhouse.rows("EXPLAIN indexes = 1 " + sql))
-    skip = plan[plan.index(STORED_AT_INDEX) :]
-    assert "Granules: 0/" in skip, plan
