@@ -261,6 +261,11 @@ def cmd_api(args: argparse.Namespace) -> int:
 
 
 def cmd_ingest_worker(args: argparse.Namespace) -> int:
+    # A SIGTERM that arrives while the worker still starts (settings, imports, joining the group) must
+    # mean "stop cleanly once started", not the default abrupt death: remember it until the loop runs.
+    early: list[int] = []
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda signum, _frame: early.append(signum))
     settings = load_settings(WorkerSettings)
     if settings.kafka.bootstrap_servers is None:
         raise CliError("the ingest worker consumes Kafka: set METERGATE_KAFKA__BOOTSTRAP_SERVERS")
@@ -269,7 +274,16 @@ def cmd_ingest_worker(args: argparse.Namespace) -> int:
     configure_logging(settings.log)
     from ingest.sink.worker import run_worker
 
-    asyncio.run(run_worker(settings.clickhouse, settings.kafka, settings.sink))  # stops on SIGTERM/SIGINT
+    async def run() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        if early:
+            stop.set()
+        await run_worker(settings.clickhouse, settings.kafka, settings.sink, stop=stop)
+
+    asyncio.run(run())  # flushes, commits and returns on SIGTERM/SIGINT
     return 0
 
 
