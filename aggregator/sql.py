@@ -277,10 +277,18 @@ class Query:
     group_subject: bool = False
 
 
+def _one_window(q: Query) -> bool:
+    """Explicit boundaries that are just [start, end): the query range itself is the only window."""
+    return q.boundaries == (q.start, q.end)
+
+
 def _bucket(q: Query, ts: str) -> tuple[str, str]:
     """(bucket start, bucket end) SQL over a UTC DateTime expression, as Int64 unix seconds."""
     tz = literal(q.tz)
     if q.boundaries is not None:
+        if _one_window(q):
+            # Every row is window 0 (the usual balance read from a snapshot): no per-row array search.
+            return "toInt64(0)", "toInt64(0)"
         # arrayFirstIndex is 1-based: the first boundary after ts is window k-2's end (0-based).
         idx = f"toInt64(arrayFirstIndex(b -> b > {ts}, {{bounds:Array(DateTime64(3, 'UTC'))}}) - 2)"
         return idx, idx
@@ -445,7 +453,7 @@ def build_query(database: str, q: Query) -> tuple[str, dict[str, Any]]:
     at the edges; all as aggregate states, merged once. Rows: bucket, bucket_end, subject_key, group
     values..., values."""
     params: dict[str, Any] = {}
-    if q.boundaries is not None:
+    if q.boundaries is not None and not _one_window(q):
         params["bounds"] = list(q.boundaries)
     spans, skip, raw = plan_tiers(q)
     parts: list[str] = []
@@ -471,6 +479,6 @@ def build_query(database: str, q: Query) -> tuple[str, dict[str, Any]]:
 def raw_query(database: str, q: Query) -> tuple[str, dict[str, Any]]:
     """The reference answer: the same query over raw events only (no rollup)."""
     params: dict[str, Any] = {}
-    if q.boundaries is not None:
+    if q.boundaries is not None and not _one_window(q):
         params["bounds"] = list(q.boundaries)
     return _outer(q, _raw_select(database, q, params, [(q.start, q.end)])), params
