@@ -9,13 +9,24 @@ from __future__ import annotations
 import asyncio
 import itertools
 from collections.abc import Mapping, Sequence
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
 from aggregator import sql
 from aggregator.query import InvalidQuery
 from aggregator.service import MeterService
 from ingest.schema import EVENTS_TABLE
+
+
+def ceil_to_millisecond(t: datetime) -> datetime:
+    """Event times are whole milliseconds, so [a, b) holds the same events as [ceil_ms(a), ceil_ms(b)).
+
+    Callers (grant activations, entitlement creation at `now()`) may pass microseconds; ClickHouse's
+    DateTime64(3) would truncate them, counting an event at .547 in a window that starts at .547123.
+    """
+    if t.microsecond % 1000 == 0:
+        return t
+    return t.replace(microsecond=0) + timedelta(milliseconds=t.microsecond // 1000 + 1)
 
 
 class ClickHouseUsageReader:
@@ -41,7 +52,7 @@ class ClickHouseUsageReader:
         group_by_filters: Mapping[str, str],
         boundaries: Sequence[datetime],
     ) -> list[Decimal]:
-        bounds = tuple(b.astimezone(UTC) for b in boundaries)
+        bounds = tuple(ceil_to_millisecond(b.astimezone(UTC)) for b in boundaries)
         if len(bounds) < 2:
             return []
         if any(a > b for a, b in itertools.pairwise(bounds)):

@@ -169,3 +169,17 @@ async def test_usage_reader_and_validation_hook(env: SimpleNamespace) -> None:
     assert ref.group_by == {"model": "$.model"}
     bad = CloudEvent(id="x", source="s", type="prompt", subject="a", time=T0, data='{"tokens": "NaN"}')
     assert "tokens" in (env.service.event_validation_error("ns1", bad) or "")
+
+
+async def test_usage_windows_with_sub_millisecond_bounds(env: SimpleNamespace) -> None:
+    """Bounds with microseconds (an entitlement created at now()) hold exactly the events of [a, b)."""
+    await env.client.post("/api/v1/meters", json=TOKENS)
+    reader = ClickHouseUsageReader(env.service)
+    us = timedelta(microseconds=1)
+    second = T0 + timedelta(hours=3, seconds=5)  # alice's 2.5 tokens, at a whole millisecond
+    end = T0 + timedelta(days=1, microseconds=7)
+    bounds = [T0 - 500 * us, T0 + 123 * us, second - 1500 * us, second + 250 * us, end]
+    assert await reader.usage_windows("ns1", "tokens", "alice", {}, bounds) == [
+        Decimal(10), Decimal(0), Decimal("2.5"), Decimal(0)
+    ]
+    assert await reader.usage("ns1", "tokens", "alice", {}, T0 + us, T0 + timedelta(days=1)) == Decimal("2.5")
