@@ -381,7 +381,8 @@ def _raw_select(database: str, q: Query, params: dict[str, Any], intervals: list
     prewhere.append("(" + " OR ".join(spans) + ")")
     where = [w for w in _common_filters(q, params, from_raw=True) if not w.startswith(("namespace", "subject"))]
     where.append(meter_filter(q.meter))
-    keys = _select_keys(q, "toDateTime(time, 'UTC')", from_raw=True)
+    # Explicit boundaries may fall inside a second: bucket on the millisecond time, not on whole seconds.
+    keys = _select_keys(q, "time" if q.boundaries is not None else "toDateTime(time, 'UTC')", from_raw=True)
     states = [f"{expr} AS {ident(name)}" for name, _, expr in state_columns(q.meter)]
     return (
         f"SELECT {', '.join(keys + states)} FROM {qualified(database, EVENTS_TABLE)} "

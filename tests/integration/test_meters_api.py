@@ -183,3 +183,10 @@ async def test_usage_windows_with_sub_millisecond_bounds(env: SimpleNamespace) -
         Decimal(10), Decimal(0), Decimal("2.5"), Decimal(0)
     ]
     assert await reader.usage("ns1", "tokens", "alice", {}, T0 + us, T0 + timedelta(days=1)) == Decimal("2.5")
+    # Boundaries inside one second, around an event off the whole second (raw events only, no rollup).
+    odd = T0 + timedelta(hours=2, milliseconds=272)
+    insert(env.ch, "ns1", [{"id": "5", "time": odd, "subject": "alice", "type": "prompt",
+                           "data": {"tokens": 7, "model": "a"}}], "odd-millisecond")
+    ms = timedelta(milliseconds=1)
+    bounds = [odd - 17 * ms, odd, odd + ms, odd + 111 * ms]
+    assert await reader.usage_windows("ns1", "tokens", "alice", {}, bounds) == [Decimal(0), Decimal(7), Decimal(0)]
