@@ -110,6 +110,7 @@ class Decoder:
         self.default_namespace = default_namespace
         self._namespaces: dict[bytes, str] = {}
         self._times: dict[bytes, datetime] = {}
+        self._timestamps: dict[int, datetime | None] = {}
 
     def decode(
         self, value: bytes | None, headers: Sequence[tuple[str, bytes]], timestamp_ms: int
@@ -137,6 +138,18 @@ class Decoder:
             self._namespaces[raw] = namespace
         return namespace
 
+    def _timestamp(self, timestamp_ms: int) -> datetime | None:
+        """timestamp_to_datetime, memoised: messages produced together share their timestamp."""
+        if type(timestamp_ms) is not int:
+            return timestamp_to_datetime(timestamp_ms)
+        at = self._timestamps.get(timestamp_ms, _EPOCH)
+        if at is _EPOCH:
+            at = timestamp_to_datetime(timestamp_ms)
+            if len(self._timestamps) >= self.MEMO_LIMIT:
+                self._timestamps.clear()
+            self._timestamps[timestamp_ms] = at
+        return at
+
     def _ingested_at(self, raw: bytes) -> datetime:
         at = self._times.get(raw)
         if at is None:
@@ -156,7 +169,7 @@ class Decoder:
         raw_ingested = headers.get(INGESTED_AT_HEADER)
         kafka_time: datetime | None = None
         if raw_ingested is None:
-            ingested_at = kafka_time = timestamp_to_datetime(timestamp_ms)
+            ingested_at = kafka_time = self._timestamp(timestamp_ms)
             if ingested_at is None:
                 return Malformed("no ingested_at header and the Kafka timestamp is unusable")
         else:
@@ -180,7 +193,7 @@ class Decoder:
 
         default_time = ingested_at
         if isinstance(obj, dict) and obj.get("time") is None:
-            kafka_time = kafka_time or timestamp_to_datetime(timestamp_ms)
+            kafka_time = kafka_time or self._timestamp(timestamp_ms)
             if kafka_time is None:
                 return Malformed("event has no time and the Kafka timestamp is unusable")
             default_time = kafka_time
