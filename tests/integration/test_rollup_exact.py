@@ -6,6 +6,7 @@ the same dedupe token; windows have bounds off the minute, every window size and
 
 from __future__ import annotations
 
+import itertools
 import uuid
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal, localcontext
@@ -19,6 +20,7 @@ from aggregator import sql
 from aggregator.meter import Meter, WindowSize, parse_meter, parse_number, value_error
 from aggregator.query import shape_rows
 from aggregator.repository import ClickHouseMeterRepository
+from aggregator.usage import ceil_to_millisecond
 from common.clickhouse import ClickHouse
 from tests.support.meter_events import insert
 
@@ -138,7 +140,10 @@ def test_rollup_answer_equals_raw_answer(
             ctx.prec = 80
             total = sum(expected, Decimal(0)) if expected else None
         assert (got[0][4] if got else None) == total
-        bounds = tuple(sorted({start, end, start + (end - start) / 3, start + (end - start) / 2}))
+        # Cuts a millisecond before some events: inside their second, where only exact bucketing is right.
+        near = [e["time"] - timedelta(milliseconds=1) for e in stream if e["subject"] == "s1"][:3]
+        cuts = (start, end, start + (end - start) / 3, start + (end - start) / 2, *near)
+        bounds = tuple(sorted({ceil_to_millisecond(b) for b in cuts if start <= b <= end}))
         q = sql.Query(meter=meters[0], namespace=namespace, start=bounds[0], end=bounds[-1], boundaries=bounds,
                       subjects=("s1",))
         windowed = answer(clickhouse, q, raw=False)
@@ -152,6 +157,16 @@ def test_rollup_answer_equals_raw_answer(
                 and value_error(meters[0], e["data"]) is None
             ]
             assert sum((w[4] for w in windowed), Decimal(0)) == sum(in_range, Decimal(0))
+            # Each window holds exactly its own events (a Python reference per window, not only the total).
+            per_window = {w[0]: w[4] for w in windowed}
+            for lo, hi in itertools.pairwise(bounds):
+                mine = [
+                    parse_number(e["data"]["v"])
+                    for e in stream
+                    if e["type"] == "t" and e["subject"] == "s1" and lo <= e["time"] < hi
+                    and value_error(meters[0], e["data"]) is None
+                ]
+                assert per_window.get(lo, Decimal(0)) == sum(mine, Decimal(0)), (lo, hi)
 
 
 @pytest.fixture
