@@ -25,6 +25,13 @@ if pg_isready -h 127.0.0.1 -p 5432 -q 2>/dev/null; then
     || su postgres -c "psql -qc 'CREATE DATABASE test OWNER root'" 2>/dev/null || true
 fi
 
+# curl runs the README walkthrough in tests/e2e (the same commands a new user types).
+if ! command -v curl >/dev/null 2>&1; then
+  log "installing curl from Debian"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq && apt-get install -y -qq curl >/dev/null
+fi
+
 log "installing Python packages into .venv"
 if [ ! -x .venv/bin/python ]; then python3 -m venv .venv; fi
 .venv/bin/python -m pip install -q --upgrade pip >/dev/null
