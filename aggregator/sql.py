@@ -391,9 +391,20 @@ def _raw_select(database: str, q: Query, params: dict[str, Any], intervals: list
     )
 
 
+def _single_row(q: Query) -> bool:
+    """One window and no grouping: the answer is at most one row (a subject's total, a balance read)."""
+    one_bucket = _one_window(q) if q.boundaries is not None else q.window is None
+    return one_bucket and not q.group_by and not q.group_subject
+
+
 def _outer(q: Query, inner: str) -> str:
-    groups = "".join(", " + ident(group_column(k)) for k in q.group_by)
     merges = ", ".join(merge_exprs(q.meter))
+    if _single_row(q):
+        # Every inner row has the same constant keys: merge without GROUP BY / ORDER BY (~1-3 ms less on
+        # chdb). HAVING keeps "only windows with data": no inner row, no result row, as with GROUP BY.
+        keys = "toInt64(0) AS bucket, toInt64(0) AS bucket_end, '' AS subject_key"
+        return f"SELECT {keys}, {merges} FROM ({inner}) HAVING count() > 0"
+    groups = "".join(", " + ident(group_column(k)) for k in q.group_by)
     return (
         f"SELECT bucket, any(bucket_end) AS bucket_end, subject_key{groups}, {merges} FROM ({inner}) "
         f"GROUP BY bucket, subject_key{groups} ORDER BY bucket, subject_key{groups}"
@@ -458,11 +469,19 @@ def build_query(database: str, q: Query) -> tuple[str, dict[str, Any]]:
         params["bounds"] = list(q.boundaries)
     spans, skip, raw = plan_tiers(q)
     parts: list[str] = []
-    for i, (tier, lo, hi) in enumerate(spans):
+    # One read per rollup table: the minute spans before and after the hours are OR'ed ranges of the
+    # same key prefix. Each table read costs ~2 ms of fixed planning on chdb, whatever it returns.
+    for t, tier in enumerate(TIERS):
+        mine = [(lo, hi) for s_tier, lo, hi in spans if s_tier is tier]
+        if not mine:
+            continue
         col = tier.column
         where = _common_filters(q, params, from_raw=False)
-        where.append(f"{col} >= {{rfrom{i}:DateTime('UTC')}} AND {col} < {{rto{i}:DateTime('UTC')}}")
-        params[f"rfrom{i}"], params[f"rto{i}"] = lo, hi
+        ranges = []
+        for i, (lo, hi) in enumerate(mine):
+            ranges.append(f"({col} >= {{rfrom{t}_{i}:DateTime('UTC')}} AND {col} < {{rto{t}_{i}:DateTime('UTC')}})")
+            params[f"rfrom{t}_{i}"], params[f"rto{t}_{i}"] = lo, hi
+        where.append(ranges[0] if len(ranges) == 1 else "(" + " OR ".join(ranges) + ")")
         if skip and tier is MINUTE:
             where.append("minute NOT IN {skip:Array(DateTime('UTC'))}")
             params["skip"] = skip

@@ -6,6 +6,7 @@ the same dedupe token; windows have bounds off the minute, every window size and
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import uuid
 from datetime import UTC, datetime, timedelta
@@ -128,6 +129,13 @@ def test_rollup_answer_equals_raw_answer(
             q = sql.Query(meter=meter, namespace=namespace, start=start, end=end, window=window, tz=tz,
                           group_by=group_by, group_subject=True)
             assert answer(clickhouse, q, raw=False) == answer(clickhouse, q, raw=True), (meter.slug, window, tz)
+            # One subject's total takes the flat single-row SQL (no GROUP BY): it must agree with the
+            # grouped shape of the same query, for every aggregation, and be absent when there is no data.
+            one = sql.Query(meter=meter, namespace=namespace, start=start, end=end, subjects=("s1",))
+            flat = answer(clickhouse, one, raw=False)
+            assert flat == answer(clickhouse, one, raw=True), meter.slug
+            grouped = answer(clickhouse, dataclasses.replace(one, group_subject=True), raw=False)
+            assert [r[4] for r in flat] == [r[4] for r in grouped], meter.slug
         # The SQL validity rule agrees with the Python one (GET /api/v1/events explains skipped events).
         whole = sql.Query(meter=meters[0], namespace=namespace, start=BASE, end=BASE + timedelta(days=5))
         expected = [
