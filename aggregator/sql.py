@@ -251,6 +251,11 @@ def backfill_sql(database: str, meter: Meter, cutover: datetime, tier: Tier = MI
     return f"INSERT INTO {qualified(database, tier_table(meter, tier))} {select}"
 
 
+def optimize_sql(database: str, meter: Meter, tier: Tier) -> str:
+    """Merge a rollup table to one part per partition (after a backfill)."""
+    return f"OPTIMIZE TABLE {qualified(database, tier_table(meter, tier))} FINAL"
+
+
 def drop_sql(database: str, meter: Meter) -> list[str]:
     views = [f"DROP VIEW IF EXISTS {qualified(database, tier_view(meter, t))} SYNC" for t in TIERS]
     tables = [f"DROP TABLE IF EXISTS {qualified(database, tier_table(meter, t))} SYNC" for t in TIERS]

@@ -103,6 +103,13 @@ def main() -> None:
             t.column: int(ch.rows(f"SELECT count() FROM {sql.qualified(ch.database, sql.tier_table(meter, t))}")[0][0])
             for t in sql.TIERS
         }
+        parts = {
+            str(name): int(n) for name, n in ch.rows(
+                "SELECT table, count() FROM system.parts WHERE active AND database = {db:String} "
+                "AND table IN {t:Array(String)} GROUP BY table",
+                parameters={"db": ch.database, "t": [EVENTS_TABLE, *(sql.tier_table(meter, t) for t in sql.TIERS)]},
+            )
+        }
         end = START + timedelta(days=args.days)
 
         hourly = sql.Query(meter=meter, namespace="bench", start=START, end=end, window=WindowSize.HOUR,
@@ -136,6 +143,7 @@ def main() -> None:
             "generate_s": round(gen_s, 2),
             "create_meter_with_backfill_s": round(backfill_s, 2),
             "rollup_rows": rollup_rows,
+            "active_parts_after_create": parts,
             "sum_per_subject_per_hour": {
                 "result_rows": len(rollup_rows_out or []),
                 "same_answer": same,
