@@ -17,6 +17,7 @@ from ingest.sink.rows import RangeId
 
 LEDGER_TABLE = "sink_ledger"
 LEDGER_TTL_DAYS = 30
+_RECORD_COLUMNS = ["topic", "partition", "start_offset", "end_offset", "digest", "stored_at"]
 
 
 def ledger_table_ddl(database: str) -> str:
@@ -54,14 +55,20 @@ class ClickHouseLedger:
     def __init__(self, ch: ClickHouse) -> None:
         self._ch = ch
         self._table = ch.table(LEDGER_TABLE)
+        self._types: list[str] | None = None
 
     def record(self, rec: LedgerRecord) -> None:
         r = rec.range_id
+        if self._types is None:  # read once: a DESCRIBE per record would double its engine calls
+            types = {str(row[0]): str(row[1]) for row in self._ch.rows(f"DESCRIBE TABLE {self._table}")}
+            self._types = [types[name] for name in _RECORD_COLUMNS]
+        column_types = self._types
         self._ch.call(
             lambda c: c.insert(
                 self._table,
                 [(r.topic, r.partition, r.range.start, r.range.end, rec.digest, rec.stored_at_ms)],
-                column_names=["topic", "partition", "start_offset", "end_offset", "digest", "stored_at"],
+                column_names=_RECORD_COLUMNS,
+                column_type_names=column_types,
                 settings={"async_insert": 0, "wait_for_async_insert": 1},
             )
         )
