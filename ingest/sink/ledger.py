@@ -9,6 +9,7 @@ clears them.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from common.clickhouse import ClickHouse
@@ -44,6 +45,10 @@ class LedgerRecord:
     digest: str
     stored_at_ms: int
 
+    def row(self) -> tuple[str, int, int, int, str, int]:
+        r = self.range_id
+        return (r.topic, r.partition, r.range.start, r.range.end, self.digest, self.stored_at_ms)
+
     @property
     def token(self) -> str:
         return self.range_id.token(self.digest)
@@ -58,7 +63,10 @@ class ClickHouseLedger:
         self._types: list[str] | None = None
 
     def record(self, rec: LedgerRecord) -> None:
-        r = rec.range_id
+        self.record_many([rec])
+
+    def record_many(self, recs: Sequence[LedgerRecord]) -> None:
+        """Record ranges in one insert (one part): all of them are durable when this returns."""
         if self._types is None:  # read once: a DESCRIBE per record would double its engine calls
             types = {str(row[0]): str(row[1]) for row in self._ch.rows(f"DESCRIBE TABLE {self._table}")}
             self._types = [types[name] for name in _RECORD_COLUMNS]
@@ -66,7 +74,7 @@ class ClickHouseLedger:
         self._ch.call(
             lambda c: c.insert(
                 self._table,
-                [(r.topic, r.partition, r.range.start, r.range.end, rec.digest, rec.stored_at_ms)],
+                [rec.row() for rec in recs],
                 column_names=_RECORD_COLUMNS,
                 column_type_names=column_types,
                 settings={"async_insert": 0, "wait_for_async_insert": 1},

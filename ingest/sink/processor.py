@@ -103,9 +103,15 @@ class BatchProcessor:
 
     def record(self, range_id: RangeId, digest: str) -> LedgerRecord:
         """Durably record a new range, stamping the stored_at its rows will carry forever."""
-        rec = LedgerRecord(range_id, digest, to_millis(self._clock.now()))
-        self.ledger.record(rec)
-        return rec
+        return self.record_many([(range_id, digest)])[0]
+
+    def record_many(self, ranges: Sequence[tuple[RangeId, str]]) -> list[LedgerRecord]:
+        """Durably record new ranges in one ledger insert. Recording a range early is safe: a recorded
+        range that is never written is replayed, with the same boundaries, by whoever owns it next."""
+        stored_at_ms = to_millis(self._clock.now())
+        recs = [LedgerRecord(range_id, digest, stored_at_ms) for range_id, digest in ranges]
+        self.ledger.record_many(recs)
+        return recs
 
     def write(self, batch: Batch, rec: LedgerRecord) -> BatchResult:
         """Store the batch's new events exactly once. Safe to call again with the same arguments."""
