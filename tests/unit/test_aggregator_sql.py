@@ -131,3 +131,21 @@ def test_tiers_use_hours_where_whole_and_minutes_at_the_edges() -> None:
 def test_hour_tier_only_when_windows_start_on_utc_hours(window: WindowSize | None, tz: str, hours: bool) -> None:
     query = sql.Query(meter=M, namespace="ns", start=T0, end=T0 + timedelta(days=2), window=window, tz=tz)
     assert sql.hour_tier_allowed(query) is hours
+
+
+def test_one_subject_total_reads_each_table_once_and_merges_flat() -> None:
+    """Each table read costs fixed planning time on chdb: the minute spans before and after the hours are
+    one read (OR'ed ranges), and a single-window total is merged without GROUP BY / ORDER BY."""
+    s, e = T0 + timedelta(minutes=10, seconds=5), T0 + timedelta(days=30, minutes=3, milliseconds=7)
+    text, params = sql.build_query("db", sql.Query(meter=M, namespace="ns", start=s, end=e, subjects=("a",)))
+    assert text.count("`meter_rollup_abc`") == 1
+    assert text.count("`meter_rollup_abc_hour`") == 1
+    assert text.count("`events`") == 1
+    assert " OR " in text.split("`meter_rollup_abc`")[1].split("UNION ALL")[0]
+    assert "HAVING count() > 0" in text
+    assert "ORDER BY" not in text
+    assert params["rto0_0"] == T0 + timedelta(hours=1)
+    assert params["rfrom0_1"] == T0 + timedelta(days=30)
+    grouped, _ = sql.build_query("db", sql.Query(meter=M, namespace="ns", start=s, end=e, group_subject=True))
+    assert "ORDER BY" in grouped
+    assert "HAVING" not in grouped
