@@ -12,6 +12,7 @@ whatever a failed attempt managed to write.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 from collections import deque
 from collections.abc import Sequence
@@ -35,6 +36,7 @@ from ingest.sink.ledger import LedgerRecord
 from ingest.sink.migrations import migrate_clickhouse
 from ingest.sink.processor import Batch, BatchProcessor, BatchResult, SinkCounters
 from ingest.sink.rows import RangeId
+from ingest.sink.tuning import tuned_interpreter
 
 log = structlog.get_logger(__name__)
 
@@ -79,6 +81,7 @@ class EmbeddedLog:
         self._next_offset = 0
         self._pending: deque[_Pending] = deque()
         self._drainer: asyncio.Task[None] | None = None
+        self._tuning = contextlib.ExitStack()
         self.counters = SinkCounters()
 
     async def start(self) -> None:
@@ -104,6 +107,7 @@ class EmbeddedLog:
             return processor, max(after_ledger, after_rows)
 
         self._processor, self._next_offset = await asyncio.to_thread(open_processor)
+        self._tuning.enter_context(tuned_interpreter())  # the request loop decodes while a thread writes
         log.info("embedded_log_started", next_offset=self._next_offset)
 
     async def publish(self, namespace: str, events: Sequence[CloudEvent], ingested_at: datetime) -> None:
@@ -203,3 +207,4 @@ class EmbeddedLog:
             await asyncio.wait([self._drainer])
         async with self._lock:
             self._processor = None
+            self._tuning.close()

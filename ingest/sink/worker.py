@@ -12,12 +12,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
-import gc
 import signal
-import sys
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -34,35 +32,11 @@ from ingest.sink.dlq import DeadLetter, DeadLetterSink, KafkaDeadLetters
 from ingest.sink.ledger import LedgerRecord
 from ingest.sink.migrations import migrate_clickhouse
 from ingest.sink.processor import Batch, BatchProcessor, BatchResult, SinkCounters
+from ingest.sink.tuning import tuned_interpreter
 
 log = structlog.get_logger(__name__)
 
 SHUTDOWN_RETRY_SECONDS = 10.0
-# Collector thresholds while the loop runs (measured: the sink rate roughly doubles, see README).
-GC_THRESHOLDS = (50_000, 20, 100)
-# GIL switch interval while the loop runs (the default is 5 ms).
-SWITCH_INTERVAL_S = 0.001
-
-
-@contextlib.contextmanager
-def tuned_interpreter() -> Iterator[None]:
-    """Interpreter settings for the loop, restored after it.
-
-    - The collector runs less often. The sink allocates ~10 objects per event that live until their
-      batch is written; at the default threshold (700) the collector runs every ~70 events and traces
-      every held batch again and again. Nothing here builds reference cycles at that rate.
-    - The GIL changes hands every 1 ms instead of 5. Every engine call of the writer thread waits for
-      the GIL on its way back while the loop decodes: measured, a ledger insert took 37 ms instead of
-      12 next to a busy thread at 5 ms, 12 ms at 1 ms; a trivial SELECT 7.4 ms instead of 2.1.
-    """
-    thresholds, interval = gc.get_threshold(), sys.getswitchinterval()
-    gc.set_threshold(*GC_THRESHOLDS)
-    sys.setswitchinterval(SWITCH_INTERVAL_S)
-    try:
-        yield
-    finally:
-        gc.set_threshold(*thresholds)
-        sys.setswitchinterval(interval)
 
 
 @dataclass(frozen=True, slots=True)
