@@ -167,6 +167,26 @@ class ClickHouseMeterRepository:
         )
         return [str(r[0]) for r in rows]
 
+    def tier_stats(self, meter: Meter) -> sql.TierStats:
+        """Row counts of the rollup tables (from part metadata) and the number of subjects (hour table)."""
+        tables = {t.column: sql.tier_table(meter, t) for t in sql.TIERS}
+        rows: dict[str, int] = {
+            str(name): int(n)
+            for name, n in self.ch.rows(
+                "SELECT table, sum(rows) FROM system.parts WHERE active AND database = {db:String} "
+                "AND table IN {t:Array(String)} GROUP BY table",
+                parameters={"db": self.db, "t": list(tables.values())},
+            )
+        }
+        subjects = self.ch.rows(
+            f"SELECT uniq(namespace, subject) FROM {sql.qualified(self.db, tables[sql.HOUR.column])}"
+        )[0][0]
+        return sql.TierStats(
+            minute_rows=rows.get(tables[sql.MINUTE.column], 0),
+            hour_rows=rows.get(tables[sql.HOUR.column], 0),
+            subjects=int(subjects),
+        )
+
     def query_rows(self, text: str, params: dict[str, Any]) -> list[tuple[Any, ...]]:
         return [tuple(r) for r in self.ch.rows(text, parameters=params)]
 

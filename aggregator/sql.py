@@ -280,6 +280,7 @@ class Query:
     filters: tuple[tuple[str, str], ...] = ()
     group_by: tuple[str, ...] = ()
     group_subject: bool = False
+    hour_tier: bool = True  # False: whole hours from the minute table too (one table read fewer)
 
 
 def _one_window(q: Query) -> bool:
@@ -451,6 +452,28 @@ def _whole_hour_zone(name: str) -> bool:
 
 Span = tuple["Tier", datetime, datetime]
 
+# A table read costs ~3-4 ms of fixed work on chdb, about what reading and merging ~50k more rows costs.
+HOUR_TIER_MIN_SAVED_ROWS = 50_000
+
+
+@dataclass(frozen=True, slots=True)
+class TierStats:
+    """Row counts of a meter's rollup tables (active parts) and its number of subjects: the planner's input."""
+
+    minute_rows: int
+    hour_rows: int
+    subjects: int
+
+
+def hour_tier_pays(stats: TierStats, subjects: int) -> bool:
+    """Whether reading whole hours from the hour table (one more table read) saves enough rows, for a query
+    over `subjects` subjects (0 = all). Estimated from averages: a subject far denser than the meter's
+    average may read up to 60x its hour rows from the minute table (bounded by minutes x group values)."""
+    if subjects == 0 or stats.subjects == 0:
+        return True
+    saved_per_subject = (stats.minute_rows - stats.hour_rows) / stats.subjects
+    return saved_per_subject * subjects >= HOUR_TIER_MIN_SAVED_ROWS
+
 
 def plan_tiers(q: Query) -> tuple[list[Span], list[datetime], list[tuple[datetime, datetime]]]:
     """([(tier, from, to)], minutes to skip, raw intervals): hours where whole, minutes, raw at the edges."""
@@ -458,7 +481,7 @@ def plan_tiers(q: Query) -> tuple[list[Span], list[datetime], list[tuple[datetim
     spans: list[tuple[Tier, datetime, datetime]] = []
     if r_from < r_to:
         h_from, h_to = _ceil_hour(r_from), _floor_hour(r_to)
-        if not skip and h_from < h_to and hour_tier_allowed(q):
+        if not skip and q.hour_tier and h_from < h_to and hour_tier_allowed(q):
             spans = [(MINUTE, r_from, h_from), (HOUR, h_from, h_to), (MINUTE, h_to, r_to)]
         else:
             spans = [(MINUTE, r_from, r_to)]

@@ -136,6 +136,7 @@ def test_rollup_answer_equals_raw_answer(
             assert flat == answer(clickhouse, one, raw=True), meter.slug
             grouped = answer(clickhouse, dataclasses.replace(one, group_subject=True), raw=False)
             assert [r[4] for r in flat] == [r[4] for r in grouped], meter.slug
+            assert answer(clickhouse, dataclasses.replace(one, hour_tier=False), raw=False) == flat, meter.slug
         # The SQL validity rule agrees with the Python one (GET /api/v1/events explains skipped events).
         whole = sql.Query(meter=meters[0], namespace=namespace, start=BASE, end=BASE + timedelta(days=5))
         expected = [

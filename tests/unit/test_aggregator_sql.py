@@ -149,3 +149,17 @@ def test_one_subject_total_reads_each_table_once_and_merges_flat() -> None:
     grouped, _ = sql.build_query("db", sql.Query(meter=M, namespace="ns", start=s, end=e, group_subject=True))
     assert "ORDER BY" in grouped
     assert "HAVING" not in grouped
+
+
+def test_hour_tier_only_when_it_saves_enough_rows() -> None:
+    sparse = sql.TierStats(minute_rows=10_000_000, hour_rows=2_160_000, subjects=1000)  # ~8k rows saved a subject
+    dense = sql.TierStats(minute_rows=130_000_000, hour_rows=2_160_000, subjects=1000)  # ~128k
+    assert not sql.hour_tier_pays(sparse, 1)
+    assert sql.hour_tier_pays(sparse, 10)
+    assert sql.hour_tier_pays(dense, 1)
+    assert sql.hour_tier_pays(sparse, 0)  # all subjects
+    assert sql.hour_tier_pays(sql.TierStats(0, 0, 0), 1)
+    s, e = T0 + timedelta(minutes=10, seconds=5), T0 + timedelta(days=3, minutes=3)
+    spans, _, raw = sql.plan_tiers(sql.Query(meter=M, namespace="ns", start=s, end=e, hour_tier=False))
+    assert [(t.column, a, b) for t, a, b in spans] == [("minute", T0 + timedelta(minutes=11), e)]
+    assert raw == [(s, T0 + timedelta(minutes=11))]
