@@ -88,7 +88,10 @@ async def publisher_from(settings: ApiServiceSettings, clickhouse: ClickHouse, c
     from ingest.sink.embedded import EmbeddedLog
 
     # EmbeddedLog group-commits: concurrent requests share one write (its fixed cost), each answered after it.
-    embedded = EmbeddedLog(clickhouse, settings.sink, clock=clock)
+    # Its write-ahead file lives with the chdb data it guards (one owner); a server keeps the ledger table.
+    ch = settings.clickhouse
+    wal_path = ch.path / "embedded-wal" / f"{ch.database}.wal" if ch.embedded else None
+    embedded = EmbeddedLog(clickhouse, settings.sink, clock=clock, wal_path=wal_path)
     await embedded.start()
     return embedded
 

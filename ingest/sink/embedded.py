@@ -1,12 +1,16 @@
 """The embedded log: HTTP ingest without a broker, through the same exactly-once processor.
 
 Each publish becomes one or more batches of a log named "embedded", partition 0, with offsets that
-continue from the ledger, written under the same rules as the Kafka worker (range recorded first,
-deterministic rows, insert token from the range, key check). Publishes are serialised (one drainer task
-under a lock; publishes that arrive meanwhile are written together, as one range: group commit) and
-the blocking ClickHouse work runs in a worker thread. When `publish` returns the events are stored;
-when it raises (after a few unchanged retries) the caller may send them again: the key check drops
-whatever a failed attempt managed to write.
+continue from the write-ahead file and the stored rows, written under the same rules as the Kafka worker
+(range recorded first, deterministic rows, insert token from the range, key check). The range is recorded
+in a write-ahead file (`wal.py`, next to the chdb data) together with the decoded events, fsync'd before
+the insert and marked done after it; on start every batch without its done marker is replayed unchanged,
+so a crash mid-insert (raw rows stored, a rollup not) is repaired under the same token. Without a file
+(a ClickHouse server) ranges go to the `sink_ledger` table as before. A batch whose write failed is
+retried, unchanged, before any later batch. Publishes are serialised (one drainer task under a lock;
+publishes that arrive meanwhile are written together, as one range: group commit) and the blocking work
+runs in a worker thread. When `publish` returns the events are stored; when it raises (after a few
+unchanged retries) the caller may send them again: the key check drops whatever was stored meanwhile.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from pathlib import Path
 
 import orjson
 import structlog
@@ -37,6 +42,8 @@ from ingest.sink.migrations import migrate_clickhouse
 from ingest.sink.processor import Batch, BatchProcessor, BatchResult, SinkCounters
 from ingest.sink.rows import RangeId
 from ingest.sink.tuning import tuned_interpreter
+from ingest.sink.wal import FileWal
+from ingest.sink.wal_codec import WalBatch, WalCorrupt
 
 log = structlog.get_logger(__name__)
 
@@ -71,32 +78,36 @@ class EmbeddedLog:
         *,
         clock: Clock | None = None,
         dead_letters: DeadLetterSink | None = None,
+        wal_path: Path | None = None,
     ) -> None:
         self._ch = clickhouse
         self._settings = sink
         self._clock = clock or SystemClock()
         self._dead_letters = dead_letters or ClickHouseDeadLetters(clickhouse)
+        self._wal = FileWal(wal_path) if wal_path is not None else None
         self._lock = asyncio.Lock()
         self._processor: BatchProcessor | None = None
         self._next_offset = 0
+        self._unfinished: deque[tuple[Batch, LedgerRecord]] = deque()  # recorded, insert not yet confirmed
         self._pending: deque[_Pending] = deque()
         self._drainer: asyncio.Task[None] | None = None
         self._tuning = contextlib.ExitStack()
         self.counters = SinkCounters()
 
     async def start(self) -> None:
-        """Create the tables if missing and find where the log continues (idempotent)."""
+        """Create the tables if missing, replay unfinished batches, find where the log continues (idempotent)."""
         async with self._lock:
             await self._start()
 
     async def _start(self) -> None:
         if self._processor is not None:
             return
+        wal = self._wal
 
-        def open_processor() -> tuple[BatchProcessor, int]:
+        def open_processor() -> tuple[BatchProcessor, int, list[tuple[Batch, LedgerRecord]]]:
             migrate_clickhouse(self._ch)
             processor = BatchProcessor(self._ch, dedupe_window=self._settings.dedupe_window(), clock=self._clock)
-            after_ledger = processor.ledger.next_offset(EMBEDDED_TOPIC, EMBEDDED_PARTITION)
+            after_ledger = processor.ledger.next_offset(EMBEDDED_TOPIC, EMBEDDED_PARTITION)  # ranges before the file
             # The ledger's TTL may have cleared old records; stored rows still pin the offsets used.
             rows = self._ch.rows(
                 f"SELECT max(ingest_offset) + 1, count() FROM {self._ch.table(EVENTS_TABLE)} "
@@ -104,11 +115,28 @@ class EmbeddedLog:
                 parameters={"topic": EMBEDDED_TOPIC, "partition": EMBEDDED_PARTITION},
             )
             after_rows = int(rows[0][0]) if int(rows[0][1]) else 0
-            return processor, max(after_ledger, after_rows)
+            if wal is None:
+                return processor, max(after_ledger, after_rows), []
+            state = wal.open()
+            try:
+                unfinished = [_unfinished(b) for b in state.pending]
+            except Exception:
+                wal.close()
+                raise
+            return processor, max(after_ledger, after_rows, state.next_offset), unfinished
 
-        self._processor, self._next_offset = await asyncio.to_thread(open_processor)
+        processor, self._next_offset, unfinished = await asyncio.to_thread(open_processor)
+        self._processor = processor
+        self._unfinished.extend(unfinished)
         self._tuning.enter_context(tuned_interpreter())  # the request loop decodes while a thread writes
-        log.info("embedded_log_started", next_offset=self._next_offset)
+        log.info("embedded_log_started", next_offset=self._next_offset, unfinished=len(unfinished))
+        if unfinished:
+            try:
+                await self._finish_unfinished(processor)
+            except Unavailable as exc:  # the next publish retries them first
+                log.warning("embedded_replay_failed", count=len(self._unfinished), error=str(exc)[:300])
+        if wal is not None and not self._unfinished:
+            await asyncio.to_thread(wal.rotate, self._next_offset)
 
     async def publish(self, namespace: str, events: Sequence[CloudEvent], ingested_at: datetime) -> None:
         """Store the events; returns once they are in ClickHouse. Concurrent publishes are grouped into
@@ -144,49 +172,87 @@ class EmbeddedLog:
                             p.done.set_result(None)
 
     async def _write(self, decoded: Sequence[Decoded]) -> None:
-        for i in range(0, len(decoded), self._settings.batch_size):
-            await self._write_range(decoded[i : i + self._settings.batch_size])
-
-    async def _write_range(self, decoded: Sequence[Decoded]) -> None:
         processor = self._processor
         assert processor is not None
+        # A recorded batch whose insert failed may be partly stored (raw rows, not every rollup): it is
+        # finished first, under its own token, or the key check would drop a resent copy of its events.
+        await self._finish_unfinished(processor)
+        for i in range(0, len(decoded), self._settings.batch_size):
+            await self._write_range(processor, decoded[i : i + self._settings.batch_size])
+        wal = self._wal
+        if wal is not None and wal.wants_rotation and not self._unfinished:
+            await asyncio.to_thread(wal.rotate, self._next_offset)
+
+    async def _finish_unfinished(self, processor: BatchProcessor) -> None:
+        while self._unfinished:
+            batch, rec = self._unfinished[0]
+            log.info("embedded_batch_replayed", start=batch.range_id.range.start, end=batch.range_id.range.end)
+            result = await self._write_with_retry(processor, batch, [rec])
+            self._unfinished.popleft()
+            await self._account(batch, result)
+
+    async def _write_range(self, processor: BatchProcessor, decoded: Sequence[Decoded]) -> None:
         start = self._next_offset
         # Offsets are never reused, even after a failure: a failed range may be partly written.
         self._next_offset = start + len(decoded)
         items = [Item(start + i, d) for i, d in enumerate(decoded)]
         range_id = RangeId(EMBEDDED_TOPIC, EMBEDDED_PARTITION, OffsetRange(start, start + len(decoded) - 1))
         batch = Batch(range_id, items_digest(items), items)
-        result = await self._write_with_retry(processor, batch)
-        self.counters.add(batch, result)
-        if result.conflicts:
-            letters = []
-            for conflict in result.conflicts:
-                log.warning("sink_event_conflict", topic=EMBEDDED_TOPIC, offset=conflict.offset, reason=conflict.reason)
-                event = items[conflict.offset - start].decoded.event
-                letters.append(
-                    DeadLetter(
-                        "conflict",
-                        conflict.reason,
-                        EMBEDDED_TOPIC,
-                        EMBEDDED_PARTITION,
-                        conflict.offset,
-                        "\x00".join(conflict.key).encode(),
-                        event.to_json(),
-                    )
-                )
-            try:
-                await self._dead_letters.send(letters)
-            except Exception as exc:  # noqa: BLE001 - the events are stored; only the report failed
-                log.warning("dead_letters_failed", count=len(letters), error=str(exc)[:300])
+        recorded: list[LedgerRecord] = []
+        try:
+            result = await self._write_with_retry(processor, batch, recorded)
+        except Exception:
+            if recorded:
+                self._unfinished.append((batch, recorded[0]))
+            raise
+        await self._account(batch, result)
 
-    async def _write_with_retry(self, processor: BatchProcessor, batch: Batch) -> BatchResult:
-        rec: LedgerRecord | None = None
+    async def _account(self, batch: Batch, result: BatchResult) -> None:
+        self.counters.add(batch, result)
+        if not result.conflicts:
+            return
+        start = batch.range_id.range.start
+        letters = []
+        for conflict in result.conflicts:
+            log.warning("sink_event_conflict", topic=EMBEDDED_TOPIC, offset=conflict.offset, reason=conflict.reason)
+            event = batch.items[conflict.offset - start].decoded.event
+            letters.append(
+                DeadLetter(
+                    "conflict",
+                    conflict.reason,
+                    EMBEDDED_TOPIC,
+                    EMBEDDED_PARTITION,
+                    conflict.offset,
+                    "\x00".join(conflict.key).encode(),
+                    event.to_json(),
+                )
+            )
+        try:
+            await self._dead_letters.send(letters)
+        except Exception as exc:  # noqa: BLE001 - the events are stored; only the report failed
+            log.warning("dead_letters_failed", count=len(letters), error=str(exc)[:300])
+
+    def _record(self, processor: BatchProcessor, batch: Batch) -> LedgerRecord:
+        """Durably record the range before its insert: in the write-ahead file, else the ledger table."""
+        if self._wal is None:
+            return processor.record(batch.range_id, batch.digest)
+        rec = LedgerRecord(batch.range_id, batch.digest, to_millis(self._clock.now()))
+        self._wal.append(WalBatch(batch.range_id, batch.digest, rec.stored_at_ms, batch.items))
+        return rec
+
+    async def _write_with_retry(
+        self, processor: BatchProcessor, batch: Batch, recorded: list[LedgerRecord]
+    ) -> BatchResult:
+        """Write the batch, recording it first unless `recorded` holds its record (filled in here)."""
+        wal = self._wal
 
         def attempt() -> BatchResult:
-            nonlocal rec
-            if rec is None:
-                rec = processor.record(batch.range_id, batch.digest)
-            return processor.write(batch, rec)
+            if not recorded:
+                recorded.append(self._record(processor, batch))
+            result = processor.write(batch, recorded[0])
+            if wal is not None:
+                wal.mark_done(batch.range_id)
+            return result
 
         backoff = self._settings.retry_backoff_initial_ms / 1000
         for n in range(1, WRITE_ATTEMPTS + 1):
@@ -206,5 +272,21 @@ class EmbeddedLog:
         if self._drainer is not None:
             await asyncio.wait([self._drainer])
         async with self._lock:
+            wal = self._wal
+            if wal is not None and self._processor is not None:
+                if not self._unfinished:
+                    await asyncio.to_thread(wal.rotate, self._next_offset)
+                wal.close()
             self._processor = None
+            self._unfinished.clear()
             self._tuning.close()
+
+
+def _unfinished(batch: WalBatch) -> tuple[Batch, LedgerRecord]:
+    """A written-ahead batch as the processor takes it, checked against its digest."""
+    if items_digest(batch.items) != batch.digest:
+        raise WalCorrupt(f"write-ahead batch at offset {batch.range_id.range.start} does not match its digest")
+    return (
+        Batch(batch.range_id, batch.digest, batch.items),
+        LedgerRecord(batch.range_id, batch.digest, batch.stored_at_ms),
+    )
