@@ -15,6 +15,7 @@ from typing import Any, TypeGuard
 
 import orjson
 
+from common import exactjson
 from common.errors import InvalidInput
 
 SPEC_VERSION = "1.0"
@@ -221,11 +222,13 @@ def canonical_data(data: dict[str, Any] | None) -> str:
 
 
 def decode_json(body: bytes) -> Any:
-    """Decode a JSON document; non-UTF-8 and malformed input raise InvalidInput."""
+    """Decode a JSON document; non-UTF-8, malformed input and numbers it would round raise InvalidInput."""
     try:
-        return orjson.loads(body)
+        return exactjson.loads(body)
     except orjson.JSONDecodeError as exc:
         raise InvalidInput(f"malformed JSON: {exc}") from None
+    except exactjson.InexactNumberError as exc:
+        raise InvalidInput(str(exc), number=exc.text) from None
 
 
 def validate_batch(values: list[Any], *, default_time: datetime) -> list[CloudEvent]:

@@ -19,6 +19,7 @@ from typing import Any
 
 import orjson
 
+from common import exactjson
 from common.cloudevents import (
     MAX_EVENT_TIME,
     MIN_EVENT_TIME,
@@ -94,9 +95,11 @@ def _binary_event(value: bytes | None, headers: dict[str, bytes]) -> dict[str, A
             raise EventValidationError("binary-mode content-type must be application/json", field="datacontenttype")
     if value:
         try:
-            obj["data"] = orjson.loads(value)
+            obj["data"] = exactjson.loads(value)
         except orjson.JSONDecodeError as exc:
             raise EventValidationError(f"binary-mode data is not JSON: {exc}", field="data") from None
+        except exactjson.InexactNumberError as exc:
+            raise EventValidationError(str(exc), field="data") from None
     return obj
 
 
@@ -187,9 +190,11 @@ class Decoder:
             if not value:
                 return Malformed("empty value")
             try:
-                obj = orjson.loads(value)
+                obj = exactjson.loads(value)
             except orjson.JSONDecodeError as exc:
                 return Malformed(f"value is not JSON: {exc}")
+            except exactjson.InexactNumberError as exc:
+                return Malformed(str(exc))
 
         default_time = ingested_at
         if isinstance(obj, dict) and obj.get("time") is None:

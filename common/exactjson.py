@@ -1,0 +1,69 @@
+"""JSON decoding that never rounds a number silently.
+
+orjson (fast) turns a number literal into a 64-bit float or integer: `100000000000000000000000001` becomes
+`1e+26` and `0.12345678901234567891` loses its tail, and nothing says so. Usage must be exact, so a
+document whose numbers a float cannot hold exactly is refused with a message that says what to do (send
+the value as a string: meters accept numeric strings). The check costs nothing for ordinary documents:
+only text with a run of 16 or more digits is parsed a second time, with Decimal, and compared.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from decimal import Decimal
+from typing import Any
+
+import orjson
+
+# 16 digits, possibly with one '.' among them: the fewest digits a double may fail to round-trip.
+_LONG_DIGITS = re.compile(rb"(?:\d\.?){16}")
+
+
+class InexactNumberError(ValueError):
+    """A number in the document cannot be kept exactly; `text` is the literal."""
+
+    def __init__(self, text: str) -> None:
+        super().__init__(
+            f"the number {text} has more digits than Metergate can keep exactly as a JSON number "
+            "(about 15 significant digits, or an integer past 64 bits): send it as a string, e.g. "
+            f'"{text}"'
+        )
+        self.text = text
+
+
+def loads(raw: bytes | str) -> Any:
+    """orjson.loads, refusing (InexactNumberError) what it would have rounded.
+
+    Raises orjson.JSONDecodeError for malformed input, like orjson.loads.
+    """
+    value = orjson.loads(raw)
+    data = raw.encode() if isinstance(raw, str) else raw
+    if _LONG_DIGITS.search(data) is None:
+        return value
+    try:
+        exact = json.loads(data, parse_float=Decimal, parse_int=int)
+    except RecursionError:  # deeper than the stdlib parser goes: orjson accepted it, so no number is long
+        return value
+    _compare(value, exact)
+    return value
+
+
+def _compare(fast: Any, exact: Any) -> None:
+    """Walk both parses together (iteratively: documents may nest ~1000 levels)."""
+    stack = [(fast, exact)]
+    while stack:
+        f, e = stack.pop()
+        if isinstance(e, bool) or e is None or isinstance(e, str):
+            continue
+        if isinstance(e, Decimal):
+            # orjson's float prints back in its shortest form; the value must be the literal's value.
+            if not isinstance(f, float) or Decimal(repr(f)) != e:
+                raise InexactNumberError(str(e))
+        elif isinstance(e, int):
+            if isinstance(f, bool) or not isinstance(f, int) or f != e:
+                raise InexactNumberError(str(e))
+        elif isinstance(e, dict) and isinstance(f, dict):
+            stack.extend((f[k], v) for k, v in e.items() if k in f)
+        elif isinstance(e, list) and isinstance(f, list):
+            stack.extend(zip(f, e, strict=False))

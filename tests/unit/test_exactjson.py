@@ -1,0 +1,65 @@
+"""Numbers are never rounded silently: what a float cannot hold exactly is refused, with a way out."""
+
+from __future__ import annotations
+
+from decimal import Decimal
+
+import orjson
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from common import exactjson
+from common.cloudevents import decode_json
+from common.errors import InvalidInput
+from ingest.sink.decode import Decoder, Malformed
+
+KEPT = [
+    b'{"a":1,"b":0.1,"c":"12345678901234567890123"}',  # long digits inside a string are just text
+    b'{"n":12345678901234567}',  # a 64-bit integer
+    b'{"n":9223372036854775807}',
+    b'{"n":0.000000000000001}',  # many digits, but a float holds the value exactly as printed
+    b'{"n":1234567.123456789}',
+    b'[1.5, 2, -0.0, 1e300]',
+]
+REFUSED = [
+    (b'{"n":100000000000000000000000001}', "100000000000000000000000001"),
+    (b'{"n":18446744073709551616}', "18446744073709551616"),
+    (b'{"n":0.12345678901234567891}', "0.12345678901234567891"),
+    (b'{"deep":[[{"x":[1, 2.0000000000000000001]}]]}', "2.0000000000000000001"),
+]
+
+
+@pytest.mark.parametrize("raw", KEPT)
+def test_numbers_a_float_keeps_exactly_pass(raw: bytes) -> None:
+    assert exactjson.loads(raw) == orjson.loads(raw)
+
+
+@pytest.mark.parametrize(("raw", "number"), REFUSED)
+def test_numbers_that_would_be_rounded_are_refused(raw: bytes, number: str) -> None:
+    with pytest.raises(exactjson.InexactNumberError) as info:
+        exactjson.loads(raw)
+    assert info.value.text == number
+    with pytest.raises(InvalidInput, match="send it as a string"):
+        decode_json(raw)
+
+
+@given(st.decimals(allow_nan=False, allow_infinity=False, places=None))
+def test_a_kept_number_is_the_literal_value(d: Decimal) -> None:
+    raw = f'{{"n": {d}}}'.encode()
+    try:
+        value = exactjson.loads(raw)["n"]
+    except exactjson.InexactNumberError:
+        return  # refused: nothing was rounded
+    except orjson.JSONDecodeError:
+        return  # e.g. an exponent past the float range
+    assert Decimal(repr(value)) == d
+
+
+def test_the_sink_dead_letters_a_number_it_would_round() -> None:
+    value = (b'{"specversion":"1.0","id":"1","source":"s","type":"t","subject":"x",'
+             b'"data":{"tokens":100000000000000000000000001}}')
+    headers = [("content-type", b"application/cloudevents+json")]
+    decoded = Decoder(default_namespace="default").decode(value, headers, 1_700_000_000_000)
+    assert isinstance(decoded, Malformed)
+    assert "send it as a string" in decoded.reason
