@@ -122,11 +122,21 @@ class ClickHouseMeterRepository:
         self._write(meter, CREATING, cutover)
         self._settle(cutover)
         started = time.monotonic()
-        for tier in sql.TIERS:
-            self.ch.command(
-                sql.backfill_sql(self.db, meter, cutover, tier),
-                settings={"insert_deduplication_token": f"backfill:{meter.id}:{tier.column}:{cutover.timestamp()}"},
-            )
+        # Month by month (event-time partitions), so a long backfill shows its progress and each insert
+        # stays bounded; the months are disjoint and cover every row stored before the cutover.
+        months = [(int(m), int(n)) for m, n in self.ch.rows(sql.backfill_months_sql(self.db, meter, cutover))]
+        total = sum(n for _, n in months)
+        done = 0
+        for month, events in months:
+            for tier in sql.TIERS:
+                self.ch.command(
+                    sql.backfill_sql(self.db, meter, cutover, tier, month),
+                    settings={"insert_deduplication_token":
+                              f"backfill:{meter.id}:{tier.column}:{cutover.timestamp()}:{month}"},
+                )
+            done += events
+            log.info("meter_backfill_progress", slug=meter.slug, month=month, events=done, of_events=total,
+                     seconds=round(time.monotonic() - started, 3))
         for tier in sql.TIERS:
             # The backfill leaves a part per insert block, merged later in the background (and competing
             # with queries meanwhile). Merge now: one part per month and tier makes a subject's read one

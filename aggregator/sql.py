@@ -246,9 +246,23 @@ def materialized_view_ddl(database: str, meter: Meter, cutover: datetime, tier: 
     )
 
 
-def backfill_sql(database: str, meter: Meter, cutover: datetime, tier: Tier = MINUTE) -> str:
-    select = rollup_select(database, meter, f"{INSERTED_AT} < {_cutover_literal(cutover)}", tier)
+def backfill_sql(database: str, meter: Meter, cutover: datetime, tier: Tier = MINUTE, month: int | None = None) -> str:
+    """Rows stored before the cutover, all of them or one month (YYYYMM) of event time: months are disjoint
+    and together cover every row, so a backfill month by month adds up to the same states."""
+    where = f"{INSERTED_AT} < {_cutover_literal(cutover)}"
+    if month is not None:
+        where += f" AND toYYYYMM(time) = {int(month)}"
+    select = rollup_select(database, meter, where, tier)
     return f"INSERT INTO {qualified(database, tier_table(meter, tier))} {select}"
+
+
+def backfill_months_sql(database: str, meter: Meter, cutover: datetime) -> str:
+    """The months (YYYYMM of event time) a backfill must cover, with their event counts, oldest first."""
+    return (
+        f"SELECT toYYYYMM(time) AS month, count() FROM {qualified(database, EVENTS_TABLE)} "
+        f"WHERE {meter_filter(meter)} AND {INSERTED_AT} < {_cutover_literal(cutover)} "
+        "GROUP BY month ORDER BY month"
+    )
 
 
 def optimize_sql(database: str, meter: Meter, tier: Tier) -> str:

@@ -213,3 +213,17 @@ def test_meter_created_after_events_covers_the_past(clickhouse: ClickHouse, repo
     assert [r[4] for r in answer(clickhouse, q, raw=False)] == [Decimal(45)]
     repo.reconcile([])  # removed from config: dropped
     assert repo.live() == []
+
+
+def test_backfill_month_by_month_covers_every_month(clickhouse: ClickHouse, repo: ClickHouseMeterRepository) -> None:
+    """A meter created over events spanning several months backfills each month once, none missed."""
+    evs = [{"id": f"m{i}", "time": BASE + timedelta(days=17 * i, minutes=i), "subject": "s", "type": "t",
+            "data": {"v": i + 1}} for i in range(8)]  # March 2024 to July 2024
+    insert(clickhouse, "ns", evs, "months")
+    meter = make_meters(repo)[0]
+    q = sql.Query(meter=meter, namespace="ns", start=BASE - timedelta(days=1), end=BASE + timedelta(days=200),
+                  window=WindowSize.MONTH)
+    from_rollups = answer(clickhouse, q, raw=False)
+    assert from_rollups == answer(clickhouse, q, raw=True)
+    assert len(from_rollups) == len({(e["time"].year, e["time"].month) for e in evs}) > 3
+    assert sum(r[4] for r in from_rollups) == sum(Decimal(i + 1) for i in range(8))
