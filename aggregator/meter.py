@@ -12,7 +12,7 @@ from __future__ import annotations
 import re
 import uuid
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import datetime
 from decimal import Decimal, InvalidOperation
 from enum import StrEnum
 from typing import Any
@@ -87,10 +87,6 @@ class Meter:
     @property
     def rollup_table(self) -> str:
         return f"meter_rollup_{self.id}"
-
-    @property
-    def view_name(self) -> str:
-        return f"meter_rollup_{self.id}_mv"
 
     def definition(self) -> dict[str, Any]:
         """What identifies the meter's rollup: a change to any of it needs a new rollup."""
@@ -289,9 +285,3 @@ def validation_error(meters: list[Meter], event_type: str, data_json: str) -> st
         return "data is not valid JSON"
     errors = [e for m in relevant if (e := value_error(m, data)) is not None]
     return "; ".join(errors) if errors else None
-
-
-def ensure_utc(t: datetime) -> datetime:
-    if t.tzinfo is None:
-        raise InvalidInput("datetimes must carry a time zone offset")
-    return t.astimezone(UTC)

@@ -10,8 +10,6 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import time
-from collections.abc import Mapping
-from datetime import UTC, datetime
 from typing import Any
 
 import structlog
@@ -174,11 +172,3 @@ class MeterService:
         """
         meters = [m for m in self._meters if m.namespace in (None, namespace)]
         return validation_error(meters, event.type, event.data)
-
-
-def utc(t: datetime) -> datetime:
-    return t.astimezone(UTC)
-
-
-def group_filters(filters: Mapping[str, str]) -> tuple[tuple[str, str], ...]:
-    return tuple(sorted(filters.items()))
