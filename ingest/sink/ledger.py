@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from common.clickhouse import ClickHouse
+from common.clickhouse import ClickHouse, column_type_names
 from ingest.sink.batch import OffsetRange
 from ingest.sink.rows import RangeId
 
@@ -68,8 +68,7 @@ class ClickHouseLedger:
     def record_many(self, recs: Sequence[LedgerRecord]) -> None:
         """Record ranges in one insert (one part): all of them are durable when this returns."""
         if self._types is None:  # read once: a DESCRIBE per record would double its engine calls
-            types = {str(row[0]): str(row[1]) for row in self._ch.rows(f"DESCRIBE TABLE {self._table}")}
-            self._types = [types[name] for name in _RECORD_COLUMNS]
+            self._types = column_type_names(self._ch, self._table, _RECORD_COLUMNS)
         column_types = self._types
         self._ch.call(
             lambda c: c.insert(

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
 
-from common.clickhouse import ClickHouse
+from common.clickhouse import ClickHouse, column_type_names
 from common.clock import Clock
 from ingest.schema import EVENT_COLUMNS, EVENTS_TABLE
 from ingest.sink.dedupe import Conflict, Item, resolve, to_millis
@@ -69,13 +69,6 @@ class SinkCounters:
         self.duplicates += result.duplicates
         self.conflicts += len(result.conflicts)
         self.malformed += len(batch.malformed)
-
-
-def column_type_names(ch: ClickHouse, table: str, columns: Sequence[str]) -> list[str]:
-    """The types of `columns` of `table`, read once: given to every insert, they spare the client a
-    DESCRIBE round trip per insert (a batch's inserts then cost one engine call each)."""
-    types = {str(row[0]): str(row[1]) for row in ch.rows(f"DESCRIBE TABLE {table}")}
-    return [types[name] for name in columns]
 
 
 def supported_insert_settings(ch: ClickHouse) -> dict[str, Any]:
