@@ -3,7 +3,7 @@
 Routers reach it through `services_of(request)` (stored on `app.state.services`), so a test can build a
 Services around its own ClickHouse database and publisher and hand it to `metergate.app.create_app`.
 
-Extending it (meters, entitlements): add a typed field with a default of None below, build it in
+Extending it (a new service): add a typed field with a default of None below, build it in
 `build_services` (it may register a closer with `services.on_close`), and include the router in
 `metergate.app.ROUTERS`. Close order is the reverse of registration.
 """
@@ -54,7 +54,6 @@ class Services:
     event_validation: EventValidationHook | None = None
     meters: MeterService | None = None
     entitlements: Entitlements | None = None
-    # Later services (meters, entitlements) go here as typed fields defaulting to None.
     _closers: list[Closer] = field(default_factory=list, repr=False)
 
     def on_close(self, closer: Closer) -> None:
@@ -122,14 +121,16 @@ async def build_services(settings: ApiServiceSettings, *, clickhouse: ClickHouse
         _closers=closers,
     )
     services.on_close(publisher.close)
-    await _build_meters(services, settings)
-    await _build_entitlements(services, settings)
-    # Hook: meters (aggregator) and entitlements build their services here, registering closers; on a
-    # failure they `await services.close()` before re-raising so nothing opened so far leaks.
+    try:
+        meters = await _build_meters(services, settings)
+        await _build_entitlements(services, settings, meters)
+    except BaseException:
+        await services.close()  # nothing opened so far leaks
+        raise
     return services
 
 
-async def _build_meters(services: Services, settings: ApiServiceSettings) -> None:
+async def _build_meters(services: Services, settings: ApiServiceSettings) -> MeterService:
     """Meters (aggregator): the live meters, the query API and the events listing's validation hook.
 
     `metergate migrate` (run first by `metergate dev`) builds the rollups; here they are only read.
@@ -138,21 +139,18 @@ async def _build_meters(services: Services, settings: ApiServiceSettings) -> Non
     from aggregator.repository import ClickHouseMeterRepository
     from aggregator.service import MeterService
 
-    try:
-        meters = MeterService(
-            ClickHouseMeterRepository(services.clickhouse),
-            config_meters=load_config(settings.meters_file),
-            clock=services.clock,
-        )
-        await meters.load()
-    except BaseException:
-        await services.close()
-        raise
+    meters = MeterService(
+        ClickHouseMeterRepository(services.clickhouse),
+        config_meters=load_config(settings.meters_file),
+        clock=services.clock,
+    )
+    await meters.load()
     services.meters = meters
     services.event_validation = meters.event_validation_error
+    return meters
 
 
-async def _build_entitlements(services: Services, settings: ApiServiceSettings) -> None:
+async def _build_entitlements(services: Services, settings: ApiServiceSettings, meters: MeterService) -> None:
     """Entitlements: state in settings.database (migrated by `metergate migrate`), usage from the meters.
 
     The feature service becomes the meters' MeterUseGuard: a meter a feature uses cannot be deleted.
@@ -161,21 +159,14 @@ async def _build_entitlements(services: Services, settings: ApiServiceSettings) 
     from entitlements.late_events import ClickHouseLateEventProbe
     from entitlements.service import build_entitlements
 
-    try:
-        if services.meters is None:
-            raise RuntimeError("entitlements need the meters: build them first")
-        meters = services.meters
-        entitlements = await asyncio.to_thread(
-            build_entitlements,
-            settings.database.url,
-            meters=meters,
-            usage=ClickHouseUsageReader(meters),
-            clock=services.clock,
-            late_events=ClickHouseLateEventProbe(services.clickhouse, meters),
-        )
-    except BaseException:
-        await services.close()
-        raise
+    entitlements = await asyncio.to_thread(
+        build_entitlements,
+        settings.database.url,
+        meters=meters,
+        usage=ClickHouseUsageReader(meters),
+        clock=services.clock,
+        late_events=ClickHouseLateEventProbe(services.clickhouse, meters),
+    )
     meters.set_guard(entitlements.features)
     services.entitlements = entitlements
     services.on_close(lambda: asyncio.to_thread(entitlements.close))
