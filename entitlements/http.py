@@ -88,9 +88,7 @@ async def list_features(
     total = (
         len(items)
         if page is None and page_size is None
-        else len(
-            await svc.search(namespace, include_archived=include_archived, meter_slugs=meter_slug or (), limit=10**9)
-        )
+        else await svc.count(namespace, include_archived=include_archived, meter_slugs=meter_slug or ())
     )
     return json_response(page_of([feature_view(f) for f in items], page, page_size, total))
 
@@ -191,7 +189,7 @@ async def list_entitlements(
     items = await svc.entitlements.search(namespace, limit=n, offset=skip, **filters)
     total = len(items)
     if page is not None or page_size is not None:
-        total = len(await svc.entitlements.search(namespace, limit=10**9, **filters))
+        total = await svc.entitlements.count(namespace, **filters)
     return json_response(page_of(await _entitlement_views(svc, items), page, page_size, total))
 
 
@@ -307,7 +305,7 @@ async def list_grants(
     grants = await svc.grants.search(namespace, limit=n, offset=skip, **filters)
     total = len(grants)
     if page is not None or page_size is not None:
-        total = len(await svc.grants.search(namespace, limit=10**9, **filters))
+        total = await svc.grants.count(namespace, **filters)
     now = svc.deps.clock.now()
     return json_response(page_of([grant_view(g, now) for g in grants], page, page_size, total))
 

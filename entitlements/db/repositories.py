@@ -8,8 +8,9 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from datetime import datetime
+from typing import Any
 
-from sqlalchemy import delete, select, update
+from sqlalchemy import Select, delete, func, select, update
 from sqlalchemy.orm import Session
 
 from entitlements.db.models import EntitlementRow, FeatureRow, GrantRow, ResetRow, SnapshotRow
@@ -70,13 +71,12 @@ class FeatureRepository:
     def search(
         self, namespace: str, *, include_archived: bool, meter_slugs: Sequence[str] = (), limit: int, offset: int
     ) -> list[Feature]:
-        q = select(FeatureRow).where(FeatureRow.namespace == namespace)
-        if not include_archived:
-            q = q.where(FeatureRow.archived_at.is_(None))
-        if meter_slugs:
-            q = q.where(FeatureRow.meter_slug.in_(list(meter_slugs)))
+        q = _matching_features(namespace, include_archived, meter_slugs)
         q = q.order_by(FeatureRow.created_at, FeatureRow.id).limit(limit).offset(offset)
         return [_feature(r) for r in self.s.scalars(q)]
+
+    def count(self, namespace: str, *, include_archived: bool, meter_slugs: Sequence[str] = ()) -> int:
+        return _count(self.s, _matching_features(namespace, include_archived, meter_slugs))
 
     def archive(self, namespace: str, feature_id: str, at: datetime) -> None:
         self.s.execute(
@@ -90,6 +90,19 @@ class FeatureRepository:
             FeatureRow.namespace == namespace, FeatureRow.meter_slug == meter_slug, FeatureRow.archived_at.is_(None)
         )
         return sorted(self.s.scalars(q))
+
+
+def _count(s: Session, q: Select[Any]) -> int:
+    return int(s.scalar(select(func.count()).select_from(q.subquery())) or 0)
+
+
+def _matching_features(namespace: str, include_archived: bool, meter_slugs: Sequence[str]) -> Select[FeatureRow]:
+    q = select(FeatureRow).where(FeatureRow.namespace == namespace)
+    if not include_archived:
+        q = q.where(FeatureRow.archived_at.is_(None))
+    if meter_slugs:
+        q = q.where(FeatureRow.meter_slug.in_(list(meter_slugs)))
+    return q
 
 
 def _feature(r: FeatureRow) -> Feature:
@@ -176,15 +189,19 @@ class EntitlementRepository:
         limit: int,
         offset: int,
     ) -> list[Entitlement]:
-        q = select(EntitlementRow).where(EntitlementRow.namespace == namespace)
-        if subject_keys:
-            q = q.where(EntitlementRow.subject_key.in_(list(subject_keys)))
-        if feature_keys:
-            q = q.where(EntitlementRow.feature_key.in_(list(feature_keys)))
-        if not include_deleted:
-            q = q.where(EntitlementRow.deleted_at.is_(None))
+        q = _matching_entitlements(namespace, subject_keys, feature_keys, include_deleted)
         q = q.order_by(EntitlementRow.created_at, EntitlementRow.id).limit(limit).offset(offset)
         return [_entitlement(r) for r in self.s.scalars(q)]
+
+    def count(
+        self,
+        namespace: str,
+        *,
+        subject_keys: Sequence[str] = (),
+        feature_keys: Sequence[str] = (),
+        include_deleted: bool = False,
+    ) -> int:
+        return _count(self.s, _matching_entitlements(namespace, subject_keys, feature_keys, include_deleted))
 
     def mark_deleted(self, namespace: str, entitlement_id: str, at: datetime) -> None:
         self.s.execute(
@@ -199,6 +216,19 @@ class EntitlementRepository:
             .where(EntitlementRow.id == entitlement_id)
             .values(version=EntitlementRow.version + 1, updated_at=at)
         )
+
+
+def _matching_entitlements(
+    namespace: str, subject_keys: Sequence[str], feature_keys: Sequence[str], include_deleted: bool
+) -> Select[EntitlementRow]:
+    q = select(EntitlementRow).where(EntitlementRow.namespace == namespace)
+    if subject_keys:
+        q = q.where(EntitlementRow.subject_key.in_(list(subject_keys)))
+    if feature_keys:
+        q = q.where(EntitlementRow.feature_key.in_(list(feature_keys)))
+    if not include_deleted:
+        q = q.where(EntitlementRow.deleted_at.is_(None))
+    return q
 
 
 def _entitlement(r: EntitlementRow) -> Entitlement:
@@ -268,16 +298,24 @@ class GrantRepository:
     def search(
         self, namespace: str, *, include_voided: bool, entitlement_ids: Sequence[str] | None, limit: int, offset: int
     ) -> list[Grant]:
-        q = select(GrantRow).where(GrantRow.namespace == namespace)
-        if not include_voided:
-            q = q.where(GrantRow.voided_at.is_(None))
-        if entitlement_ids is not None:
-            q = q.where(GrantRow.entitlement_id.in_(list(entitlement_ids)))
+        q = _matching_grants(namespace, include_voided, entitlement_ids)
         q = q.order_by(GrantRow.created_at, GrantRow.id).limit(limit).offset(offset)
         return [_grant(r) for r in self.s.scalars(q)]
 
+    def count(self, namespace: str, *, include_voided: bool, entitlement_ids: Sequence[str] | None) -> int:
+        return _count(self.s, _matching_grants(namespace, include_voided, entitlement_ids))
+
     def void(self, grant_id: str, at: datetime) -> None:
         self.s.execute(update(GrantRow).where(GrantRow.id == grant_id).values(voided_at=at, updated_at=at))
+
+
+def _matching_grants(namespace: str, include_voided: bool, entitlement_ids: Sequence[str] | None) -> Select[GrantRow]:
+    q = select(GrantRow).where(GrantRow.namespace == namespace)
+    if not include_voided:
+        q = q.where(GrantRow.voided_at.is_(None))
+    if entitlement_ids is not None:
+        q = q.where(GrantRow.entitlement_id.in_(list(entitlement_ids)))
+    return q
 
 
 def _grant(r: GrantRow) -> Grant:

@@ -232,6 +232,24 @@ class EntitlementService:
 
         return await self.d.in_thread(tx)
 
+    async def count(
+        self,
+        namespace: str,
+        *,
+        subject_keys: Sequence[str] = (),
+        feature_keys: Sequence[str] = (),
+        include_deleted: bool = False,
+    ) -> int:
+        """How many entitlements `search` pages through with these filters."""
+
+        def tx() -> int:
+            with self.d.db.read() as s:
+                return EntitlementRepository(s, lock_rows=False).count(
+                    namespace, subject_keys=subject_keys, feature_keys=feature_keys, include_deleted=include_deleted
+                )
+
+        return await self.d.in_thread(tx)
+
     async def delete(self, namespace: str, subject_key: str, entitlement_id: str) -> None:
         now = self.d.clock.now()
 

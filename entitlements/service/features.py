@@ -117,6 +117,15 @@ class FeatureService:
 
         return await self.d.in_thread(tx)
 
+    async def count(self, namespace: str, *, include_archived: bool = False, meter_slugs: Sequence[str] = ()) -> int:
+        """How many features `search` pages through with these filters."""
+
+        def tx() -> int:
+            with self.d.db.read() as s:
+                return FeatureRepository(s).count(namespace, include_archived=include_archived, meter_slugs=meter_slugs)
+
+        return await self.d.in_thread(tx)
+
     async def archive(self, namespace: str, id_or_key: str) -> Feature:
         """DELETE archives: existing entitlements keep working, new ones cannot use the feature."""
         now = self.d.clock.now()

@@ -10,6 +10,7 @@ from datetime import datetime
 from decimal import Decimal
 
 import structlog
+from sqlalchemy.orm import Session
 
 from common.errors import InvalidInput
 from entitlements import engine
@@ -146,23 +147,32 @@ class GrantService:
     ) -> list[Grant]:
         def tx() -> list[Grant]:
             with self.d.db.read() as s:
-                ids: list[str] | None = None
-                if subject_keys or feature_keys:
-                    ents = EntitlementRepository(s, lock_rows=False).search(
-                        namespace,
-                        subject_keys=subject_keys,
-                        feature_keys=feature_keys,
-                        include_deleted=True,
-                        limit=100_000,
-                        offset=0,
-                    )
-                    ids = [e.id for e in ents]
                 return GrantRepository(s).search(
                     namespace,
                     include_voided=include_voided,
-                    entitlement_ids=ids,
+                    entitlement_ids=_entitlement_ids(s, namespace, subject_keys, feature_keys),
                     limit=min(limit, MAX_PAGE),
                     offset=offset,
+                )
+
+        return await self.d.in_thread(tx)
+
+    async def count(
+        self,
+        namespace: str,
+        *,
+        subject_keys: Sequence[str] = (),
+        feature_keys: Sequence[str] = (),
+        include_voided: bool = False,
+    ) -> int:
+        """How many grants `search` pages through with these filters."""
+
+        def tx() -> int:
+            with self.d.db.read() as s:
+                return GrantRepository(s).count(
+                    namespace,
+                    include_voided=include_voided,
+                    entitlement_ids=_entitlement_ids(s, namespace, subject_keys, feature_keys),
                 )
 
         return await self.d.in_thread(tx)
@@ -193,6 +203,18 @@ class GrantService:
         voided = await self.d.in_thread(tx)
         log.info("grant_voided", grant_id=grant_id, entitlement_id=voided.entitlement_id)
         return voided
+
+
+def _entitlement_ids(
+    s: Session, namespace: str, subject_keys: Sequence[str], feature_keys: Sequence[str]
+) -> list[str] | None:
+    """The entitlements (deleted ones too) a grant filter on subjects or features means; None: no filter."""
+    if not (subject_keys or feature_keys):
+        return None
+    ents = EntitlementRepository(s, lock_rows=False).search(
+        namespace, subject_keys=subject_keys, feature_keys=feature_keys, include_deleted=True, limit=100_000, offset=0
+    )
+    return [e.id for e in ents]
 
 
 def _require_metered(ent: Entitlement | None, id_or_feature_key: str, subject_key: str) -> None:
