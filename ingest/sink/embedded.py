@@ -44,6 +44,7 @@ from ingest.sink.rows import RangeId
 from ingest.sink.tuning import tuned_interpreter
 from ingest.sink.wal import FileWal
 from ingest.sink.wal_codec import WalBatch, WalCorrupt
+from ingest.wire import message_key
 
 log = structlog.get_logger(__name__)
 
@@ -223,7 +224,7 @@ class EmbeddedLog:
                     EMBEDDED_TOPIC,
                     EMBEDDED_PARTITION,
                     conflict.offset,
-                    "\x00".join(conflict.key).encode(),
+                    message_key(*conflict.key),
                     event.to_json(),
                 )
             )
