@@ -62,9 +62,6 @@ class ClickHouseLedger:
         self._table = ch.table(LEDGER_TABLE)
         self._types: list[str] | None = None
 
-    def record(self, rec: LedgerRecord) -> None:
-        self.record_many([rec])
-
     def record_many(self, recs: Sequence[LedgerRecord]) -> None:
         """Record ranges in one insert (one part): all of them are durable when this returns."""
         if self._types is None:  # read once: a DESCRIBE per record would double its engine calls
