@@ -52,13 +52,7 @@ class FeatureRepository:
         """By id, else the active feature with that key."""
         row = self.s.scalars(select(FeatureRow).where(FeatureRow.namespace == namespace, FeatureRow.id == id_or_key))
         found = row.first()
-        if found is None:
-            found = self.s.scalars(
-                select(FeatureRow).where(
-                    FeatureRow.namespace == namespace, FeatureRow.key == id_or_key, FeatureRow.archived_at.is_(None)
-                )
-            ).first()
-        return None if found is None else _feature(found)
+        return self.active_by_key(namespace, id_or_key) if found is None else _feature(found)
 
     def active_by_key(self, namespace: str, key: str) -> Feature | None:
         found = self.s.scalars(
