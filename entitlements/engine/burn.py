@@ -9,7 +9,8 @@ that equals burning every event one by one in time order (balances only fall ins
 from __future__ import annotations
 
 import itertools
-from collections.abc import Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
 from decimal import Context, Decimal, DivisionByZero, Inexact, InvalidOperation, Overflow, localcontext
@@ -34,6 +35,7 @@ from entitlements.engine.timeline import (
     merged_resets,
     moved_cadence,
     plan_windows,
+    snapshot_is_usable,
 )
 
 
@@ -144,6 +146,15 @@ class _Inputs:
 EXACT = Context(prec=100, traps=[InvalidOperation, DivisionByZero, Overflow, Inexact])
 
 
+@contextmanager
+def _exact() -> Iterator[None]:
+    try:
+        with localcontext(EXACT):
+            yield
+    except Inexact as e:
+        raise EngineInputError("amounts need more than 100 significant digits") from e
+
+
 def initial_snapshot(terms: EntitlementTerms, grants: Sequence[Grant], resets: Sequence[ManualReset]) -> Snapshot:
     """The state at terms.measure_usage_from: grants usable then hold their amount, nothing is used yet.
 
@@ -153,11 +164,8 @@ def initial_snapshot(terms: EntitlementTerms, grants: Sequence[Grant], resets: S
     ins = _Inputs(terms, grants, resets, terms.measure_usage_from)
     start = terms.measure_usage_from
     st = _State(start, {}, ZERO, start, terms.usage_period, ZERO, ZERO)
-    try:
-        with localcontext(EXACT):
-            ins.apply_instant(st, start, first=True)
-    except Inexact as e:
-        raise EngineInputError("amounts need more than 100 significant digits") from e
+    with _exact():
+        ins.apply_instant(st, start, first=True)
     return st.snapshot(inputs_digest(terms, grants, resets, start))
 
 
@@ -183,17 +191,14 @@ def run(
         raise EngineInputError("need one usage value per window", windows=len(bounds) - 1, usage=len(usage))
     if any(a >= b for a, b in itertools.pairwise(bounds)):
         raise EngineInputError("boundaries must increase strictly")
-    if snapshot.inputs_digest != inputs_digest(terms, grants, resets, snapshot.at):
+    if not snapshot_is_usable(snapshot, terms, grants, resets):
         raise EngineInputError("snapshot is stale: an input before its instant changed", at=snapshot.at.isoformat())
     missing = set(plan_windows(snapshot, grants, resets, terms, bounds[-1])) - set(bounds)
     if missing:
         raise EngineInputError("boundaries miss planned instants", first_missing=min(missing).isoformat())
 
-    try:
-        with localcontext(EXACT):
-            return _run(snapshot, grants, resets, terms, bounds, usage)
-    except Inexact as e:
-        raise EngineInputError("amounts need more than 100 significant digits") from e
+    with _exact():
+        return _run(snapshot, grants, resets, terms, bounds, usage)
 
 
 def _run(
@@ -260,7 +265,7 @@ def _run(
         total_available_grant_amount=st.credited_in_period,
         has_access=terms.is_soft_limit or balance > 0,
         period_start=st.period_start,
-        period_end=_period_end(st, ins),
+        period_end=_period_end(st.period, st.at, ins.resets),
         segments=tuple(segments),
         snapshots=tuple(snapshots),
         final=final,
@@ -268,9 +273,9 @@ def _run(
     )
 
 
-def _period_end(st: _State, ins: _Inputs) -> datetime:
-    auto = st.period.after(st.at)
-    manual = [t for t in ins.resets if st.at < t < auto]
+def _period_end(period: Recurrence, at: datetime, resets: Mapping[datetime, ResetAt]) -> datetime:
+    auto = period.after(at)
+    manual = [t for t in resets if at < t < auto]
     return min(manual, default=auto)
 
 
@@ -278,5 +283,4 @@ def current_period(
     snapshot: Snapshot, terms: EntitlementTerms, resets: Sequence[ManualReset]
 ) -> tuple[datetime, datetime]:
     """[start, end) of the usage period containing snapshot.at, given the manual resets known now."""
-    st = _State(snapshot.at, {}, ZERO, snapshot.period_start, snapshot.period, ZERO, ZERO)
-    return snapshot.period_start, _period_end(st, _Inputs(terms, (), resets, snapshot.at))
+    return snapshot.period_start, _period_end(snapshot.period, snapshot.at, merged_resets(terms, resets))
