@@ -11,7 +11,6 @@ timestamp) and the default namespace, so a replay always decodes the same way.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -28,11 +27,11 @@ from common.cloudevents import (
     parse_time,
     validate_event,
 )
+from common.settings import NAMESPACE_PATTERN
 from ingest.wire import CONTENT_TYPE_HEADER, INGESTED_AT_HEADER, NAMESPACE_HEADER, STRUCTURED_CONTENT_TYPE
 
 BINARY_PREFIX = "ce_"
 SPECVERSION_HEADER = "ce_specversion"
-NAMESPACE_PATTERN = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 MAX_VALUE_BYTES = 1024 * 1024
 MAX_HEADER_BYTES = 4096
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
@@ -132,7 +131,7 @@ class Decoder:
         namespace = self._namespaces.get(raw)
         if namespace is None:
             namespace = _header_text(raw, NAMESPACE_HEADER)
-            if not NAMESPACE_PATTERN.match(namespace):
+            if not NAMESPACE_PATTERN.fullmatch(namespace):  # `$` in .match would accept a trailing newline
                 raise EventValidationError(
                     "namespace header must be 1 to 64 characters of [A-Za-z0-9_-]", field=NAMESPACE_HEADER
                 )

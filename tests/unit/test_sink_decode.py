@@ -102,6 +102,7 @@ def test_binary_mode_without_data_is_null_data() -> None:
         (orjson.dumps(event()), [("namespace", b"\xff\xfe")], TS, "UTF-8"),
         (orjson.dumps(event()), [("namespace", b"bad namespace!")], TS, "namespace"),
         (orjson.dumps(event()), [("namespace", b"n" * 65)], TS, "namespace"),
+        (orjson.dumps(event()), [("namespace", b"acme\n")], TS, "namespace"),  # `$` matched before a newline
         (orjson.dumps(event()), [("namespace", b"x" * 5000)], TS, "longer"),
         (orjson.dumps(event()), [("ingested_at", b"not a time")], TS, "ingested_at"),
         (orjson.dumps(event()), [("ingested_at", 12345)], TS, "bytes"),  # type: ignore[list-item]
