@@ -426,4 +426,4 @@ class SnapshotRepository:
         self.s.execute(delete(SnapshotRow).where(SnapshotRow.entitlement_id == entitlement_id))
 
     def count(self, entitlement_id: str) -> int:
-        return len(list(self.s.scalars(select(SnapshotRow.at).where(SnapshotRow.entitlement_id == entitlement_id))))
+        return _count(self.s, select(SnapshotRow.at).where(SnapshotRow.entitlement_id == entitlement_id))
