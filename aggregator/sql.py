@@ -372,12 +372,18 @@ def _select_keys(q: Query, ts: str, *, from_raw: bool) -> list[str]:
     return keys
 
 
-def _common_filters(q: Query, params: dict[str, Any], *, from_raw: bool) -> list[str]:
+def _key_filters(q: Query, params: dict[str, Any]) -> list[str]:
+    """Namespace and subjects: columns of every table's sort key."""
     where = ["namespace = {ns:String}"]
     params["ns"] = q.namespace
     if q.subjects:
         where.append("subject IN {subjects:Array(String)}")
         params["subjects"] = list(q.subjects)
+    return where
+
+
+def _group_filters(q: Query, params: dict[str, Any], *, from_raw: bool) -> list[str]:
+    where = []
     segments = q.meter.group_segments()
     for i, (key, value) in enumerate(q.filters):
         col = group_expr(segments[key]) if from_raw else ident(group_column(key))
@@ -389,18 +395,13 @@ def _common_filters(q: Query, params: dict[str, Any], *, from_raw: bool) -> list
 def _raw_select(database: str, q: Query, params: dict[str, Any], intervals: list[tuple[datetime, datetime]]) -> str:
     # PREWHERE narrows to the key range (namespace, type, subject, time) before any JSON is parsed: the
     # value rule then runs on the few rows at the edges, not on whole granules.
-    prewhere = ["namespace = {ns:String}", f"type = {literal(q.meter.event_type)}"]
-    params["ns"] = q.namespace
-    if q.subjects:
-        prewhere.append("subject IN {subjects:Array(String)}")
-        params["subjects"] = list(q.subjects)
+    prewhere = [*_key_filters(q, params), f"type = {literal(q.meter.event_type)}"]
     spans = []
     for i, (lo, hi) in enumerate(intervals):
         spans.append(f"(time >= {{lo{i}:DateTime64(3, 'UTC')}} AND time < {{hi{i}:DateTime64(3, 'UTC')}})")
         params[f"lo{i}"], params[f"hi{i}"] = lo, hi
     prewhere.append("(" + " OR ".join(spans) + ")")
-    where = [w for w in _common_filters(q, params, from_raw=True) if not w.startswith(("namespace", "subject"))]
-    where.append(meter_filter(q.meter))
+    where = [*_group_filters(q, params, from_raw=True), meter_filter(q.meter)]
     # Explicit boundaries may fall inside a second: bucket on the millisecond time, not on whole seconds.
     keys = _select_keys(q, "time" if q.boundaries is not None else "toDateTime(time, 'UTC')", from_raw=True)
     states = [f"{expr} AS {ident(name)}" for name, _, expr in state_columns(q.meter)]
@@ -518,7 +519,7 @@ def build_query(database: str, q: Query) -> tuple[str, dict[str, Any]]:
         if not mine:
             continue
         col = tier.column
-        where = _common_filters(q, params, from_raw=False)
+        where = [*_key_filters(q, params), *_group_filters(q, params, from_raw=False)]
         ranges = []
         for i, (lo, hi) in enumerate(mine):
             ranges.append(f"({col} >= {{rfrom{t}_{i}:DateTime('UTC')}} AND {col} < {{rto{t}_{i}:DateTime('UTC')}})")
