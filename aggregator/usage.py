@@ -74,10 +74,10 @@ class ClickHouseUsageReader:
             filters=tuple(sorted(group_by_filters.items())),
             group_subject=False,
         )
+        # A repeated boundary makes an empty window; rows land in the last window starting there.
+        window_at = {b: i for i, b in enumerate(bounds[:-1])}
         for row in await self.meters.run(q):
-            # A repeated boundary makes an empty window; rows land in the last window starting there.
-            index = max(i for i in range(len(bounds) - 1) if bounds[i] == row.window_start)
-            out[index] = row.value
+            out[window_at[row.window_start]] = row.value
         return out
 
     async def last_stored_at(self, namespace: str, meter_slug: str, subject: str, before: datetime) -> datetime | None:
