@@ -197,6 +197,17 @@ class ClickHouseMeterRepository:
             subjects=int(subjects),
         )
 
+    def last_stored_at(self, meter: Meter, namespace: str, subject: str, before: datetime) -> datetime | None:
+        """When the subject's latest event of the meter's type before `before` was stored, or None."""
+        rows = self.ch.rows(
+            f"SELECT maxOrNull(stored_at) FROM {sql.qualified(self.db, EVENTS_TABLE)} "
+            "WHERE namespace = {ns:String} AND type = {ty:String} "
+            "AND subject = {s:String} AND time < {b:DateTime64(3, 'UTC')}",
+            parameters={"ns": namespace, "ty": meter.event_type, "s": subject, "b": before.astimezone(UTC)},
+        )
+        value = rows[0][0] if rows else None
+        return None if value is None else _aware(value)
+
     def query_rows(self, text: str, params: dict[str, Any]) -> list[tuple[Any, ...]]:
         return [tuple(r) for r in self.ch.rows(text, parameters=params)]
 

@@ -15,7 +15,6 @@ from decimal import Decimal
 from aggregator import sql
 from aggregator.query import InvalidQuery
 from aggregator.service import MeterService
-from ingest.schema import EVENTS_TABLE
 
 
 def ceil_to_millisecond(t: datetime) -> datetime:
@@ -82,17 +81,4 @@ class ClickHouseUsageReader:
 
     async def last_stored_at(self, namespace: str, meter_slug: str, subject: str, before: datetime) -> datetime | None:
         meter = await self.meters.get(namespace, meter_slug)
-        repo = self.meters.repository
-        rows = await asyncio.to_thread(
-            repo.query_rows,
-            f"SELECT maxOrNull(stored_at) FROM {sql.qualified(repo.db, EVENTS_TABLE)} "
-            "WHERE namespace = {ns:String} AND type = {ty:String} "
-            "AND subject = {s:String} AND time < {b:DateTime64(3, 'UTC')}",
-            {"ns": namespace, "ty": meter.event_type, "s": subject,
-             "b": before.astimezone(UTC)},
-        )
-        value = rows[0][0] if rows else None
-        if value is None:
-            return None
-        assert isinstance(value, datetime)
-        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+        return await asyncio.to_thread(self.meters.repository.last_stored_at, meter, namespace, subject, before)
