@@ -107,8 +107,7 @@ class ClickHouseMeterRepository:
         self.build(meter)
 
     def build(self, meter: Meter) -> None:
-        for stmt in sql.drop_sql(self.db, meter):
-            self.ch.command(stmt)
+        self._drop_rollups(meter)
         for tier in sql.TIERS:
             self.ch.command(sql.rollup_table_ddl(self.db, meter, tier))
         cutover = self._server_now() + CUTOVER_MARGIN
@@ -147,9 +146,12 @@ class ClickHouseMeterRepository:
 
     def drop(self, meter: Meter) -> None:
         self._write(meter, DELETED, datetime.fromtimestamp(0, UTC))
+        self._drop_rollups(meter)
+        log.info("meter_dropped", slug=meter.slug, id=meter.id)
+
+    def _drop_rollups(self, meter: Meter) -> None:
         for stmt in sql.drop_sql(self.db, meter):
             self.ch.command(stmt)
-        log.info("meter_dropped", slug=meter.slug, id=meter.id)
 
     def reconcile(self, wanted_config: list[Meter]) -> None:
         """Make the rollups match: config meters exist, half-built ones are rebuilt, deleted ones dropped."""
@@ -160,8 +162,7 @@ class ClickHouseMeterRepository:
             if meter.namespace is None and meter.id not in wanted_ids and state != DELETED:
                 self.drop(meter)  # removed from (or changed in) the config file
             elif state == DELETED:
-                for stmt in sql.drop_sql(self.db, meter):
-                    self.ch.command(stmt)
+                self._drop_rollups(meter)
             elif state == CREATING:
                 log.info("meter_rebuilding", slug=meter.slug, id=meter.id)
                 self.build(meter)
