@@ -133,16 +133,20 @@ def merge_exprs(meter: Meter) -> list[str]:
     return exprs
 
 
-def meter_filter(meter: Meter) -> str:
-    """Which events rows belong to the meter (type, namespace for API meters, eventFrom, validity)."""
-    _, valid = value_exprs(meter)
+def meter_scope(meter: Meter) -> str:
+    """The events rows a meter looks at, by columns only (type, namespace for API meters, eventFrom)."""
     parts = [f"type = {literal(meter.event_type)}"]
     if meter.namespace is not None:
         parts.append(f"namespace = {literal(meter.namespace)}")
     if meter.event_from is not None:
         parts.append(f"time >= toDateTime64({literal(_ch_time(meter.event_from))}, 3, 'UTC')")
-    parts.append(valid)
     return " AND ".join(parts)
+
+
+def meter_filter(meter: Meter) -> str:
+    """Which events rows belong to the meter: its scope, and a valid value (JSON extraction per row)."""
+    _, valid = value_exprs(meter)
+    return f"{meter_scope(meter)} AND {valid}"
 
 
 def _ch_time(t: datetime) -> str:
@@ -257,10 +261,13 @@ def backfill_sql(database: str, meter: Meter, cutover: datetime, tier: Tier = MI
 
 
 def backfill_months_sql(database: str, meter: Meter, cutover: datetime) -> str:
-    """The months (YYYYMM of event time) a backfill must cover, with their event counts, oldest first."""
+    """The months (YYYYMM of event time) a backfill must cover, with their event counts, oldest first.
+
+    Scope only, no value check: this pass exists to report progress, and a month whose events are all
+    invalid just backfills nothing."""
     return (
         f"SELECT toYYYYMM(time) AS month, count() FROM {qualified(database, EVENTS_TABLE)} "
-        f"WHERE {meter_filter(meter)} AND {INSERTED_AT} < {_cutover_literal(cutover)} "
+        f"WHERE {meter_scope(meter)} AND {INSERTED_AT} < {_cutover_literal(cutover)} "
         "GROUP BY month ORDER BY month"
     )
 
