@@ -4,20 +4,30 @@ orjson (fast) turns a number literal into a 64-bit float or integer: `1000000000
 `1e+26` and `0.12345678901234567891` loses its tail, and nothing says so. Usage must be exact, so a
 document whose numbers a float cannot hold exactly is refused with a message that says what to do (send
 the value as a string: meters accept numeric strings). The check costs nothing for ordinary documents:
-only text with a run of 16 or more digits is parsed a second time, with Decimal, and compared.
+only text with a run of 16 or more digits (dots aside) is parsed a second time, with Decimal, and compared.
 """
 
 from __future__ import annotations
 
 import json
-import re
 from decimal import Decimal
 from typing import Any
 
 import orjson
 
-# 16 digits, possibly with one '.' among them: the fewest digits a double may fail to round-trip.
-_LONG_DIGITS = re.compile(rb"(?:\d\.?){16}")
+# A number literal a double may fail to round-trip has at least 16 digits, possibly with one '.' among
+# them: the regex rb"(?:\d\.?){16}" finds those, but costs 4 us on a 160-byte event (the sink's hot
+# path). The same test in 0.3 us: every digit becomes '0', every '.' goes, then look for 16 zeros.
+# It flags everything the regex flags (deleting the dots joins each regex match into one run) and a
+# little more (digits separated by dots anywhere, e.g. inside strings): what it flags is only
+# checked more closely, never refused for that alone.
+_DIGITS_TO_ZERO = bytes.maketrans(b"0123456789", b"0" * 10)
+_SIXTEEN_ZEROS = b"0" * 16
+
+
+def may_hold_long_number(data: bytes) -> bool:
+    """False when `data` certainly has no number literal a float could round (no run of 16 digits)."""
+    return _SIXTEEN_ZEROS in data.translate(_DIGITS_TO_ZERO, b".")
 
 
 class InexactNumberError(ValueError):
@@ -39,7 +49,7 @@ def loads(raw: bytes | str) -> Any:
     """
     value = orjson.loads(raw)
     data = raw.encode() if isinstance(raw, str) else raw
-    if _LONG_DIGITS.search(data) is None:
+    if not may_hold_long_number(data):
         return value
     try:
         exact = json.loads(data, parse_float=Decimal, parse_int=int)

@@ -16,13 +16,13 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
 
-from common.clickhouse import ClickHouse, column_type_names
+from common.clickhouse import ClickHouse
 from common.clock import Clock
 from ingest.schema import EVENT_COLUMNS, EVENTS_TABLE
 from ingest.sink.dedupe import Conflict, Item, resolve, to_millis
 from ingest.sink.keycheck import ClickHouseKeyCheck
 from ingest.sink.ledger import ClickHouseLedger, LedgerRecord
-from ingest.sink.rows import RangeId, build_columns
+from ingest.sink.rows import INSERT_FORMAT, RangeId, build_columns, encode_columns
 
 # Settings every insert pins, because exactly-once depends on them (defaults differ across versions:
 # chdb defaults to async_insert=1, and 26.x ignores insert_deduplicate=0 in favour of deduplicate_insert).
@@ -89,7 +89,6 @@ class BatchProcessor:
         self._clock = clock
         self._table = ch.table(EVENTS_TABLE)
         self._columns = list(EVENT_COLUMNS)
-        self._types = column_type_names(ch, self._table, self._columns)
         self.ledger = ClickHouseLedger(ch)
         self._keys = ClickHouseKeyCheck(ch, window=dedupe_window)
         self._settings = supported_insert_settings(ch)
@@ -113,16 +112,9 @@ class BatchProcessor:
         stored = self._keys.stored(batch.range_id, batch.items)
         resolution = resolve(batch.items, stored)
         if resolution.keep:
-            columns = build_columns(batch.range_id, resolution.keep, rec.stored_at_ms)
+            block = encode_columns(build_columns(batch.range_id, resolution.keep, rec.stored_at_ms))
             settings = {**self._settings, "insert_deduplication_token": rec.token}
             self._ch.call(
-                lambda c: c.insert(
-                    self._table,
-                    columns,
-                    column_names=self._columns,
-                    column_type_names=self._types,
-                    column_oriented=True,
-                    settings=settings,
-                )
+                lambda c: c.raw_insert(self._table, self._columns, block, settings=settings, fmt=INSERT_FORMAT)
             )
         return BatchResult(len(resolution.keep), resolution.duplicates, resolution.conflicts)

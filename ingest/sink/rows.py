@@ -13,6 +13,8 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import orjson
+
 from ingest.schema import EVENT_COLUMNS
 from ingest.sink.batch import OffsetRange
 from ingest.sink.dedupe import Item, to_millis
@@ -72,3 +74,22 @@ def build_columns(range_id: RangeId, items: Sequence[Item], stored_at_ms: int) -
 
 
 assert len(EVENT_COLUMNS) == 12, "build_columns must follow EVENT_COLUMNS"
+
+# The DateTime64(3) columns of EVENT_COLUMNS (time, ingested_at, stored_at).
+_TIME_COLUMNS = (5, 7, 8)
+INSERT_FORMAT = "JSONCompactColumns"
+
+
+def encode_columns(columns: Sequence[Sequence[Any]]) -> bytes:
+    """build_columns' columns as one JSONCompactColumns block: `[[col 1 values], [col 2 values], ...]`.
+
+    orjson writes it in C and the engine parses it in C++ without the GIL, where the driver's Native
+    encoder loops over every value in Python. A DateTime64 column goes as seconds with the milliseconds
+    as the fraction (ClickHouse reads an integer as whole seconds): `ms / 1000` is the double nearest the
+    exact value, and orjson prints the shortest text that reads back as that double, which for 13
+    significant digits (any millisecond before 2286) is the exact decimal: no instant moves.
+    """
+    block = list(columns)
+    for i in _TIME_COLUMNS:
+        block[i] = [ms / 1000 for ms in columns[i]]
+    return orjson.dumps(block)

@@ -120,3 +120,27 @@ async def test_publish_fails_while_clickhouse_fails_then_a_retry_stores_once(cli
     await log.publish("acme", [event(1), event(2)], T0)
     assert [r[2] for r in stored(clickhouse)] == ["evt-0", "evt-1", "evt-2"]
     await log.close()
+
+
+@pytest.mark.parametrize(
+    "at",
+    [
+        datetime(1970, 1, 1, tzinfo=UTC),
+        datetime(1970, 1, 1, 0, 0, 0, 1000, tzinfo=UTC),
+        datetime(2026, 3, 1, 12, 0, 0, 37000, tzinfo=UTC),
+        datetime(2026, 3, 1, 12, 0, 0, 999000, tzinfo=UTC),
+        datetime(2199, 12, 31, 23, 59, 59, 999000, tzinfo=UTC),
+    ],
+)
+async def test_every_millisecond_is_stored_exactly(clickhouse: ClickHouse, at: datetime) -> None:
+    """The insert block carries DateTime64 columns as decimal seconds: no instant may move."""
+    log = EmbeddedLog(clickhouse, SinkSettings(), clock=FrozenClock(at))
+    e = CloudEvent(id="edge", source="svc", type="llm", subject="s", time=at, data="null")
+    await log.publish("acme", [e], at)
+    await log.close()
+    expected = (at - datetime(1970, 1, 1, tzinfo=UTC)) // timedelta(milliseconds=1)
+    rows = clickhouse.rows(
+        "SELECT toUnixTimestamp64Milli(time), toUnixTimestamp64Milli(ingested_at), "
+        f"toUnixTimestamp64Milli(stored_at) FROM {clickhouse.table('events')}"
+    )
+    assert [tuple(int(v) for v in r) for r in rows] == [(expected, expected, expected)]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from decimal import Decimal
 
 import orjson
@@ -63,3 +64,26 @@ def test_the_sink_dead_letters_a_number_it_would_round() -> None:
     decoded = Decoder(default_namespace="default").decode(value, headers, 1_700_000_000_000)
     assert isinstance(decoded, Malformed)
     assert "send it as a string" in decoded.reason
+
+
+LONG_DIGITS = re.compile(rb"(?:\d\.?){16}")  # the definition the fast filter must cover
+
+
+@given(st.lists(st.sampled_from([b"0", b"7", b"9", b".", b"-", b"e", b'"', b",", b"a", b" "]), max_size=60))
+def test_the_fast_filter_flags_every_long_digit_run(parts: list[bytes]) -> None:
+    data = b"".join(parts)
+    if LONG_DIGITS.search(data):
+        assert exactjson.may_hold_long_number(data)
+
+
+@pytest.mark.parametrize(
+    ("data", "flagged"),
+    [
+        (b'{"n":123456789012345}', False),  # 15 digits: every double prints them back
+        (b'{"n":1234567890123456}', True),
+        (b'{"n":1234567.890123456}', True),
+        (b'{"t":"2026-03-01T00:00:00.037Z","id":"evt-0000001"}', False),
+    ],
+)
+def test_the_fast_filter_on_examples(data: bytes, flagged: bool) -> None:
+    assert exactjson.may_hold_long_number(data) is flagged
