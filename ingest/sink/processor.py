@@ -3,7 +3,8 @@
 Order, per batch (one contiguous offset range of one partition):
 1. record the range in the ledger (with stored_at and the message digest) unless already recorded;
 2. drop duplicates inside the batch and against stored events (the key check), report conflicts;
-3. insert the rows, built only from the messages and the record, under a token derived from the range.
+3. insert the rows, built only from the messages and the record, under a token derived from the range;
+4. add the batch's keys to the key check's in-memory set (keycheck.py).
 The caller commits offsets only after `write` returned, and retries a failed `write` unchanged with
 the same record. Nothing is claimed before the insert succeeded: the key check reads the events
 table itself, so a failed write leaves no trace that could hide an event.
@@ -90,7 +91,7 @@ class BatchProcessor:
         self._table = ch.table(EVENTS_TABLE)
         self._columns = list(EVENT_COLUMNS)
         self.ledger = ClickHouseLedger(ch)
-        self._keys = ClickHouseKeyCheck(ch, window=dedupe_window)
+        self.keys = ClickHouseKeyCheck(ch, window=dedupe_window, clock=clock)
         self._settings = supported_insert_settings(ch)
 
     def record(self, range_id: RangeId, digest: str) -> LedgerRecord:
@@ -109,12 +110,13 @@ class BatchProcessor:
         """Store the batch's new events exactly once. Safe to call again with the same arguments."""
         if rec.range_id != batch.range_id or rec.digest != batch.digest:
             raise ValueError("the ledger record does not describe this batch")
-        stored = self._keys.stored(batch.range_id, batch.items)
-        resolution = resolve(batch.items, stored)
+        lookup = self.keys.stored(batch.range_id, batch.items)
+        resolution = resolve(batch.items, lookup.found)
         if resolution.keep:
             block = encode_columns(build_columns(batch.range_id, resolution.keep, rec.stored_at_ms))
             settings = {**self._settings, "insert_deduplication_token": rec.token}
             self._ch.call(
                 lambda c: c.raw_insert(self._table, self._columns, block, settings=settings, fmt=INSERT_FORMAT)
             )
+        self.keys.remember(lookup)
         return BatchResult(len(resolution.keep), resolution.duplicates, resolution.conflicts)

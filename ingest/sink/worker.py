@@ -115,6 +115,8 @@ class SinkWorker:
             committed = await self.consumer.committed(tp)
             start = committed if committed is not None and committed >= 0 else 0
             records = await asyncio.to_thread(self.processor.ledger.recorded_from, tp.topic, tp.partition, start)
+            # the keys the previous owner stored from this partition, before any batch of it is written
+            await asyncio.to_thread(self.processor.keys.load_partition, tp.topic, tp.partition)
             if state.revoked:
                 continue
             state.set_recorded(records)

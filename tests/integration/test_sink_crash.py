@@ -63,11 +63,11 @@ from aggregator import sql
 from aggregator.meter import WindowSize
 from aggregator.repository import ClickHouseMeterRepository
 from aggregator.query import shape_rows
-T0 = datetime(2026, 3, 1, tzinfo=UTC)
+NOW = datetime.now(UTC)  # the stream's events are from yesterday, a few 90 days before
 for meter in ClickHouseMeterRepository(ch).live():
     for namespace in ("acme", "globex"):
         for window in (None, WindowSize.HOUR, WindowSize.MINUTE):
-            q = sql.Query(meter=meter, namespace=namespace, start=T0 - timedelta(days=1), end=T0 + timedelta(days=1),
+            q = sql.Query(meter=meter, namespace=namespace, start=NOW - timedelta(days=99), end=NOW + timedelta(1),
                           window=window, tz="UTC", group_by=tuple(meter.group_by), group_subject=True)
             answers = []
             for build in (sql.build_query, sql.raw_query):

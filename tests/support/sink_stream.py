@@ -11,7 +11,10 @@ import orjson
 
 from ingest.wire import message_key
 
-T0 = datetime(2026, 3, 1, tzinfo=UTC)
+# Recent, like real usage: the sink's in-memory key set covers two dedupe windows back from now. Some
+# events (`late_rate`) are LATE_BY older, out of its reach: the sink looks those up in ClickHouse.
+T0 = datetime.now(UTC).replace(minute=0, second=0, microsecond=0) - timedelta(days=1)
+LATE_BY = timedelta(days=90)
 Key = tuple[str, str, str]
 Message = tuple[bytes | None, bytes | None, list[tuple[str, bytes]]]
 
@@ -61,6 +64,7 @@ def build_stream(
     namespaces: tuple[str, ...] = ("acme", "globex"),
     seed: int = 7,
     id_prefix: str = "evt",
+    late_rate: float = 0.02,
 ) -> Stream:
     """Originals come before their copies, and copies share the original's key (so its partition)."""
     rng = random.Random(seed)
@@ -74,7 +78,9 @@ def build_stream(
             "source": f"svc-{i % 3}",
             "type": "llm.tokens" if i % 2 else "api.calls",
             "subject": f"customer-{rng.randrange(200)}",
-            "time": (T0 + timedelta(milliseconds=i * 37)).isoformat().replace("+00:00", "Z"),
+            "time": (T0 + timedelta(milliseconds=i * 37) - (LATE_BY if rng.random() < late_rate else timedelta(0)))
+            .isoformat(timespec="milliseconds")
+            .replace("+00:00", "Z"),
             "data": {"tokens": rng.randrange(1, 5000), "model": rng.choice(["a", "b", "c"])},
         }
         binary = i % 4 == 3

@@ -1,0 +1,101 @@
+"""The key check's in-memory key set against the real engine: its hash is ClickHouse's, a key another
+worker stored from a partition is known once that partition is assigned, and events too old for the
+set are still looked up."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from common.clickhouse import ClickHouse
+from common.clock import FrozenClock
+from common.cloudevents import CloudEvent
+from ingest.sink.batch import OffsetRange
+from ingest.sink.decode import Decoded
+from ingest.sink.dedupe import Item
+from ingest.sink.keyindex import KEY_HASH_SQL, key_hash
+from ingest.sink.migrations import migrate_clickhouse
+from ingest.sink.processor import Batch, BatchProcessor, BatchResult
+from ingest.sink.rows import RangeId
+
+pytestmark = pytest.mark.integration
+
+NOW = datetime(2026, 6, 15, 12, 0, tzinfo=UTC)
+WINDOW = timedelta(days=32)
+TOPIC = "events"
+
+
+def event(event_id: str, at: datetime, *, tokens: int = 1) -> CloudEvent:
+    return CloudEvent(id=event_id, source="svc", type="llm", subject="s", time=at, data=f'{{"tokens":{tokens}}}')
+
+
+def write(processor: BatchProcessor, partition: int, start: int, events: list[CloudEvent]) -> BatchResult:
+    items = [Item(start + i, Decoded("acme", e, NOW)) for i, e in enumerate(events)]
+    range_id = RangeId(TOPIC, partition, OffsetRange(start, start + len(items) - 1))
+    batch = Batch(range_id, f"d{partition}-{start}", items)
+    return processor.write(batch, processor.record(range_id, batch.digest))
+
+
+def stored_ids(ch: ClickHouse) -> list[str]:
+    return sorted(str(r[0]) for r in ch.rows(f"SELECT id FROM {ch.table('events')}"))
+
+
+def test_the_sql_hash_is_the_python_hash(clickhouse: ClickHouse) -> None:
+    keys = [("acme", "svc", "evt-1"), ("ns", "src/é", "ид-ü"), ("n", "s", "1234567890123456789"), ("a", "", "x")]
+    rows = clickhouse.rows(
+        f"SELECT {KEY_HASH_SQL} FROM (SELECT tupleElement(k, 1) AS namespace, tupleElement(k, 2) AS source, "
+        "tupleElement(k, 3) AS id FROM (SELECT arrayJoin({keys:Array(Tuple(String, String, String))}) AS k))",
+        parameters={"keys": keys},
+    )
+    assert [int(r[0]) for r in rows] == [key_hash(*k) for k in keys]
+
+
+def test_a_copy_stored_by_another_worker_is_found_once_its_partition_is_assigned(clickhouse: ClickHouse) -> None:
+    migrate_clickhouse(clickhouse)
+    clock = FrozenClock(NOW)
+    ours = BatchProcessor(clickhouse, dedupe_window=WINDOW, clock=clock)
+    write(ours, 0, 0, [event("a", NOW)])  # our set is loaded now
+    theirs = BatchProcessor(clickhouse, dedupe_window=WINDOW, clock=clock)
+    write(theirs, 1, 0, [event("b", NOW), event("c", NOW)])  # they own partition 1 meanwhile
+
+    ours.keys.load_partition(TOPIC, 1)  # partition 1 is ours now
+    result = write(ours, 1, 2, [event("b", NOW), event("c", NOW, tokens=9), event("d", NOW)])
+    assert (result.stored, result.duplicates, len(result.conflicts)) == (1, 1, 1)
+    assert stored_ids(clickhouse) == ["a", "b", "c", "d"]
+
+
+def test_without_the_partition_load_the_copy_would_be_stored_again(clickhouse: ClickHouse) -> None:
+    """The test above can fail: a set that misses a stored key lets its copy through."""
+    migrate_clickhouse(clickhouse)
+    clock = FrozenClock(NOW)
+    ours = BatchProcessor(clickhouse, dedupe_window=WINDOW, clock=clock)
+    write(ours, 0, 0, [event("a", NOW)])
+    theirs = BatchProcessor(clickhouse, dedupe_window=WINDOW, clock=clock)
+    write(theirs, 1, 0, [event("b", NOW)])
+    write(ours, 1, 1, [event("b", NOW)])
+    assert stored_ids(clickhouse) == ["a", "b", "b"]
+
+
+def test_events_older_than_the_set_are_looked_up(clickhouse: ClickHouse) -> None:
+    migrate_clickhouse(clickhouse)
+    clock = FrozenClock(NOW)
+    old = NOW - 3 * WINDOW  # before the set's horizon (two windows back)
+    first = BatchProcessor(clickhouse, dedupe_window=WINDOW, clock=clock)
+    write(first, 0, 0, [event("late", old), event("new", NOW)])
+    restarted = BatchProcessor(clickhouse, dedupe_window=WINDOW, clock=clock)
+    result = write(restarted, 0, 2, [event("late", old), event("new", NOW), event("late", old, tokens=5)])
+    assert (result.stored, result.duplicates, len(result.conflicts)) == (0, 2, 1)
+    assert restarted.keys.indexed_keys >= 1  # "new" came from the table; "late" is past the horizon
+
+
+def test_the_set_is_reloaded_once_a_window_has_passed(clickhouse: ClickHouse) -> None:
+    migrate_clickhouse(clickhouse)
+    clock = FrozenClock(NOW)
+    processor = BatchProcessor(clickhouse, dedupe_window=WINDOW, clock=clock)
+    write(processor, 0, 0, [event(f"e{i}", NOW) for i in range(5)])
+    assert processor.keys.indexed_keys == 5
+    clock.advance_to(NOW + 3 * WINDOW)  # the stored events are now older than the new horizon
+    result = write(processor, 0, 5, [event("e0", NOW), event("fresh", clock.now())])
+    assert (result.stored, result.duplicates) == (1, 1)  # e0 was looked up in the table
+    assert processor.keys.indexed_keys == 2  # the reload dropped the old keys; the batch's are added
