@@ -47,7 +47,7 @@ from common.clickhouse import ClickHouse
 from common.clock import Clock
 from ingest.schema import EVENTS_TABLE
 from ingest.sink.dedupe import EventKey, Fingerprint, Item, to_millis
-from ingest.sink.keyindex import KEY_HASH_SQL, Hashes, KeyHasher, KeyHashSet, as_hashes
+from ingest.sink.keyindex import KEY_HASH_SQL, Hashes, KeyHasher, KeyHashSet
 from ingest.sink.rows import RangeId
 
 log = structlog.get_logger(__name__)
@@ -132,8 +132,7 @@ class ClickHouseKeyCheck:
         """Fingerprints of the batch's keys already stored by other ranges (blocking)."""
         if self._loaded_at is None or self._clock.now() - self._loaded_at >= self._window:
             self.load()
-        hasher = self._hasher
-        hashes = as_hashes(hasher(i.decoded.namespace, i.decoded.event.source, i.decoded.event.id) for i in items)
+        hashes = self._hasher.of_items(items)
         if not items:
             return KeyLookup({}, hashes)
         with self._lock:

@@ -20,10 +20,11 @@ from typing import Any
 from common.clickhouse import ClickHouse
 from common.clock import Clock
 from ingest.schema import EVENT_COLUMNS, EVENTS_TABLE
-from ingest.sink.dedupe import Conflict, Item, resolve, to_millis
+from ingest.sink.dedupe import Conflict, Item, resolve_hashed, to_millis
 from ingest.sink.keycheck import ClickHouseKeyCheck
+from ingest.sink.keyindex import as_hashes, key_hash
 from ingest.sink.ledger import ClickHouseLedger, LedgerRecord
-from ingest.sink.rows import INSERT_FORMAT, RangeId, build_columns, encode_columns
+from ingest.sink.rows import INSERT_FORMAT, RangeId, encode_rows
 
 # Settings every insert pins, because exactly-once depends on them (defaults differ across versions:
 # chdb defaults to async_insert=1, and 26.x ignores insert_deduplicate=0 in favour of deduplicate_insert).
@@ -111,9 +112,10 @@ class BatchProcessor:
         if rec.range_id != batch.range_id or rec.digest != batch.digest:
             raise ValueError("the ledger record does not describe this batch")
         lookup = self.keys.stored(batch.range_id, batch.items)
-        resolution = resolve(batch.items, lookup.found)
+        stored_hashes = as_hashes(key_hash(*key) for key in lookup.found)
+        resolution = resolve_hashed(batch.items, lookup.hashes, lookup.found, stored_hashes)
         if resolution.keep:
-            block = encode_columns(build_columns(batch.range_id, resolution.keep, rec.stored_at_ms))
+            block = encode_rows(batch.range_id, resolution.keep, rec.stored_at_ms)
             settings = {**self._settings, "insert_deduplication_token": rec.token}
             self._ch.call(
                 lambda c: c.raw_insert(self._table, self._columns, block, settings=settings, fmt=INSERT_FORMAT)

@@ -11,6 +11,8 @@ import hashlib
 from array import array
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from datetime import datetime
+from operator import attrgetter
 from typing import Any
 
 import orjson
@@ -93,3 +95,44 @@ def encode_columns(columns: Sequence[Sequence[Any]]) -> bytes:
     for i in _TIME_COLUMNS:
         block[i] = [ms / 1000 for ms in columns[i]]
     return orjson.dumps(block)
+
+
+def _seconds(t: datetime) -> float:
+    """An instant as the float `to_millis(t) / 1000` (what encode_columns sends), fast when t is on a
+    millisecond: datetime.timestamp() is the exact quotient correctly rounded, as is ms / 1000."""
+    return t.timestamp() if not t.microsecond % 1000 else to_millis(t) / 1000
+
+
+def encode_rows(range_id: RangeId, items: Sequence[Item], stored_at_ms: int) -> bytes:
+    """encode_columns(build_columns(...)), byte for byte, in about half the time: the sink's writer
+    runs this for every batch while the event loop decodes the next one under the same GIL."""
+    decoded = [item.decoded for item in items]
+    events = list(map(_EVENT, decoded))
+    n = len(items)
+    memo: dict[datetime, float] = {}  # a batch's messages mostly share their ingested_at
+    ingested: list[float] = []
+    for at in map(_INGESTED_AT, decoded):
+        seconds = memo.get(at)
+        if seconds is None:
+            seconds = memo[at] = _seconds(at)
+        ingested.append(seconds)
+    return orjson.dumps(
+        [
+            list(map(_NAMESPACE, decoded)),
+            list(map(_ID, events)),
+            list(map(_SOURCE, events)),
+            list(map(_TYPE, events)),
+            list(map(_SUBJECT, events)),
+            [_seconds(t) for t in map(_TIME, events)],
+            list(map(_DATA, events)),
+            ingested,
+            [stored_at_ms / 1000] * n,
+            [range_id.topic] * n,
+            [range_id.partition] * n,
+            list(map(_OFFSET, items)),
+        ]
+    )
+
+
+_EVENT, _INGESTED_AT, _NAMESPACE, _OFFSET = map(attrgetter, ("event", "ingested_at", "namespace", "offset"))
+_ID, _SOURCE, _TYPE, _SUBJECT, _TIME, _DATA = map(attrgetter, ("id", "source", "type", "subject", "time", "data"))

@@ -1,0 +1,98 @@
+"""The writer's fast paths give exactly the answers of the plain definitions they replace."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+from hypothesis import given
+from hypothesis import strategies as st
+
+from common.cloudevents import CloudEvent
+from ingest.sink.batch import OffsetRange
+from ingest.sink.decode import Decoded
+from ingest.sink.dedupe import Fingerprint, Item, fingerprint, resolve, resolve_hashed
+from ingest.sink.keyindex import KeyHasher, as_hashes, key_hash
+from ingest.sink.rows import RangeId, build_columns, encode_columns, encode_rows
+
+T = datetime(2026, 3, 1, tzinfo=UTC)
+
+copies = st.tuples(
+    st.sampled_from(["ns", "other"]),  # namespace
+    st.sampled_from(["a", "b", "c", "d", "e"]),  # id
+    st.sampled_from(['{"n":1}', '{"n":2}']),  # data: equal or conflicting copies
+)
+
+
+def make_items(specs: list[tuple[str, str, str]]) -> list[Item]:
+    return [
+        Item(i, Decoded(ns, CloudEvent(id=event_id, source="src", type="t", subject="s", time=T, data=data), T))
+        for i, (ns, event_id, data) in enumerate(specs)
+    ]
+
+
+@given(st.lists(copies, max_size=30), st.lists(copies, max_size=4), st.sampled_from([0, 1, 3, 2**64]))
+def test_resolve_hashed_is_resolve(
+    specs: list[tuple[str, str, str]], stored_specs: list[tuple[str, str, str]], modulus: int
+) -> None:
+    """Whatever the hash (modulus 1 makes every key collide), the answer is resolve's."""
+    items = make_items(specs)
+    stored: dict[tuple[str, str, str], Fingerprint] = {}
+    for item in make_items(stored_specs):
+        stored.setdefault((item.decoded.namespace, "src", item.decoded.event.id), fingerprint(item.decoded.event))
+
+    def h(key: tuple[str, str, str]) -> int:
+        return key_hash(*key) % modulus if modulus else 7
+
+    hashes = as_hashes(h((i.decoded.namespace, i.decoded.event.source, i.decoded.event.id)) for i in items)
+    fast = resolve_hashed(items, hashes, stored, as_hashes(h(key) for key in stored))
+    plain = resolve(items, stored)
+    assert [i.offset for i in fast.keep] == [i.offset for i in plain.keep]
+    assert fast.duplicates == plain.duplicates
+    assert fast.conflicts == plain.conflicts
+
+
+@given(
+    st.lists(
+        st.tuples(
+            st.integers(min_value=0, max_value=7_258_118_399_999),  # event time, ms (before 2200)
+            st.integers(min_value=0, max_value=7_258_118_399_999_999),  # ingested_at, us (any precision)
+            st.text(max_size=8),
+        ),
+        max_size=20,
+    )
+)
+def test_encode_rows_is_encode_columns_of_build_columns(rows: list[tuple[int, int, str]]) -> None:
+    epoch = datetime(1970, 1, 1, tzinfo=UTC)
+    items = [
+        Item(
+            100 + i,
+            Decoded(
+                "ns",
+                CloudEvent(
+                    id=f"e{i}",
+                    source=text,
+                    type="t",
+                    subject=text,
+                    time=epoch + timedelta(milliseconds=ms),
+                    data='{"k":"' + text.encode("unicode_escape").decode().replace('"', "") + '"}',
+                ),
+                epoch + timedelta(microseconds=us),
+            ),
+        )
+        for i, (ms, us, text) in enumerate(rows)
+    ]
+    rid = RangeId("topic", 2, OffsetRange(100, 100 + max(len(items) - 1, 0)))
+    assert encode_rows(rid, items, 1_767_225_600_123) == encode_columns(build_columns(rid, items, 1_767_225_600_123))
+
+
+@given(
+    st.lists(
+        st.tuples(st.sampled_from(["ns", "n2"]), st.text(max_size=5), st.text(min_size=1, max_size=9)), max_size=20
+    )
+)
+def test_hashing_a_batch_is_hashing_each_key(keys: list[tuple[str, str, str]]) -> None:
+    items = [
+        Item(i, Decoded(ns, CloudEvent(id=event_id, source=source, type="t", subject="s", time=T, data="null"), T))
+        for i, (ns, source, event_id) in enumerate(keys)
+    ]
+    assert KeyHasher().of_items(items).tolist() == [key_hash(*key) for key in keys]
