@@ -9,9 +9,8 @@ same message always builds the same row.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta, timezone
-from typing import Any, TypeGuard
+from typing import Any, NamedTuple
 
 import orjson
 
@@ -31,6 +30,11 @@ ALLOWED_DATA_CONTENT_TYPES = frozenset({"application/json"})
 _RFC3339 = re.compile(
     r"([0-9]{4})-([0-9]{2})-([0-9]{2})[Tt ]([0-9]{2}):([0-9]{2}):([0-9]{2})(\.[0-9]{1,9})?([Zz]|[+-][0-9]{2}:[0-9]{2})"
 )
+# The subset parse_time reads with datetime.fromisoformat: no groups to build (0.2 us instead of 0.3).
+_RFC3339_UTC = re.compile(
+    r"[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}(?:\.[0-9]{1,9})?(?:Z|\+00:00)"
+).fullmatch
+_fromisoformat = datetime.fromisoformat
 
 
 class EventValidationError(InvalidInput):
@@ -51,9 +55,13 @@ class EventValidationError(InvalidInput):
         return f"{prefix}.{self.field}" if self.field else (prefix or "$")
 
 
-@dataclass(frozen=True, slots=True)
-class CloudEvent:
-    """A validated event. `time` is UTC with millisecond precision; `data` is canonical JSON text."""
+class CloudEvent(NamedTuple):
+    """A validated event. `time` is UTC with millisecond precision; `data` is canonical JSON text.
+
+    A NamedTuple rather than a frozen dataclass: the sink builds one per Kafka message, and a frozen
+    dataclass's __init__ pays an object.__setattr__ per field (0.7 us against 0.2 us). It stays
+    immutable, and equality keeps the dataclass's rule: a CloudEvent equals only a CloudEvent.
+    """
 
     id: str
     source: str
@@ -61,6 +69,15 @@ class CloudEvent:
     subject: str
     time: datetime
     data: str
+
+    def __eq__(self, other: object) -> bool:
+        return type(other) is CloudEvent and tuple.__eq__(self, other)
+
+    def __ne__(self, other: object) -> bool:
+        return not self == other
+
+    def __hash__(self) -> int:
+        return tuple.__hash__(self)
 
     @property
     def key(self) -> tuple[str, str]:
@@ -93,14 +110,12 @@ def truncate_to_millis(t: datetime) -> datetime:
 
 def parse_time(value: object, *, field: str = "time") -> datetime:
     """Parse an RFC 3339 timestamp into an aware UTC datetime truncated to milliseconds."""
-    if not isinstance(value, str):
-        raise EventValidationError(f"{field} must be an RFC 3339 string", field=field)
-    m = _RFC3339.fullmatch(value)
-    if m is not None and value[-1] == "Z" and value[10] == "T":
-        # Fast path for the common form (UTC, 'T'): the regex vouched for the shape, so the C parser
-        # reads the same fields; anything it refuses (e.g. Feb 30) takes the general path for the error.
+    if type(value) is str and _RFC3339_UTC(value) is not None:
+        # Fast path for the forms producers send (UTC as 'Z' or '+00:00', 'T'): the regex vouched for the
+        # shape, so the C parser reads the same fields (it drops fraction digits past 6, as below);
+        # anything it refuses (e.g. Feb 30) or out of range takes the general path for the error.
         try:
-            parsed = datetime.fromisoformat(value)
+            parsed = _fromisoformat(value)
         except ValueError:
             pass
         else:
@@ -108,6 +123,13 @@ def parse_time(value: object, *, field: str = "time") -> datetime:
                 parsed = truncate_to_millis(parsed)
             if MIN_EVENT_TIME <= parsed < MAX_EVENT_TIME:
                 return parsed
+    return _parse_time(value, field)
+
+
+def _parse_time(value: object, field: str) -> datetime:
+    if not isinstance(value, str):
+        raise EventValidationError(f"{field} must be an RFC 3339 string", field=field)
+    m = _RFC3339.fullmatch(value)
     if m is None:
         raise EventValidationError(
             f"{field} must be an RFC 3339 date-time with an offset, e.g. 2024-01-01T12:00:00.123Z",
@@ -149,25 +171,30 @@ def _require_string(obj: dict[str, Any], name: str) -> str:
     return value
 
 
-def _plain(value: object) -> TypeGuard[str]:
-    """A string attribute `_require_string` accepts (the fast path's check; same rules)."""
-    return type(value) is str and 0 < len(value) <= MAX_ATTRIBUTE_LENGTH and not value.isspace()
-
-
 def validate_event(obj: object, *, default_time: datetime) -> CloudEvent:
     """Validate one decoded JSON value as a CloudEvent. Raises EventValidationError."""
     if type(obj) is dict:
         # Fast path for an event every rule accepts at first sight; anything else goes through the
         # checks below, in their order, so the error reported is the same.
+        # A string attribute passes when `_require_string` would accept it (same rules), checked inline:
+        # a helper call per attribute was a fifth of this function's cost.
         event_id, source, event_type, subject = obj.get("id"), obj.get("source"), obj.get("type"), obj.get("subject")
         data = obj.get("data")
         content_type = obj.get("datacontenttype")
         if (
             obj.get("specversion") == SPEC_VERSION
-            and _plain(event_id)
-            and _plain(source)
-            and _plain(event_type)
-            and _plain(subject)
+            and type(event_id) is str
+            and 0 < len(event_id) <= MAX_ATTRIBUTE_LENGTH
+            and not event_id.isspace()
+            and type(source) is str
+            and 0 < len(source) <= MAX_ATTRIBUTE_LENGTH
+            and not source.isspace()
+            and type(event_type) is str
+            and 0 < len(event_type) <= MAX_ATTRIBUTE_LENGTH
+            and not event_type.isspace()
+            and type(subject) is str
+            and 0 < len(subject) <= MAX_ATTRIBUTE_LENGTH
+            and not subject.isspace()
             and (data is None or type(data) is dict)
             and (content_type is None or (type(content_type) is str and content_type in ALLOWED_DATA_CONTENT_TYPES))
             and "data_base64" not in obj

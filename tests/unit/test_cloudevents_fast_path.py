@@ -62,9 +62,22 @@ times = st.one_of(
             "2026-03-01T00:00:00",
             "2026-03-01T00:00:00Z\n",
             "२०२६-03-01T00:00:00Z",
+            "2026-03-01T00:00:00+00:00",
+            "2026-03-01T00:00:00.0371234+00:00",
+            "2026-03-01T00:00:00-00:00",
+            "2026-03-01T00:00:00+00:00\n",
+            "2026-02-30T00:00:00+00:00",
+            "2199-12-31T23:59:59.9999+00:00",
+            "2200-01-01T00:00:00+00:00",
+            "2026-03-01T00:00:00.123456789+00:00",
+            "2026-03-01T00:00:00.1234567890Z",
+            "2026-03-01T00:00:00,5Z",
         ]
     ),
     st.datetimes(min_value=datetime(1960, 1, 1), max_value=datetime(2250, 1, 1)).map(lambda d: d.isoformat() + "Z"),
+    st.datetimes(min_value=datetime(1960, 1, 1), max_value=datetime(2250, 1, 1)).map(
+        lambda d: d.isoformat() + "+00:00"
+    ),
     values,
 )
 datas = st.one_of(st.none(), st.dictionaries(st.text(max_size=3), st.integers(), max_size=3), values)
