@@ -14,7 +14,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, NamedTuple
 
 import orjson
 
@@ -36,13 +36,26 @@ MAX_VALUE_BYTES = 1024 * 1024
 MAX_HEADER_BYTES = 4096
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 STRUCTURED_CONTENT_TYPE_BYTES = STRUCTURED_CONTENT_TYPE.encode()
+JSON_CONTENT_TYPE_BYTES = b"application/json"
+_FEW_HEADERS = 4  # below this many headers, `_raw_headers` is faster than the dict() and memo lookup
 
 
-@dataclass(frozen=True, slots=True)
-class Decoded:
+class Decoded(NamedTuple):
+    """A NamedTuple (built per message: 0.2 us against 0.4 us for a frozen dataclass); equal only to a
+    Decoded, like the dataclass it replaces."""
+
     namespace: str
     event: CloudEvent
     ingested_at: datetime
+
+    def __eq__(self, other: object) -> bool:
+        return type(other) is Decoded and tuple.__eq__(self, other)
+
+    def __ne__(self, other: object) -> bool:
+        return not self == other
+
+    def __hash__(self) -> int:
+        return tuple.__hash__(self)
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,14 +94,48 @@ def _raw_headers(headers: Sequence[tuple[str, bytes]]) -> dict[str, bytes]:
     return out
 
 
-def _binary_event(value: bytes | None, headers: dict[str, bytes]) -> dict[str, Any]:
-    """The binary-mode attributes and data as one structured-mode dict."""
+# The binary-mode attributes of a list of header names that are distinct lower-case text: (header name,
+# attribute name) in header order, as `_binary_event` reads them; memoised per list of names.
+_Layout = tuple[tuple[str, str], ...]
+
+
+def _layout(names: tuple[object, ...]) -> _Layout | None:
+    """The layout of these header names, None unless they are text already lower-case (then, being
+    distinct, `dict(headers)` is what `_raw_headers` builds)."""
+    if not all(type(name) is str and name.lower() == name for name in names):
+        return None
+    return tuple(
+        (name, name[len(BINARY_PREFIX) :])
+        for name in names
+        if isinstance(name, str) and name.startswith(BINARY_PREFIX) and len(name) > len(BINARY_PREFIX)
+    )
+
+
+def _binary_event(value: bytes | None, headers: dict[str, bytes], layout: _Layout | None = None) -> dict[str, Any]:
+    """The binary-mode attributes and data as one structured-mode dict.
+
+    With the headers' layout the attributes are read in one tight loop (no `_header_text` call per
+    header, no prefix test per name); anything unusual (not bytes, too long, not UTF-8) goes back to
+    the per-header loop, which raises the error for the first such header.
+    """
     obj: dict[str, Any] = {}
-    for name, raw in headers.items():
-        if name.startswith(BINARY_PREFIX) and len(name) > len(BINARY_PREFIX):
-            obj[name[len(BINARY_PREFIX) :]] = _header_text(raw, name)
+    if layout is not None:
+        try:
+            for name, attribute in layout:
+                raw = headers[name]
+                if type(raw) is not bytes or len(raw) > MAX_HEADER_BYTES:
+                    layout = None
+                    break
+                obj[attribute] = raw.decode()
+        except UnicodeDecodeError:
+            layout = None
+    if layout is None:
+        obj = {}
+        for name, raw in headers.items():
+            if name.startswith(BINARY_PREFIX) and len(name) > len(BINARY_PREFIX):
+                obj[name[len(BINARY_PREFIX) :]] = _header_text(raw, name)
     content_type = headers.get(CONTENT_TYPE_HEADER)
-    if content_type is not None:
+    if content_type is not None and content_type != JSON_CONTENT_TYPE_BYTES:
         media = _header_text(content_type, CONTENT_TYPE_HEADER).split(";", 1)[0].strip().lower()
         if media != "application/json":
             raise EventValidationError("binary-mode content-type must be application/json", field="datacontenttype")
@@ -113,6 +160,7 @@ class Decoder:
         self._namespaces: dict[bytes, str] = {}
         self._times: dict[bytes, datetime] = {}
         self._timestamps: dict[int, datetime | None] = {}
+        self._layouts: dict[tuple[object, ...], _Layout | None] = {}
 
     def decode(
         self, value: bytes | None, headers: Sequence[tuple[str, bytes]], timestamp_ms: int
@@ -140,6 +188,33 @@ class Decoder:
             self._namespaces[raw] = namespace
         return namespace
 
+    def _headers(
+        self, raw_headers: list[tuple[str, bytes]] | tuple[tuple[str, bytes], ...]
+    ) -> tuple[dict[str, bytes], _Layout | None]:
+        """`_raw_headers` of a list or tuple, and the layout of the binary attributes when known.
+
+        Producers send distinct lower-case names, the same few per message: then one C-level dict()
+        and a memo lookup on the names replace the loop (0.6 us instead of 0.85 us for the 8 headers
+        of binary mode). Anything else (a repeated name, upper case, a name that is not text) takes
+        the loop, and so do the two or three headers of structured mode, for which it is as fast.
+        """
+        try:
+            headers = dict(raw_headers)
+        except (TypeError, ValueError):  # an unhashable name, a header that is not a pair: the loop says which
+            return _raw_headers(raw_headers), None
+        if len(headers) == len(raw_headers):
+            names = tuple(headers)
+            try:
+                layout = self._layouts[names]
+            except KeyError:
+                layout = _layout(names)
+                if len(self._layouts) >= self.MEMO_LIMIT:
+                    self._layouts.clear()
+                self._layouts[names] = layout
+            if layout is not None:
+                return headers, layout
+        return _raw_headers(raw_headers), None
+
     def _timestamp(self, timestamp_ms: int) -> datetime | None:
         """timestamp_to_datetime, memoised: messages produced together share their timestamp."""
         if type(timestamp_ms) is not int:
@@ -166,7 +241,11 @@ class Decoder:
     ) -> Decoded | Malformed:
         if value is not None and len(value) > MAX_VALUE_BYTES:
             return Malformed(f"value is larger than {MAX_VALUE_BYTES} bytes")
-        headers = _raw_headers(raw_headers) if raw_headers else {}
+        layout: _Layout | None = None
+        if (type(raw_headers) is list or type(raw_headers) is tuple) and len(raw_headers) >= _FEW_HEADERS:
+            headers, layout = self._headers(raw_headers)
+        else:
+            headers = _raw_headers(raw_headers) if raw_headers else {}
         namespace = self._namespace(headers.get(NAMESPACE_HEADER))
         raw_ingested = headers.get(INGESTED_AT_HEADER)
         kafka_time: datetime | None = None
@@ -179,7 +258,7 @@ class Decoder:
 
         obj: Any
         if SPECVERSION_HEADER in headers:
-            obj = _binary_event(value, headers)
+            obj = _binary_event(value, headers, layout)
         else:
             content_type = headers.get(CONTENT_TYPE_HEADER)
             if content_type is not None and content_type != STRUCTURED_CONTENT_TYPE_BYTES:

@@ -4,13 +4,14 @@ a reason, never an exception."""
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from typing import Any
 
 import orjson
 import pytest
-from hypothesis import given
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
-from ingest.sink.decode import Decoded, Malformed, decode_message
+from ingest.sink.decode import Decoded, Decoder, Malformed, _raw_headers, decode_message
 
 TS = 1_767_225_600_123  # 2026-01-01T00:00:00.123Z
 TS_TIME = datetime(2026, 1, 1, 0, 0, 0, 123_000, tzinfo=UTC)
@@ -108,6 +109,7 @@ def test_binary_mode_without_data_is_null_data() -> None:
         (orjson.dumps(event()), [("ingested_at", 12345)], TS, "bytes"),  # type: ignore[list-item]
         (b'{"a":1}', binary_headers(id=None), TS, "id"),
         (b'{"a":1}', [*binary_headers()[:-1], ("content-type", b"text/plain")], TS, "content-type"),
+        (b'{"a":1}', [*binary_headers()[:-1], ("content-type", b"application/jsonx")], TS, "content-type"),
         (b"\x00\x01", binary_headers(), TS, "not JSON"),
         (b"[1]", binary_headers(), TS, "data"),
         (b'{"a":1}', [("ce_specversion", b"1.0"), ("ce_id", b"\xc3\x28")], TS, "UTF-8"),
@@ -186,3 +188,106 @@ def test_the_readme_producer_example_decodes_in_both_modes() -> None:
     assert isinstance(out2, Decoded)
     assert out2.event.time == datetime(2026, 3, 1, 12, 0, 0, 123_000, tzinfo=UTC)
     assert out2.event.data == '{"model":"large","tokens":80}'
+
+
+class GeneralDecoder(Decoder):
+    """The decoder without its header fast path: every message through `_raw_headers` and the
+    per-header loop of `_binary_event`."""
+
+    def _headers(
+        self, raw_headers: list[tuple[str, bytes]] | tuple[tuple[str, bytes], ...]
+    ) -> tuple[dict[str, bytes], None]:
+        return _raw_headers(raw_headers), None
+
+
+# Two good values per name (by exact name, so a repeated or differently-cased name can be told apart).
+GOOD_HEADER_VALUES: dict[str, list[bytes]] = {
+    "ce_specversion": [b"1.0"],
+    "ce_id": [b"e-1", b"e-2"],
+    "ce_source": [b"svc", b" svc "],
+    "ce_type": [b"llm", b"t\xc3\xa9"],
+    "ce_subject": [b"cust-1", b"cust-2"],
+    "ce_time": [b"2026-02-03T04:05:06.789123Z", b"2026-02-03T04:05:06.7+00:00"],
+    "ce_datacontenttype": [b"application/json"],
+    "ce_data": [b"{}"],
+    "ce_data_base64": [b"AAAA"],
+    "ce_": [b"x"],
+    "ce_ext": [b"\xc3\xa9", b"a" * 4096],
+    "content-type": [b"application/json", b"application/json; charset=utf-8"],
+    "namespace": [b"acme", b"globex"],
+    "ingested_at": [b"2026-01-05T00:00:00.5Z"],
+    "x": [b"y"],
+    "CE_ID": [b"e-upper"],
+    "ce_Subject": [b"cust-mixed"],
+    "Namespace": [b"upper"],
+    "Content-Type": [b"text/plain"],
+}
+HOSTILE_HEADER_VALUES = st.one_of(
+    st.sampled_from([b"", b" ", b" e-1 ", b"svc\n", b"0.3", b"\xff\xfe", b"\xc3\x28", b"a" * 4097]),
+    st.sampled_from([b"application/json; charset=utf-8", b"Application/JSON"]),
+    st.sampled_from([bytearray(b"1.0"), bytearray(b"\xff"), "1.0", None, 12]),
+    st.binary(max_size=8),
+)
+
+
+@st.composite
+def binary_messages(draw: st.DrawFn) -> tuple[bytes | None, list[Any], int]:
+    """Mostly well-formed binary-mode messages (enough headers for the fast path), with hostile values,
+    repeated names, upper case, names that are not text and headers that are not pairs mixed in."""
+    names: list[object] = ["ce_specversion", "ce_id", "ce_source", "ce_type", "ce_subject"]
+    names += draw(st.lists(st.sampled_from(sorted(GOOD_HEADER_VALUES)), max_size=8))
+    if draw(st.integers(0, 19)) == 0:
+        names.append(draw(st.sampled_from([b"namespace", 7])))
+    headers: list[Any] = []
+    for name in draw(st.permutations(names)):
+        good = GOOD_HEADER_VALUES.get(name) if isinstance(name, str) else None
+        if good is not None and draw(st.integers(0, 5)):
+            headers.append((name, draw(st.sampled_from(good))))
+        else:
+            headers.append((name, draw(HOSTILE_HEADER_VALUES)))
+    if draw(st.integers(0, 19)) == 0:
+        headers.insert(draw(st.integers(0, len(headers))), ("ce_id", b"e-2", b"third"))
+    value = draw(st.sampled_from([None, b"", b'{"tokens": 10}', b"[1]", b"{not json", b'{"n": 12345678901234567891}']))
+    return value, headers, draw(st.sampled_from([TS, TS, TS, -1]))
+
+
+@settings(max_examples=2000)
+@given(binary_messages())
+@example((b"{}", [("ce_specversion", b"1.0"), ("ce_id", b"a" * 4097), ("ce_source", b"s"), ("x", b"")], TS))
+@example((b"{}", [("ce_specversion", b"1.0"), ("ce_id", b" e "), ("ce_source", b"s"), ("ce_type", b"t")], TS))
+@example((b"{}", [("ce_specversion", b"1.0"), ("Namespace", b"up"), ("namespace", b"low"), ("ce_id", b"i")], TS))
+def test_header_fast_path_decides_like_the_general_path(message: tuple[bytes | None, list[Any], int]) -> None:
+    value, headers, timestamp = message
+    fast, general = Decoder("default"), GeneralDecoder("default")
+    expected = general.decode(value, headers, timestamp)
+    assert fast.decode(value, headers, timestamp) == expected
+    assert fast.decode(value, tuple(headers), timestamp) == expected  # a tuple of headers, and a memo hit
+    assert fast.decode(value, headers, timestamp) == expected
+
+
+def test_header_fast_path_reads_the_readme_binary_example() -> None:
+    headers = [
+        ("ce_specversion", b"1.0"),
+        ("ce_id", b"run-2"),
+        ("ce_source", b"worker"),
+        ("ce_type", b"tokens"),
+        ("ce_subject", b"customer-1"),
+        ("ce_time", b"2026-03-01T12:00:00.123+00:00"),
+        ("content-type", b"application/json"),
+        ("namespace", b"default"),
+    ]
+    decoder = Decoder("x")
+    out = decoder.decode(b'{"tokens": 80}', headers, TS)
+    assert out == GeneralDecoder("x").decode(b'{"tokens": 80}', headers, TS)
+    assert isinstance(out, Decoded)
+    assert out.event.time == datetime(2026, 3, 1, 12, 0, 0, 123_000, tzinfo=UTC)
+    assert decoder._layouts  # the fast path was taken (names remembered)
+
+
+def test_decoded_and_events_equal_only_their_own_kind() -> None:
+    out = decode_message(orjson.dumps(event()), STRUCTURED, TS, "default")
+    assert isinstance(out, Decoded)
+    assert out != tuple(out)
+    assert out.event != tuple(out.event)
+    assert out == Decoded(*out)
+    assert hash(out) == hash(Decoded(*out))
