@@ -78,6 +78,7 @@ class PartitionState:
     buffer: list[Any] = field(default_factory=list)
     first_buffered_at: float | None = None
     revoked: bool = False
+    keys_loaded: bool = False  # the key set holds the keys stored from this partition before it was ours
 
     def set_recorded(self, records: Sequence[LedgerRecord]) -> None:
         self.recorded = [r.range_id.range for r in records]

@@ -108,6 +108,7 @@ class EmbeddedLog:
         def open_processor() -> tuple[BatchProcessor, int, list[tuple[Batch, LedgerRecord]]]:
             migrate_clickhouse(self._ch)
             processor = BatchProcessor(self._ch, dedupe_window=self._settings.dedupe_window(), clock=self._clock)
+            processor.keys.load()  # at start, not in the first publish
             after_ledger = processor.ledger.next_offset(EMBEDDED_TOPIC, EMBEDDED_PARTITION)  # ranges before the file
             # The ledger's TTL may have cleared old records; stored rows still pin the offsets used.
             rows = self._ch.rows(

@@ -107,20 +107,25 @@ class ClickHouseKeyCheck:
                 self._set, self._horizon, self._loaded_at = fresh, horizon, now
         log.info("sink_key_set_loaded", keys=len(hashes), horizon=horizon.isoformat())
 
-    def load_partition(self, topic: str, partition: int) -> None:
-        """Add the keys stored from one log partition (call on assignment, before writing any of it)."""
+    def load_assigned(self, topic: str, partitions: Sequence[int]) -> None:
+        """Make the set hold every key stored from newly assigned partitions (call on assignment,
+        before writing any of them): the whole set is loaded when it never was (the table is read after
+        the previous owners' writes ended, so it holds theirs), else their keys are added."""
+        if not partitions:
+            return
+        if self._horizon is None:
+            self.load()
+            return
         with self._load_lock:
             horizon = self._horizon
-            if horizon is None:
-                return  # the first lookup loads everything
             hashes = self._load_hashes(
                 horizon,
-                " AND ingest_topic = {topic:String} AND ingest_partition = {partition:Int32}",
-                {"topic": topic, "partition": partition},
+                " AND ingest_topic = {topic:String} AND ingest_partition IN {partitions:Array(Int32)}",
+                {"topic": topic, "partitions": list(partitions)},
             )
             with self._lock:
                 self._set.add(hashes)
-        log.info("sink_key_set_partition_loaded", partition=partition, keys=len(hashes))
+        log.info("sink_key_set_partitions_loaded", partitions=list(partitions), keys=len(hashes))
 
     def remember(self, lookup: KeyLookup) -> None:
         """Add a written batch's keys (all of them are stored now: kept, or copies of stored ones)."""

@@ -109,14 +109,21 @@ class SinkWorker:
         log.info("sink_partitions_revoked", partitions=sorted(tp.partition for tp in tps))
 
     async def _load_ledgers(self) -> None:
+        new = [tp for tp, state in self.partitions.items() if state.recorded is None and not state.keys_loaded]
+        for topic in sorted({tp.topic for tp in new}):
+            # the keys the previous owners stored from these partitions, before any batch of them is written
+            numbers = sorted(tp.partition for tp in new if tp.topic == topic)
+            await asyncio.to_thread(self.processor.keys.load_assigned, topic, numbers)
+            for tp in new:
+                state = self.partitions.get(tp)  # None: revoked meanwhile
+                if tp.topic == topic and state is not None:
+                    state.keys_loaded = True
         for tp, state in list(self.partitions.items()):
             if state.recorded is not None:
                 continue
             committed = await self.consumer.committed(tp)
             start = committed if committed is not None and committed >= 0 else 0
             records = await asyncio.to_thread(self.processor.ledger.recorded_from, tp.topic, tp.partition, start)
-            # the keys the previous owner stored from this partition, before any batch of it is written
-            await asyncio.to_thread(self.processor.keys.load_partition, tp.topic, tp.partition)
             if state.revoked:
                 continue
             state.set_recorded(records)

@@ -59,10 +59,19 @@ def test_a_copy_stored_by_another_worker_is_found_once_its_partition_is_assigned
     theirs = BatchProcessor(clickhouse, dedupe_window=WINDOW, clock=clock)
     write(theirs, 1, 0, [event("b", NOW), event("c", NOW)])  # they own partition 1 meanwhile
 
-    ours.keys.load_partition(TOPIC, 1)  # partition 1 is ours now
+    ours.keys.load_assigned(TOPIC, [1])  # partition 1 is ours now
     result = write(ours, 1, 2, [event("b", NOW), event("c", NOW, tokens=9), event("d", NOW)])
     assert (result.stored, result.duplicates, len(result.conflicts)) == (1, 1, 1)
     assert stored_ids(clickhouse) == ["a", "b", "c", "d"]
+
+
+def test_a_first_assignment_loads_the_whole_table(clickhouse: ClickHouse) -> None:
+    migrate_clickhouse(clickhouse)
+    clock = FrozenClock(NOW)
+    write(BatchProcessor(clickhouse, dedupe_window=WINDOW, clock=clock), 3, 0, [event("x", NOW), event("y", NOW)])
+    fresh = BatchProcessor(clickhouse, dedupe_window=WINDOW, clock=clock)
+    fresh.keys.load_assigned(TOPIC, [0])
+    assert fresh.keys.indexed_keys == 2  # partition 3's keys too: copies published under other keys meet them
 
 
 def test_without_the_partition_load_the_copy_would_be_stored_again(clickhouse: ClickHouse) -> None:

@@ -107,7 +107,6 @@ async def test_clickhouse_failure_loses_nothing_and_doubles_nothing(
     outage_done = threading.Event()
 
     def outage() -> None:
-        time.sleep(0.3)
         clickhouse.command(f"DETACH TABLE {table}")
         time.sleep(2.0)
         clickhouse.command(f"ATTACH TABLE {table}")
@@ -116,6 +115,8 @@ async def test_clickhouse_failure_loses_nothing_and_doubles_nothing(
     async with running_worker(clickhouse_settings, kafka, sink) as task:
         half = len(stream.messages) // 2
         first = await produce(kafka_bootstrap_servers, kafka.events_topic, stream.messages[:half])
+        # the worker is writing (its key set is loaded: loading it also reads the events table)
+        await wait_until_committed(kafka_bootstrap_servers, sink.consumer_group, kafka.events_topic, first, within=60)
         thread = threading.Thread(target=outage)
         thread.start()
         second = await produce(kafka_bootstrap_servers, kafka.events_topic, stream.messages[half:])
