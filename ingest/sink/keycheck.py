@@ -150,9 +150,10 @@ class ClickHouseKeyCheck:
             for item, hit in zip(items, hits.tolist(), strict=True)
             if hit or item.decoded.event.time < covered_from
         ]
-        return KeyLookup(self._lookup(range_id, candidates) if candidates else {}, hashes)
+        return KeyLookup(self.lookup(range_id, candidates) if candidates else {}, hashes)
 
-    def _lookup(self, range_id: RangeId, items: Sequence[Item]) -> dict[EventKey, Fingerprint]:
+    def lookup(self, range_id: RangeId, items: Sequence[Item]) -> dict[EventKey, Fingerprint]:
+        """Stored copies of these items' keys, asked of ClickHouse alone (blocking)."""
         times = [item.decoded.event.time for item in items]
         namespaces = sorted({item.decoded.namespace for item in items})
         parameters: dict[str, Any] = {
