@@ -51,6 +51,8 @@ def batch_from_records(
 def conflict_letters(
     topic: str, partition: int, conflicts: Sequence[Conflict], records: Sequence[Any]
 ) -> list[DeadLetter]:
+    if not conflicts:
+        return []  # the usual case: no index of the batch's records to build
     by_offset = {rec.offset: rec for rec in records}
     letters = []
     for conflict in conflicts:
