@@ -19,7 +19,7 @@ from ingest.sink.ledger import LedgerRecord
 from ingest.sink.processor import Batch
 from ingest.sink.rows import RangeId, message_digest
 
-_DIGEST_PARTS = attrgetter("offset", "timestamp", "value")
+_OFFSET, _TIMESTAMP, _VALUE = map(attrgetter, ("offset", "timestamp", "value"))
 
 
 def batch_from_records(
@@ -43,8 +43,8 @@ def batch_from_records(
                     "malformed", decoded.reason, topic, partition, rec.offset, rec.key, rec.value, list(rec.headers)
                 )
             )
-    # attrgetter builds the (offset, timestamp, value) triples in C instead of a generator expression
-    digest = message_digest(map(_DIGEST_PARTS, records))
+    # attrgetter reads the columns in C instead of a generator expression
+    digest = message_digest(list(map(_OFFSET, records)), list(map(_TIMESTAMP, records)), list(map(_VALUE, records)))
     return Batch(RangeId(topic, partition, offsets), digest, items, malformed), letters
 
 

@@ -129,8 +129,8 @@ def test_rows_and_token_are_deterministic() -> None:
         3,
         10,
     )
-    d1 = message_digest([(10, 1, b"x"), (12, 2, None)])
-    assert d1 == message_digest([(10, 1, b"x"), (12, 2, None)])
-    assert d1 != message_digest([(10, 1, b"x"), (12, 2, b"")])
+    d1 = message_digest([10, 12], [1, 2], [b"x", None])
+    assert d1 == message_digest([10, 12], [1, 2], [b"x", None])
+    assert d1 != message_digest([10, 12], [1, 2], [b"x", b""])
     assert rid.token(d1) != RangeId("topic", 3, R(10, 13)).token(d1)
     assert rid.token(d1) != RangeId("topic", 4, R(10, 12)).token(d1)
