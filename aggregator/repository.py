@@ -18,6 +18,7 @@ import structlog
 from aggregator import sql
 from aggregator.meter import Meter, parse_meter
 from common.clickhouse import ClickHouse
+from common.clock import utc_from_storage
 from ingest.schema import EVENTS_TABLE, events_table_ddl
 
 log = structlog.get_logger(__name__)
@@ -91,9 +92,9 @@ class ClickHouseMeterRepository:
                 orjson.loads(definition),
                 meter_id=meter_id,
                 namespace=namespace or None,
-                created_at=_aware(created_at),
+                created_at=utc_from_storage(created_at),
             )
-            out.append((meter, str(state), _aware(cutover)))
+            out.append((meter, str(state), utc_from_storage(cutover)))
         return out
 
     def live(self) -> list[Meter]:
@@ -207,7 +208,7 @@ class ClickHouseMeterRepository:
             parameters={"ns": namespace, "ty": meter.event_type, "s": subject, "b": before.astimezone(UTC)},
         )
         value = rows[0][0] if rows else None
-        return None if value is None else _aware(value)
+        return None if value is None else utc_from_storage(value)
 
     def query_rows(self, text: str, params: dict[str, Any]) -> list[tuple[Any, ...]]:
         return [tuple(r) for r in self.ch.rows(text, parameters=params)]
@@ -215,7 +216,7 @@ class ClickHouseMeterRepository:
     # --- the cutover ---------------------------------------------------------------------------
 
     def _server_now(self) -> datetime:
-        return _aware(self.ch.rows("SELECT now64(3, 'UTC')")[0][0])
+        return utc_from_storage(self.ch.rows("SELECT now64(3, 'UTC')")[0][0])
 
     def _settle(self, cutover: datetime) -> None:
         """Wait until the cutover has passed on the server and no INSERT that began before it still runs."""
@@ -237,9 +238,3 @@ class ClickHouseMeterRepository:
             if time.monotonic() > deadline:
                 raise TimeoutError(f"inserts started before the meter cutover are still running ({busy})")
             time.sleep(0.05)
-
-
-def _aware(value: Any) -> datetime:
-    if not isinstance(value, datetime):
-        raise TypeError(f"expected a datetime, got {type(value).__name__}")
-    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)

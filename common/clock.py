@@ -1,4 +1,7 @@
-"""Time is a dependency: the shell asks a Clock, pure code receives instants as values."""
+"""Time is a dependency: the shell asks a Clock, pure code receives instants as values.
+
+Also the one place where a datetime read back from storage becomes an instant (`utc_from_storage`).
+"""
 
 from __future__ import annotations
 
@@ -11,6 +14,19 @@ class Clock(Protocol):
     def now(self) -> datetime:
         """An aware UTC instant."""
         ...
+
+
+def utc_from_storage(value: object) -> datetime:
+    """A datetime read from ClickHouse or an SQL database, as an aware UTC instant.
+
+    Storage hands back naive datetimes for columns that hold UTC (clickhouse-connect for
+    `DateTime64(3, 'UTC')`, SQLite for every timestamp), so here naive means UTC; an aware value is
+    converted. Only for values storage returns: an instant from a caller that is naive has no known zone
+    and is refused instead (`FrozenClock`, the engine's `require_utc`, the state database on write).
+    """
+    if not isinstance(value, datetime):
+        raise TypeError(f"expected a datetime, got {type(value).__name__}")
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
 
 
 class SystemClock:

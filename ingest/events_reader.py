@@ -8,12 +8,13 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 from clickhouse_connect.driver.exceptions import DatabaseError
 
 from common.clickhouse import ClickHouse
+from common.clock import utc_from_storage
 from common.cloudevents import CloudEvent
 from common.errors import Unavailable
 from ingest.schema import EVENTS_TABLE
@@ -76,17 +77,14 @@ def list_events_query(table: str, namespace: str, f: EventFilter) -> tuple[str, 
     return sql, params
 
 
-def _utc(value: datetime) -> datetime:
-    # clickhouse-connect returns naive datetimes for DateTime64(3, 'UTC') columns; they are UTC.
-    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
-
-
 def stored_event_from_row(row: Sequence[Any]) -> StoredEvent:
     event_id, source, event_type, subject, time, data, ingested_at, stored_at = row
     return StoredEvent(
-        event=CloudEvent(id=event_id, source=source, type=event_type, subject=subject, time=_utc(time), data=data),
-        ingested_at=_utc(ingested_at),
-        stored_at=_utc(stored_at),
+        event=CloudEvent(
+            id=event_id, source=source, type=event_type, subject=subject, time=utc_from_storage(time), data=data
+        ),
+        ingested_at=utc_from_storage(ingested_at),
+        stored_at=utc_from_storage(stored_at),
     )
 
 
