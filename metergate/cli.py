@@ -27,6 +27,7 @@ from pydantic_settings.exceptions import SettingsError
 
 from common.errors import Unavailable
 from common.logging import configure_logging
+from ingest.sink.signals import catch_early_signals, run_until_signalled
 from metergate.app import ConfigError, check_auth_binding, create_app
 from metergate.migrate import run_migrations
 from metergate.settings import ApiServiceSettings, MigrateSettings, WorkerSettings
@@ -263,27 +264,14 @@ def cmd_api(args: argparse.Namespace) -> int:
 def cmd_ingest_worker(args: argparse.Namespace) -> int:
     # A SIGTERM that arrives while the worker still starts (settings, imports, joining the group) must
     # mean "stop cleanly once started", not the default abrupt death: remember it until the loop runs.
-    early: list[int] = []
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda signum, _frame: early.append(signum))
+    early = catch_early_signals()
     settings = load_settings(WorkerSettings)
     if settings.kafka.bootstrap_servers is None:
         raise CliError("the ingest worker consumes Kafka: set METERGATE_KAFKA__BOOTSTRAP_SERVERS")
     if args.check_config:
         return report_ok("ingest-worker", settings)
     configure_logging(settings.log)
-    from ingest.sink.worker import run_worker
-
-    async def run() -> None:
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, stop.set)
-        if early:
-            stop.set()
-        await run_worker(settings.clickhouse, settings.kafka, settings.sink, stop=stop)
-
-    asyncio.run(run())  # flushes, commits and returns on SIGTERM/SIGINT
+    run_until_signalled(settings.clickhouse, settings.kafka, settings.sink, early)  # flushes, commits, returns
     return 0
 
 
