@@ -189,7 +189,7 @@ class EmbeddedLog:
         while self._unfinished:
             batch, rec = self._unfinished[0]
             log.info("embedded_batch_replayed", start=batch.range_id.range.start, end=batch.range_id.range.end)
-            result = await self._write_with_retry(processor, batch, [rec])
+            result = await self._write_with_retry(processor, batch, [rec], replay=True)
             self._unfinished.popleft()
             await self._account(batch, result)
 
@@ -243,15 +243,16 @@ class EmbeddedLog:
         return rec
 
     async def _write_with_retry(
-        self, processor: BatchProcessor, batch: Batch, recorded: list[LedgerRecord]
+        self, processor: BatchProcessor, batch: Batch, recorded: list[LedgerRecord], *, replay: bool = False
     ) -> BatchResult:
-        """Write the batch, recording it first unless `recorded` holds its record (filled in here)."""
+        """Write the batch, recording it first unless `recorded` holds its record (filled in here).
+        `replay`: a range left unfinished (by a crash, or a failure here) may be partly stored."""
         wal = self._wal
 
         def attempt() -> BatchResult:
             if not recorded:
                 recorded.append(self._record(processor, batch))
-            result = processor.write(batch, recorded[0])
+            result = processor.write(batch, recorded[0], replay=replay)
             if wal is not None:
                 wal.mark_done(batch.range_id)
             return result

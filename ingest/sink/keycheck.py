@@ -37,6 +37,7 @@ import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from operator import attrgetter
 from typing import Any
 from zlib import crc32
 
@@ -46,19 +47,20 @@ import structlog
 from common.clickhouse import ClickHouse
 from common.clock import Clock
 from ingest.schema import EVENTS_TABLE
-from ingest.sink.dedupe import EventKey, Fingerprint, Item, to_millis
-from ingest.sink.keyindex import KEY_HASH_SQL, Hashes, KeyHasher, KeyHashSet
+from ingest.sink.dedupe import EventKey, Fingerprint, Item, fingerprint, to_millis
+from ingest.sink.keyindex import KEY_HASH_SQL, PAYLOAD_HASH_SQL, Hashes, KeyHasher, KeyHashSet, payload_hashes
 from ingest.sink.rows import RangeId
 
 log = structlog.get_logger(__name__)
 
 _DEFAULT_MAX_QUERY_SIZE = 262_144
 LOOKUP_BY_ID = 2_000
+_OFFSET = attrgetter("offset")
 
 
 @dataclass(frozen=True, slots=True)
 class KeyLookup:
-    """The stored copies of a batch's keys, and the batch's key hashes to remember once it is written."""
+    """The stored copies of a batch's keys, and the batch's key hashes (in item order)."""
 
     found: dict[EventKey, Fingerprint]
     hashes: Hashes
@@ -72,6 +74,7 @@ class ClickHouseKeyCheck:
         self._window_ms = int(window / timedelta(milliseconds=1))
         self._clock = clock
         self._hasher = KeyHasher()
+        self._payload_prefixes: dict[tuple[str, str], int] = {}
         self._set = KeyHashSet()
         self._lock = threading.Lock()  # the writer thread and partition loads share the set
         # Loads run one at a time: a partition load added to a set that a reload, having read the table
@@ -85,24 +88,28 @@ class ClickHouseKeyCheck:
         return len(self._set)
 
     # the set -----------------------------------------------------------------------------------
-    def _load_hashes(self, horizon: datetime, where: str = "", parameters: dict[str, Any] | None = None) -> Hashes:
+    def _load_hashes(
+        self, horizon: datetime, where: str = "", parameters: dict[str, Any] | None = None
+    ) -> tuple[Hashes, Hashes]:
+        """(key hashes, payload hashes) of the stored events with a time at or after `horizon`."""
         result = self._ch.call(
             lambda c: c.query_np(
-                f"SELECT {KEY_HASH_SQL} FROM {self._table} "
+                f"SELECT {KEY_HASH_SQL}, {PAYLOAD_HASH_SQL} FROM {self._table} "
                 "WHERE time >= fromUnixTimestamp64Milli({horizon:Int64}, 'UTC')" + where,
                 parameters={"horizon": to_millis(horizon), **(parameters or {})},
             )
         )
-        return np.asarray(result, dtype=np.uint64).reshape(-1)
+        pairs = np.asarray(result, dtype=np.uint64).reshape(-1, 2)
+        return np.ascontiguousarray(pairs[:, 0]), np.ascontiguousarray(pairs[:, 1])
 
     def load(self) -> None:
         """(Re)load the set from the table: every key stored with a time within two windows of now."""
         with self._load_lock:
             now = self._clock.now()
             horizon = now - 2 * self._window
-            hashes = self._load_hashes(horizon)
+            hashes, payloads = self._load_hashes(horizon)
             fresh = KeyHashSet()
-            fresh.add(hashes)
+            fresh.add(hashes, payloads)
             with self._lock:
                 self._set, self._horizon, self._loaded_at = fresh, horizon, now
         log.info("sink_key_set_loaded", keys=len(hashes), horizon=horizon.isoformat())
@@ -118,23 +125,34 @@ class ClickHouseKeyCheck:
             return
         with self._load_lock:
             horizon = self._horizon
-            hashes = self._load_hashes(
+            hashes, payloads = self._load_hashes(
                 horizon,
                 " AND ingest_topic = {topic:String} AND ingest_partition IN {partitions:Array(Int32)}",
                 {"topic": topic, "partitions": list(partitions)},
             )
             with self._lock:
-                self._set.add(hashes)
+                self._set.add(hashes, payloads)
         log.info("sink_key_set_partitions_loaded", partitions=list(partitions), keys=len(hashes))
 
-    def remember(self, lookup: KeyLookup) -> None:
-        """Add a written batch's keys (all of them are stored now: kept, or copies of stored ones)."""
+    def remember(self, items: Sequence[Item], lookup: KeyLookup, kept: Sequence[Item]) -> None:
+        """Add the keys and payloads a batch stored (`kept`, a subsequence of `items`), once its insert
+        succeeded. Copies that were dropped add nothing: their key is stored with its first payload."""
+        if not kept:
+            return
+        offsets = np.fromiter(map(_OFFSET, items), dtype=np.int64, count=len(items))
+        at = np.searchsorted(offsets, np.fromiter(map(_OFFSET, kept), dtype=np.int64, count=len(kept)))
+        payloads = payload_hashes(kept, self._payload_prefixes)
         with self._lock:
-            self._set.add(lookup.hashes)
+            self._set.add(lookup.hashes[at], payloads)
 
     # the check ---------------------------------------------------------------------------------
-    def stored(self, range_id: RangeId, items: Sequence[Item]) -> KeyLookup:
-        """Fingerprints of the batch's keys already stored by other ranges (blocking)."""
+    def stored(self, range_id: RangeId, items: Sequence[Item], *, replay: bool = False) -> KeyLookup:
+        """Fingerprints of the batch's keys already stored by other ranges (blocking).
+
+        `replay`: the range may already be (partly) stored, by this process or another (a range found
+        in the ledger or the write-ahead file): its own rows are in the set, so a hit whose payload
+        matches proves nothing and every hit is looked up (the lookup leaves the range's own rows out).
+        """
         if self._loaded_at is None or self._clock.now() - self._loaded_at >= self._window:
             self.load()
         hashes = self._hasher.of_items(items)
@@ -143,14 +161,33 @@ class ClickHouseKeyCheck:
         with self._lock:
             assert self._horizon is not None
             covered_from = self._horizon + self._window
-            hits = self._set.contains(hashes)
-        # A hit may be stored; a miss is final unless the event's window reaches before the horizon.
-        candidates = [
+            hits, stored_payloads = self._set.find(hashes)
+        # A miss is final unless the event's window reaches before the horizon. A hit is a copy of a
+        # stored event when its payload hash matches the stored one (both hashes equal by chance:
+        # about 2^-64 per pair), else it is looked up: a conflict, or a hash collision.
+        found: dict[EventKey, Fingerprint] = {}
+        candidates: list[Item] = []
+        hit_at = np.flatnonzero(hits)
+        if len(hit_at) and not replay:
+            hit_items = [items[i] for i in hit_at.tolist()]
+            same = payload_hashes(hit_items, self._payload_prefixes) == stored_payloads[hit_at]
+            for item, is_copy in zip(hit_items, same.tolist(), strict=True):
+                if is_copy:
+                    found[(item.decoded.namespace, item.decoded.event.source, item.decoded.event.id)] = fingerprint(
+                        item.decoded.event
+                    )
+                else:
+                    candidates.append(item)
+        else:
+            candidates.extend(items[i] for i in hit_at.tolist())
+        candidates.extend(
             item
             for item, hit in zip(items, hits.tolist(), strict=True)
-            if hit or item.decoded.event.time < covered_from
-        ]
-        return KeyLookup(self.lookup(range_id, candidates) if candidates else {}, hashes)
+            if not hit and item.decoded.event.time < covered_from
+        )
+        if candidates:
+            found.update(self.lookup(range_id, candidates))
+        return KeyLookup(found, hashes)
 
     def lookup(self, range_id: RangeId, items: Sequence[Item]) -> dict[EventKey, Fingerprint]:
         """Stored copies of these items' keys, asked of ClickHouse alone (blocking)."""

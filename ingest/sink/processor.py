@@ -107,11 +107,14 @@ class BatchProcessor:
         self.ledger.record_many(recs)
         return recs
 
-    def write(self, batch: Batch, rec: LedgerRecord) -> BatchResult:
-        """Store the batch's new events exactly once. Safe to call again with the same arguments."""
+    def write(self, batch: Batch, rec: LedgerRecord, *, replay: bool = False) -> BatchResult:
+        """Store the batch's new events exactly once. Safe to call again with the same arguments.
+
+        `replay`: the range was recorded before this process took it over (ledger, write-ahead file):
+        some of its rows may be stored already (see ClickHouseKeyCheck.stored)."""
         if rec.range_id != batch.range_id or rec.digest != batch.digest:
             raise ValueError("the ledger record does not describe this batch")
-        lookup = self.keys.stored(batch.range_id, batch.items)
+        lookup = self.keys.stored(batch.range_id, batch.items, replay=replay)
         stored_hashes = as_hashes(key_hash(*key) for key in lookup.found)
         resolution = resolve_hashed(batch.items, lookup.hashes, lookup.found, stored_hashes)
         if resolution.keep:
@@ -120,5 +123,5 @@ class BatchProcessor:
             self._ch.call(
                 lambda c: c.raw_insert(self._table, self._columns, block, settings=settings, fmt=INSERT_FORMAT)
             )
-        self.keys.remember(lookup)
+        self.keys.remember(batch.items, lookup, resolution.keep)
         return BatchResult(len(resolution.keep), resolution.duplicates, resolution.conflicts)

@@ -218,7 +218,8 @@ class SinkWorker:
                 rec = recs[0]
                 for j, r in zip(ahead, recs[1:], strict=True):
                     self._early[(j.tp, j.batch.range_id.range.start)] = r
-            return self.processor.write(batch, rec)
+            # a range found in the ledger at assignment may be partly stored already (a replay)
+            return self.processor.write(batch, rec, replay=job.record is not None)
 
         backoff = self.settings.retry_backoff_initial_ms / 1000
         while True:

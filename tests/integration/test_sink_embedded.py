@@ -86,7 +86,7 @@ async def test_offsets_continue_after_restart_and_replay_is_idempotent(clickhous
     batch = Batch(RangeId(EMBEDDED_TOPIC, EMBEDDED_PARTITION, OffsetRange(5, 7)), items_digest(items), items)
     assert rec.digest == batch.digest
     before = clickhouse.rows(f"SELECT * FROM {clickhouse.table('events')} ORDER BY ingest_offset")
-    result = processor.write(batch, rec)
+    result = processor.write(batch, rec, replay=True)
     assert result.stored == 3  # its own rows are excluded from the key check, so the rows are rebuilt ...
     after = clickhouse.rows(f"SELECT * FROM {clickhouse.table('events')} ORDER BY ingest_offset")
     assert after == before  # ... and ClickHouse drops the identical insert under the same token

@@ -14,7 +14,7 @@ from common.cloudevents import CloudEvent
 from ingest.sink.batch import OffsetRange
 from ingest.sink.decode import Decoded
 from ingest.sink.dedupe import Item
-from ingest.sink.keyindex import KEY_HASH_SQL, key_hash
+from ingest.sink.keyindex import KEY_HASH_SQL, PAYLOAD_HASH_SQL, key_hash, payload_hash
 from ingest.sink.migrations import migrate_clickhouse
 from ingest.sink.processor import Batch, BatchProcessor, BatchResult
 from ingest.sink.rows import RangeId
@@ -30,11 +30,13 @@ def event(event_id: str, at: datetime, *, tokens: int = 1) -> CloudEvent:
     return CloudEvent(id=event_id, source="svc", type="llm", subject="s", time=at, data=f'{{"tokens":{tokens}}}')
 
 
-def write(processor: BatchProcessor, partition: int, start: int, events: list[CloudEvent]) -> BatchResult:
+def write(
+    processor: BatchProcessor, partition: int, start: int, events: list[CloudEvent], *, replay: bool = False
+) -> BatchResult:
     items = [Item(start + i, Decoded("acme", e, NOW)) for i, e in enumerate(events)]
     range_id = RangeId(TOPIC, partition, OffsetRange(start, start + len(items) - 1))
     batch = Batch(range_id, f"d{partition}-{start}", items)
-    return processor.write(batch, processor.record(range_id, batch.digest))
+    return processor.write(batch, processor.record(range_id, batch.digest), replay=replay)
 
 
 def stored_ids(ch: ClickHouse) -> list[str]:
@@ -107,4 +109,48 @@ def test_the_set_is_reloaded_once_a_window_has_passed(clickhouse: ClickHouse) ->
     clock.advance_to(NOW + 3 * WINDOW)  # the stored events are now older than the new horizon
     result = write(processor, 0, 5, [event("e0", NOW), event("fresh", clock.now())])
     assert (result.stored, result.duplicates) == (1, 1)  # e0 was looked up in the table
-    assert processor.keys.indexed_keys == 2  # the reload dropped the old keys; the batch's are added
+    assert processor.keys.indexed_keys == 1  # the reload dropped the old keys; the batch stored "fresh"
+
+
+def test_the_sql_payload_hash_is_the_python_hash(clickhouse: ClickHouse) -> None:
+    migrate_clickhouse(clickhouse)
+    events = [event("p1", NOW), event("p2", NOW + timedelta(milliseconds=37), tokens=7),
+              CloudEvent("p3", "svc", "t\u00e9", "sub/\u0438", datetime(1970, 1, 1, tzinfo=UTC), "null")]
+    write(BatchProcessor(clickhouse, dedupe_window=WINDOW, clock=FrozenClock(NOW)), 0, 0, events)
+    rows = clickhouse.rows(f"SELECT id, {PAYLOAD_HASH_SQL} FROM {clickhouse.table('events')} ORDER BY id")
+    epoch, ms = datetime(1970, 1, 1, tzinfo=UTC), timedelta(milliseconds=1)
+    expected = [payload_hash(e.type, e.subject, (e.time - epoch) // ms,
+                             e.data) for e in events]
+    assert [int(r[1]) for r in rows] == expected
+
+
+def test_an_exact_copy_of_a_stored_event_needs_no_lookup(clickhouse: ClickHouse) -> None:
+    migrate_clickhouse(clickhouse)
+    processor = BatchProcessor(clickhouse, dedupe_window=WINDOW, clock=FrozenClock(NOW))
+    write(processor, 0, 0, [event("a", NOW), event("b", NOW)])
+    asked: list[int] = []
+    real_lookup = processor.keys.lookup
+
+    def counting_lookup(range_id: RangeId, items: list[Item]) -> object:
+        asked.append(len(items))
+        return real_lookup(range_id, items)
+
+    processor.keys.lookup = counting_lookup  # type: ignore[method-assign,assignment]
+    result = write(processor, 0, 2, [event("a", NOW), event("c", NOW)])
+    assert (result.stored, result.duplicates, asked) == (1, 1, [])
+    result = write(processor, 0, 4, [event("b", NOW, tokens=2)])  # a conflict is looked up, exactly
+    assert (result.stored, len(result.conflicts), asked) == (0, 1, [1])
+    assert "data" in result.conflicts[0].reason
+
+
+def test_a_replayed_range_does_not_take_its_own_rows_for_copies(clickhouse: ClickHouse) -> None:
+    """A replay must rebuild the same rows (the insert under its token then repairs whatever the crash
+    left out, e.g. a rollup): its own stored rows are in the key set with matching payloads, and only a
+    lookup, which leaves the range's rows out, tells them from real copies."""
+    migrate_clickhouse(clickhouse)
+    events = [event("r1", NOW), event("r2", NOW)]
+    write(BatchProcessor(clickhouse, dedupe_window=WINDOW, clock=FrozenClock(NOW)), 0, 0, events)
+    restarted = BatchProcessor(clickhouse, dedupe_window=WINDOW, clock=FrozenClock(NOW))
+    assert write(restarted, 0, 0, events, replay=True).stored == 2  # same rows, the token drops the insert
+    assert write(restarted, 0, 0, events, replay=False).stored == 0  # what skipping the flag would do
+    assert stored_ids(clickhouse) == ["r1", "r2"]
