@@ -2,6 +2,6 @@
 
 import sys
 
-from metergate.cli import main
+from metergate.entry import main
 
 sys.exit(main())

@@ -22,8 +22,16 @@ if TYPE_CHECKING:
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
 
+_caught: list[list[int]] = []  # the list of the first call, once made
+
+
 def catch_early_signals() -> list[int]:
-    """From now on SIGTERM/SIGINT are remembered instead of killing the process; the list fills as they come."""
+    """From now on SIGTERM/SIGINT are remembered instead of killing the process; the list fills as they come.
+
+    Idempotent: a later call (the CLI's, after the console script's entry already called it before the
+    CLI's slow imports) returns the same list, so no signal caught in between is forgotten."""
+    if _caught:
+        return _caught[0]
     early: list[int] = []
 
     def remember(signum: int, _frame: FrameType | None) -> None:
@@ -31,6 +39,7 @@ def catch_early_signals() -> list[int]:
 
     for sig in STOP_SIGNALS:
         signal.signal(sig, remember)
+    _caught.append(early)
     return early
 
 
