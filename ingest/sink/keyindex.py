@@ -1,18 +1,18 @@
-"""An in-memory set of stored event keys, as 64-bit hashes (pure: numpy, no I/O).
+"""An in-memory map of stored event keys to their payloads, as 64-bit hashes (pure: numpy, no I/O).
 
-The key check asks ClickHouse only about the keys of a batch that this set may hold: most keys of a
+The key check asks ClickHouse only about the keys of a batch that this map may hold: most keys of a
 batch are new, and proving a key absent from ClickHouse means reading every id stored within the
-dedupe window (a scan that grows with the table). A hash says "maybe stored", never "stored": a hit
-is only a candidate, checked exactly against the table; a miss is final, so the set must hold every
-key stored in the time it covers (see keycheck.py for how it is filled).
+dedupe window (a scan that grows with the table). A miss is final, so the map must hold every key
+stored in the time it covers (see keycheck.py for how it is filled). A hit whose payload hash equals
+the stored one is a copy of a stored event; any other hit is only a candidate, checked exactly.
 
 The hash of (namespace, source, id) is two CRC32s, computed the same way by Python (zlib) and by
-ClickHouse (CRC32 is IEEE 802.3 in both), so the set loads from the table without reading an id:
-the high 32 bits are CRC32(id), the low 32 bits CRC32(id NUL namespace NUL source).
+ClickHouse (CRC32 is IEEE 802.3 in both), so the map loads from the table without reading an id:
+the high 32 bits are CRC32(id), the low 32 bits CRC32(id NUL namespace NUL source). The payload hash
+(what dedupe.Fingerprint compares) is CRC32(data) and CRC32(type NUL subject NUL time in ms).
 
-Memory: 8 bytes per key, in sorted runs merged as they grow (like a log-structured merge tree): a
-lookup is one binary search per run, and there are O(log n) runs.
-"""
+Memory: 16 bytes per key, in sorted runs merged as they grow (like a log-structured merge tree): a
+lookup is one binary search per run, and there are O(log n) runs."""
 
 from __future__ import annotations
 
