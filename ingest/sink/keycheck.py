@@ -3,9 +3,11 @@
 Two steps. First an in-memory set of the hashes of stored keys (keyindex.py) rules out the keys it
 does not hold: most keys of a batch are new, and proving a key absent from ClickHouse itself means
 reading every id stored within the dedupe window, a scan that grows with the table (measured: 40-90 ms
-per 10k batch at 300k stored events, the sink's largest cost). Then only the candidates (hash hits,
-and events too old for the set to cover) are looked up in ClickHouse, where the exact
-(namespace, source, id) is compared: a hash collision costs a lookup, never an event.
+per 10k batch at 300k stored events, the sink's largest cost). A hit whose payload hash matches the
+stored one is a copy (a key hash and a payload hash both equal by chance: ~2^-64 per pair). Only the
+other candidates (hits with another payload: conflicts or key-hash collisions, every hit of a replayed
+range, events too old for the set to cover) are looked up in ClickHouse, where the exact
+(namespace, source, id) is compared: a key-hash collision alone costs a lookup, never an event.
 
 What the set holds, and why a miss is final. The set covers stored events with a time at or after its
 horizon (two dedupe windows before it was loaded); an event whose window reaches before the horizon
