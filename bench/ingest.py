@@ -4,7 +4,9 @@
 2. the sink worker: decoding and validation of both CloudEvents bindings, in-batch and stored-key
    dedupe, ledger record, tokenised insert, commit;
 3. HTTP ingest: POST /api/v1/events in batches of 100 through `metergate dev` (embedded path) on
-   uvicorn, in a subprocess with its own chdb folder.
+   uvicorn, in a subprocess with its own chdb folder;
+4. the sink's event-loop ceiling: aiokafka consume alone, and consume + decode/validate on the same thread
+   with no writes at all (what one Python worker could reach if writing cost nothing).
 
 Rates are events/s measured from the first message fetched to the last batch committed (the group
 join is excluded). Kafka is tansu on loopback unless KAFKA_BOOTSTRAP_SERVERS is set.
@@ -80,6 +82,45 @@ async def raw_baseline(bootstrap: str, topic: str, ch_settings: ClickHouseSettin
         return total / (time.perf_counter() - started)
     finally:
         await consumer.stop()
+
+
+async def consume_and_decode(bootstrap: str, topic: str, total: int, batch: int) -> tuple[float, float]:
+    """The ceiling of the sink's event loop: aiokafka consume alone, then consume + decode and validate
+    (the sink's batch_from_records) on the same thread, no writes at all. Events/s for each."""
+    from ingest.sink.batch import OffsetRange
+    from ingest.sink.consumer import batch_from_records
+
+    rates = []
+    for decode in (False, True):
+        consumer = AIOKafkaConsumer(
+            topic,
+            bootstrap_servers=bootstrap,
+            group_id=f"ceiling-{uuid.uuid4().hex[:8]}",
+            enable_auto_commit=False,
+            auto_offset_reset="earliest",
+            session_timeout_ms=2000,
+            heartbeat_interval_ms=600,
+            max_partition_fetch_bytes=4 * 1024 * 1024,
+        )
+        await consumer.start()
+        try:
+            done = 0
+            started: float | None = None
+            while done < total:
+                fetched = await consumer.getmany(timeout_ms=200, max_records=batch)
+                if not fetched:
+                    continue
+                started = started or time.perf_counter()
+                for tp, records in fetched.items():
+                    done += len(records)
+                    if decode:
+                        offsets = OffsetRange(records[0].offset, records[-1].offset)
+                        batch_from_records(tp.topic, tp.partition, offsets, records, "default")
+            assert started is not None
+            rates.append(total / (time.perf_counter() - started))
+        finally:
+            await consumer.stop()
+    return rates[0], rates[1]
 
 
 async def sink_worker(
@@ -207,6 +248,7 @@ async def kafka_part(events: int, batch: int) -> dict[str, Any]:
         ch_settings = ClickHouseSettings(path=Path(folder), database="bench")
         raw = await raw_baseline(bootstrap, kafka.events_topic, ch_settings, total, batch)
         sink, counters = await sink_worker(kafka, ch_settings, total, batch)
+        consume_only, consume_decode = await consume_and_decode(bootstrap, kafka.events_topic, total, batch)
         assert counters["stored"] == len(stream.expected), counters
     return {
         "messages": total,
@@ -215,6 +257,10 @@ async def kafka_part(events: int, batch: int) -> dict[str, Any]:
         "sink_events_per_s": round(sink),
         "sink_to_raw_ratio": round(sink / raw, 3),
         "sink_batches": counters["batches"],
+        # the event loop's ceiling: aiokafka alone, and aiokafka + decode/validate with no writes at all
+        "consume_only_events_per_s": round(consume_only),
+        "consume_and_decode_events_per_s": round(consume_decode),
+        "sink_to_consume_and_decode_ratio": round(sink / consume_decode, 3),
     }
 
 
