@@ -41,6 +41,7 @@ from common.clickhouse import connect_clickhouse  # noqa: E402
 from common.logging import configure_logging  # noqa: E402
 from common.settings import ClickHouseSettings, KafkaSettings, LogSettings  # noqa: E402
 from ingest.settings import SinkSettings  # noqa: E402
+from ingest.sink.tuning import tuned_interpreter  # noqa: E402
 from ingest.sink.worker import open_worker  # noqa: E402
 from tests.support.services import free_port, kafka_bootstrap  # noqa: E402
 from tests.support.sink_kafka import make_topics, produce  # noqa: E402
@@ -67,17 +68,18 @@ async def raw_baseline(bootstrap: str, topic: str, ch_settings: ClickHouseSettin
     try:
         done = 0
         started: float | None = None
-        while done < total:
-            fetched = await consumer.getmany(timeout_ms=200, max_records=batch)
-            if not fetched:
-                continue
-            started = started or time.perf_counter()
-            rows = [(r.value or b"",) for records in fetched.values() for r in records]
-            await asyncio.to_thread(
-                lambda rows=rows: ch.call(lambda c: c.insert(table, rows, column_names=["value"]))  # type: ignore[misc]
-            )
-            await consumer.commit()
-            done += len(rows)
+        with tuned_interpreter():  # the same collector and GIL settings as the sink: no head start either way
+            while done < total:
+                fetched = await consumer.getmany(timeout_ms=200, max_records=batch)
+                if not fetched:
+                    continue
+                started = started or time.perf_counter()
+                rows = [(r.value or b"",) for records in fetched.values() for r in records]
+                await asyncio.to_thread(
+                    lambda rows=rows: ch.call(lambda c: c.insert(table, rows, column_names=["value"]))  # type: ignore[misc]
+                )
+                await consumer.commit()
+                done += len(rows)
         assert started is not None
         return total / (time.perf_counter() - started)
     finally:
@@ -89,8 +91,6 @@ async def consume_and_decode(bootstrap: str, topic: str, total: int, batch: int)
     (the sink's batch_from_records) on the same thread, no writes at all. Events/s for each."""
     from ingest.sink.batch import OffsetRange
     from ingest.sink.consumer import batch_from_records
-    from ingest.sink.tuning import tuned_interpreter
-
     rates = []
     for decode in (False, True):
         consumer = AIOKafkaConsumer(
