@@ -50,20 +50,25 @@ from tests.support.sink_stream import build_stream  # noqa: E402
 PARTITIONS = 4
 
 
-async def raw_baseline(bootstrap: str, topic: str, ch_settings: ClickHouseSettings, total: int, batch: int) -> float:
-    ch = connect_clickhouse(ch_settings)
-    table = ch.table("raw_events")
-    ch.command(f"CREATE TABLE IF NOT EXISTS {table} (value String) ENGINE = MergeTree ORDER BY tuple()")
-    consumer = AIOKafkaConsumer(
+def fresh_consumer(bootstrap: str, topic: str, group_prefix: str) -> AIOKafkaConsumer:
+    """A consumer in a new group, reading the topic from the start (the sink's fetch size)."""
+    return AIOKafkaConsumer(
         topic,
         bootstrap_servers=bootstrap,
-        group_id=f"raw-{uuid.uuid4().hex[:8]}",
+        group_id=f"{group_prefix}-{uuid.uuid4().hex[:8]}",
         enable_auto_commit=False,
         auto_offset_reset="earliest",
         session_timeout_ms=2000,
         heartbeat_interval_ms=600,
         max_partition_fetch_bytes=4 * 1024 * 1024,
     )
+
+
+async def raw_baseline(bootstrap: str, topic: str, ch_settings: ClickHouseSettings, total: int, batch: int) -> float:
+    ch = connect_clickhouse(ch_settings)
+    table = ch.table("raw_events")
+    ch.command(f"CREATE TABLE IF NOT EXISTS {table} (value String) ENGINE = MergeTree ORDER BY tuple()")
+    consumer = fresh_consumer(bootstrap, topic, "raw")
     await consumer.start()
     try:
         done = 0
@@ -91,18 +96,10 @@ async def consume_and_decode(bootstrap: str, topic: str, total: int, batch: int)
     (the sink's batch_from_records) on the same thread, no writes at all. Events/s for each."""
     from ingest.sink.batch import OffsetRange
     from ingest.sink.consumer import batch_from_records
+
     rates = []
     for decode in (False, True):
-        consumer = AIOKafkaConsumer(
-            topic,
-            bootstrap_servers=bootstrap,
-            group_id=f"ceiling-{uuid.uuid4().hex[:8]}",
-            enable_auto_commit=False,
-            auto_offset_reset="earliest",
-            session_timeout_ms=2000,
-            heartbeat_interval_ms=600,
-            max_partition_fetch_bytes=4 * 1024 * 1024,
-        )
+        consumer = fresh_consumer(bootstrap, topic, "ceiling")
         await consumer.start()
         try:
             done = 0
