@@ -4,6 +4,14 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 if [ ! -x .venv/bin/python ]; then python3 -m venv .venv; fi
-.venv/bin/python -m pip install -q --upgrade pip >/dev/null
-.venv/bin/python -m pip install -q -e .
+# pip's own warnings (a machine's extra package indexes, setuptools notes) say nothing about Metergate:
+# show the install's output only when it fails.
+mkdir -p .metergate
+echo "installing Metergate into .venv (log: .metergate/install.log) ..."
+if ! { .venv/bin/python -m pip install -q --upgrade pip && .venv/bin/python -m pip install -q -e .; } \
+    >.metergate/install.log 2>&1; then
+  cat .metergate/install.log
+  echo "the install failed (above)" >&2
+  exit 1
+fi
 exec .venv/bin/metergate dev "$@"
