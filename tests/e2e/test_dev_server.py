@@ -6,6 +6,7 @@ they are still there and a re-sent batch is not stored twice.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -66,6 +67,17 @@ class DevServer:
         return self.proc.returncode
 
 
+@contextlib.contextmanager
+def running_dev_server(data_dir: Path, env: dict[str, str] | None = None) -> Iterator[DevServer]:
+    """`metergate dev` on a free port, ready to answer; stopped (SIGTERM) on exit."""
+    server = DevServer(data_dir, free_port(), env)
+    try:
+        server.wait_ready()
+        yield server
+    finally:
+        server.stop()
+
+
 @pytest.fixture
 def data_dir(tmp_path: Path) -> Path:
     return tmp_path / "data"
@@ -73,12 +85,8 @@ def data_dir(tmp_path: Path) -> Path:
 
 @pytest.fixture
 def dev(data_dir: Path) -> Iterator[DevServer]:
-    server = DevServer(data_dir, free_port())
-    try:
-        server.wait_ready()
+    with running_dev_server(data_dir) as server:
         yield server
-    finally:
-        server.stop()
 
 
 def batch(ids: range) -> bytes:

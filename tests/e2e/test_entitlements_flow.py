@@ -13,8 +13,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.e2e.test_dev_server import DevServer
-from tests.support.services import free_port
+from tests.e2e.test_dev_server import DevServer, running_dev_server
 
 pytestmark = pytest.mark.e2e
 
@@ -23,12 +22,8 @@ FROZEN_AT = "2024-01-01T00:00:00Z"
 
 @pytest.fixture
 def dev(tmp_path: Path) -> Iterator[DevServer]:
-    server = DevServer(tmp_path / "data", free_port(), env={"METERGATE_CLOCK_FROZEN_AT": FROZEN_AT})
-    try:
-        server.wait_ready()
+    with running_dev_server(tmp_path / "data", {"METERGATE_CLOCK_FROZEN_AT": FROZEN_AT}) as server:
         yield server
-    finally:
-        server.stop()
 
 
 def event(i: int, day: int, tokens: int, subject: str = "acme") -> dict[str, Any]:

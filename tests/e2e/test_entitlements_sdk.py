@@ -17,8 +17,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.e2e.test_dev_server import DevServer
-from tests.support.services import free_port
+from tests.e2e.test_dev_server import DevServer, running_dev_server
 
 openmeter = pytest.importorskip("openmeter", reason="install the test extras: pip install -e '.[test]'")
 from openmeter._generated import models  # noqa: E402
@@ -31,12 +30,8 @@ FROZEN_AT = "2024-03-01T00:00:00Z"
 
 @pytest.fixture
 def dev(tmp_path: Path) -> Iterator[DevServer]:
-    server = DevServer(tmp_path / "data", free_port(), env={"METERGATE_CLOCK_FROZEN_AT": FROZEN_AT})
-    try:
-        server.wait_ready()
+    with running_dev_server(tmp_path / "data", {"METERGATE_CLOCK_FROZEN_AT": FROZEN_AT}) as server:
         yield server
-    finally:
-        server.stop()
 
 
 def test_openmeter_sdk_drives_entitlements(dev: DevServer) -> None:

@@ -14,8 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e.test_dev_server import DevServer
-from tests.support.services import free_port
+from tests.e2e.test_dev_server import DevServer, running_dev_server
 
 pytestmark = pytest.mark.e2e
 
@@ -37,12 +36,8 @@ def walkthrough_script() -> tuple[str, str]:
 
 @pytest.fixture
 def dev(tmp_path: Path) -> Iterator[DevServer]:
-    server = DevServer(tmp_path / "data", free_port())
-    try:
-        server.wait_ready()
+    with running_dev_server(tmp_path / "data") as server:
         yield server
-    finally:
-        server.stop()
 
 
 @pytest.mark.skipif(shutil.which("curl") is None, reason="the README's walkthrough uses curl")
