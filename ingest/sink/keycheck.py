@@ -50,7 +50,7 @@ from common.clickhouse import ClickHouse
 from common.clock import Clock
 from ingest.schema import EVENTS_TABLE
 from ingest.sink.dedupe import EventKey, Fingerprint, Item, fingerprint, to_millis
-from ingest.sink.keyindex import KEY_HASH_SQL, PAYLOAD_HASH_SQL, Hashes, KeyHasher, KeyHashSet, payload_hashes
+from ingest.sink.keyindex import KEY_HASH_SQL, PAYLOAD_HASH_SQL, Hashes, KeyHasher, KeyHashSet, PayloadHasher
 from ingest.sink.rows import RangeId
 
 log = structlog.get_logger(__name__)
@@ -76,7 +76,7 @@ class ClickHouseKeyCheck:
         self._window_ms = int(window / timedelta(milliseconds=1))
         self._clock = clock
         self._hasher = KeyHasher()
-        self._payload_prefixes: dict[tuple[str, str], int] = {}
+        self._payloads = PayloadHasher()
         self._set = KeyHashSet()
         self._lock = threading.Lock()  # the writer thread and partition loads share the set
         # Loads run one at a time: a partition load added to a set that a reload, having read the table
@@ -143,7 +143,7 @@ class ClickHouseKeyCheck:
             return
         offsets = np.fromiter(map(_OFFSET, items), dtype=np.int64, count=len(items))
         at = np.searchsorted(offsets, np.fromiter(map(_OFFSET, kept), dtype=np.int64, count=len(kept)))
-        payloads = payload_hashes(kept, self._payload_prefixes)
+        payloads = self._payloads.of_items(kept)
         with self._lock:
             self._set.add(lookup.hashes[at], payloads)
 
@@ -172,7 +172,7 @@ class ClickHouseKeyCheck:
         hit_at = np.flatnonzero(hits)
         if len(hit_at) and not replay:
             hit_items = [items[i] for i in hit_at.tolist()]
-            same = payload_hashes(hit_items, self._payload_prefixes) == stored_payloads[hit_at]
+            same = self._payloads.of_items(hit_items) == stored_payloads[hit_at]
             for item, is_copy in zip(hit_items, same.tolist(), strict=True):
                 if is_copy:
                     found[(item.decoded.namespace, item.decoded.event.source, item.decoded.event.id)] = fingerprint(

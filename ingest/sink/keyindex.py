@@ -36,24 +36,15 @@ KEY_HASH_SQL = (
 
 
 class KeyHasher:
-    """key_hash with the (namespace, source) suffix memoised: a stream has few of them."""
+    """key_hash over a batch, with the (namespace, source) suffix memoised: a stream has few of them."""
 
     MEMO_LIMIT = 4096
 
     def __init__(self) -> None:
         self._suffixes: dict[tuple[str, str], bytes] = {}
 
-    def __call__(self, namespace: str, source: str, event_id: str) -> int:
-        suffix = self._suffixes.get((namespace, source))
-        if suffix is None:
-            if len(self._suffixes) >= self.MEMO_LIMIT:
-                self._suffixes.clear()
-            suffix = self._suffixes[(namespace, source)] = f"\0{namespace}\0{source}".encode()
-        high = crc32(event_id.encode())
-        return (high << 32) | crc32(suffix, high)
-
     def of_items(self, items: Sequence[Item]) -> Hashes:
-        """The hashes of a batch's keys, in order (the loop of __call__ inlined: it runs per event)."""
+        """The hashes of a batch's keys, in order (key_hash inlined: it runs per event)."""
         suffixes = self._suffixes
         out: list[int] = []
         append = out.append
@@ -63,8 +54,9 @@ class KeyHasher:
             pair = (decoded.namespace, event.source)
             suffix = suffixes.get(pair)
             if suffix is None:
-                self(decoded.namespace, event.source, event.id)  # fills the memo
-                suffix = suffixes[pair]
+                if len(suffixes) >= self.MEMO_LIMIT:
+                    suffixes.clear()
+                suffix = suffixes[pair] = f"\0{decoded.namespace}\0{event.source}".encode()
             high = crc32(event.id.encode())
             append((high << 32) | crc32(suffix, high))
         return np.array(out, dtype=np.uint64)
@@ -83,29 +75,37 @@ def payload_hash(event_type: str, subject: str, time_ms: int, data: str) -> int:
     return (crc32(data.encode()) << 32) | crc32(f"{event_type}\0{subject}\0{time_ms}".encode())
 
 
-def payload_hashes(items: Sequence[Item], prefixes: dict[tuple[str, str], int] | None = None) -> Hashes:
-    """payload_hash of each item's event, in order. `prefixes` memoises CRC32(type NUL subject NUL) per
-    (type, subject) across calls (the CRC of the time continues from it: crc32(b, crc32(a)) is crc32(a+b))."""
-    memo = {} if prefixes is None else prefixes
-    if len(memo) > 65_536:
-        memo.clear()
-    out: list[int] = []
-    append = out.append
-    for item in items:
-        event = item.decoded.event
-        pair = (event.type, event.subject)
-        prefix = memo.get(pair)
-        if prefix is None:
-            prefix = memo[pair] = crc32(f"{event.type}\0{event.subject}\0".encode())
-        # round(seconds * 1000) is the exact millisecond of a time on a millisecond (validated events are);
-        # any other time may differ from the stored value by one: a mismatch only costs a lookup.
-        time_ms = round(event.time.timestamp() * 1000)
-        append((crc32(event.data.encode()) << 32) | crc32(str(time_ms).encode(), prefix))
-    return np.array(out, dtype=np.uint64)
+class PayloadHasher:
+    """payload_hash over a batch, with CRC32(type NUL subject NUL) memoised per (type, subject): the CRC of
+    the time continues from it (crc32(b, crc32(a)) is crc32(a + b))."""
+
+    MEMO_LIMIT = 65_536
+
+    def __init__(self) -> None:
+        self._prefixes: dict[tuple[str, str], int] = {}
+
+    def of_items(self, items: Sequence[Item]) -> Hashes:
+        """The payload hashes of a batch's events, in order (payload_hash inlined: it runs per event)."""
+        prefixes = self._prefixes
+        out: list[int] = []
+        append = out.append
+        for item in items:
+            event = item.decoded.event
+            pair = (event.type, event.subject)
+            prefix = prefixes.get(pair)
+            if prefix is None:
+                if len(prefixes) >= self.MEMO_LIMIT:
+                    prefixes.clear()
+                prefix = prefixes[pair] = crc32(f"{event.type}\0{event.subject}\0".encode())
+            # round(seconds * 1000) is the exact millisecond of a time on a millisecond (validated events
+            # are); any other time may differ from the stored value by one: a mismatch only costs a lookup.
+            time_ms = round(event.time.timestamp() * 1000)
+            append((crc32(event.data.encode()) << 32) | crc32(str(time_ms).encode(), prefix))
+        return np.array(out, dtype=np.uint64)
 
 
 def key_hash(namespace: str, source: str, event_id: str) -> int:
-    """The 64-bit hash of an event key (the reference form of KeyHasher and KEY_HASH_SQL)."""
+    """The 64-bit hash of an event key (the reference form of KeyHasher.of_items and KEY_HASH_SQL)."""
     raw = event_id.encode()
     return (crc32(raw) << 32) | crc32(raw + f"\0{namespace}\0{source}".encode())
 
