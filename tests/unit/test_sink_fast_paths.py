@@ -5,7 +5,9 @@ from __future__ import annotations
 import hashlib
 from array import array
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
+import orjson
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -14,7 +16,7 @@ from ingest.sink.batch import OffsetRange
 from ingest.sink.decode import Decoded
 from ingest.sink.dedupe import Fingerprint, Item, fingerprint, resolve, resolve_hashed
 from ingest.sink.keyindex import KeyHasher, as_hashes, key_hash
-from ingest.sink.rows import RangeId, build_columns, encode_columns, encode_rows, message_digest
+from ingest.sink.rows import RangeId, build_columns, encode_rows, message_digest
 
 T = datetime(2026, 3, 1, tzinfo=UTC)
 
@@ -23,6 +25,15 @@ copies = st.tuples(
     st.sampled_from(["a", "b", "c", "d", "e"]),  # id
     st.sampled_from(['{"n":1}', '{"n":2}']),  # data: equal or conflicting copies
 )
+
+
+def encode_columns(columns: list[list[Any]]) -> bytes:
+    """The plain definition encode_rows must match: build_columns' columns as JSONCompactColumns, the
+    DateTime64 columns (time, ingested_at, stored_at) as decimal seconds."""
+    block = list(columns)
+    for i in (5, 7, 8):
+        block[i] = [ms / 1000 for ms in columns[i]]
+    return orjson.dumps(block)
 
 
 def make_items(specs: list[tuple[str, str, str]]) -> list[Item]:
