@@ -77,7 +77,7 @@ class ClickHouseMeterRepository:
                 sql.qualified(self.db, sql.METERS_TABLE),
                 [row],
                 column_names=["namespace", "slug", "id", "definition", "state", "cutover", "created_at", "version"],
-                settings={"insert_deduplicate": 0, "deduplicate_insert": "disable"},
+                settings=self.ch.supported({"insert_deduplicate": 0, "deduplicate_insert": "disable"}),
             )
         )
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, TypeVar
 from urllib.parse import urlparse
 
@@ -23,7 +23,10 @@ from common.settings import ClickHouseSettings
 
 T = TypeVar("T")
 
-MIN_ENGINE_VERSION = (24, 8)
+# The one minimum supported ClickHouse version. It is the engine line CI tests (the chdb package pinned in
+# pyproject.toml ships it) and the line docker-compose.yml pins; tests/unit/test_clickhouse_version.py holds
+# the three together.
+MIN_ENGINE_VERSION = (26, 9)
 
 
 class ClickHouse:
@@ -34,6 +37,7 @@ class ClickHouse:
         self.database = database
         self.embedded = embedded
         self._lock = threading.RLock() if embedded else None
+        self._known_settings: dict[str, bool] = {}
 
     def call(self, fn: Callable[[Client], T]) -> T:
         """Run fn(client) synchronously, translating connection failures into Unavailable."""
@@ -51,12 +55,34 @@ class ClickHouse:
     def command(
         self, sql: str, parameters: dict[str, Any] | None = None, settings: dict[str, Any] | None = None
     ) -> Any:
-        return self.call(lambda c: c.command(sql, parameters=parameters, settings=settings))
+        sent = self.supported(settings) if settings else None
+        return self.call(lambda c: c.command(sql, parameters=parameters, settings=sent))
 
     def rows(
         self, sql: str, parameters: dict[str, Any] | None = None, settings: dict[str, Any] | None = None
     ) -> Sequence[Sequence[Any]]:
-        return self.call(lambda c: c.query(sql, parameters=parameters, settings=settings).result_rows)
+        sent = self.supported(settings) if settings else None
+        return self.call(lambda c: c.query(sql, parameters=parameters, settings=sent).result_rows)
+
+    def supported(self, settings: Mapping[str, Any]) -> dict[str, Any]:
+        """`settings` less the ones this engine does not know.
+
+        Every setting the code sends goes through here: a server rejects an unknown setting
+        (UNKNOWN_SETTING, code 115), and settings come and go across versions. The names are looked up
+        once per client in `system.settings` and remembered.
+        """
+        unknown = [name for name in settings if name not in self._known_settings]
+        if unknown:
+            found = {
+                str(row[0])
+                for row in self.rows(
+                    "SELECT name FROM system.settings WHERE name IN {names:Array(String)}",
+                    parameters={"names": unknown},
+                )
+            }
+            for name in unknown:
+                self._known_settings[name] = name in found
+        return {name: value for name, value in settings.items() if self._known_settings[name]}
 
     def table(self, name: str) -> str:
         """Fully qualified, quoted table name."""

@@ -116,4 +116,5 @@ class ClickHouseDeadLetters:
         ]
         table = self._ch.table(DEAD_LETTERS_TABLE)
         columns = ["kind", "reason", "topic", "partition", "offset", "key", "value"]
-        await self._ch.run(lambda c: c.insert(table, rows, column_names=columns, settings={"async_insert": 0}))
+        settings = self._ch.supported({"async_insert": 0})
+        await self._ch.run(lambda c: c.insert(table, rows, column_names=columns, settings=settings))

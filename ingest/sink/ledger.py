@@ -67,13 +67,14 @@ class ClickHouseLedger:
         if self._types is None:  # read once: a DESCRIBE per record would double its engine calls
             self._types = column_type_names(self._ch, self._table, _RECORD_COLUMNS)
         column_types = self._types
+        settings = self._ch.supported({"async_insert": 0, "wait_for_async_insert": 1})
         self._ch.call(
             lambda c: c.insert(
                 self._table,
                 [rec.row() for rec in recs],
                 column_names=_RECORD_COLUMNS,
                 column_type_names=column_types,
-                settings={"async_insert": 0, "wait_for_async_insert": 1},
+                settings=settings,
             )
         )
 

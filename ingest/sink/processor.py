@@ -74,15 +74,8 @@ class SinkCounters:
 
 
 def supported_insert_settings(ch: ClickHouse) -> dict[str, Any]:
-    """The pinned settings this engine knows (an older server lacks `deduplicate_insert`)."""
-    names = {
-        str(row[0])
-        for row in ch.rows(
-            "SELECT name FROM system.settings WHERE name IN {names:Array(String)}",
-            parameters={"names": list(PINNED_INSERT_SETTINGS)},
-        )
-    }
-    return {k: v for k, v in PINNED_INSERT_SETTINGS.items() if k in names}
+    """The pinned settings this engine knows (through the one filter, `ClickHouse.supported`)."""
+    return ch.supported(PINNED_INSERT_SETTINGS)
 
 
 class BatchProcessor:
