@@ -140,3 +140,79 @@ class SnapshotRow(Base):
     created_at: Mapped[datetime] = mapped_column(UTCDateTime)
     version: Mapped[int] = mapped_column(Integer)
     state: Mapped[dict[str, Any]] = mapped_column(JSON)
+
+
+# ---- notifications (entitlements/notifications/README.md) ----
+# channels: where to deliver; rules: what to notice; events: what was noticed (`dedupe_key` unique, so two
+# evaluators never create one threshold event twice); deliveries: the outbox, one row per (event, channel),
+# written in the event's transaction and moved to SUCCESS or FAILED by the dispatcher, every attempt kept.
+
+
+class ChannelRow(Base):
+    __tablename__ = "notification_channels"
+    __table_args__ = (Index("ix_notification_channels_namespace", "namespace", "created_at"),)
+
+    id: Mapped[str] = mapped_column(ID, primary_key=True)
+    namespace: Mapped[str] = mapped_column(String(64))
+    type: Mapped[str] = mapped_column(String(16))
+    name: Mapped[str] = mapped_column(String(256))
+    url: Mapped[str] = mapped_column(String(2048))
+    custom_headers: Mapped[dict[str, str]] = mapped_column(JSON)
+    signing_secret: Mapped[str] = mapped_column(String(128))
+    disabled: Mapped[bool] = mapped_column(Boolean)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    deleted_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+
+class RuleRow(Base):
+    __tablename__ = "notification_rules"
+    __table_args__ = (Index("ix_notification_rules_namespace", "namespace", "created_at"),)
+
+    id: Mapped[str] = mapped_column(ID, primary_key=True)
+    namespace: Mapped[str] = mapped_column(String(64))
+    type: Mapped[str] = mapped_column(String(64))
+    name: Mapped[str] = mapped_column(String(256))
+    disabled: Mapped[bool] = mapped_column(Boolean)
+    thresholds: Mapped[list[dict[str, str]]] = mapped_column(JSON)
+    features: Mapped[list[str]] = mapped_column(JSON)
+    channels: Mapped[list[str]] = mapped_column(JSON)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    deleted_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+
+class EventRow(Base):
+    __tablename__ = "notification_events"
+    __table_args__ = (
+        Index("uq_notification_events_dedupe", "dedupe_key", unique=True),
+        Index("ix_notification_events_namespace", "namespace", "created_at"),
+        Index("ix_notification_events_last", "rule_id", "entitlement_id", "period_start", "kind", "created_at"),
+    )
+
+    id: Mapped[str] = mapped_column(ID, primary_key=True)
+    namespace: Mapped[str] = mapped_column(String(64))
+    type: Mapped[str] = mapped_column(String(64))
+    rule_id: Mapped[str] = mapped_column(ID, ForeignKey("notification_rules.id"))
+    entitlement_id: Mapped[str | None] = mapped_column(ID)
+    subject_key: Mapped[str | None] = mapped_column(String(1024))
+    feature_key: Mapped[str | None] = mapped_column(String(256))
+    period_start: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    kind: Mapped[str | None] = mapped_column(String(16))
+    threshold: Mapped[dict[str, str] | None] = mapped_column(JSON)
+    dedupe_key: Mapped[str] = mapped_column(String(512))
+    payload: Mapped[str] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+
+
+class DeliveryRow(Base):
+    __tablename__ = "notification_deliveries"
+    __table_args__ = (Index("ix_notification_deliveries_due", "status", "next_attempt_at"),)
+
+    event_id: Mapped[str] = mapped_column(ID, ForeignKey("notification_events.id"), primary_key=True)
+    channel_id: Mapped[str] = mapped_column(ID, primary_key=True)
+    status: Mapped[str] = mapped_column(String(16))
+    attempts: Mapped[int] = mapped_column(Integer)
+    next_attempt_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    history: Mapped[list[dict[str, Any]]] = mapped_column(JSON)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime)

@@ -1,0 +1,205 @@
+"""When to evaluate: whenever a value can change.
+
+- state changes (grant, void, reset, override, entitlement create): `entitlement_changed`;
+- new usage (the ingest notification stream): `usage_arrived(namespace, subject)`;
+- time: after each evaluation the next instant the engine knows changes the value by itself (period end,
+  grant activation, expiry, recurrence) is put on a timer, so a crossing caused by a grant expiring is noticed
+  at that instant, not at the next event;
+- a sweep every `sweep_interval` re-evaluates every metered entitlement a rule covers: the safety net after a
+  restart (timers live in memory) and for a test clock moved by hand.
+Work is a queue of entitlement keys, deduplicated while queued, drained by one task: a burst of usage for one
+subject costs one evaluation per entitlement, and a slow evaluation never blocks ingest or requests.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import heapq
+from collections.abc import Callable, Sequence
+from datetime import datetime, timedelta
+
+import structlog
+
+from common.errors import NotFound
+from entitlements.domain import Entitlement, EntitlementType, Grant
+from entitlements.notifications.domain import RuleType
+from entitlements.notifications.repository import NotificationRepository
+from entitlements.notifications.service import NotificationService
+from entitlements.service.terms import recurrence_of
+
+log = structlog.get_logger(__name__)
+
+Key = tuple[str, str]  # (namespace, entitlement id)
+
+
+def next_change(grants: Sequence[Grant], period_end: datetime | None, now: datetime) -> datetime | None:
+    """The first instant after `now` at which the value changes with no new input (pure)."""
+    candidates: list[datetime] = []
+    if period_end is not None and period_end > now:
+        candidates.append(period_end)
+    for g in grants:
+        end = g.expires_at if g.voided_at is None else min(g.expires_at, g.voided_at)
+        if g.effective_at > now:
+            candidates.append(g.effective_at)
+        if end > now:
+            candidates.append(end)
+            if g.recurrence is not None:
+                nxt = recurrence_of(g.recurrence).after(max(now, g.effective_at))
+                if nxt < end:
+                    candidates.append(nxt)
+    return min(candidates) if candidates else None
+
+
+class NotificationWatcher:
+    def __init__(
+        self,
+        service: NotificationService,
+        *,
+        sweep_interval: timedelta = timedelta(seconds=60),
+        on_events: Callable[[], None] | None = None,
+    ) -> None:
+        self.service = service
+        self.deps = service.deps
+        self.sweep_interval = sweep_interval
+        self._on_events = on_events
+        self._queue: asyncio.Queue[Key] = asyncio.Queue()
+        self._queued: set[Key] = set()
+        self._timers: list[tuple[datetime, Key]] = []
+        self._timer_wake = asyncio.Event()
+        self._sweep_wake = asyncio.Event()
+        self._tasks: list[asyncio.Task[None]] = []
+        self.evaluations = 0
+
+    # ---- triggers ----
+
+    def entitlement_changed(self, namespace: str, entitlement_id: str) -> None:
+        key = (namespace, entitlement_id)
+        if key not in self._queued:
+            self._queued.add(key)
+            self._queue.put_nowait(key)
+
+    async def usage_arrived(self, namespace: str, subject: str) -> None:
+        for ent in await self._metered_of_subject(namespace, subject):
+            self.entitlement_changed(namespace, ent.id)
+
+    async def entitlement_reset(self, namespace: str, entitlement: Entitlement, effective_at: datetime) -> None:
+        created = await self.service.on_reset(namespace, entitlement, effective_at)
+        if created and self._on_events is not None:
+            self._on_events()
+        self.entitlement_changed(namespace, entitlement.id)
+
+    # ---- lifecycle ----
+
+    async def start(self) -> None:
+        self._tasks = [
+            asyncio.create_task(self._drain(), name="notification-evaluate"),
+            asyncio.create_task(self._timer_loop(), name="notification-timers"),
+            asyncio.create_task(self._sweep_loop(), name="notification-sweep"),
+        ]
+
+    async def close(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        self._tasks = []
+
+    async def idle(self) -> None:
+        """Wait until every queued evaluation is done (tests, benchmarks)."""
+        await self._queue.join()
+
+    # ---- work ----
+
+    async def _metered_of_subject(self, namespace: str, subject: str) -> list[Entitlement]:
+        found = await self.service.ent.entitlements.search(namespace, subject_keys=[subject])
+        return [e for e in found if e.type is EntitlementType.METERED and e.deleted_at is None]
+
+    async def evaluate_now(self, namespace: str, entitlement_id: str) -> int:
+        try:
+            found = await self.service.ent.entitlements.get(namespace, None, entitlement_id)
+        except NotFound:
+            return 0
+        return await self._evaluate(namespace, found)
+
+    async def _evaluate(self, namespace: str, ent: Entitlement) -> int:
+        created = await self.service.evaluate(namespace, ent)
+        self.evaluations += 1
+        if created and self._on_events is not None:
+            self._on_events()
+        await self._schedule(namespace, ent)
+        return created
+
+    async def _schedule(self, namespace: str, ent: Entitlement) -> None:
+        if ent.type is not EntitlementType.METERED or ent.deleted_at is not None:
+            return
+        now = self.deps.clock.now()
+        grants = await self.service.ent.grants.list_for_entitlement(namespace, ent.subject_key, ent.id)
+        period = (await self.service.ent.balances.periods([ent], now)).get(ent.id)
+        at = next_change(grants, period.end if period else None, now)
+        if at is not None:
+            heapq.heappush(self._timers, (at, (namespace, ent.id)))
+            self._timer_wake.set()
+
+    async def _drain(self) -> None:
+        while True:
+            key = await self._queue.get()
+            self._queued.discard(key)
+            try:
+                await self.evaluate_now(*key)
+            except Exception:
+                log.exception("notification_evaluation_failed", namespace=key[0], entitlement_id=key[1])
+            finally:
+                self._queue.task_done()
+
+    async def _timer_loop(self) -> None:
+        while True:
+            self._timer_wake.clear()
+            now = self.deps.clock.now()
+            while self._timers and self._timers[0][0] <= now:
+                _, key = heapq.heappop(self._timers)
+                self.entitlement_changed(*key)
+            delay = (self._timers[0][0] - now).total_seconds() if self._timers else 3600.0
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._timer_wake.wait(), max(0.01, min(delay, 3600.0)))
+
+    def next_timer(self) -> datetime | None:
+        """The earliest instant a timer is set for (None without timers)."""
+        return self._timers[0][0] if self._timers else None
+
+    def poke_timers(self) -> None:
+        """Look at the timers now (the clock was moved by hand, e.g. a test clock)."""
+        self._timer_wake.set()
+
+    def sweep_soon(self) -> None:
+        """A rule was created or changed: evaluate what it covers now, not at the next sweep."""
+        self._sweep_wake.set()
+
+    async def sweep(self) -> None:
+        """Queue every metered entitlement of every namespace that has an active threshold rule."""
+
+        def namespaces() -> list[str]:
+            with self.deps.db.read() as session:
+                return NotificationRepository(session).namespaces_with_rules(RuleType.BALANCE_THRESHOLD)
+
+        for namespace in await self.deps.in_thread(namespaces):
+            offset = 0
+            while True:
+                page = await self.service.ent.entitlements.search(namespace, limit=1000, offset=offset)
+                for ent in page:
+                    if ent.type is EntitlementType.METERED:
+                        self.entitlement_changed(namespace, ent.id)
+                if len(page) < 1000:
+                    break
+                offset += len(page)
+
+    async def _sweep_loop(self) -> None:
+        while True:
+            try:
+                await self.sweep()
+            except Exception:
+                log.exception("notification_sweep_failed")
+            self._sweep_wake.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._sweep_wake.wait(), self.sweep_interval.total_seconds())
