@@ -17,12 +17,12 @@ from standardwebhooks.webhooks import Webhook
 
 from entitlements.db.migrate import upgrade_database
 from entitlements.domain import Expiration, ExpirationDuration
-from entitlements.service.grants import GrantInput
 from entitlements.notifications.dispatcher import DeliveryPolicy, Dispatcher
 from entitlements.notifications.domain import ChannelInput, DeliveryState, RuleInput
 from entitlements.notifications.service import NotificationService
 from entitlements.notifications.watcher import NotificationWatcher
 from entitlements.service import build_entitlements
+from entitlements.service.grants import GrantInput
 from tests.support.entitlement_harness import NS, T0, Harness
 from tests.support.services import postgres_url
 from tests.support.webhook_receiver import WebhookReceiver
@@ -277,7 +277,7 @@ async def test_sent_but_not_marked_is_sent_again_with_the_same_id(world: World, 
         claimed = NotificationRepository(session).claim_due(now, now + FAST.lease, 10, lock_rows=deps.db.locks_rows)
     assert len(claimed) == 1
     await world.dispatcher.start()
-    got = await receiver.wait_for(1, timeout=5)
+    got = await receiver.wait_for(1, within=5)
     assert got[0].headers["webhook-id"] == (await world.events())[0].id  # type: ignore[attr-defined]
     await asyncio.sleep(0.3)
     assert len(receiver.requests) == 1
@@ -316,5 +316,5 @@ def test_signing_secret_is_verifiable_and_payload_is_json() -> None:
     secret = new_signing_secret()
     body = orjson.dumps({"id": "e1", "a": "1.50"}).decode()
     headers = signed_headers("e1", secret, body, T0.replace(year=2026))
-    with pytest.raises(Exception, match="(?i)timestamp|too old"):
+    with pytest.raises(Exception, match=r"(?i)timestamp|too old"):
         Webhook(secret).verify(body, headers)  # an old timestamp is refused by receivers

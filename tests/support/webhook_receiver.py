@@ -61,10 +61,11 @@ class WebhookReceiver:
             self._server.server_close()
             self._server = None
 
-    async def wait_for(self, count: int, timeout: float = 10.0) -> list[Received]:
-        """At least `count` requests (or what arrived within `timeout`), without blocking the event loop."""
-        deadline = time.monotonic() + timeout
-        while len(self.requests) < count and time.monotonic() < deadline:
+    async def wait_for(self, count: int, within: float = 10.0) -> list[Received]:
+        """At least `count` requests (or what arrived within `within` s), without blocking the event loop.
+        Requests arrive on the server's threads, so this polls rather than awaiting an asyncio.Event."""
+        deadline = time.monotonic() + within
+        while len(self.requests) < count and time.monotonic() < deadline:  # noqa: ASYNC110 - see docstring
             await asyncio.sleep(0.01)
         with self._arrived:
             return list(self.requests)
