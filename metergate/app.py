@@ -30,6 +30,7 @@ from common.errors import MetergateError, PayloadTooLarge, Unauthenticated, Unav
 from common.http import PROBLEM_JSON, problem, problem_for
 from common.settings import AuthSettings
 from entitlements.http import router as entitlements_router
+from entitlements.notifications.http import router as notifications_router
 from ingest.http import router as events_router
 from metergate.clock_http import router as clock_router
 from metergate.wiring import Services
@@ -37,7 +38,13 @@ from metergate.wiring import Services
 log = structlog.get_logger(__name__)
 
 # Every router of the API, in one place. Meters and entitlements add theirs here.
-ROUTERS: tuple[APIRouter, ...] = (events_router, clock_router, meters_router, entitlements_router)
+ROUTERS: tuple[APIRouter, ...] = (
+    events_router,
+    clock_router,
+    meters_router,
+    entitlements_router,
+    notifications_router,
+)
 
 PROTECTED_PREFIX = "/api/"
 

@@ -13,6 +13,7 @@ from pydantic import AwareDatetime, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from common.settings import AuthSettings, ClickHouseSettings, DatabaseSettings, KafkaSettings, LogSettings
+from entitlements.notifications.settings import NotificationSettings
 from ingest.settings import SinkSettings
 
 _CONFIG = SettingsConfigDict(env_prefix="METERGATE_", env_nested_delimiter="__", extra="forbid", validate_default=True)
@@ -36,6 +37,7 @@ class ApiServiceSettings(BaseSettings):
     auth: AuthSettings = Field(default_factory=AuthSettings)
     log: LogSettings = Field(default_factory=LogSettings)
     sink: SinkSettings = Field(default_factory=SinkSettings)
+    notifications: NotificationSettings = Field(default_factory=NotificationSettings)
 
     def frozen_at(self) -> datetime | None:
         return self.clock_frozen_at

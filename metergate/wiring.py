@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from datetime import timedelta
 from typing import TYPE_CHECKING, Protocol
 
 import structlog
@@ -26,6 +27,7 @@ from ingest.publisher import EventPublisher
 
 if TYPE_CHECKING:
     from aggregator.service import MeterService
+    from entitlements.notifications.http import Notifications
     from entitlements.service import Entitlements
     from metergate.settings import ApiServiceSettings
 
@@ -54,6 +56,7 @@ class Services:
     event_validation: EventValidationHook | None = None
     meters: MeterService | None = None
     entitlements: Entitlements | None = None
+    notifications: Notifications | None = None
     _closers: list[Closer] = field(default_factory=list, repr=False)
 
     def on_close(self, closer: Closer) -> None:
@@ -124,6 +127,8 @@ async def build_services(settings: ApiServiceSettings, *, clickhouse: ClickHouse
     try:
         meters = await _build_meters(services, settings)
         await _build_entitlements(services, settings, meters)
+        if settings.notifications.enabled:
+            await _build_notifications(services, settings)
     except BaseException:
         await services.close()  # nothing opened so far leaks
         raise
@@ -170,6 +175,29 @@ async def _build_entitlements(services: Services, settings: ApiServiceSettings, 
     meters.set_guard(entitlements.features)
     services.entitlements = entitlements
     services.on_close(lambda: asyncio.to_thread(entitlements.close))
+
+
+async def _build_notifications(services: Services, settings: ApiServiceSettings) -> None:
+    """Notification rules, their evaluation (watcher) and the webhook outbox dispatcher, started here."""
+    from entitlements.notifications.dispatcher import Dispatcher
+    from entitlements.notifications.http import Notifications
+    from entitlements.notifications.service import NotificationService
+    from entitlements.notifications.watcher import NotificationWatcher
+
+    assert services.entitlements is not None
+    service = NotificationService(services.entitlements)
+    dispatcher = Dispatcher(services.entitlements.deps, settings.notifications.policy())
+    watcher = NotificationWatcher(
+        service,
+        sweep_interval=timedelta(seconds=settings.notifications.sweep_interval_seconds),
+        on_events=dispatcher.wake,
+    )
+    await dispatcher.start()
+    services.on_close(dispatcher.close)
+    await watcher.start()
+    services.on_close(watcher.close)
+    services.entitlements.deps.changes.subscribe(watcher.on_state_change)
+    services.notifications = Notifications(service=service, watcher=watcher, dispatcher=dispatcher)
 
 
 def services_of(request: Request) -> Services:

@@ -39,6 +39,12 @@ class DeliveryPolicy:
     batch: int = 50
     poll_interval: timedelta = timedelta(seconds=1)
 
+    def __post_init__(self) -> None:
+        if self.lease <= self.request_timeout:
+            # A lease that can run out while its request is still in flight lets a second dispatcher send the
+            # same delivery although nothing crashed.
+            raise ValueError("the delivery lease must be longer than the request timeout")
+
     def backoff(self, attempts: int) -> timedelta:
         """Exponential: first_backoff x 2^(attempts-1), capped."""
         backoff: timedelta = self.first_backoff * (2 ** max(attempts - 1, 0))
@@ -72,6 +78,7 @@ class Dispatcher:
         self._own_client = client is None
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
+        self._round: asyncio.Future[int] | None = None
 
     def wake(self) -> None:
         """New outbox rows: deliver now rather than at the next poll."""
@@ -88,14 +95,23 @@ class Dispatcher:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
             self._task = None
+        if self._round is not None:
+            with contextlib.suppress(Exception):
+                await self._round
+            self._round = None
         if self._own_client and self._client is not None:
             await self._client.aclose()
             self._client = None
 
     async def _loop(self) -> None:
         while True:
+            # Shielded: close() cancels the loop between rounds, never inside one (a round holds database
+            # connections in threads; the database may be closed right after).
+            self._round = asyncio.ensure_future(self.run_once())
             try:
-                sent = await self.run_once()
+                sent = await asyncio.shield(self._round)
+            except asyncio.CancelledError:
+                raise
             except Exception:
                 log.exception("notification_dispatch_failed")
                 sent = 0

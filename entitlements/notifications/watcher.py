@@ -16,7 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import heapq
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from datetime import datetime, timedelta
 
 import structlog
@@ -26,6 +26,7 @@ from entitlements.domain import Entitlement, EntitlementType, Grant
 from entitlements.notifications.domain import RuleType
 from entitlements.notifications.repository import NotificationRepository
 from entitlements.notifications.service import NotificationService
+from entitlements.service.changes import ChangeKind, StateChange
 from entitlements.service.terms import recurrence_of
 
 log = structlog.get_logger(__name__)
@@ -69,6 +70,7 @@ class NotificationWatcher:
         self._timer_wake = asyncio.Event()
         self._sweep_wake = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
+        self._work: set[asyncio.Future[object]] = set()
         self.evaluations = 0
 
     # ---- triggers ----
@@ -82,6 +84,19 @@ class NotificationWatcher:
     async def usage_arrived(self, namespace: str, subject: str) -> None:
         for ent in await self._metered_of_subject(namespace, subject):
             self.entitlement_changed(namespace, ent.id)
+
+    async def on_state_change(self, change: StateChange) -> None:
+        """A `StateChanges` listener: evaluate the entitlement again; a reset also fires reset rules."""
+        if change.kind is ChangeKind.DELETED:
+            return
+        if change.kind is ChangeKind.RESET:
+            try:
+                ent = await self.service.ent.entitlements.get(change.namespace, None, change.entitlement_id)
+            except NotFound:
+                return
+            await self.entitlement_reset(change.namespace, ent, change.at)
+            return
+        self.entitlement_changed(change.namespace, change.entitlement_id)
 
     async def entitlement_reset(self, namespace: str, entitlement: Entitlement, effective_at: datetime) -> None:
         created = await self.service.on_reset(namespace, entitlement, effective_at)
@@ -105,6 +120,15 @@ class NotificationWatcher:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         self._tasks = []
+        # Work already running in a thread is finished, not abandoned: the database may close right after.
+        await asyncio.gather(*self._work, return_exceptions=True)
+
+    async def _shielded(self, work: Awaitable[object]) -> None:
+        """Run `work` so that cancelling the loop waits for it at close instead of leaving a thread behind."""
+        task = asyncio.ensure_future(work)
+        self._work.add(task)
+        task.add_done_callback(self._work.discard)
+        await asyncio.shield(task)
 
     async def idle(self) -> None:
         """Wait until every queued evaluation is done (tests, benchmarks)."""
@@ -147,7 +171,7 @@ class NotificationWatcher:
             key = await self._queue.get()
             self._queued.discard(key)
             try:
-                await self.evaluate_now(*key)
+                await self._shielded(self.evaluate_now(*key))
             except Exception:
                 log.exception("notification_evaluation_failed", namespace=key[0], entitlement_id=key[1])
             finally:
@@ -197,7 +221,7 @@ class NotificationWatcher:
     async def _sweep_loop(self) -> None:
         while True:
             try:
-                await self.sweep()
+                await self._shielded(self.sweep())
             except Exception:
                 log.exception("notification_sweep_failed")
             self._sweep_wake.clear()

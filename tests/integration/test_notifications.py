@@ -32,8 +32,8 @@ pytestmark = pytest.mark.integration
 FAST = DeliveryPolicy(
     max_attempts=4,
     first_backoff=timedelta(milliseconds=50),
-    request_timeout=timedelta(seconds=2),
-    lease=timedelta(seconds=1),
+    request_timeout=timedelta(seconds=1),
+    lease=timedelta(seconds=2),
     poll_interval=timedelta(milliseconds=50),
 )
 
@@ -76,6 +76,7 @@ class World:
         self.service = NotificationService(self.h.ents)
         self.dispatcher = Dispatcher(self.h.ents.deps, FAST)
         self.watcher = NotificationWatcher(self.service, on_events=self.dispatcher.wake)
+        self.h.ents.deps.changes.subscribe(self.watcher.on_state_change)
 
     async def channel_and_rule(self, url: str, thresholds: list[dict[str, object]], **rule: object) -> tuple[str, str]:
         channel = await self.service.create_channel(
@@ -189,8 +190,9 @@ async def test_a_reset_rearms_thresholds_and_fires_reset_rules(world: World, rec
         NS, "acme", ent, effective_at=reset_at, retain_anchor=False, preserve_overage=False
     )
     entitlement = await world.h.ents.entitlements.get(NS, "acme", ent)
+    # the reset was announced to the watcher (StateChanges) and fired the reset rule; telling it again
+    # changes nothing: once per rule, entitlement and reset instant
     await world.watcher.entitlement_reset(NS, entitlement, reset.effective_at)
-    await world.watcher.entitlement_reset(NS, entitlement, reset.effective_at)  # once per reset, however told
     await world.h.grant(100, reset_at)  # a reset leaves a non-rolling grant nothing; top up the new period
     world.h.usage.add("tokens", "acme", reset_at + timedelta(minutes=1), 11)
     world.h.clock.advance_to(reset_at + timedelta(hours=1))
