@@ -196,7 +196,6 @@ async def _build_notifications(services: Services, settings: ApiServiceSettings)
     services.on_close(dispatcher.close)
     await watcher.start()
     services.on_close(watcher.close)
-    services.entitlements.deps.changes.subscribe(watcher.on_state_change)
     services.notifications = Notifications(service=service, watcher=watcher, dispatcher=dispatcher)
 
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
@@ -15,7 +14,8 @@ from sqlalchemy.exc import IntegrityError
 
 from common.errors import InvalidInput, NotFound
 from entitlements.db.models import ChannelRow, EventRow, RuleRow
-from entitlements.domain import Entitlement, EntitlementType, new_id
+from entitlements.db.repositories import ResetRepository
+from entitlements.domain import Entitlement, EntitlementType, Reset, new_id
 from entitlements.notifications import thresholds
 from entitlements.notifications.domain import (
     Channel,
@@ -325,17 +325,22 @@ class NotificationService:
         if entitlement.type is not EntitlementType.METERED or entitlement.deleted_at is not None:
             return 0
 
-        def rules_tx() -> list[Rule]:
+        def rules_tx() -> tuple[list[Rule], list[Reset]]:
             with self.deps.db.read() as session:
-                return NotificationRepository(session).active_rules(namespace, RuleType.BALANCE_THRESHOLD)
+                repo = NotificationRepository(session)
+                rules = repo.active_rules(namespace, RuleType.BALANCE_THRESHOLD)
+                rules += repo.active_rules(namespace, RuleType.RESET)
+                resets = ResetRepository(session).for_entitlement(entitlement.id) if rules else []
+                return rules, resets
 
-        rules = [
-            r
-            for r in await self.deps.in_thread(rules_tx)
-            if r.applies_to(entitlement.feature_id, entitlement.feature_key)
-        ]
+        all_rules, resets = await self.deps.in_thread(rules_tx)
+        covering = [r for r in all_rules if r.applies_to(entitlement.feature_id, entitlement.feature_key)]
+        created = await self._reset_events(
+            namespace, entitlement, [r for r in covering if r.type is RuleType.RESET], resets
+        )
+        rules = [r for r in covering if r.type is RuleType.BALANCE_THRESHOLD]
         if not rules:
-            return 0
+            return created
         now = self.deps.clock.now()
         try:
             value = await self.ent.balances.value(namespace, entitlement.subject_key, entitlement.id, now)
@@ -343,14 +348,13 @@ class NotificationService:
             return 0
         period = (await self.ent.balances.periods([entitlement], now)).get(entitlement.id)
         if period is None or value.balance is None:
-            return 0
+            return created
         reading = thresholds.Reading(
             balance=value.balance,
             usage=value.usage or Decimal(0),
             overage=value.overage or Decimal(0),
             total_available=value.total_available_grant_amount or Decimal(0),
         )
-        created = 0
         for rule in rules:
             selection = thresholds.select(rule.thresholds, reading)
             if selection.usage is None and selection.balance is None:
@@ -408,17 +412,17 @@ class NotificationService:
                     created += 1
         return created
 
-    async def on_reset(self, namespace: str, entitlement: Entitlement, effective_at: datetime) -> int:
-        """Fire `entitlements.reset` rules for a reset (once per rule, entitlement and reset instant)."""
+    async def _reset_events(
+        self, namespace: str, entitlement: Entitlement, rules: Sequence[Rule], resets: Sequence[Reset]
+    ) -> int:
+        """`entitlements.reset` events: one per rule, entitlement and manual reset made after the rule existed.
 
-        def rules_tx() -> list[Rule]:
-            with self.deps.db.read() as session:
-                return NotificationRepository(session).active_rules(namespace, RuleType.RESET)
-
+        Derived from the stored resets (not from a hook), so a reset is announced even if the process that
+        made it died before telling anyone: the next evaluation (or the sweep) finds it; the dedupe key makes
+        every later evaluation a no-op."""
         created = 0
-        for rule in await self.deps.in_thread(rules_tx):
-            if not rule.applies_to(entitlement.feature_id, entitlement.feature_key):
-                continue
+        for rule, reset in ((r, x) for r in rules for x in resets if x.created_at >= r.created_at):
+            effective_at = reset.effective_at
             event_id = new_id()
             payload = {
                 "id": event_id,

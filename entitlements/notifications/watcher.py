@@ -26,7 +26,6 @@ from entitlements.domain import Entitlement, EntitlementType, Grant
 from entitlements.notifications.domain import RuleType
 from entitlements.notifications.repository import NotificationRepository
 from entitlements.notifications.service import NotificationService
-from entitlements.service.changes import ChangeKind, StateChange
 from entitlements.service.terms import recurrence_of
 
 log = structlog.get_logger(__name__)
@@ -65,6 +64,7 @@ class NotificationWatcher:
         self.sweep_interval = sweep_interval
         self._on_events = on_events
         self._queue: asyncio.Queue[Key] = asyncio.Queue()
+        self._subjects: asyncio.Queue[tuple[str, str]] = asyncio.Queue()
         self._queued: set[Key] = set()
         self._timers: list[tuple[datetime, Key]] = []
         self._timer_wake = asyncio.Event()
@@ -81,34 +81,18 @@ class NotificationWatcher:
             self._queued.add(key)
             self._queue.put_nowait(key)
 
-    async def usage_arrived(self, namespace: str, subject: str) -> None:
-        for ent in await self._metered_of_subject(namespace, subject):
-            self.entitlement_changed(namespace, ent.id)
+    def subject_changed(self, namespace: str, subject: str) -> None:
+        """The subject's usage or entitlement state changed: evaluate its metered entitlements (soon, in order).
 
-    async def on_state_change(self, change: StateChange) -> None:
-        """A `StateChanges` listener: evaluate the entitlement again; a reset also fires reset rules."""
-        if change.kind is ChangeKind.DELETED:
-            return
-        if change.kind is ChangeKind.RESET:
-            try:
-                ent = await self.service.ent.entitlements.get(change.namespace, None, change.entitlement_id)
-            except NotFound:
-                return
-            await self.entitlement_reset(change.namespace, ent, change.at)
-            return
-        self.entitlement_changed(change.namespace, change.entitlement_id)
-
-    async def entitlement_reset(self, namespace: str, entitlement: Entitlement, effective_at: datetime) -> None:
-        created = await self.service.on_reset(namespace, entitlement, effective_at)
-        if created and self._on_events is not None:
-            self._on_events()
-        self.entitlement_changed(namespace, entitlement.id)
+        Synchronous, so it can listen to the entitlement services' change hook and the ingest stream."""
+        self._subjects.put_nowait((namespace, subject))
 
     # ---- lifecycle ----
 
     async def start(self) -> None:
         self._tasks = [
             asyncio.create_task(self._drain(), name="notification-evaluate"),
+            asyncio.create_task(self._expand_subjects(), name="notification-subjects"),
             asyncio.create_task(self._timer_loop(), name="notification-timers"),
             asyncio.create_task(self._sweep_loop(), name="notification-sweep"),
         ]
@@ -131,7 +115,8 @@ class NotificationWatcher:
         await asyncio.shield(task)
 
     async def idle(self) -> None:
-        """Wait until every queued evaluation is done (tests, benchmarks)."""
+        """Wait until every queued subject and evaluation is done (tests, benchmarks)."""
+        await self._subjects.join()
         await self._queue.join()
 
     # ---- work ----
@@ -165,6 +150,17 @@ class NotificationWatcher:
         if at is not None:
             heapq.heappush(self._timers, (at, (namespace, ent.id)))
             self._timer_wake.set()
+
+    async def _expand_subjects(self) -> None:
+        while True:
+            namespace, subject = await self._subjects.get()
+            try:
+                for ent in await self._metered_of_subject(namespace, subject):
+                    self.entitlement_changed(namespace, ent.id)
+            except Exception:
+                log.exception("notification_subject_lookup_failed", namespace=namespace, subject=subject)
+            finally:
+                self._subjects.task_done()
 
     async def _drain(self) -> None:
         while True:

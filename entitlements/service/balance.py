@@ -41,7 +41,6 @@ from entitlements.domain import (
     StoredSnapshot,
     new_id,
 )
-from entitlements.service.changes import ChangeKind, StateChange
 from entitlements.service.deps import Deps, StoredAfterProbe
 from entitlements.service.entitlements import find_entitlement
 from entitlements.service.terms import Inputs, PeriodView, period_at
@@ -281,9 +280,6 @@ class BalanceService:
 
         reset = await self.d.in_thread(tx)
         log.info("usage_reset", entitlement_id=reset.entitlement_id, at=reset.effective_at.isoformat())
-        await self.d.changes.publish(
-            StateChange(namespace, reset.entitlement_id, subject_key, ChangeKind.RESET, reset.effective_at)
-        )
         return reset
 
     async def load_metered(self, namespace: str, subject_key: str, entitlement_id: str, before: datetime) -> Loaded:

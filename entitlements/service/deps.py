@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Protocol, TypeVar, runtime_checkable
 
 from common.clock import Clock, SystemClock
 from common.usage import MeterCatalog, UsageReader
 from entitlements.db.session import Database
-from entitlements.service.changes import StateChanges
 
 T = TypeVar("T")
 
@@ -39,7 +38,6 @@ class Deps:
     clock: Clock
     wall_clock: Clock = SystemClock()  # noqa: RUF009 - stateless and immutable
     late_events: StoredAfterProbe | None = None
-    changes: StateChanges = field(default_factory=StateChanges)
 
     async def in_thread(self, fn: Callable[[], T]) -> T:
         """Run a synchronous transaction off the event loop."""

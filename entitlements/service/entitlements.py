@@ -26,7 +26,6 @@ from entitlements.domain import (
     UsagePeriod,
     new_id,
 )
-from entitlements.service.changes import ChangeKind, StateChange
 from entitlements.service.deps import Deps
 
 log = structlog.get_logger(__name__)
@@ -102,7 +101,6 @@ class EntitlementService:
                 subject_key, spec.feature_key or spec.feature_id or "", winner.id if winner else "?"
             ) from None
         log.info("entitlement_created", entitlement_id=created.id, subject=subject_key, feature=created.feature_key)
-        await self.d.changes.publish(StateChange(namespace, created.id, subject_key, ChangeKind.CREATED, now))
         return created
 
     async def _active_for_key(self, namespace: str, subject_key: str, spec: EntitlementInput) -> Entitlement | None:
@@ -196,7 +194,6 @@ class EntitlementService:
 
         created = await self.d.in_thread(tx)
         log.info("entitlement_overridden", entitlement_id=created.id, subject=subject_key)
-        await self.d.changes.publish(StateChange(namespace, created.id, subject_key, ChangeKind.OVERRIDE, now))
         return created
 
     async def get(
@@ -269,7 +266,6 @@ class EntitlementService:
         if not await self.d.in_thread(tx):
             raise EntitlementNotFound(entitlement_id, subject_key)
         log.info("entitlement_deleted", entitlement_id=entitlement_id, subject=subject_key)
-        await self.d.changes.publish(StateChange(namespace, entitlement_id, subject_key, ChangeKind.DELETED, now))
 
 
 def find_entitlement(

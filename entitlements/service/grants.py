@@ -28,7 +28,6 @@ from entitlements.domain import (
     UsagePeriod,
     new_id,
 )
-from entitlements.service.changes import ChangeKind, StateChange
 from entitlements.service.deps import Deps
 from entitlements.service.entitlements import find_entitlement
 from entitlements.service.terms import expires_at
@@ -119,9 +118,6 @@ class GrantService:
 
         grant = await self.d.in_thread(tx)
         log.info("grant_created", grant_id=grant.id, entitlement_id=grant.entitlement_id, amount=str(grant.amount))
-        await self.d.changes.publish(
-            StateChange(namespace, grant.entitlement_id, subject_key, ChangeKind.GRANT, grant.effective_at)
-        )
         return grant
 
     async def list_for_entitlement(
@@ -206,17 +202,7 @@ class GrantService:
 
         voided = await self.d.in_thread(tx)
         log.info("grant_voided", grant_id=grant_id, entitlement_id=voided.entitlement_id)
-        owner = await self._owner(namespace, voided.entitlement_id)
-        await self.d.changes.publish(StateChange(namespace, voided.entitlement_id, owner, ChangeKind.VOID, now))
         return voided
-
-    async def _owner(self, namespace: str, entitlement_id: str) -> str:
-        def tx() -> str:
-            with self.d.db.read() as s:
-                found = EntitlementRepository(s, lock_rows=False).get(namespace, entitlement_id)
-                return found.subject_key if found is not None else ""
-
-        return await self.d.in_thread(tx)
 
 
 def _entitlement_ids(
