@@ -8,7 +8,6 @@ from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
 
-import orjson
 import structlog
 from sqlalchemy.exc import IntegrityError
 
@@ -30,6 +29,7 @@ from entitlements.notifications.domain import (
     new_signing_secret,
 )
 from entitlements.notifications.repository import NotificationRepository, channel_of, rule_of, threshold_row
+from entitlements.schemas import encode
 from entitlements.service import Entitlements
 
 log = structlog.get_logger(__name__)
@@ -37,14 +37,9 @@ log = structlog.get_logger(__name__)
 MAX_PAGE = 1000
 
 
-def _json_default(value: object) -> object:
-    if isinstance(value, Decimal):
-        return format(value, "f")
-    raise TypeError(type(value).__name__)
-
-
 def payload_bytes(payload: dict[str, Any]) -> str:
-    return orjson.dumps(payload, default=_json_default).decode()
+    """The webhook body: the API's own JSON (exact decimal numbers, RFC 3339 UTC instants)."""
+    return encode(payload).decode()
 
 
 @dataclass(frozen=True, slots=True)

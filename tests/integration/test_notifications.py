@@ -5,11 +5,13 @@ two dispatchers racing for the same outbox."""
 from __future__ import annotations
 
 import asyncio
+import json
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from datetime import timedelta
 from decimal import Decimal
 from pathlib import Path
+from typing import Any
 
 import orjson
 import pytest
@@ -107,8 +109,10 @@ async def world(db_url: str) -> AsyncIterator[World]:
     w.h.ents.close()
 
 
-def verify(secret: str, received: object) -> dict[str, object]:
-    payload = Webhook(secret).verify(received.body, received.headers)  # type: ignore[attr-defined]
+def verify(secret: str, received: object) -> dict[str, Any]:
+    """The signature checks out (standardwebhooks); the body, with its numbers read exactly."""
+    Webhook(secret).verify(received.body, received.headers)  # type: ignore[attr-defined]
+    payload = json.loads(received.body, parse_float=Decimal)  # type: ignore[attr-defined]
     assert isinstance(payload, dict)
     return payload
 
@@ -131,17 +135,18 @@ async def test_usage_crossing_is_delivered_signed_once(world: World, receiver: W
     assert got[0].headers["x-team"] == "a"
     data = payload["data"]
     assert isinstance(data, dict)
-    assert data["threshold"] == {"type": "USAGE_PERCENTAGE", "value": "50"}
-    assert data["value"]["usage"] == "50.5"
-    assert data["value"]["balance"] == "49.5"
-    assert data["value"]["totalAvailableGrantAmount"] == "100"
+    assert data["threshold"] == {"type": "USAGE_PERCENTAGE", "value": 50}
+    assert data["value"]["usage"] == Decimal("50.5")
+    assert data["value"]["balance"] == Decimal("49.5")
+    assert data["value"]["totalAvailableGrantAmount"] == 100
+    assert payload["timestamp"].endswith("Z")
     assert data["subject"] == {"key": "acme"}
     assert got[0].headers["webhook-id"] == payload["id"]
     # a higher threshold is news
     world.h.usage.add("tokens", "acme", T0 + timedelta(minutes=3), 50)
     assert await world.evaluate(ent) == 1
     got = await receiver.wait_for(2)
-    assert verify(secret, got[1])["data"]["threshold"] == {"type": "USAGE_VALUE", "value": "90"}  # type: ignore[index]
+    assert verify(secret, got[1])["data"]["threshold"] == {"type": "USAGE_VALUE", "value": 90}  # type: ignore[index]
     assert len(await world.events()) == 2
     listed = await world.service.list_events(NS, limit=10, offset=0, rule_ids=[rule_id])
     await asyncio.sleep(0.2)
@@ -170,7 +175,7 @@ async def test_a_grant_expiring_crosses_a_balance_threshold_at_that_instant(
     events = await world.events()
     assert len(events) == 1
     # 20 used burnt the sooner-expiring grant first (30 of 50 left, gone at expiry): 100 left
-    assert events[0].payload["data"]["value"]["balance"] == "100"  # type: ignore[attr-defined]
+    assert events[0].payload["data"]["value"]["balance"] == 100  # type: ignore[attr-defined]
 
 
 async def test_a_reset_rearms_thresholds_and_fires_reset_rules(world: World, receiver: WebhookReceiver) -> None:
