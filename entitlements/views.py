@@ -86,7 +86,13 @@ def grant_view(g: Grant, now: datetime) -> dict[str, Any]:
         "minRolloverAmount": g.min_rollover_amount,
         "maxRolloverAmount": g.max_rollover_amount,
         "recurrence": (
-            {"interval": g.recurrence.interval, "anchor": g.recurrence.anchor} if g.recurrence is not None else None
+            {
+                "interval": g.recurrence.interval,
+                "intervalISO": str(engine.Period.parse(g.recurrence.interval)),
+                "anchor": g.recurrence.anchor,
+            }
+            if g.recurrence is not None
+            else None
         ),
         "nextRecurrence": next_recurrence,
         "metadata": dict(g.metadata),

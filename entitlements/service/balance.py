@@ -257,13 +257,14 @@ class BalanceService:
                 if ent.type is not EntitlementType.METERED:
                     raise NotMetered(ent.id, "usage to reset")
                 assert ent.measure_usage_from is not None
-                if at < ent.measure_usage_from:
-                    raise InvalidInput("a reset cannot be before measureUsageFrom", field="effectiveAt")
                 resets = ResetRepository(s)
-                last = max((r.effective_at for r in resets.for_entitlement(ent.id)), default=None)
-                if last is not None and at < last:
+                # OpenMeter's rule: a reset must be strictly after the last reset, which is the latest manual
+                # reset or, before any, measureUsageFrom (entitlement/metered/reset.go).
+                last = max((r.effective_at for r in resets.for_entitlement(ent.id)), default=ent.measure_usage_from)
+                if at <= last:
                     raise InvalidInput(
-                        f"a reset cannot be before the last reset ({last.isoformat()})", field="effectiveAt"
+                        f"a reset must be after last reset ({last.isoformat().replace('+00:00', 'Z')})",
+                        field="effectiveAt",
                     )
                 reset = Reset(
                     id=new_id(),

@@ -20,6 +20,9 @@ KEY_PATTERN = re.compile(r"^[a-z0-9]+(?:[_-][a-z0-9]+)*$")
 MAX_PAGE = 1000
 
 
+BALANCE_AGGREGATIONS = frozenset({"SUM", "COUNT"})
+
+
 @dataclass(frozen=True, slots=True)
 class FeatureInput:
     key: str
@@ -44,6 +47,14 @@ class FeatureService:
             meter = await self.d.meters.get_meter(namespace, spec.meter_slug)
             if meter is None:
                 raise MeterNotFound(spec.meter_slug)
+            if meter.aggregation.upper() not in BALANCE_AGGREGATIONS:
+                # A balance burns the sum of per-window usage; the maximum (or unique count, average, latest)
+                # of a period is not the sum of its windows' values. OpenMeter refuses these too.
+                raise InvalidInput(
+                    f"meter {meter.slug!r} aggregates with {meter.aggregation.upper()}: features support only "
+                    "meters with SUM or COUNT aggregation (a balance is a sum of usage)",
+                    field="meterSlug",
+                )
             unknown = sorted(set(spec.meter_group_by_filters) - set(meter.group_by))
             if unknown:
                 raise InvalidInput(

@@ -12,6 +12,7 @@ import httpx
 import pytest
 
 from common.clock import FrozenClock
+from common.usage import MeterRef
 from entitlements.db.migrate import upgrade_database
 from entitlements.service import Entitlements, build_entitlements
 from tests.support.entitlement_fakes import FakeMeters, FakeUsage, entitlements_app
@@ -294,3 +295,43 @@ async def test_feature_group_by_filters_select_the_usage(env: Env) -> None:
     env.clock.advance_to(T0 + timedelta(days=1, hours=1))
     # A new daily period: issueAfterReset tops the balance up to 10 again.
     assert (await env.value(key="gpt4"))["balance"] == 10
+
+
+# ---- fidelity to OpenMeter's rules ----
+
+
+@pytest.mark.parametrize("aggregation", ["UNIQUE_COUNT", "AVG", "MIN", "MAX", "LATEST"])
+async def test_features_only_on_sum_and_count_meters(env: Env, aggregation: str) -> None:
+    env.meters.meters["peak"] = MeterRef(slug="peak", aggregation=aggregation, event_type="peak")
+    bad = await env.post("/api/v1/features", {"key": "p", "name": "P", "meterSlug": "peak"}, 400)
+    assert bad["field"] == "meterSlug"
+    assert "SUM or COUNT" in bad["detail"]
+    env.meters.meters["calls"] = MeterRef(slug="calls", aggregation="COUNT", event_type="calls")
+    await env.post("/api/v1/features", {"key": "c", "name": "C", "meterSlug": "calls"})
+
+
+async def test_a_reset_must_be_strictly_after_the_last_reset(env: Env) -> None:
+    e = await env.metered(measureUsageFrom="2024-01-01T00:00:00Z")
+    env.clock.advance_to(T0 + timedelta(days=10))
+    reset = f"/api/v1/subjects/acme/entitlements/{e['id']}/reset"
+    at_start = await env.post(reset, {"effectiveAt": "2024-01-01T00:00:00Z"}, 400)  # = measureUsageFrom
+    assert "must be after last reset" in at_start["detail"]
+    await env.post(reset, {"effectiveAt": "2024-01-03T00:00:00Z"}, 204)
+    again = await env.post(reset, {"effectiveAt": "2024-01-03T00:00:00Z"}, 400)  # = the last reset
+    assert "must be after last reset (2024-01-03T00:00:00Z)" in again["detail"]
+    await env.post(reset, {"effectiveAt": "2024-01-03T00:00:00.001Z"}, 204)
+
+
+async def test_grant_recurrence_carries_interval_iso(env: Env) -> None:
+    await env.metered()
+    grant = await env.post(
+        "/api/v1/subjects/acme/entitlements/gpt/grants",
+        {
+            "amount": 10,
+            "effectiveAt": "2024-01-01T00:00:00Z",
+            "expiration": {"duration": "YEAR", "count": 1},
+            "recurrence": {"interval": "MONTH", "anchor": "2024-01-01T00:00:00Z"},
+        },
+    )
+    assert grant["recurrence"]["interval"] == "MONTH"
+    assert grant["recurrence"]["intervalISO"] == "P1M"
