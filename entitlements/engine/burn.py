@@ -47,7 +47,7 @@ class _State:
     period_start: datetime
     period: Recurrence
     usage_in_period: Decimal
-    credited_in_period: Decimal
+    burnt_in_period: Decimal
     ledger: dict[str, Decimal] = field(default_factory=lambda: dict.fromkeys(Ledger.__slots__, ZERO))
 
     def snapshot(self, digest: str) -> Snapshot:
@@ -58,7 +58,7 @@ class _State:
             period_start=self.period_start,
             period=self.period,
             usage_in_period=self.usage_in_period,
-            credited_in_period=self.credited_in_period,
+            burnt_in_period=self.burnt_in_period,
             inputs_digest=digest,
         )
 
@@ -85,6 +85,7 @@ class _Inputs:
             take = min(st.balances[gid], amount)
             if take > 0:
                 st.balances[gid] -= take
+                st.burnt_in_period += take
                 amount -= take
                 used.append(GrantUsage(gid, take))
         return amount, used
@@ -110,24 +111,20 @@ class _Inputs:
                 if first or g.effective_at == t:
                     st.balances[g.id] = g.amount
                     led["activated"] += g.amount
-                    st.credited_in_period += g.amount
             elif g.recurrence is not None and g.recurrence.at_or_before(t) == t:
                 top_up = g.amount - st.balances[g.id]
                 st.balances[g.id] = g.amount
                 led["recurred"] += top_up
-                st.credited_in_period += top_up
         if st.overage > 0:
             st.overage, _ = self.burn(st, st.overage)
         return is_reset
 
     def _reset(self, st: _State, t: datetime, manual: ResetAt | None) -> None:
         led = st.ledger
-        rolled = ZERO
         for gid, b in st.balances.items():
             nb = self.grants[gid].rollover(b)
             led["rolled_over"] += nb - b
             st.balances[gid] = nb
-            rolled += nb
         preserve = self.terms.preserve_overage_at_reset
         if manual is not None:
             st.period = moved_cadence(st.period, manual)
@@ -138,7 +135,8 @@ class _Inputs:
             st.overage = ZERO
         st.period_start = t
         st.usage_in_period = ZERO
-        st.credited_in_period = rolled
+        # totalAvailableGrantAmount restarts: what the new period burns (first the preserved overage) counts.
+        st.burnt_in_period = ZERO
 
 
 #: Every computation runs in this context: an amount needing more than 100 significant digits raises
@@ -217,7 +215,7 @@ def _run(
         snapshot.period_start,
         snapshot.period,
         snapshot.usage_in_period,
-        snapshot.credited_in_period,
+        snapshot.burnt_in_period,
     )
     segments: list[Segment] = []
     snapshots: list[Snapshot] = []
@@ -262,7 +260,7 @@ def _run(
         balance=balance,
         usage=st.usage_in_period,
         overage=st.overage,
-        total_available_grant_amount=st.credited_in_period,
+        total_available_grant_amount=balance + st.burnt_in_period,
         has_access=terms.is_soft_limit or balance > 0,
         period_start=st.period_start,
         period_end=_period_end(st.period, st.at, ins.resets),

@@ -156,8 +156,9 @@ class Snapshot:
     overage: usage not covered by any grant, carried inside the period.
     period_start / period: the current usage period's start and cadence (the anchor after manual resets).
     usage_in_period: usage in [max(period_start, measure_usage_from), at).
-    credited_in_period: credits made available in the current period (rolled-over balances at its start,
-    then every activation amount and recurrence top-up) - the basis of totalAvailableGrantAmount.
+    burnt_in_period: everything burnt from grants since the current period started (usage and overage
+    paybacks, from grants that may since have expired or been voided); totalAvailableGrantAmount is the
+    balance plus this (OpenMeter's TotalGrantUsage + Balance).
     inputs_digest: fingerprint of every input that shaped this state (see `inputs_digest`); a snapshot
     whose digest differs from the current inputs' digest at the same instant must not be used.
     """
@@ -168,7 +169,7 @@ class Snapshot:
     period_start: datetime
     period: Recurrence
     usage_in_period: Decimal
-    credited_in_period: Decimal
+    burnt_in_period: Decimal
     inputs_digest: str
 
     @property
@@ -185,7 +186,7 @@ class Snapshot:
             "period_interval": str(self.period.interval),
             "period_anchor": self.period.anchor.isoformat(),
             "usage_in_period": str(self.usage_in_period),
-            "credited_in_period": str(self.credited_in_period),
+            "burnt_in_period": str(self.burnt_in_period),
             "inputs_digest": self.inputs_digest,
         }
 
@@ -198,7 +199,7 @@ class Snapshot:
             period_start=require_utc(datetime.fromisoformat(d["period_start"]), "period_start"),
             period=Recurrence(Period.parse(d["period_interval"]), datetime.fromisoformat(d["period_anchor"])),
             usage_in_period=Decimal(d["usage_in_period"]),
-            credited_in_period=Decimal(d["credited_in_period"]),
+            burnt_in_period=Decimal(d["burnt_in_period"]),
             inputs_digest=d["inputs_digest"],
         )
 
@@ -244,7 +245,7 @@ class Result:
     """The entitlement's state at `at` (the last boundary given to `run`), and how it got there.
 
     balance: sum of grant balances. usage: usage in the current period so far. overage: carried overage.
-    total_available_grant_amount: credits made available in the current period (see Snapshot).
+    total_available_grant_amount: balance + everything burnt from grants in the current period (see Snapshot).
     has_access: is_soft_limit or balance > 0. period_start/period_end: the current usage period.
     segments: one per window given to `run`, in order. snapshots: the state at the start of every period
     that began inside the run (right after the reset), for the shell to persist. final: the state at `at`.

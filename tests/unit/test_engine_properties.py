@@ -180,7 +180,7 @@ def engine(w: World, grants: list[Grant] | None = None, resets: list[ManualReset
 
 
 def state(s: Snapshot) -> tuple[object, ...]:
-    return (s.at, dict(s.balances), s.overage, s.period_start, s.period, s.usage_in_period, s.credited_in_period)
+    return (s.at, dict(s.balances), s.overage, s.period_start, s.period, s.usage_in_period, s.burnt_in_period)
 
 
 common = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
