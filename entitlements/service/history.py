@@ -129,13 +129,16 @@ async def balance_history(
         while i < len(segments) and segments[i].start < w_start:
             i += 1
         used = ZERO
-        balance_at_start = segments[i].balance_at_start if i < len(segments) else ZERO
+        if i < len(segments):
+            balance_at_start = segments[i].balance_at_start
+        else:  # past the last segment: nothing changes any more, the balance is carried forward
+            balance_at_start = segments[-1].balance_at_end if segments else ZERO
         j = i
         while j < len(segments) and segments[j].start < w_end:
             used += segments[j].usage
             j += 1
-        if used != 0:
-            windows.append(HistoryWindow(w_start, w_end, used, balance_at_start))
+        # Every window, also those without usage (OpenMeter fills them with 0: metered/balance.go).
+        windows.append(HistoryWindow(w_start, w_end, used, balance_at_start))
     return History(tuple(windows), tuple(_merge_at_edges(segments, set(edges[1:-1]))))
 
 

@@ -335,3 +335,24 @@ async def test_grant_recurrence_carries_interval_iso(env: Env) -> None:
     )
     assert grant["recurrence"]["interval"] == "MONTH"
     assert grant["recurrence"]["intervalISO"] == "P1M"
+
+
+async def test_windowed_history_has_every_window(env: Env) -> None:
+    """OpenMeter's case: 12 hourly windows of which 6 have usage -> 12 windows, the others with usage 0."""
+    e = await env.metered(measureUsageFrom="2024-01-01T00:00:00Z")
+    await env.post(
+        "/api/v1/subjects/acme/entitlements/gpt/grants",
+        {"amount": 100, "effectiveAt": "2024-01-01T00:00:00Z", "expiration": {"duration": "MONTH", "count": 3}},
+    )
+    for hour in (0, 2, 4, 6, 8, 10):
+        env.usage.add("tokens", "acme", T0 + timedelta(hours=hour, minutes=30), 5)
+    env.clock.advance_to(T0 + timedelta(days=1))
+    h = await env.get(
+        f"/api/v1/subjects/acme/entitlements/{e['id']}/history",
+        **{"from": "2024-01-01T00:00:00Z", "to": "2024-01-01T12:00:00Z", "windowSize": "HOUR"},
+    )
+    windows = h["windowedHistory"]
+    assert len(windows) == 12
+    assert [w["usage"] for w in windows] == [5, 0] * 6
+    assert [w["balanceAtStart"] for w in windows] == [100, 95, 95, 90, 90, 85, 85, 80, 80, 75, 75, 70]
+    assert windows[-1]["period"]["to"] == "2024-01-01T12:00:00.000Z"
