@@ -52,7 +52,10 @@ router = APIRouter(prefix="/api/v1/meters", tags=["meters"])
 
 @router.get("")
 async def list_meters(namespace: Namespace, service: Meters) -> Response:
-    return json_response([m.to_api() for m in await service.meters(namespace)])
+    """The namespace's meters. One whose rollups could not be built at start-up is listed with
+    `"status": "FAILED"` and `statusReason` (it is not queryable and is retried at every start)."""
+    failed = [{**body, "status": "FAILED", "statusReason": why} for body, why in await service.failed(namespace)]
+    return json_response([m.to_api() for m in await service.meters(namespace)] + failed)
 
 
 @router.post("")

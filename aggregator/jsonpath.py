@@ -15,6 +15,9 @@ from common.errors import InvalidInput
 Segment = str | int
 
 MAX_PATH_LENGTH = 256
+# ClickHouse's JSONExtract takes an Int64 index; an index past any real array is refused here, at create,
+# instead of making ClickHouse refuse the meter's view.
+MAX_INDEX = 1_000_000
 _IDENT = re.compile(r"[A-Za-z_][A-Za-z0-9_-]*")
 _INDEX = re.compile(r"\[(-?\d+)\]")
 _QUOTED = re.compile(r"""\[(?:'((?:[^'\\]|\\.)*)'|"((?:[^"\\]|\\.)*)")\]""")
@@ -43,6 +46,8 @@ def parse_path(path: str) -> tuple[Segment, ...]:
             continue
         m = _INDEX.match(path, pos)
         if m is not None:
+            if len(m.group(1)) > 8 or abs(int(m.group(1))) > MAX_INDEX:
+                raise InvalidJsonPath(path, f"array index out of range (at most {MAX_INDEX} either way)")
             segments.append(int(m.group(1)))
             pos = m.end()
             continue

@@ -9,21 +9,34 @@ whatever a crash interrupted (a meter left in state `creating` is rebuilt from s
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import orjson
 import structlog
+from clickhouse_connect.driver.exceptions import DatabaseError
 
 from aggregator import sql
-from aggregator.meter import Meter, parse_meter
+from aggregator.meter import InvalidMeter, Meter, parse_meter
 from common.clickhouse import ClickHouse
 from common.clock import utc_from_storage
 from ingest.schema import EVENTS_TABLE, events_table_ddl
 
 log = structlog.get_logger(__name__)
 
-CREATING, READY, DELETED = "creating", "ready", "deleted"
+CREATING, READY, DELETED, FAILED = "creating", "ready", "deleted", "failed"
+
+
+@dataclass(frozen=True, slots=True)
+class _Unreadable:
+    namespace: str | None
+    body: dict[str, Any]
+    reason: str
+
+
+class MeterBuildFailed(InvalidMeter):
+    """ClickHouse refused to build a meter's rollups (its definition is valid JSON but not buildable)."""
 # The view must exist before the cutover instant; this margin covers the CREATE statement itself.
 CUTOVER_MARGIN = timedelta(milliseconds=300)
 SETTLE_TIMEOUT_S = 60.0
@@ -31,6 +44,7 @@ SETTLE_TIMEOUT_S = 60.0
 
 class ClickHouseMeterRepository:
     def __init__(self, ch: ClickHouse) -> None:
+        self.failures: dict[str, str] = {}
         self.ch = ch
         self.db = ch.database
 
@@ -82,18 +96,32 @@ class ClickHouseMeterRepository:
         )
 
     def all_rows(self) -> list[tuple[Meter, str, datetime]]:
+        """Every stored meter that still parses. One that does not (stored by an older version with rules
+        since tightened) is logged and listed by `unreadable()`, never allowed to stop a start."""
+        return [row for row in self._rows() if not isinstance(row, _Unreadable)]
+
+    def unreadable(self) -> list[tuple[str | None, dict[str, Any], str]]:
+        return [(row.namespace, row.body, row.reason) for row in self._rows() if isinstance(row, _Unreadable)]
+
+    def _rows(self) -> list[tuple[Meter, str, datetime] | _Unreadable]:
         rows = self.ch.rows(
             f"SELECT namespace, id, definition, state, cutover, created_at FROM "
             f"{sql.qualified(self.db, sql.METERS_TABLE)} FINAL ORDER BY namespace, slug"
         )
-        out = []
+        out: list[tuple[Meter, str, datetime] | _Unreadable] = []
         for namespace, meter_id, definition, state, cutover, created_at in rows:
-            meter = parse_meter(
-                orjson.loads(definition),
-                meter_id=meter_id,
-                namespace=namespace or None,
-                created_at=utc_from_storage(created_at),
-            )
+            if state == DELETED:
+                continue
+            body = orjson.loads(definition)
+            try:
+                meter = parse_meter(
+                    body, meter_id=meter_id, namespace=namespace or None, created_at=utc_from_storage(created_at)
+                )
+            except InvalidMeter as exc:
+                log.error("meter_unreadable", id=meter_id, namespace=namespace, reason=str(exc))  # noqa: TRY400
+                reason = f"the stored definition is invalid: {exc}"
+                out.append(_Unreadable(namespace or None, {**body, "id": meter_id}, reason))
+                continue
             out.append((meter, str(state), utc_from_storage(cutover)))
         return out
 
@@ -103,9 +131,19 @@ class ClickHouseMeterRepository:
     # --- rollup lifecycle ------------------------------------------------------------------------
 
     def create(self, meter: Meter) -> None:
-        """Record, create the view, wait for older inserts to finish, backfill, mark ready."""
+        """Record, create the view, wait for older inserts to finish, backfill, mark ready: all or nothing.
+
+        If ClickHouse refuses any step, the rollups are dropped and the meter is recorded as deleted, so a
+        failed create leaves nothing behind (and nothing for the next start to rebuild)."""
         self._write(meter, CREATING, datetime.fromtimestamp(0, UTC))
-        self.build(meter)
+        try:
+            self.build(meter)
+        except DatabaseError as exc:
+            self._drop_rollups(meter)
+            self._write(meter, DELETED, datetime.fromtimestamp(0, UTC))
+            reason = str(exc).strip().splitlines()[0][:300]
+            log.warning("meter_create_failed", slug=meter.slug, id=meter.id, reason=reason)
+            raise MeterBuildFailed(f"ClickHouse cannot build meter {meter.slug!r}: {reason}", field=None) from None
 
     def build(self, meter: Meter) -> None:
         self._drop_rollups(meter)
@@ -164,12 +202,37 @@ class ClickHouseMeterRepository:
                 self.drop(meter)  # removed from (or changed in) the config file
             elif state == DELETED:
                 self._drop_rollups(meter)
-            elif state == CREATING:
+            elif state in (CREATING, FAILED):
                 log.info("meter_rebuilding", slug=meter.slug, id=meter.id)
-                self.build(meter)
+                self._build_or_mark_failed(meter)
         for meter in wanted_config:
             if known.get(meter.id) != READY:
-                self.create(meter)
+                self._write(meter, CREATING, datetime.fromtimestamp(0, UTC))
+                self._build_or_mark_failed(meter)
+
+    def _build_or_mark_failed(self, meter: Meter) -> None:
+        """Start-up never fails because of one meter: one ClickHouse refuses is skipped, logged and marked
+        failed (listed with its reason by GET /api/v1/meters), and retried at the next start."""
+        try:
+            self.build(meter)
+        except DatabaseError as exc:
+            reason = str(exc).strip().splitlines()[0][:300]
+            log.error(  # noqa: TRY400 - the reason is the whole story; a traceback of SQL adds nothing
+                "meter_build_failed", slug=meter.slug, id=meter.id, namespace=meter.namespace, reason=reason
+            )
+            self._drop_rollups(meter)
+            self._write(meter, FAILED, datetime.fromtimestamp(0, UTC))
+            self.failures[meter.id] = reason
+
+    def failed(self) -> list[tuple[str | None, dict[str, Any], str]]:
+        """Meters that are not usable (API bodies) and why: rollups ClickHouse refused, or a stored
+        definition that no longer parses."""
+        refused = [
+            (m.namespace, m.to_api(), self.failures.get(m.id, "ClickHouse refused to build the meter's rollups"))
+            for m, state, _ in self.all_rows()
+            if state == FAILED
+        ]
+        return refused + self.unreadable()
 
     def subjects(self, meter: Meter, namespace: str) -> list[str]:
         rows = self.ch.rows(

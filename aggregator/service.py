@@ -92,6 +92,11 @@ class MeterService:
         self._meters = await asyncio.to_thread(self.repository.live)
         self._loaded_at = time.monotonic()
 
+    async def failed(self, namespace: str) -> list[tuple[dict[str, Any], str]]:
+        """Meters that exist but cannot be used (skipped at start-up), as API bodies with the reason."""
+        rows = await asyncio.to_thread(self.repository.failed)
+        return [(body, why) for ns, body, why in rows if ns in (None, namespace)]
+
     async def meters(self, namespace: str) -> list[Meter]:
         if time.monotonic() - self._loaded_at > self.cache_seconds:
             await self._refresh()

@@ -16,6 +16,7 @@ from fastapi.responses import Response
 
 from aggregator.config import parse_config
 from aggregator.http import router
+from aggregator.meter import parse_meter
 from aggregator.repository import ClickHouseMeterRepository
 from aggregator.service import MeterService
 from aggregator.usage import ClickHouseUsageReader
@@ -190,3 +191,78 @@ async def test_usage_windows_with_sub_millisecond_bounds(env: SimpleNamespace) -
     ms = timedelta(milliseconds=1)
     bounds = [odd - 17 * ms, odd, odd + ms, odd + 111 * ms]
     assert await reader.usage_windows("ns1", "tokens", "alice", {}, bounds) == [Decimal(0), Decimal(7), Decimal(0)]
+
+
+# ---- a request must never break the service ----
+
+HUGE_INDEX = "$.a[99999999999999999999999]"
+
+
+async def test_an_unbuildable_path_is_a_400_and_leaves_nothing(env: SimpleNamespace) -> None:
+    c = env.client
+    r = await c.post("/api/v1/meters", json={**TOKENS, "slug": "bad", "valueProperty": HUGE_INDEX})
+    assert r.status_code == 400, r.text
+    assert "array index out of range" in r.json()["detail"]
+    assert {m["slug"] for m in (await c.get("/api/v1/meters")).json()} == {"calls"}
+    await env.service.start()  # a restart still works
+
+
+async def test_a_create_clickhouse_refuses_is_all_or_nothing(
+    env: SimpleNamespace, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from aggregator import sql
+
+    real = sql.materialized_view_ddl
+    monkeypatch.setattr(sql, "materialized_view_ddl", lambda *a, **k: real(*a, **k).replace("SELECT", "SELEKT", 1))
+    r = await env.client.post("/api/v1/meters", json={**TOKENS, "slug": "refused"})
+    assert r.status_code == 400, r.text
+    assert "ClickHouse cannot build meter 'refused'" in r.json()["detail"]
+    monkeypatch.undo()
+    tables = {str(row[0]) for row in env.ch.rows(f"SHOW TABLES FROM `{env.ch.database}`")}
+    assert not [t for t in tables if "refused" in t]
+    await env.service.start()  # nothing left to rebuild at the next start
+    assert {m["slug"] for m in (await env.client.get("/api/v1/meters")).json()} == {"calls"}
+    r = await env.client.post("/api/v1/meters", json={**TOKENS, "slug": "refused"})  # the slug is free again
+    assert r.status_code == 201, r.text
+
+
+async def test_start_up_skips_a_meter_it_cannot_build_and_lists_it_failed(env: SimpleNamespace) -> None:
+    """A meter stored by an older version with a path ClickHouse refuses used to stop every start."""
+    c = env.client
+    assert (await c.post("/api/v1/meters", json=TOKENS)).status_code == 201
+    repo = env.service.repository
+    env.ch.command(
+        f"INSERT INTO `{env.ch.database}`.`meters` (namespace, slug, id, definition, state, cutover, created_at, "
+        "version) VALUES ('ns1', 'old_bad', 'oldbad1', {d:String}, 'creating', now64(3), now64(3), 1)",
+        parameters={"d": '{"slug":"old_bad","aggregation":"SUM","eventType":"prompt","valueProperty":"'
+                    + HUGE_INDEX + '"}'},
+    )
+    await env.service.start()  # does not raise
+    listed = (await c.get("/api/v1/meters")).json()
+    assert {m["slug"] for m in listed if "status" not in m} == {"tokens", "calls"}
+    failed = [m for m in listed if m.get("status") == "FAILED"]
+    assert [m["slug"] for m in failed] == ["old_bad"]
+    assert "array index out of range" in failed[0]["statusReason"]
+    assert repo.failed()  # and the working meters still answer
+    r = await c.get("/api/v1/meters/tokens/query")
+    assert r.status_code == 200, r.text
+
+
+async def test_a_meter_clickhouse_refuses_at_start_is_failed_then_retried(
+    env: SimpleNamespace, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from aggregator import sql
+
+    repo = env.service.repository
+    meter = parse_meter({**TOKENS, "slug": "later"}, meter_id="later1", namespace="ns1", created_at=T0)
+    repo._write(meter, "creating", T0)  # half-created (e.g. killed mid-create)
+    real = sql.materialized_view_ddl
+    monkeypatch.setattr(sql, "materialized_view_ddl", lambda *a, **k: real(*a, **k).replace("SELECT", "SELEKT", 1))
+    await env.service.start()  # does not raise
+    failed = [m for m in (await env.client.get("/api/v1/meters")).json() if m.get("status") == "FAILED"]
+    assert [m["slug"] for m in failed] == ["later"]
+    assert "SELEKT" in failed[0]["statusReason"] or "Syntax" in failed[0]["statusReason"]
+    monkeypatch.undo()
+    await env.service.start()  # retried at the next start, and built
+    listed = (await env.client.get("/api/v1/meters")).json()
+    assert "later" in {m["slug"] for m in listed if "status" not in m}
