@@ -13,7 +13,7 @@ import structlog
 from sqlalchemy.exc import IntegrityError
 
 from common.errors import InvalidInput
-from entitlements import engine
+from entitlements import bounds, engine
 from entitlements.db.repositories import EntitlementRepository, FeatureRepository, SnapshotRepository
 from entitlements.domain import (
     Entitlement,
@@ -139,14 +139,8 @@ class EntitlementService:
             raise InvalidInput(f"feature {feature.key!r} has no meter: it cannot back a metered entitlement")
         if spec.usage_period_interval is None:
             raise InvalidInput("a metered entitlement needs usagePeriod.interval", field="usagePeriod")
-        try:
-            interval = engine.Period.parse(spec.usage_period_interval)
-        except engine.EngineInputError:
-            raise InvalidInput(
-                "usagePeriod.interval must be DAY, WEEK, MONTH, YEAR or an ISO 8601 duration such as P1M or PT6H",
-                field="usagePeriod.interval",
-            ) from None
-        anchor = spec.usage_period_anchor or now
+        interval = bounds.period(spec.usage_period_interval, "usagePeriod.interval")
+        anchor = bounds.instant(spec.usage_period_anchor or now, "usagePeriod.anchor")
         cadence = engine.Recurrence(interval, anchor)
         measure = spec.measure_usage_from
         if measure is None or measure == "NOW":
@@ -155,10 +149,10 @@ class EntitlementService:
             measure_from = cadence.at_or_before(now)
         else:
             measure_from = measure
-        if spec.issue_after_reset is not None and spec.issue_after_reset < 0:
-            raise InvalidInput("issueAfterReset must not be negative", field="issueAfterReset")
-        if spec.issue_after_reset_priority < 0:
-            raise InvalidInput("issueAfterResetPriority must not be negative", field="issueAfterResetPriority")
+        bounds.instant(measure_from, "measureUsageFrom")
+        if spec.issue_after_reset is not None:
+            bounds.amount(spec.issue_after_reset, "issueAfterReset")
+        bounds.priority(spec.issue_after_reset_priority, "issueAfterResetPriority")
         return replace(
             base,
             usage_period=UsagePeriod(spec.usage_period_interval, anchor),

@@ -13,7 +13,7 @@ import structlog
 from sqlalchemy.orm import Session
 
 from common.errors import InvalidInput
-from entitlements import engine
+from entitlements import bounds, engine
 from entitlements.db.repositories import EntitlementRepository, GrantRepository, SnapshotRepository
 from entitlements.domain import (
     Entitlement,
@@ -35,7 +35,7 @@ from entitlements.service.terms import expires_at
 log = structlog.get_logger(__name__)
 
 MAX_PAGE = 1000
-MAX_PRIORITY = 255
+MAX_PRIORITY = bounds.MAX_PRIORITY
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,22 +57,20 @@ def _validate(spec: GrantInput) -> None:
         ("minRolloverAmount", spec.min_rollover_amount),
         ("maxRolloverAmount", spec.max_rollover_amount),
     ):
-        if not value.is_finite() or value < 0:
-            raise InvalidInput(f"{name} must be a finite number >= 0", field=name)
+        bounds.amount(value, name)
     if spec.min_rollover_amount > spec.max_rollover_amount:
         raise InvalidInput("minRolloverAmount must not exceed maxRolloverAmount", field="minRolloverAmount")
-    if not 0 <= spec.priority <= MAX_PRIORITY:
-        raise InvalidInput(f"priority must be between 0 and {MAX_PRIORITY}", field="priority")
+    bounds.priority(spec.priority, "priority")
+    bounds.instant(spec.effective_at, "effectiveAt")
     if spec.expiration.count < 1:
         raise InvalidInput("expiration.count must be at least 1", field="expiration.count")
+    bounds.within(
+        engine.Period.of_expiration(spec.expiration.duration.value, spec.expiration.count), "expiration"
+    )
     if spec.recurrence_interval is not None:
-        try:
-            engine.Period.parse(spec.recurrence_interval)
-        except engine.EngineInputError:
-            raise InvalidInput(
-                "recurrence.interval must be DAY, WEEK, MONTH, YEAR or an ISO 8601 duration",
-                field="recurrence.interval",
-            ) from None
+        bounds.period(spec.recurrence_interval, "recurrence.interval")
+    if spec.recurrence_anchor is not None:
+        bounds.instant(spec.recurrence_anchor, "recurrence.anchor")
 
 
 class GrantService:

@@ -356,3 +356,69 @@ async def test_windowed_history_has_every_window(env: Env) -> None:
     assert [w["usage"] for w in windows] == [5, 0] * 6
     assert [w["balanceAtStart"] for w in windows] == [100, 95, 95, 90, 90, 85, 85, 80, 80, 75, 75, 70]
     assert windows[-1]["period"]["to"] == "2024-01-01T12:00:00.000Z"
+
+
+# ---- hostile inputs: a 400 naming the limit, nothing stored, the namespace keeps working ----
+
+GRANT = {"amount": 10, "effectiveAt": "2024-01-01T00:00:00Z", "expiration": {"duration": "YEAR", "count": 1}}
+
+
+@pytest.mark.parametrize(
+    ("extra", "field"),
+    [
+        ({"usagePeriod": {"interval": "P8000Y"}}, "usagePeriod.interval"),
+        ({"usagePeriod": {"interval": "P1000000Y"}}, "usagePeriod.interval"),
+        ({"usagePeriod": {"interval": "P99999999D"}}, "usagePeriod.interval"),
+        ({"usagePeriod": {"interval": "PT1S"}}, "usagePeriod.interval"),
+        ({"usagePeriod": {"interval": "P" + "9" * 5000 + "D"}}, "usagePeriod.interval"),
+        ({"measureUsageFrom": "0001-01-01T00:00:00Z"}, "measureUsageFrom"),
+        ({"issueAfterResetPriority": 2**63}, "issueAfterResetPriority"),
+        ({"issueAfterReset": "1e20000000"}, "issueAfterReset"),
+    ],
+)
+async def test_hostile_entitlements_are_400_and_leave_nothing(env: Env, extra: dict[str, object], field: str) -> None:
+    env.meters.add("tokens", "model")
+    await env.post("/api/v1/features", {"key": "gpt", "name": "GPT", "meterSlug": "tokens"})
+    body = {"type": "metered", "featureKey": "gpt", "usagePeriod": {"interval": "MONTH"}, **extra}
+    bad = await env.post("/api/v1/subjects/acme/entitlements", body, 400)
+    assert bad["field"] == field, bad
+    assert await env.get("/api/v1/entitlements") == []
+    assert await env.get("/api/v1/entitlements", includeDeleted="true") == []
+
+
+@pytest.mark.parametrize(
+    ("patch", "field"),
+    [
+        ({"amount": "1e20000000"}, "amount"),
+        ({"amount": "1E+999999999999999999"}, "amount"),
+        ({"amount": "1e200"}, "amount"),
+        ({"amount": "0.0000000000000000001"}, "amount"),
+        ({"amount": "12345678901234567890.1234567890123456789"}, "amount"),
+        ({"effectiveAt": "0001-01-01T00:00:00Z"}, "effectiveAt"),
+        ({"effectiveAt": "1969-12-31T00:00:00Z"}, "effectiveAt"),
+        ({"effectiveAt": "9999-12-31T23:59:59Z"}, "effectiveAt"),
+        ({"expiration": {"duration": "YEAR", "count": 100000}}, "expiration"),
+        ({"expiration": {"duration": "YEAR", "count": 101}}, "expiration"),
+        ({"recurrence": {"interval": "P8000Y", "anchor": "2024-01-01T00:00:00Z"}}, "recurrence.interval"),
+        ({"recurrence": {"interval": "PT1S", "anchor": "2024-01-01T00:00:00Z"}}, "recurrence.interval"),
+        ({"priority": 2**31}, "priority"),
+    ],
+)
+async def test_hostile_grants_are_400_and_leave_nothing(env: Env, patch: dict[str, object], field: str) -> None:
+    await env.metered()
+    bad = await env.post("/api/v1/subjects/acme/entitlements/gpt/grants", {**GRANT, **patch}, 400)
+    assert bad["field"] == field, bad
+    assert await env.get("/api/v1/grants") == []
+    await env.value()  # the entitlement still reads
+
+
+async def test_the_largest_amount_the_api_accepts_is_exact(env: Env) -> None:
+    await env.metered()
+    top = "99999999999999999999999999999.999999999"  # 29 integer digits, 9 decimals: 38 significant
+    await env.post("/api/v1/subjects/acme/entitlements/gpt/grants", {**GRANT, "amount": top})
+    assert f'"amount":{top}' in (await env.client.get("/api/v1/grants")).text
+    env.usage.add("tokens", "acme", T0 + timedelta(hours=1), "0.000000001")
+    env.clock.advance_to(T0 + timedelta(days=1))
+    assert '"balance":99999999999999999999999999999.999999998' in (
+        await env.client.get("/api/v1/subjects/acme/entitlements/gpt/value")
+    ).text
