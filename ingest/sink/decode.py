@@ -1,6 +1,8 @@
 """Decoding of the events topic (pure): both CloudEvents Kafka protocol bindings -> a validated event.
 
-Structured mode: the value is the JSON event (content-type application/cloudevents+json).
+Structured mode: the value is the JSON event (content-type application/cloudevents+json; a message
+without ce_specversion whose value is a JSON object carrying specversion is structured whatever its
+content-type says, as the official SDKs label it with the data's content type).
 Binary mode: attributes in `ce_*` headers (ce_specversion marks the mode), data as the JSON value,
 the content-type header being the data's content type.
 
@@ -261,18 +263,24 @@ class Decoder:
             obj = _binary_event(value, headers, layout)
         else:
             content_type = headers.get(CONTENT_TYPE_HEADER)
-            if content_type is not None and content_type != STRUCTURED_CONTENT_TYPE_BYTES:
+            declared = content_type is None or content_type == STRUCTURED_CONTENT_TYPE_BYTES
+            if not declared:
                 text = _header_text(content_type, CONTENT_TYPE_HEADER)
-                if not text.lower().startswith(STRUCTURED_CONTENT_TYPE):
-                    return Malformed("content-type must be application/cloudevents+json (or use binary mode)")
+                declared = text.lower().startswith(STRUCTURED_CONTENT_TYPE)
             if not value:
                 return Malformed("empty value")
             try:
                 obj = exactjson.loads(value)
             except orjson.JSONDecodeError as exc:
+                if not declared:
+                    return Malformed("content-type must be application/cloudevents+json (or use binary mode)")
                 return Malformed(f"value is not JSON: {exc}")
             except exactjson.InexactNumberError as exc:
                 return Malformed(str(exc))
+            # Without ce_specversion a message is structured whenever its value is an event object: the
+            # official SDKs label structured messages with the data's content type (application/json).
+            if not declared and not (isinstance(obj, dict) and "specversion" in obj):
+                return Malformed("content-type must be application/cloudevents+json (or use binary mode)")
 
         default_time = ingested_at
         if isinstance(obj, dict) and obj.get("time") is None:

@@ -112,3 +112,27 @@ async def test_namespaces_are_isolated_end_to_end(client: httpx.AsyncClient) -> 
     assert len(await listed(client, KEY_A)) == 3
     assert len(await listed(client, KEY_B)) == 5
     assert {i["event"]["subject"] for i in await listed(client, KEY_B, subject="customer-3")} == {"customer-3"}  # type: ignore[index]
+
+
+@pytest.mark.parametrize("content_type", [True, False])
+async def test_the_official_sdks_http_structured_mode_is_stored_exactly(
+    client: httpx.AsyncClient, clickhouse: ClickHouse, content_type: bool
+) -> None:
+    """PyPI `cloudevents`: `to_structured` gives the headers and body a service POSTs (README example)."""
+    from cloudevents.conversion import to_structured
+    from cloudevents.http import CloudEvent as SdkEvent
+
+    attributes = {"type": "tokens", "source": "sdk", "subject": "customer-1", "id": f"sdk-{content_type}",
+                  "time": "2025-06-01T08:00:00.123456Z"}
+    if content_type:
+        attributes["datacontenttype"] = "application/json"
+    headers, body = to_structured(SdkEvent(attributes, {"tokens": 42, "model": "gpt-4"}))
+    r = await client.post("/api/v1/events", content=body, headers=headers)
+    assert r.status_code == 204, r.text
+    stored = (await client.get("/api/v1/events", params={"subject": "customer-1"})).json()
+    mine = [e["event"] for e in stored if e["event"]["id"] == f"sdk-{content_type}"]
+    assert len(mine) == 1
+    mine[0].pop("datacontenttype", None)  # listed as application/json: the only data content type stored
+    assert mine == [{"specversion": "1.0", "id": f"sdk-{content_type}", "source": "sdk", "type": "tokens",
+                     "subject": "customer-1", "time": "2025-06-01T08:00:00.123Z",
+                     "data": {"model": "gpt-4", "tokens": 42}}]

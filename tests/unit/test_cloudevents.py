@@ -128,8 +128,18 @@ def test_datacontenttype_json_is_fine() -> None:
     assert validate_event(good(datacontenttype="application/json"), default_time=RECEIVED)
 
 
-def test_data_base64_is_refused() -> None:
-    rejects(good(data_base64="aGVsbG8="), "data")
+def test_data_base64_is_data_when_it_holds_json_and_refused_otherwise() -> None:
+    import base64
+
+    as_json = base64.b64encode(b'{"tokens": 5}').decode()
+    event = validate_event({**good(), "data": None, "data_base64": as_json}, default_time=RECEIVED)
+    assert event.data == '{"tokens":5}'
+    rejects({**good(), "data": None, "data_base64": "aGVsbG8="}, "data_base64")  # "hello": not JSON
+    rejects({**good(), "data": None, "data_base64": "%%%"}, "data_base64")  # not base64
+    rejects({**good(), "data": None, "data_base64": base64.b64encode(b"[1]").decode()}, "data_base64")
+    rejects(good(data_base64=as_json), "data_base64")  # both data and data_base64
+    err = rejects({**good(), "data": None, "data_base64": "aGVsbG8="}, "data_base64")
+    assert "send the usage as JSON data" in err.message
 
 
 def test_unknown_extension_attributes_are_ignored() -> None:

@@ -99,7 +99,8 @@ def test_binary_mode_without_data_is_null_data() -> None:
         (orjson.dumps(event(time=None)), [], -1, "Kafka timestamp"),
         (b"\xff\xfe\x00garbage", [], TS, "not JSON"),
         (b"x" * (1024 * 1024 + 1), [], TS, "larger"),
-        (orjson.dumps(event()), [("content-type", b"text/plain")], TS, "content-type"),
+        (b'{"a":1}', [("content-type", b"text/plain")], TS, "content-type"),  # not an event object
+        (b'{"a":1}', [("content-type", b"application/json")], TS, "content-type"),
         (orjson.dumps(event()), [("namespace", b"\xff\xfe")], TS, "UTF-8"),
         (orjson.dumps(event()), [("namespace", b"bad namespace!")], TS, "namespace"),
         (orjson.dumps(event()), [("namespace", b"n" * 65)], TS, "namespace"),
@@ -291,3 +292,28 @@ def test_decoded_and_events_equal_only_their_own_kind() -> None:
     assert out.event != tuple(out.event)
     assert out == Decoded(*out)
     assert hash(out) == hash(Decoded(*out))
+
+
+@pytest.mark.parametrize(
+    "content_type",
+    [None, b"application/json", b"application/json; charset=utf-8", b"text/plain", b"application/cloudevents+json"],
+)
+def test_a_value_carrying_specversion_is_structured_whatever_its_content_type(content_type: bytes | None) -> None:
+    """The official SDKs' structured mode labels the message with the data's content type."""
+    headers = [] if content_type is None else [("content-type", content_type)]
+    out = decode_message(orjson.dumps(event()), headers, TS, "default")
+    assert isinstance(out, Decoded), out
+    assert out.event.id == "e-1"
+
+
+def test_data_base64_holding_json_is_the_data() -> None:
+    import base64
+
+    payload = base64.b64encode(b'{"tokens": 12.5, "model": "m"}').decode()
+    out = decode_message(orjson.dumps(event(data=None, data_base64=payload)), [], TS, "default")
+    assert isinstance(out, Decoded), out
+    assert out.event.data == '{"model":"m","tokens":12.5}'
+    not_json = base64.b64encode(b"\x00\x01binary").decode()
+    bad = decode_message(orjson.dumps(event(data=None, data_base64=not_json)), [], TS, "default")
+    assert isinstance(bad, Malformed)
+    assert "send the usage as JSON data" in bad.reason
