@@ -12,7 +12,7 @@ import asyncio
 import threading
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, TypeVar
-from urllib.parse import urlparse
+from urllib.parse import unquote, urlparse
 
 import clickhouse_connect
 from clickhouse_connect.driver.client import Client
@@ -126,8 +126,9 @@ def connect_clickhouse(settings: ClickHouseSettings) -> ClickHouse:
             client = clickhouse_connect.get_client(
                 host=url.hostname or "localhost",
                 port=url.port or (8443 if url.scheme == "https" else 8123),
-                username=url.username or "default",
-                password=url.password or "",
+                # user and password are percent-decoded: a password with @ / # % is written %40 %2F %23 %25
+                username=unquote(url.username or "default"),
+                password=unquote(url.password or ""),
                 secure=url.scheme == "https",
                 autogenerate_session_id=False,
             )

@@ -48,6 +48,10 @@ class LogSettings(BaseModel):
 NAMESPACE_PATTERN = re.compile(r"[A-Za-z0-9_-]{1,64}")
 
 
+# Words the example files use in placeholder secrets: a key containing one was copied, not generated.
+PLACEHOLDER_MARKERS = ("replace-me", "change-me", "changeme")
+
+
 class AuthSettings(BaseModel):
     """API keys map to namespaces. With auth off every request acts in `default_namespace`."""
 
@@ -61,6 +65,8 @@ class AuthSettings(BaseModel):
         for key, namespace in value.items():
             if len(key) < 16:
                 raise ValueError("an API key must be at least 16 characters long")
+            if any(marker in key.lower() for marker in PLACEHOLDER_MARKERS):
+                raise ValueError("an API key is still a placeholder (from .env.example): generate a random one")
             # The same rule as the sink's namespace header: a namespace HTTP accepts must be storable.
             if not NAMESPACE_PATTERN.fullmatch(namespace):
                 raise ValueError(f"namespace {namespace!r} must be 1 to 64 characters of [A-Za-z0-9_-]")

@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import difflib
 import os
+import re
 import signal
 import sys
 import threading
@@ -292,8 +293,22 @@ def report_ok(command: str, settings: BaseSettings) -> int:
     if isinstance(auth, dict) and auth.get("api_keys"):
         auth["api_keys"] = {"<hidden>": sorted(set(auth["api_keys"].values()))}
     for key, value in shown.items():
-        print(f"  {key}: {value}")
+        print(f"  {key}: {mask_credentials(value)}")
     return 0
+
+
+_URL_PASSWORD = re.compile(r"(?P<scheme>[a-z][a-z0-9+.-]*://)(?P<user>[^:/@\s]*):(?P<password>[^@\s]*)@", re.I)
+
+
+def mask_credentials(value: object) -> object:
+    """Every URL in printed settings without its password (`scheme://user:***@host`), at any depth."""
+    if isinstance(value, str):
+        return _URL_PASSWORD.sub(lambda m: f"{m['scheme']}{m['user']}:***@", value)
+    if isinstance(value, dict):
+        return {k: mask_credentials(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [mask_credentials(v) for v in value]
+    return value
 
 
 COMMANDS: dict[str, tuple[str, Callable[[argparse.Namespace], int]]] = {

@@ -98,3 +98,16 @@ def test_dev_turns_auth_on_when_keys_are_configured(monkeypatch: pytest.MonkeyPa
     settings = dev_settings(build_parser().parse_args(["dev"]))
     assert settings.auth.enabled is True
     assert settings.auth.api_keys == {"dev-key-0123456789abcdef": "team"}
+
+
+def test_check_config_masks_passwords_in_every_url(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("METERGATE_CLICKHOUSE__URL", "http://metergate:ch%40Secret-4711@clickhouse:8123")
+    monkeypatch.setenv("METERGATE_DATABASE__URL", "postgresql+psycopg://metergate:pg-Secret-0815@postgres:5432/m")
+    monkeypatch.setenv("METERGATE_KAFKA__BOOTSTRAP_SERVERS", "kafka:9092")
+    assert main(["migrate", "--check-config"]) == 0
+    out = capsys.readouterr().out
+    assert "Secret" not in out
+    assert "http://metergate:***@clickhouse:8123" in out
+    assert "postgresql+psycopg://metergate:***@postgres:5432/m" in out
