@@ -74,7 +74,7 @@ def test_every_secret_comes_from_env_and_the_example_lists_them() -> None:
     listed = {line.split("=", 1)[0] for line in example.splitlines() if line and not line.startswith("#")}
     assert needed == listed == set(ENV_FIXTURE)
     assert all(m["message"] for m in _VARIABLE.finditer(text)), "every secret is required (${VAR:?message})"
-    with pytest.raises(AssertionError, match="set POSTGRES_PASSWORD in .env"):
+    with pytest.raises(AssertionError, match=r"set POSTGRES_PASSWORD in \.env"):
         interpolate(text, {k: v for k, v in ENV_FIXTURE.items() if k != "POSTGRES_PASSWORD"})
     for literal in ("metergate:metergate@", "change-me", "PASSWORD: metergate"):
         assert literal not in text
