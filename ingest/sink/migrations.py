@@ -7,6 +7,7 @@ so a fresh embedded engine works with no manual step.
 from __future__ import annotations
 
 import contextlib
+from typing import Any
 
 import structlog
 
@@ -27,6 +28,24 @@ def migrate_clickhouse(ch: ClickHouse) -> None:
         ch.command(ddl)
 
 
+TOPIC_ALREADY_EXISTS = 36
+
+
+def topic_errors(response: Any) -> list[str]:
+    """`topic: error name (code): message` for each topic a CreateTopics response did not create."""
+    out: list[str] = []
+    for entry in getattr(response, "topic_errors", None) or ():
+        topic, code = entry[0], int(entry[1])
+        message = entry[2] if len(entry) > 2 and entry[2] else ""
+        if code in (0, TOPIC_ALREADY_EXISTS):
+            continue
+        from aiokafka.errors import for_code
+
+        name = for_code(code).__name__
+        out.append(f"{topic}: {name} ({code}){': ' + message if message else ''}")
+    return out
+
+
 async def create_topics(kafka: KafkaSettings) -> list[str]:
     """Create the events and dead-letter topics if missing; returns the topics it created."""
     from aiokafka.admin import AIOKafkaAdminClient, NewTopic
@@ -41,8 +60,17 @@ async def create_topics(kafka: KafkaSettings) -> list[str]:
         wanted = [t for t in (kafka.events_topic, kafka.dead_letter_topic) if t not in existing]
         if wanted:
             new = [NewTopic(t, kafka.topic_partitions, kafka.replication_factor) for t in wanted]
+            response: Any = None
             with contextlib.suppress(TopicAlreadyExistsError):  # created concurrently: fine
-                await admin.create_topics(new)
+                response = await admin.create_topics(new)
+            # aiokafka returns per-topic errors in the response instead of raising: only success and
+            # "already exists" (created concurrently) are fine, anything else is the broker's refusal.
+            refused = topic_errors(response)
+            if refused:
+                raise Unavailable("the broker refused to create Kafka topics: " + "; ".join(refused))
+            missing = sorted(set(wanted) - set(await admin.list_topics()))
+            if missing:
+                raise Unavailable(f"Kafka topics {missing} are still missing after creating them")
             log.info("kafka_topics_created", topics=wanted, partitions=kafka.topic_partitions)
         return wanted
     except KafkaError as exc:
