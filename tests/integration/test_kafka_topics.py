@@ -48,7 +48,7 @@ async def test_migrate_does_not_report_a_refused_topic_as_created(kafka_bootstra
     try:
         created = await create_topics(kafka)
     except Unavailable as exc:
-        assert "refused" in str(exc) or "missing" in str(exc)
+        assert "refused" in str(exc) or "missing" in str(exc)  # noqa: PT017 - either outcome is checked
         return
     # A broker that accepts it must really have the topics.
     admin = AIOKafkaAdminClient(bootstrap_servers=kafka_bootstrap_servers)
