@@ -21,11 +21,47 @@ from common.errors import InvalidInput
 # ---- JSON with exact decimals ----
 
 
+MAX_JSON_DEPTH = 32
+
+
 def decode_body(body: bytes) -> Any:
+    """JSON with every number a Decimal; refuses NaN/Infinity, non-UTF-8 and nesting past MAX_JSON_DEPTH
+    (checked before parsing: the recursive parser would otherwise fail deep inside itself)."""
+    check_depth(body, MAX_JSON_DEPTH)
     try:
         return json.loads(body, parse_float=Decimal, parse_constant=_no_constant)
     except (ValueError, UnicodeDecodeError) as exc:
         raise InvalidInput(f"malformed JSON: {exc}") from None
+    except RecursionError:
+        raise InvalidInput(f"JSON nested deeper than {MAX_JSON_DEPTH} levels") from None
+
+
+_OPENERS = frozenset(b"[{")
+_CLOSERS = frozenset(b"]}")
+
+
+def check_depth(body: bytes, limit: int) -> None:
+    """Raise InvalidInput if arrays/objects nest deeper than `limit` (string contents are skipped)."""
+    if body.count(b"[") + body.count(b"{") <= limit:
+        return
+    depth = 0
+    in_string = escaped = False
+    for byte in body:
+        if in_string:
+            if escaped:
+                escaped = False
+            elif byte == 0x5C:  # backslash
+                escaped = True
+            elif byte == 0x22:  # quote
+                in_string = False
+        elif byte == 0x22:
+            in_string = True
+        elif byte in _OPENERS:
+            depth += 1
+            if depth > limit:
+                raise InvalidInput(f"JSON nested deeper than {limit} levels")
+        elif byte in _CLOSERS:
+            depth -= 1
 
 
 def _no_constant(name: str) -> Any:

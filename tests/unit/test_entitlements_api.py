@@ -422,3 +422,25 @@ async def test_the_largest_amount_the_api_accepts_is_exact(env: Env) -> None:
     assert '"balance":99999999999999999999999999999.999999998' in (
         await env.client.get("/api/v1/subjects/acme/entitlements/gpt/value")
     ).text
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/api/v1/features",
+        "/api/v1/subjects/acme/entitlements",
+        "/api/v1/subjects/acme/entitlements/gpt/grants",
+        "/api/v1/subjects/acme/entitlements/gpt/override",
+        "/api/v1/subjects/acme/entitlements/gpt/reset",
+    ],
+)
+async def test_a_deeply_nested_body_is_a_400_on_every_route(env: Env, path: str) -> None:
+    await env.metered()
+    deep = "[" * 10_000 + "]" * 10_000
+    r = await env.client.request("PUT" if path.endswith("override") else "POST", path, content=deep,
+                                 headers={"content-type": "application/json"})
+    assert r.status_code == 400, r.text
+    assert "nested deeper" in r.json()["detail"]
+    shallow_string = '{"key": "' + "[" * 10_000 + '", "name": "x"}'
+    r = await env.client.post("/api/v1/features", content=shallow_string, headers={"content-type": "application/json"})
+    assert r.status_code != 500
