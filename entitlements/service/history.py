@@ -12,9 +12,10 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from enum import StrEnum
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+from zoneinfo import ZoneInfo
 
 from common.errors import InvalidInput
+from common.timezones import known_zone
 from entitlements import engine
 from entitlements.service.balance import BalanceService
 
@@ -44,12 +45,12 @@ class History:
 
 
 def zone(name: str) -> ZoneInfo:
-    try:
-        return ZoneInfo(name)
-    except (ZoneInfoNotFoundError, ValueError):
+    found = known_zone(name)
+    if found is None:
         raise InvalidInput(
-            f"unknown time zone {name!r}: use an IANA name such as Europe/Berlin", field="windowTimeZone"
-        ) from None
+            f"unknown time zone {name[:64]!r}: use an IANA name such as Europe/Berlin", field="windowTimeZone"
+        )
+    return found
 
 
 def _floor(t: datetime, size: WindowSize) -> datetime:
