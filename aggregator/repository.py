@@ -21,7 +21,7 @@ from aggregator import sql
 from aggregator.meter import InvalidMeter, Meter, parse_meter
 from common.clickhouse import ClickHouse
 from common.clock import utc_from_storage
-from ingest.schema import EVENTS_TABLE, events_table_ddl
+from common.events_table import EVENTS_TABLE, events_table_ddl
 
 log = structlog.get_logger(__name__)
 

@@ -20,7 +20,7 @@ from zoneinfo import ZoneInfo
 
 from aggregator.jsonpath import Segment, clickhouse_args
 from aggregator.meter import VALUE_SCALE, Aggregation, Meter, WindowSize
-from ingest.schema import EVENTS_TABLE
+from common.events_table import EVENTS_TABLE
 
 # Server-side insert time of each events row: the cut between what the view counts and what the
 # backfill counts (see README "Backfill without a gap or a double count").

@@ -32,6 +32,7 @@ from aggregator.usage import ClickHouseUsageReader
 from common.clickhouse import connect_clickhouse
 from common.clock import FrozenClock
 from common.errors import MetergateError
+from common.events_table import EVENT_COLUMNS, EVENTS_TABLE
 from common.http import problem_for
 from common.logging import configure_logging
 from common.settings import ClickHouseSettings, LogSettings
@@ -39,7 +40,6 @@ from entitlements.db.migrate import upgrade_database
 from entitlements.http import router
 from entitlements.late_events import ClickHouseLateEventProbe
 from entitlements.service import build_entitlements
-from ingest.schema import EVENT_COLUMNS, EVENTS_TABLE
 from ingest.sink.migrations import migrate_clickhouse
 
 NS = "bench"

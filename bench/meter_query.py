@@ -28,8 +28,8 @@ from aggregator import sql
 from aggregator.meter import WindowSize, parse_meter
 from aggregator.repository import ClickHouseMeterRepository
 from common.clickhouse import connect_clickhouse
+from common.events_table import EVENT_COLUMNS, EVENTS_TABLE
 from common.settings import ClickHouseSettings
-from ingest.schema import EVENT_COLUMNS, EVENTS_TABLE
 
 START = datetime(2024, 1, 1, tzinfo=UTC)
 

@@ -3,7 +3,7 @@
 The question is narrow on purpose: "was any event of this meter's type for this subject, with time < before,
 stored after `after`?". ClickHouse answers it with one filtered scan that stops at the first hit (~3 ms for
 1M events of one subject here), where `max(stored_at)` over the same rows (UsageReader.last_stored_at)
-costs ~40 ms and grows with history. The events table is a documented public interface (ingest/schema.py).
+costs ~40 ms and grows with history. The events table is a documented public interface (common/events_table.py).
 """
 
 from __future__ import annotations
@@ -11,8 +11,8 @@ from __future__ import annotations
 from datetime import UTC, datetime
 
 from common.clickhouse import ClickHouse
+from common.events_table import EVENTS_TABLE
 from common.usage import MeterCatalog
-from ingest.schema import EVENTS_TABLE
 
 _SQL = (
     "SELECT 1 FROM {table} WHERE namespace = {{ns:String}} AND type = {{ty:String}} AND subject = {{s:String}} "

@@ -17,7 +17,7 @@ from common.clickhouse import ClickHouse
 from common.clock import utc_from_storage
 from common.cloudevents import CloudEvent
 from common.errors import Unavailable
-from ingest.schema import EVENTS_TABLE
+from common.events_table import EVENTS_TABLE
 
 DEFAULT_LIMIT = 100
 MAX_LIMIT = 1000

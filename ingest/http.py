@@ -9,17 +9,49 @@ nothing: the first invalid event rejects the request before anything is publishe
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Annotated, Any
+from typing import Annotated, Any, Protocol
 
 import orjson
-from fastapi import APIRouter, Query, Request
+from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import Response
 
-from common.cloudevents import EventValidationError, decode_json, format_time, parse_time, validate_batch
+from common.clock import Clock
+from common.cloudevents import CloudEvent, EventValidationError, decode_json, format_time, parse_time, validate_batch
 from common.errors import InvalidInput, UnsupportedMediaType
 from common.http import Namespace
-from ingest.events_reader import DEFAULT_LIMIT, MAX_LIMIT, EventFilter, StoredEvent
-from metergate.wiring import Services, services_of
+from ingest.events_reader import DEFAULT_LIMIT, MAX_LIMIT, ClickHouseEventsReader, EventFilter, StoredEvent
+from ingest.publisher import EventPublisher
+
+
+class EventValidationHook(Protocol):
+    """Why a stored event does not count for some meter (e.g. a missing valueProperty), or None."""
+
+    def __call__(self, namespace: str, event: CloudEvent) -> str | None: ...
+
+
+class IngestServices(Protocol):
+    """What these routes need of the app's services (metergate.wiring.Services provides it)."""
+
+    @property
+    def clock(self) -> Clock: ...
+
+    @property
+    def publisher(self) -> EventPublisher: ...
+
+    @property
+    def events_reader(self) -> ClickHouseEventsReader: ...
+
+    @property
+    def event_validation(self) -> EventValidationHook | None: ...
+
+
+def ingest_services(request: Request) -> IngestServices:
+    """The app's services (`app.state.services`, built by the composition root)."""
+    services: IngestServices = request.app.state.services
+    return services
+
+
+Ingest = Annotated[IngestServices, Depends(ingest_services)]
 
 router = APIRouter(tags=["events"])
 
@@ -112,13 +144,12 @@ _INGEST_OPENAPI: dict[str, Any] = {
     summary="Ingest CloudEvents (one, or a batch validated as a whole)",
     openapi_extra=_INGEST_OPENAPI,
 )
-async def ingest_events(request: Request, namespace: Namespace) -> Response:
+async def ingest_events(request: Request, namespace: Namespace, services: Ingest) -> Response:
     kind = media_type(request.headers.get("content-type"))
     if kind not in ACCEPTED_CONTENT_TYPES:
         raise UnsupportedMediaType(
             f"Content-Type must be one of {', '.join(ACCEPTED_CONTENT_TYPES)}", content_type=kind or None
         )
-    services = services_of(request)
     # The size limit was enforced while the body streamed in (metergate.app.BodyLimitMiddleware).
     document = decode_json(await request.body())
     values = events_of(kind, document)
@@ -140,7 +171,7 @@ def _time_param(value: str | None, name: str) -> datetime | None:
         raise InvalidInput(exc.message, parameter=name) from None
 
 
-def ingested_event_json(services: Services, namespace: str, stored: StoredEvent) -> dict[str, Any]:
+def ingested_event_json(services: IngestServices, namespace: str, stored: StoredEvent) -> dict[str, Any]:
     """OpenMeter's IngestedEvent."""
     hook = services.event_validation
     return {
@@ -153,8 +184,8 @@ def ingested_event_json(services: Services, namespace: str, stored: StoredEvent)
 
 @router.get("/api/v1/events", summary="List stored events, newest first (for debugging)")
 async def list_events(
-    request: Request,
     namespace: Namespace,
+    services: Ingest,
     from_: Annotated[str | None, Query(alias="from", description="RFC 3339; events with time >= from")] = None,
     to: Annotated[str | None, Query(description="RFC 3339; events with time < to")] = None,
     subject: Annotated[str | None, Query(min_length=1)] = None,
@@ -169,7 +200,6 @@ async def list_events(
         raise InvalidInput("from must be before to", parameter="from")
     ingested_from = _time_param(ingested_at_from, "ingestedAtFrom")
     ingested_to = _time_param(ingested_at_to, "ingestedAtTo")
-    services = services_of(request)
     stored = await services.events_reader.list_events(
         namespace,
         EventFilter(

@@ -5,6 +5,9 @@ from __future__ import annotations
 from datetime import timedelta
 
 from pydantic import BaseModel, Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from common.settings import ClickHouseSettings, KafkaSettings, LogSettings
 
 
 class SinkSettings(BaseModel):
@@ -26,3 +29,17 @@ class SinkSettings(BaseModel):
 
     def dedupe_window(self) -> timedelta:
         return timedelta(days=self.dedupe_window_days)
+
+
+class WorkerSettings(BaseSettings):
+    """`metergate ingest-worker` / `python -m ingest.sink`: Kafka -> ClickHouse. Here, not in metergate/, so
+    the worker's own entry point needs nothing above ingest."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="METERGATE_", env_nested_delimiter="__", extra="forbid", validate_default=True
+    )
+
+    clickhouse: ClickHouseSettings = Field(default_factory=ClickHouseSettings)
+    kafka: KafkaSettings = Field(default_factory=KafkaSettings)
+    sink: SinkSettings = Field(default_factory=SinkSettings)
+    log: LogSettings = Field(default_factory=LogSettings)

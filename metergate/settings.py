@@ -14,7 +14,9 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from common.settings import AuthSettings, ClickHouseSettings, DatabaseSettings, KafkaSettings, LogSettings
 from entitlements.notifications.settings import NotificationSettings
-from ingest.settings import SinkSettings
+from ingest.settings import SinkSettings, WorkerSettings
+
+__all__ = ["ApiServiceSettings", "MigrateSettings", "WorkerSettings"]
 
 _CONFIG = SettingsConfigDict(env_prefix="METERGATE_", env_nested_delimiter="__", extra="forbid", validate_default=True)
 
@@ -41,18 +43,6 @@ class ApiServiceSettings(BaseSettings):
 
     def frozen_at(self) -> datetime | None:
         return self.clock_frozen_at
-
-
-class WorkerSettings(BaseSettings):
-    """`metergate ingest-worker`: Kafka -> ClickHouse."""
-
-    model_config = _CONFIG
-
-    clickhouse: ClickHouseSettings = Field(default_factory=ClickHouseSettings)
-    kafka: KafkaSettings = Field(default_factory=KafkaSettings)
-    sink: SinkSettings = Field(default_factory=SinkSettings)
-    log: LogSettings = Field(default_factory=LogSettings)
-    meters_file: Path | None = Field(default=None, description="YAML file of meters (rollups to keep exact)")
 
 
 class MigrateSettings(BaseSettings):

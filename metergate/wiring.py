@@ -14,15 +14,15 @@ import asyncio
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import timedelta
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING
 
 import structlog
 from fastapi import Request
 
 from common.clickhouse import ClickHouse, connect_clickhouse
 from common.clock import Clock, FrozenClock, SystemClock
-from common.cloudevents import CloudEvent
 from ingest.events_reader import ClickHouseEventsReader
+from ingest.http import EventValidationHook
 from ingest.publisher import EventPublisher
 
 if TYPE_CHECKING:
@@ -32,15 +32,6 @@ if TYPE_CHECKING:
     from metergate.settings import ApiServiceSettings
 
 log = structlog.get_logger(__name__)
-
-
-class EventValidationHook(Protocol):
-    """Why a stored event does not count for some meter (e.g. a missing valueProperty), or None.
-
-    Shown as `validationError` by GET /api/v1/events. The aggregator supplies it once meters exist.
-    """
-
-    def __call__(self, namespace: str, event: CloudEvent) -> str | None: ...
 
 
 Closer = Callable[[], Awaitable[None]]

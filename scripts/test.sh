@@ -41,5 +41,7 @@ log "ruff"
 .venv/bin/ruff check .
 log "mypy --strict"
 .venv/bin/mypy
+log "import layers (import-linter)"
+.venv/bin/lint-imports --no-cache
 log "pytest"
 .venv/bin/python -m pytest "$@"

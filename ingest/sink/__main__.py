@@ -13,7 +13,7 @@ from ingest.sink.signals import catch_early_signals, run_until_signalled
 _early_signals = catch_early_signals()
 
 from common.logging import configure_logging  # noqa: E402
-from metergate.settings import WorkerSettings  # noqa: E402
+from ingest.settings import WorkerSettings  # noqa: E402
 
 
 def main() -> None:

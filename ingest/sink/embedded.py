@@ -31,7 +31,7 @@ from common.clickhouse import ClickHouse
 from common.clock import Clock, SystemClock
 from common.cloudevents import CloudEvent
 from common.errors import Unavailable
-from ingest.schema import EVENTS_TABLE
+from common.events_table import EVENTS_TABLE
 from ingest.settings import SinkSettings
 from ingest.sink.batch import OffsetRange
 from ingest.sink.decode import Decoded

@@ -48,7 +48,7 @@ import structlog
 
 from common.clickhouse import ClickHouse
 from common.clock import Clock
-from ingest.schema import EVENTS_TABLE
+from common.events_table import EVENTS_TABLE
 from ingest.sink.dedupe import EventKey, Fingerprint, Item, fingerprint, to_millis
 from ingest.sink.keyindex import KEY_HASH_SQL, PAYLOAD_HASH_SQL, Hashes, KeyHasher, KeyHashSet, PayloadHasher
 from ingest.sink.rows import RangeId

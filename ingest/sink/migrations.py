@@ -13,8 +13,8 @@ import structlog
 
 from common.clickhouse import ClickHouse
 from common.errors import Unavailable
+from common.events_table import events_table_ddl
 from common.settings import KafkaSettings
-from ingest.schema import events_table_ddl
 from ingest.sink.dlq import dead_letters_table_ddl
 from ingest.sink.ledger import ledger_table_ddl
 

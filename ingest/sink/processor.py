@@ -19,7 +19,7 @@ from typing import Any
 
 from common.clickhouse import ClickHouse
 from common.clock import Clock
-from ingest.schema import EVENT_COLUMNS, EVENTS_TABLE
+from common.events_table import EVENT_COLUMNS, EVENTS_TABLE
 from ingest.sink.dedupe import Conflict, Item, resolve_hashed, to_millis
 from ingest.sink.keycheck import ClickHouseKeyCheck
 from ingest.sink.keyindex import as_hashes, key_hash

@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 import orjson
 
-from ingest.schema import EVENT_COLUMNS
+from common.events_table import EVENT_COLUMNS
 from ingest.sink.batch import OffsetRange
 from ingest.sink.dedupe import Item, to_millis
 

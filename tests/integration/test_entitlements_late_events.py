@@ -7,8 +7,8 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from common.clickhouse import ClickHouse
+from common.events_table import EVENT_COLUMNS, EVENTS_TABLE
 from entitlements.late_events import ClickHouseLateEventProbe
-from ingest.schema import EVENT_COLUMNS, EVENTS_TABLE
 from ingest.sink.migrations import migrate_clickhouse
 from tests.support.entitlement_fakes import FakeMeters
 

@@ -17,9 +17,9 @@ import pytest
 from common.clickhouse import ClickHouse
 from common.clock import FrozenClock
 from common.cloudevents import CloudEvent, validate_event
+from common.events_table import EVENTS_TABLE, events_table_ddl
 from common.settings import AuthSettings
 from ingest.events_reader import ClickHouseEventsReader
-from ingest.schema import EVENTS_TABLE, events_table_ddl
 from metergate.app import create_app
 from metergate.wiring import Services
 

@@ -11,9 +11,9 @@ import pytest
 
 from common.clickhouse import ClickHouse
 from common.clock import FrozenClock
+from common.events_table import EVENTS_TABLE
 from common.settings import AuthSettings
 from ingest.events_reader import ClickHouseEventsReader
-from ingest.schema import EVENTS_TABLE
 from ingest.settings import SinkSettings
 from ingest.sink.embedded import EmbeddedLog
 from metergate.app import create_app

@@ -12,7 +12,7 @@ from common.clickhouse import ClickHouse
 from common.clock import FrozenClock
 from common.cloudevents import CloudEvent
 from common.errors import Unavailable
-from ingest.schema import EVENT_COLUMNS
+from common.events_table import EVENT_COLUMNS
 from ingest.settings import SinkSettings
 from ingest.sink.batch import OffsetRange
 from ingest.sink.decode import Decoded

@@ -9,7 +9,7 @@ import orjson
 
 from aggregator import sql
 from common.clickhouse import ClickHouse
-from ingest.schema import EVENT_COLUMNS, EVENTS_TABLE
+from common.events_table import EVENT_COLUMNS, EVENTS_TABLE
 
 INSERT_SETTINGS = {"deduplicate_blocks_in_dependent_materialized_views": 1}
 
