@@ -70,6 +70,7 @@ def group_expr(segments: tuple[Segment, ...]) -> str:
 
 
 _NUMBER_SQL = "'" + _NUMBER_RE.replace("\\", "\\\\") + "'"
+_ZERO_SQL = "'" + r"^[+-]?(0+\.?0*|\.0+)([eE][+-]?[0-9]+)?$".replace("\\", "\\\\") + "'"
 
 
 def value_exprs(meter: Meter) -> tuple[str | None, str]:
@@ -82,7 +83,12 @@ def value_exprs(meter: Meter) -> tuple[str | None, str]:
         raw = _raw(segments)
         return text, f"(startsWith({raw}, '\"') OR match({raw}, {_NUMBER_SQL}))"
     dec = f"toDecimal128OrNull({text}, {VALUE_SCALE})"
-    valid = f"(match({text}, {_NUMBER_SQL}) AND {dec} IS NOT NULL AND toDecimal256OrNull({text}, 40) = {dec})"
+    # A value that converts to 0 must be written as a zero (0, 0.0, 0e5): `1e-400` underflows every
+    # conversion to 0 and would be counted as zero, where meter.parse_number calls it invalid.
+    zero = f"(match({text}, {_ZERO_SQL}) OR {dec} != 0)"
+    valid = (
+        f"(match({text}, {_NUMBER_SQL}) AND {dec} IS NOT NULL AND toDecimal256OrNull({text}, 40) = {dec} AND {zero})"
+    )
     return f"assumeNotNull({dec})", valid
 
 

@@ -57,6 +57,8 @@ def test_invalid_meters_name_the_field(body: dict[str, Any], field: str) -> None
         (0.1, Decimal("0.1")),
         ("0.000000001", Decimal("1E-9")),
         ("0.0000000001", None),  # more than 9 decimals: not exact in Decimal(38, 9)
+        ("1e-400", None),  # underflows to 0 everywhere: invalid, never counted as zero
+        ("0e5", Decimal(0)),
         ("NaN", None),
         ("inf", None),
         ("-Infinity", None),
