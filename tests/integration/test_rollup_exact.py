@@ -51,7 +51,10 @@ values = st.one_of(
     st.integers(-(10**12), 10**12),
     st.decimals(min_value=-1000, max_value=1000, places=3, allow_nan=False).map(str),
     st.sampled_from(
-        ["NaN", "inf", "-Infinity", "abc", "", "1e3", "0.0000000001", "1e-400", "-2.5e-30", "0e5", "-0.0", "1.5E+2", None, True, "12 "]
+        [
+            "NaN", "inf", "-Infinity", "abc", "", "1e3", "0.0000000001", "1e-400", "-2.5e-30", "0e5", "-0.0",
+            "1.5E+2", None, True, "12 ",
+        ]
     ),
     st.floats(allow_nan=True, allow_infinity=False, width=32),
 )
