@@ -60,9 +60,9 @@ def _paging(page: int | None, page_size: int | None, offset: int, limit: int | N
     return min(limit or MAX_LIMIT, MAX_LIMIT), offset
 
 
-Page = Annotated[int | None, Query(ge=1)]
+Page = Annotated[int | None, Query(ge=1, le=100_000)]
 PageSize = Annotated[int | None, Query(alias="pageSize", ge=1, le=MAX_LIMIT)]
-Offset = Annotated[int, Query(ge=0)]
+Offset = Annotated[int, Query(ge=0, le=100_000_000)]
 Limit = Annotated[int | None, Query(ge=1, le=MAX_LIMIT)]
 
 

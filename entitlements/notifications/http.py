@@ -42,7 +42,7 @@ def notifications_of(request: Request) -> Notifications:
 
 
 Notes = Annotated[Notifications, Depends(notifications_of)]
-PageNo = Annotated[int, Query(ge=1)]
+PageNo = Annotated[int, Query(ge=1, le=100_000)]
 PageSize = Annotated[int, Query(alias="pageSize", ge=1, le=MAX_PAGE_SIZE)]
 ChannelId = Annotated[str, Path(alias="channelId", max_length=64)]
 RuleId = Annotated[str, Path(alias="ruleId", max_length=64)]
