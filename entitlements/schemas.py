@@ -29,11 +29,32 @@ def decode_body(body: bytes) -> Any:
     (checked before parsing: the recursive parser would otherwise fail deep inside itself)."""
     check_depth(body, MAX_JSON_DEPTH)
     try:
-        return json.loads(body, parse_float=Decimal, parse_constant=_no_constant)
+        value = json.loads(body, parse_float=Decimal, parse_constant=_no_constant)
     except (ValueError, UnicodeDecodeError) as exc:
         raise InvalidInput(f"malformed JSON: {exc}") from None
     except RecursionError:
         raise InvalidInput(f"JSON nested deeper than {MAX_JSON_DEPTH} levels") from None
+    check_strings(value)
+    return value
+
+
+def check_strings(value: Any) -> None:
+    """No string (or key) may hold a NUL or a lone surrogate (`"\\ud800"`): neither database stores them
+    faithfully (PostgreSQL refuses both), so they are a 400 here rather than a 500 at the insert."""
+    if isinstance(value, str):
+        if "\x00" in value:
+            raise InvalidInput("strings must not contain NUL characters")
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            raise InvalidInput("strings must be valid Unicode (a lone surrogate escape was sent)") from None
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            check_strings(key)
+            check_strings(item)
+    elif isinstance(value, list):
+        for item in value:
+            check_strings(item)
 
 
 _OPENERS = frozenset(b"[{")

@@ -16,6 +16,7 @@ import ipaddress
 from collections.abc import Mapping
 from http import HTTPStatus
 from typing import Any
+from urllib.parse import unquote_to_bytes
 
 import orjson
 import structlog
@@ -26,7 +27,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from aggregator.http import router as meters_router
-from common.errors import MetergateError, PayloadTooLarge, Unauthenticated, Unavailable
+from common.errors import InvalidInput, MetergateError, PayloadTooLarge, Unauthenticated, Unavailable
 from common.http import PROBLEM_JSON, problem, problem_for
 from common.settings import AuthSettings
 from entitlements.http import router as entitlements_router
@@ -190,6 +191,42 @@ class BodyLimitMiddleware:
         await self.app(scope, replay, send)
 
 
+MAX_PATH_SEGMENT = 1024
+
+
+class InputHygieneMiddleware:
+    """Refuses, with a 400 before any route runs, what no route can store faithfully: a URL path or query
+    with a NUL byte or bytes that are not UTF-8 (decoded leniently they would become U+FFFD, so the stored
+    subject would differ from the one sent), or a path segment longer than the longest identifier
+    (1024 characters: subjects)."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            problem = self._problem(scope)
+            if problem is not None:
+                await _send_problem(send, InvalidInput(problem), [])
+                return
+        await self.app(scope, receive, send)
+
+    @staticmethod
+    def _problem(scope: Scope) -> str | None:
+        raw_path = scope.get("raw_path") or str(scope.get("path", "")).encode()
+        for where, raw in (("path", raw_path), ("query", scope.get("query_string") or b"")):
+            decoded = unquote_to_bytes(raw.replace(b"+", b" ") if where == "query" else raw)
+            if b"\x00" in decoded:
+                return f"the URL {where} contains a NUL character"
+            try:
+                text = decoded.decode("utf-8")
+            except UnicodeDecodeError:
+                return f"the URL {where} is not UTF-8 once percent-decoded"
+            if where == "path" and any(len(segment) > MAX_PATH_SEGMENT for segment in text.split("/")):
+                return f"a URL path segment is longer than {MAX_PATH_SEGMENT} characters"
+        return None
+
+
 def _jsonable_errors(errors: Any) -> list[dict[str, Any]]:
     return [
         {"loc": [str(part) for part in e.get("loc", ())], "msg": str(e.get("msg", "")), "type": str(e.get("type", ""))}
@@ -252,6 +289,7 @@ def create_app(services: Services, auth: AuthSettings) -> FastAPI:
     app.add_exception_handler(Exception, _unexpected_error)
     # Added last = outermost: authenticate before reading any body.
     app.add_middleware(BodyLimitMiddleware, max_body_bytes=services.max_body_bytes)
+    app.add_middleware(InputHygieneMiddleware)
     app.add_middleware(
         AuthMiddleware,
         api_keys=auth.api_keys if auth.enabled else None,

@@ -125,3 +125,47 @@ def test_api_keys_map_only_to_storable_namespaces(namespace: str) -> None:
 
     with pytest.raises(ValidationError, match="namespace"):
         AuthSettings(api_keys={"k" * 16: namespace})
+
+
+async def hygiene(raw_path: bytes, query: bytes = b"") -> tuple[int, dict[str, Any]]:
+    from metergate.app import InputHygieneMiddleware
+
+    scope = {
+        "type": "http",
+        "method": "GET",
+        "path": raw_path.decode("latin-1"),
+        "raw_path": raw_path,
+        "query_string": query,
+        "headers": [],
+    }
+    sent: list[dict[str, Any]] = []
+
+    async def receive() -> dict[str, Any]:
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    await InputHygieneMiddleware(Inner())(scope, receive, send)
+    return sent[0]["status"], orjson.loads(b"".join(m.get("body", b"") for m in sent[1:]))
+
+
+@pytest.mark.parametrize(
+    ("raw_path", "query", "reason"),
+    [
+        (b"/api/v1/subjects/a%00b/entitlements", b"", "NUL"),
+        (b"/api/v1/subjects/%ff%fe/entitlements", b"", "UTF-8"),
+        (b"/api/v1/entitlements", b"subject=a%00", "NUL"),
+        (b"/api/v1/entitlements", b"subject=%c3%28", "UTF-8"),
+        (b"/api/v1/subjects/" + b"x" * 1025 + b"/entitlements", b"", "longer than 1024"),
+    ],
+)
+async def test_urls_no_route_can_store_faithfully_are_a_400(raw_path: bytes, query: bytes, reason: str) -> None:
+    status, body = await hygiene(raw_path, query)
+    assert status == 400
+    assert reason in body["detail"]
+
+
+async def test_ordinary_urls_pass_hygiene() -> None:
+    status, _ = await hygiene(b"/api/v1/subjects/kund%C3%A9-1/entitlements", b"subject=caf%C3%A9&x=a+b")
+    assert status == 200

@@ -444,3 +444,12 @@ async def test_a_deeply_nested_body_is_a_400_on_every_route(env: Env, path: str)
     shallow_string = '{"key": "' + "[" * 10_000 + '", "name": "x"}'
     r = await env.client.post("/api/v1/features", content=shallow_string, headers={"content-type": "application/json"})
     assert r.status_code != 500
+
+
+@pytest.mark.parametrize("bad", ['"a\\u0000b"', '"\\ud800"'])
+async def test_nul_and_lone_surrogates_in_bodies_are_a_400(env: Env, bad: str) -> None:
+    r = await env.client.post(
+        "/api/v1/features", content='{"key": ' + bad + ', "name": "x"}', headers={"content-type": "application/json"}
+    )
+    assert r.status_code == 400, r.text
+    assert await env.get("/api/v1/features") == []
