@@ -77,6 +77,17 @@ def check_auth_binding(auth: AuthSettings, host: str) -> None:
         )
 
 
+def check_frozen_clock(frozen: bool, auth: AuthSettings, host: str, *, allowed: bool) -> None:
+    """A frozen test clock is one clock for every namespace: any tenant that may move it moves it for all.
+    It is refused where tenants could reach it (auth on and a non-loopback address) unless explicitly allowed."""
+    if frozen and auth.enabled and not is_loopback(host) and not allowed:
+        raise ConfigError(
+            f"METERGATE_CLOCK_FROZEN_AT is a test-only setting, and the API would listen on {host} with auth on, "
+            "where any tenant could move the clock for every tenant: unset it, listen on a loopback address, or "
+            "set METERGATE_ALLOW_FROZEN_CLOCK=true to accept that"
+        )
+
+
 def _digest(key: bytes) -> bytes:
     return hashlib.sha256(key).digest()
 
@@ -298,4 +309,12 @@ def create_app(services: Services, auth: AuthSettings) -> FastAPI:
     return app
 
 
-__all__ = ["ROUTERS", "AuthMiddleware", "BodyLimitMiddleware", "ConfigError", "check_auth_binding", "create_app"]
+__all__ = [
+    "ROUTERS",
+    "AuthMiddleware",
+    "BodyLimitMiddleware",
+    "ConfigError",
+    "check_auth_binding",
+    "check_frozen_clock",
+    "create_app",
+]

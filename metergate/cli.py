@@ -29,7 +29,7 @@ from pydantic_settings.exceptions import SettingsError
 from common.errors import Unavailable
 from common.logging import configure_logging
 from ingest.sink.signals import catch_early_signals, run_until_signalled
-from metergate.app import ConfigError, check_auth_binding, create_app
+from metergate.app import ConfigError, check_auth_binding, check_frozen_clock, create_app
 from metergate.migrate import run_migrations
 from metergate.settings import ApiServiceSettings, MigrateSettings, WorkerSettings
 from metergate.wiring import build_services
@@ -139,6 +139,9 @@ def api_settings(args: argparse.Namespace) -> ApiServiceSettings:
 def check_api(settings: ApiServiceSettings) -> None:
     try:
         check_auth_binding(settings.auth, settings.host)
+        check_frozen_clock(
+            settings.clock_frozen_at is not None, settings.auth, settings.host, allowed=settings.allow_frozen_clock
+        )
     except ConfigError as exc:
         raise CliError(str(exc)) from None
 

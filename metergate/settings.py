@@ -31,7 +31,12 @@ class ApiServiceSettings(BaseSettings):
     max_body_bytes: int = Field(default=1024 * 1024, ge=1024, description="request body limit (413 past it)")
     meters_file: Path | None = Field(default=None, description="YAML file of meters loaded at start")
     clock_frozen_at: AwareDatetime | None = Field(
-        default=None, description="freeze the service clock here (test clock); moved with POST /api/v1/debug/clock"
+        default=None,
+        description="test only: freeze the service clock here (one clock for every namespace); "
+        "moved with POST /api/v1/debug/clock",
+    )
+    allow_frozen_clock: bool = Field(
+        default=False, description="allow a frozen clock with auth on and a non-loopback address (tests only)"
     )
     clickhouse: ClickHouseSettings = Field(default_factory=ClickHouseSettings)
     kafka: KafkaSettings = Field(default_factory=KafkaSettings)

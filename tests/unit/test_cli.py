@@ -111,3 +111,16 @@ def test_check_config_masks_passwords_in_every_url(
     assert "Secret" not in out
     assert "http://metergate:***@clickhouse:8123" in out
     assert "postgresql+psycopg://metergate:***@postgres:5432/m" in out
+
+
+def test_a_frozen_clock_is_refused_where_tenants_could_move_it(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("METERGATE_CLOCK_FROZEN_AT", "2025-01-01T00:00:00Z")
+    monkeypatch.setenv("METERGATE_AUTH__API_KEYS", '{"k3y-0f-the-billing-team-5f9a2c71": "acme"}')
+    monkeypatch.setenv("METERGATE_KAFKA__BOOTSTRAP_SERVERS", "kafka:9092")
+    assert main(["api", "--host", "0.0.0.0", "--check-config"]) == 1
+    assert "test-only" in capsys.readouterr().err
+    assert main(["api", "--host", "127.0.0.1", "--check-config"]) == 0  # loopback: a test setup
+    monkeypatch.setenv("METERGATE_ALLOW_FROZEN_CLOCK", "true")
+    assert main(["api", "--host", "0.0.0.0", "--check-config"]) == 0
