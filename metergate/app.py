@@ -29,6 +29,7 @@ from aggregator.http import router as meters_router
 from common.errors import MetergateError, PayloadTooLarge, Unauthenticated, Unavailable
 from common.http import PROBLEM_JSON, problem, problem_for
 from common.settings import AuthSettings
+from entitlements.access_http import router as access_router
 from entitlements.http import router as entitlements_router
 from ingest.http import router as events_router
 from metergate.clock_http import router as clock_router
@@ -37,7 +38,7 @@ from metergate.wiring import Services
 log = structlog.get_logger(__name__)
 
 # Every router of the API, in one place. Meters and entitlements add theirs here.
-ROUTERS: tuple[APIRouter, ...] = (events_router, clock_router, meters_router, entitlements_router)
+ROUTERS: tuple[APIRouter, ...] = (events_router, clock_router, meters_router, entitlements_router, access_router)
 
 PROTECTED_PREFIX = "/api/"
 

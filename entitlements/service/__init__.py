@@ -8,6 +8,7 @@ from common.clock import Clock, SystemClock
 from common.usage import MeterCatalog, UsageReader
 from entitlements.cache.store import BalanceCache
 from entitlements.db.session import Database
+from entitlements.service.access import AccessService
 from entitlements.service.balance import BalanceService
 from entitlements.service.deps import Deps, StoredAfterProbe
 from entitlements.service.entitlements import EntitlementService
@@ -26,6 +27,7 @@ class Entitlements:
     grants: GrantService
     balances: BalanceService
     values: CachedBalances  # value reads at "now" through the balance cache (entitlements/cache)
+    access: AccessService  # many (subject, entitlement) values in one call
 
     def close(self) -> None:
         self.deps.db.dispose()
@@ -55,11 +57,14 @@ def build_entitlements(
         late_events=late_events,
     )
     balances = BalanceService(deps)
+    entitlements = EntitlementService(deps)
+    values = CachedBalances(balances, cache)
     return Entitlements(
         deps=deps,
         features=FeatureService(deps),
-        entitlements=EntitlementService(deps),
+        entitlements=entitlements,
         grants=GrantService(deps),
         balances=balances,
-        values=CachedBalances(balances, cache),
+        values=values,
+        access=AccessService(values, entitlements),
     )
