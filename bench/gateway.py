@@ -188,11 +188,84 @@ def freshness(c: httpx.Client, trials: int) -> dict[str, float]:
     return {"p50_ms": statistics.median(waits), "p99_ms": waits[min(len(waits) - 1, int(len(waits) * 0.99))]}
 
 
+def bulk_setup(c: httpx.Client, subjects: int, features: int) -> None:
+    """Subjects b0.. with features f0 (metered, a grant, a few events) and f1.. (boolean)."""
+    month = datetime.now(UTC).replace(day=1, hour=0, minute=0, second=0, microsecond=0)
+    anchor = month.isoformat().replace("+00:00", "Z")
+    existing = {f["key"] for f in ok(c.get("/api/v1/features"))}
+    for i in range(features):
+        if f"f{i}" not in existing:
+            body = {"key": f"f{i}", "name": f"F{i}", **({"meterSlug": "tokens"} if i == 0 else {})}
+            ok(c.post("/api/v1/features", json=body), 201)
+    events = []
+    for s in range(subjects):
+        subject = f"b{s}"
+        have = {e["featureKey"] for e in ok(c.get(f"/api/v1/subjects/{subject}/entitlements"))}
+        for i in range(features):
+            if f"f{i}" in have:
+                continue
+            if i == 0:
+                ent = {"type": "metered", "featureKey": "f0", "measureUsageFrom": anchor,
+                       "usagePeriod": {"interval": "MONTH", "anchor": anchor}}  # fmt: skip
+                ok(c.post(f"/api/v1/subjects/{subject}/entitlements", json=ent), 201)
+                grant = {"amount": 1000, "effectiveAt": anchor, "expiration": {"duration": "YEAR", "count": 1}}
+                ok(c.post(f"/api/v1/subjects/{subject}/entitlements/f0/grants", json=grant), 201)
+            else:
+                ok(
+                    c.post(f"/api/v1/subjects/{subject}/entitlements", json={"type": "boolean", "featureKey": f"f{i}"}),
+                    201,
+                )
+        events += [event(s * 10 + k, subject, month + timedelta(minutes=k)) for k in range(10)]
+    headers = {"content-type": "application/cloudevents-batch+json"}
+    ok(c.post("/api/v1/events", content=orjson.dumps(events), headers=headers), 204)
+
+
+def bulk(c: httpx.Client, subjects: int, features: int) -> dict[str, Any]:
+    body = {"subjects": [f"b{s}" for s in range(subjects)], "features": [f"f{i}" for i in range(features)]}
+    out: dict[str, Any] = {"subjects": subjects, "features": features}
+    for case, headers in (("cold", {"cache-control": "no-cache"}), ("warm", {})):
+        times = []
+        for _ in range(3 if case == "cold" else 10):
+            t = time.perf_counter()
+            r = c.post("/api/v1/entitlements/access", json=body, headers=headers)
+            times.append((time.perf_counter() - t) * 1000)
+            if r.status_code == 404:
+                return {"skipped": "no bulk access route"}
+            ok(r)
+        out[f"{case}_ms_p50"] = round(statistics.median(times), 1)
+        out[f"{case}_ms_max"] = round(max(times), 1)
+    return out
+
+
+def cache_bytes_per_entry(n: int = 10_000) -> dict[str, float]:
+    """tracemalloc over n metered entries put in a BalanceCache (in this process, the server's structures)."""
+    import tracemalloc
+    from decimal import Decimal
+
+    from entitlements.cache.store import BalanceCache, Entry
+    from entitlements.service.balance import Value
+
+    cache = BalanceCache(max_entries=n)
+    at = datetime(2026, 1, 1, tzinfo=UTC)
+    tracemalloc.start()
+    before = tracemalloc.get_traced_memory()[0]
+    for i in range(n):
+        value = Value(True, Decimal(f"{i}.5"), Decimal(i), Decimal(0), Decimal(1000))
+        entry = Entry("default", f"customer-{i:06d}", f"01JABCDEFGHJKMNPQRST{i:06d}", "tokens", value, at, None, at)
+        cache.put(
+            entry, [("default", f"customer-{i:06d}", "llm"), ("default", f"customer-{i:06d}", entry.entitlement_id)], 0
+        )
+    used = tracemalloc.get_traced_memory()[0] - before
+    tracemalloc.stop()
+    return {"entries": n, "bytes_per_entry": round(used / n), "estimated_per_entry": round(cache.bytes / n)}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--duration", type=int, default=8)
     ap.add_argument("--events", type=int, default=20000)
     ap.add_argument("--freshness", type=int, default=30)
+    ap.add_argument("--bulk", default="10,100", help="feature counts for the 100-subject bulk cases ('' skips)")
     args = ap.parse_args()
     out: dict[str, Any] = {
         "tool": "wrk" if shutil.which("wrk") else "httpx",
@@ -218,6 +291,12 @@ def main() -> None:
                 row[name]["ratio_to_healthz"] = round(row[name]["rps"] / row["healthz"]["rps"], 3)
             out[f"c{connections}"] = row
         out["freshness"] = freshness(c, args.freshness)
+        if ok(c.get("/openapi.json"))["paths"].get("/api/v1/entitlements/access") and args.bulk:
+            out["bulk"] = []
+            for features in sorted(int(f) for f in args.bulk.split(",")):
+                bulk_setup(c, 100, features)
+                out["bulk"].append(bulk(c, 100, features))
+    out["cache_memory"] = cache_bytes_per_entry()
     print(orjson.dumps(out, option=orjson.OPT_INDENT_2).decode())
 
 
