@@ -18,7 +18,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from common.errors import InvalidInput
+from common.errors import InvalidInput, Unavailable
 from entitlements.cache.store import BalanceCache, Entry
 from entitlements.db.migrate import upgrade_database
 from entitlements.db.repositories import SnapshotRepository
@@ -333,3 +333,21 @@ async def test_cached_answers_equal_a_computation_from_scratch(
             assert again.value == got.value
     finally:
         h.ents.close()
+
+
+async def test_clickhouse_down_answers_a_valid_cached_value_or_503(h: CachedHarness) -> None:
+    await h.setup()
+    h.clock.advance_to(T0 + 3 * DAY)
+    h.ingest("acme", T0 + DAY, 10)
+    warm = await h.cached()
+
+    async def down(*_args: object, **_kwargs: object) -> list[Decimal]:
+        raise Unavailable("ClickHouse is unreachable")
+
+    h.usage.usage_windows = down  # type: ignore[method-assign]
+    forced = await h.cached(fresh=True)  # asked for a fresh value, ClickHouse down: the cached one, its asOf
+    assert forced.cached
+    assert (forced.value, forced.as_of) == (warm.value, warm.as_of)
+    h.ingest("acme", T0 + DAY, 1)  # the entry is gone: nothing true to answer with
+    with pytest.raises(Unavailable):
+        await h.cached()
