@@ -17,8 +17,9 @@ Races: a computation takes a `token` before it reads anything; `put` refuses the
 was invalidated after the token was taken (the value may predate the change). Invalidation generations are
 kept per subject in a bounded map; a subject pushed out of it raises a floor that refuses every older token.
 
-A read at an instant before the highest "now" the cache has seen (a test clock moved back) is never cached:
-future-event spans are only remembered relative to that mark.
+A value computed for an instant more than `CLOCK_SLACK` before the highest "now" the cache has seen (a
+test clock moved back) is never cached: future-event spans are only remembered down to that mark. The slack
+lets concurrent computations, which each read "now" a moment apart, all be stored.
 
 Bounded by entries and by an estimate of bytes; least recently used entries go first. Eviction only costs
 a recomputation.
@@ -30,7 +31,7 @@ import sys
 from collections import OrderedDict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -41,6 +42,7 @@ SubjectKey = tuple[str, str]  # (namespace, subject key)
 AliasKey = tuple[str, str, str]  # (namespace, subject as asked, entitlement id or feature key as asked)
 
 MAX_SPANS_PER_KEY = 16
+CLOCK_SLACK = timedelta(minutes=1)
 MAX_GENERATIONS = 100_000
 # A per-entry overhead (the entry, its Value, Decimals, three aliases, map slots), measured with
 # tracemalloc in bench/gateway.py; string contents are added per entry.
@@ -153,7 +155,8 @@ class BalanceCache:
         if token < self._floor or self._invalidated.get(subject, -1) > token:
             self.stats.refused += 1
             return False
-        if self._high_water is not None and entry.computed_for < self._high_water:
+        mark = self._mark()
+        if mark is not None and entry.computed_for < mark:
             return False  # the clock was moved back: see the module docstring
         if entry.event_type is not None:
             spans = self._future.get((entry.namespace, entry.subject_key, entry.event_type))
@@ -201,7 +204,8 @@ class BalanceCache:
                 self.stats.gaps += 1
                 self.clear()
             self._sequence = max(self._sequence, note.sequence)
-            if self._high_water is None or note.latest_event_time >= self._high_water:
+            mark = self._mark()
+            if mark is None or note.latest_event_time >= mark:
                 spans = self._future.setdefault((note.namespace, note.subject, note.event_type), _Spans())
                 spans.add(note.earliest_event_time, note.latest_event_time)
             self._invalidate_usage(note.namespace, note.subject, note.event_type)
@@ -225,6 +229,9 @@ class BalanceCache:
         while len(self._invalidated) > MAX_GENERATIONS:
             _, generation = self._invalidated.popitem(last=False)
             self._floor = max(self._floor, generation)
+
+    def _mark(self) -> datetime | None:
+        return None if self._high_water is None else self._high_water - CLOCK_SLACK
 
     def _observe(self, now: datetime) -> None:
         if self._high_water is None or now > self._high_water:
@@ -258,9 +265,10 @@ class BalanceCache:
             key = next(iter(self._entries))
             self._drop(key)
             self.stats.evictions += 1
-        if self._high_water is not None and len(self._future) > 0:
+        mark = self._mark()
+        if mark is not None and len(self._future) > 0:
             for spans in self._future.values():
-                spans.prune(self._high_water)
+                spans.prune(mark)
             self._future = {k: v for k, v in self._future.items() if v.spans}
 
 

@@ -256,6 +256,13 @@ def test_clock_moved_back_is_never_cached() -> None:
     assert not cache.put(_entry(1), [(NS, "s1", "f")], cache.token())  # computed for T0 < the mark
 
 
+def test_concurrent_computations_a_moment_apart_are_all_stored() -> None:
+    cache = BalanceCache()
+    token = cache.token()
+    assert cache.get(NS, "s2", "f", T0 + timedelta(milliseconds=5)) is None  # a later read observed first
+    assert cache.put(_entry(1), [(NS, "s1", "f")], token)
+
+
 @dataclass(frozen=True)
 class Op:
     kind: str
