@@ -42,6 +42,12 @@ class AccessService:
         self.entitlements = entitlements
 
     async def check(self, namespace: str, items: Sequence[AccessItem], *, fresh: bool = False) -> list[AccessResult]:
+        results: list[AccessResult | None] = [None] * len(items)
+        if not fresh:
+            for n, item in enumerate(items):
+                warm = self.values.warm(namespace, item.subject, item.id_or_feature_key)
+                if warm is not None:
+                    results[n] = AccessResult(item, value=warm)
         gate = asyncio.Semaphore(COLD_CONCURRENCY)
 
         async def one(item: AccessItem) -> AccessResult:
@@ -52,7 +58,10 @@ class AccessService:
                 return AccessResult(item, error=exc)
             return AccessResult(item, value=value)
 
-        return list(await asyncio.gather(*(one(i) for i in items)))
+        cold = [n for n, r in enumerate(results) if r is None]
+        for n, result in zip(cold, await asyncio.gather(*(one(items[n]) for n in cold)), strict=True):
+            results[n] = result
+        return [r for r in results if r is not None]
 
     async def for_subjects(
         self, namespace: str, subjects: Sequence[str], *, fresh: bool = False
