@@ -9,7 +9,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Query, Request
+from fastapi import APIRouter, Header, Query, Request
 from fastapi.responses import Response
 
 from common.cloudevents import parse_time
@@ -319,6 +319,12 @@ async def void_grant(request: Request, namespace: Namespace, grantId: str) -> Re
 # ---- balances ----
 
 
+def wants_fresh(cache_control: str | None) -> bool:
+    """`Cache-Control: no-cache` (or no-store, max-age=0) asks for a computation, not a cached value."""
+    directives = {d.strip().lower() for d in (cache_control or "").split(",")}
+    return bool(directives & {"no-cache", "no-store", "max-age=0"})
+
+
 @router.get(ENT + "/{entitlementIdOrFeatureKey}/value")
 async def entitlement_value(
     request: Request,
@@ -326,11 +332,17 @@ async def entitlement_value(
     subjectIdOrKey: str,  # noqa: N803
     entitlementIdOrFeatureKey: str,  # noqa: N803
     time: str | None = None,
+    cache_control: Annotated[str | None, Header(alias="Cache-Control")] = None,
 ) -> Response:
-    value = await services(request).balances.value(
-        namespace, subjectIdOrKey, entitlementIdOrFeatureKey, _time(time, "time")
+    """The entitlement's value (OpenMeter's fields) plus `asOf`: every event stored before it is counted.
+
+    At "now" (no `time`) the answer may come from the balance cache, which is kept exact by state changes,
+    ingest notifications and the engine's next change instant; `Cache-Control: no-cache` forces a fresh
+    computation."""
+    fresh = await services(request).values.value(
+        namespace, subjectIdOrKey, entitlementIdOrFeatureKey, _time(time, "time"), fresh=wants_fresh(cache_control)
     )
-    return json_response(value_view(value))
+    return json_response({**value_view(fresh.value), "asOf": fresh.as_of})
 
 
 @router.get(ENT + "/{entitlementId}/history")

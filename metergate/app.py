@@ -30,6 +30,7 @@ from aggregator.http import router as meters_router
 from common.errors import InvalidInput, MetergateError, PayloadTooLarge, Unauthenticated, Unavailable
 from common.http import PROBLEM_JSON, problem, problem_for
 from common.settings import AuthSettings
+from entitlements.access_http import router as access_router
 from entitlements.http import router as entitlements_router
 from entitlements.notifications.http import router as notifications_router
 from ingest.http import router as events_router
@@ -44,6 +45,7 @@ ROUTERS: tuple[APIRouter, ...] = (
     clock_router,
     meters_router,
     entitlements_router,
+    access_router,
     notifications_router,
 )
 

@@ -21,6 +21,7 @@ from fastapi import Request
 
 from common.clickhouse import ClickHouse, connect_clickhouse
 from common.clock import Clock, FrozenClock, SystemClock
+from common.ingest_notifications import InProcessNotifier
 from ingest.events_reader import ClickHouseEventsReader
 from ingest.http import EventValidationHook
 from ingest.publisher import EventPublisher
@@ -48,6 +49,8 @@ class Services:
     meters: MeterService | None = None
     entitlements: Entitlements | None = None
     notifications: Notifications | None = None
+    # The ingest notification stream this process follows (in-process when the sink is embedded here).
+    ingest_notifier: InProcessNotifier | None = None
     _closers: list[Closer] = field(default_factory=list, repr=False)
 
     def on_close(self, closer: Closer) -> None:
@@ -70,7 +73,9 @@ def clock_from(settings: ApiServiceSettings) -> Clock:
     return FrozenClock(frozen_at)
 
 
-async def publisher_from(settings: ApiServiceSettings, clickhouse: ClickHouse, clock: Clock) -> EventPublisher:
+async def publisher_from(
+    settings: ApiServiceSettings, clickhouse: ClickHouse, clock: Clock, notifier: InProcessNotifier | None = None
+) -> EventPublisher:
     """Kafka when a broker is configured; otherwise the in-process log that feeds the sink directly."""
     if settings.kafka.bootstrap_servers is not None:
         from ingest.kafka_publisher import KafkaEventPublisher
@@ -84,7 +89,7 @@ async def publisher_from(settings: ApiServiceSettings, clickhouse: ClickHouse, c
     # Its write-ahead file lives with the chdb data it guards (one owner); a server keeps the ledger table.
     ch = settings.clickhouse
     wal_path = ch.path / "embedded-wal" / f"{ch.database}.wal" if ch.embedded else None
-    embedded = EmbeddedLog(clickhouse, settings.sink, clock=clock, wal_path=wal_path)
+    embedded = EmbeddedLog(clickhouse, settings.sink, clock=clock, wal_path=wal_path, notifier=notifier)
     await embedded.start()
     return embedded
 
@@ -100,8 +105,9 @@ async def build_services(settings: ApiServiceSettings, *, clickhouse: ClickHouse
     if not clickhouse.embedded:
         closers.append(lambda: asyncio.to_thread(clickhouse.close))
     clock = clock_from(settings)
+    notifier = InProcessNotifier() if settings.kafka.bootstrap_servers is None else None
     try:
-        publisher = await publisher_from(settings, clickhouse, clock)
+        publisher = await publisher_from(settings, clickhouse, clock, notifier)
     except BaseException:
         for closer in reversed(closers):
             await closer()
@@ -112,6 +118,7 @@ async def build_services(settings: ApiServiceSettings, *, clickhouse: ClickHouse
         clock=clock,
         events_reader=ClickHouseEventsReader(clickhouse),
         max_body_bytes=settings.max_body_bytes,
+        ingest_notifier=notifier,
         _closers=closers,
     )
     services.on_close(publisher.close)
@@ -152,8 +159,15 @@ async def _build_entitlements(services: Services, settings: ApiServiceSettings, 
     The feature service becomes the meters' MeterUseGuard: a meter a feature uses cannot be deleted.
     """
     from aggregator.usage import ClickHouseUsageReader
+    from entitlements.cache.store import BalanceCache
     from entitlements.late_events import ClickHouseLateEventProbe
     from entitlements.service import build_entitlements
+
+    # The balance cache needs every state change and every committed batch: both are seen here only when
+    # the sink and chdb are embedded in this process (which makes it the only API process: one chdb owner).
+    # With Kafka, no notification stream reaches the API yet, so every value read computes.
+    notifier = services.ingest_notifier
+    cache = BalanceCache() if notifier is not None and services.clickhouse.embedded else None
 
     entitlements = await asyncio.to_thread(
         build_entitlements,
@@ -162,7 +176,10 @@ async def _build_entitlements(services: Services, settings: ApiServiceSettings, 
         usage=ClickHouseUsageReader(meters),
         clock=services.clock,
         late_events=ClickHouseLateEventProbe(services.clickhouse, meters),
+        cache=cache,
     )
+    if notifier is not None and cache is not None:
+        notifier.subscribe(cache.on_ingest)
     meters.set_guard(entitlements.features)
     services.entitlements = entitlements
     services.on_close(lambda: asyncio.to_thread(entitlements.close))

@@ -6,12 +6,15 @@ from dataclasses import dataclass
 
 from common.clock import Clock, SystemClock
 from common.usage import MeterCatalog, UsageReader
+from entitlements.cache.store import BalanceCache
 from entitlements.db.session import Database
+from entitlements.service.access import AccessService
 from entitlements.service.balance import BalanceService
 from entitlements.service.deps import Deps, StoredAfterProbe
 from entitlements.service.entitlements import EntitlementService
 from entitlements.service.features import FeatureService
 from entitlements.service.grants import GrantService
+from entitlements.service.values import CachedBalances
 
 
 @dataclass(frozen=True)
@@ -23,6 +26,8 @@ class Entitlements:
     entitlements: EntitlementService
     grants: GrantService
     balances: BalanceService
+    values: CachedBalances  # value reads at "now" through the balance cache (entitlements/cache)
+    access: AccessService  # many (subject, entitlement) values in one call
 
     def close(self) -> None:
         self.deps.db.dispose()
@@ -36,8 +41,12 @@ def build_entitlements(
     clock: Clock,
     wall_clock: Clock | None = None,
     late_events: StoredAfterProbe | None = None,
+    cache: BalanceCache | None = None,
 ) -> Entitlements:
-    """`db` is a Database or a URL; run `entitlements.db.migrate.upgrade_database` on it first."""
+    """`db` is a Database or a URL; run `entitlements.db.migrate.upgrade_database` on it first.
+
+    `cache`: the balance cache, only when something keeps it fresh (state changes in this process only,
+    and an ingest notification stream it follows); None computes every value read."""
     database = Database(db) if isinstance(db, str) else db
     deps = Deps(
         db=database,
@@ -47,10 +56,15 @@ def build_entitlements(
         wall_clock=wall_clock or SystemClock(),
         late_events=late_events,
     )
+    balances = BalanceService(deps)
+    entitlements = EntitlementService(deps)
+    values = CachedBalances(balances, cache)
     return Entitlements(
         deps=deps,
         features=FeatureService(deps),
-        entitlements=EntitlementService(deps),
+        entitlements=entitlements,
         grants=GrantService(deps),
-        balances=BalanceService(deps),
+        balances=balances,
+        values=values,
+        access=AccessService(values, entitlements),
     )

@@ -206,32 +206,40 @@ class BalanceService:
 
     async def value(self, namespace: str, subject_key: str, id_or_feature_key: str, at: datetime | None) -> Value:
         target = at or self.d.clock.now()
+        return (await self.value_detail(namespace, subject_key, id_or_feature_key, target))[0]
+
+    async def value_detail(
+        self, namespace: str, subject_key: str, id_or_feature_key: str, target: datetime
+    ) -> tuple[Value, Loaded, Computed | None]:
+        """The value at `target` with what it was computed from (the balance cache keeps both)."""
         loaded = await self.d.in_thread(lambda: self._load(namespace, subject_key, id_or_feature_key, target))
         ent = loaded.entitlement
         active = _active_at(ent, target)
         if ent.type is EntitlementType.BOOLEAN:
-            return Value(has_access=active)
+            return Value(has_access=active), loaded, None
         if ent.type is EntitlementType.STATIC:
-            return Value(has_access=active, config=ent.config)
+            return Value(has_access=active, config=ent.config), loaded, None
         inputs = loaded.inputs
         assert inputs is not None
         if target < inputs.terms.measure_usage_from:
-            return Value(
+            zero = Value(
                 has_access=active and inputs.terms.is_soft_limit,
                 balance=ZERO,
                 usage=ZERO,
                 overage=ZERO,
                 total_available_grant_amount=ZERO,
             )
+            return zero, loaded, None
         computed = await self._compute(loaded, target)
         r = computed.result
-        return Value(
+        value = Value(
             has_access=active and r.has_access,
             balance=r.balance,
             usage=r.usage,
             overage=r.overage,
             total_available_grant_amount=r.total_available_grant_amount,
         )
+        return value, loaded, computed
 
     async def reset(
         self,
@@ -280,6 +288,7 @@ class BalanceService:
                 return reset
 
         reset = await self.d.in_thread(tx)
+        self.d.changed(namespace, subject_key)
         log.info("usage_reset", entitlement_id=reset.entitlement_id, at=reset.effective_at.isoformat())
         return reset
 

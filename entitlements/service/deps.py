@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Protocol, TypeVar, runtime_checkable
 
@@ -38,6 +38,13 @@ class Deps:
     clock: Clock
     wall_clock: Clock = SystemClock()  # noqa: RUF009 - stateless and immutable
     late_events: StoredAfterProbe | None = None
+    # Called with (namespace, subject key) after every committed state change of the subject's entitlements,
+    # before the write's response is sent (the balance cache drops what the change made wrong).
+    change_listeners: list[Callable[[str, str], None]] = field(default_factory=list)
+
+    def changed(self, namespace: str, subject_key: str) -> None:
+        for listener in self.change_listeners:
+            listener(namespace, subject_key)
 
     async def in_thread(self, fn: Callable[[], T]) -> T:
         """Run a synchronous transaction off the event loop."""

@@ -100,6 +100,7 @@ class EntitlementService:
             raise EntitlementExists(
                 subject_key, spec.feature_key or spec.feature_id or "", winner.id if winner else "?"
             ) from None
+        self.d.changed(namespace, subject_key)
         log.info("entitlement_created", entitlement_id=created.id, subject=subject_key, feature=created.feature_key)
         return created
 
@@ -187,6 +188,7 @@ class EntitlementService:
                 return replacement
 
         created = await self.d.in_thread(tx)
+        self.d.changed(namespace, subject_key)
         log.info("entitlement_overridden", entitlement_id=created.id, subject=subject_key)
         return created
 
@@ -259,6 +261,7 @@ class EntitlementService:
 
         if not await self.d.in_thread(tx):
             raise EntitlementNotFound(entitlement_id, subject_key)
+        self.d.changed(namespace, subject_key)
         log.info("entitlement_deleted", entitlement_id=entitlement_id, subject=subject_key)
 
 

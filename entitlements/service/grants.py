@@ -115,6 +115,7 @@ class GrantService:
                 return grant
 
         grant = await self.d.in_thread(tx)
+        self.d.changed(namespace, subject_key)
         log.info("grant_created", grant_id=grant.id, entitlement_id=grant.entitlement_id, amount=str(grant.amount))
         return grant
 
@@ -179,6 +180,8 @@ class GrantService:
         """The grant's balance ends now; usage already burnt from it stays burnt."""
         now = self.d.clock.now()
 
+        subject: list[str] = []
+
         def tx() -> Grant:
             with self.d.db.write() as s:
                 grants = GrantRepository(s)
@@ -186,7 +189,8 @@ class GrantService:
                 if found is None:
                     raise GrantNotFound(grant_id)
                 ents = EntitlementRepository(s, lock_rows=self.d.db.locks_rows)
-                ents.get(namespace, found.entitlement_id, for_update=True)
+                ent = ents.get(namespace, found.entitlement_id, for_update=True)
+                subject.extend(() if ent is None else (ent.subject_key,))
                 found = grants.get(namespace, grant_id)  # re-read under the entitlement lock
                 assert found is not None
                 if found.voided_at is not None:
@@ -199,6 +203,8 @@ class GrantService:
                 return voided
 
         voided = await self.d.in_thread(tx)
+        for key in subject:
+            self.d.changed(namespace, key)
         log.info("grant_voided", grant_id=grant_id, entitlement_id=voided.entitlement_id)
         return voided
 

@@ -21,7 +21,7 @@ import hashlib
 from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 
 import orjson
@@ -32,6 +32,7 @@ from common.clock import Clock, SystemClock
 from common.cloudevents import CloudEvent
 from common.errors import Unavailable
 from common.events_table import EVENTS_TABLE
+from common.ingest_notifications import IngestNotifier, group_events
 from ingest.settings import SinkSettings
 from ingest.sink.batch import OffsetRange
 from ingest.sink.decode import Decoded
@@ -80,8 +81,10 @@ class EmbeddedLog:
         clock: Clock | None = None,
         dead_letters: DeadLetterSink | None = None,
         wal_path: Path | None = None,
+        notifier: IngestNotifier | None = None,
     ) -> None:
         self._ch = clickhouse
+        self._notifier = notifier
         self._settings = sink
         self._clock = clock or SystemClock()
         self._dead_letters = dead_letters or ClickHouseDeadLetters(clickhouse)
@@ -192,6 +195,7 @@ class EmbeddedLog:
             result = await self._write_with_retry(processor, batch, [rec], replay=True)
             self._unfinished.popleft()
             await self._account(batch, result)
+            self._notify(batch, rec)
 
     async def _write_range(self, processor: BatchProcessor, decoded: Sequence[Decoded]) -> None:
         start = self._next_offset
@@ -208,6 +212,15 @@ class EmbeddedLog:
                 self._unfinished.append((batch, recorded[0]))
             raise
         await self._account(batch, result)
+        self._notify(batch, recorded[0])
+
+    def _notify(self, batch: Batch, rec: LedgerRecord) -> None:
+        """After the batch is stored and visible: tell followers whose usage changed (common.ingest_notifications)."""
+        if self._notifier is None:
+            return
+        events = ((i.decoded.namespace, i.decoded.event.subject, i.decoded.event.type, i.decoded.event.time)
+                  for i in batch.items)  # fmt: skip
+        self._notifier.publish(group_events(events), datetime.fromtimestamp(rec.stored_at_ms / 1000, UTC))
 
     async def _account(self, batch: Batch, result: BatchResult) -> None:
         self.counters.add(batch, result)

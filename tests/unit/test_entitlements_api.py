@@ -51,7 +51,9 @@ class Env:
 
     async def value(self, subject: str = "acme", key: str = "gpt", time: str | None = None) -> dict:
         params = {"time": time} if time else {}
-        return await self.get(f"/api/v1/subjects/{subject}/entitlements/{key}/value", **params)
+        body = await self.get(f"/api/v1/subjects/{subject}/entitlements/{key}/value", **params)
+        assert body.pop("asOf").endswith("Z")  # freshness, next to OpenMeter's unchanged fields
+        return body
 
 
 @pytest.fixture

@@ -1,0 +1,299 @@
+"""The in-memory store of computed entitlement values (no I/O, no clock: instants are passed in).
+
+An entry is the value of one entitlement at "now", answered without SQL or ClickHouse while it is still
+the value a computation from scratch would give. Three things can change that value; each is covered:
+
+- **State** (entitlement, grants, voids, resets, overrides, deletion): every write calls
+  `invalidate_subject` for the subject it touched, before its response is sent (and other replicas learn of
+  it through `entitlements.cache.replicas`).
+- **Usage**: ingest notifications (`common.ingest_notifications`) drop the entries of the (namespace, subject) whose
+  meter's event type got events. A gap or a restart in the notification sequence drops every entry;
+  a duplicate only drops again. Events whose time is still ahead of "now" when they are stored (future
+  event times) are remembered as spans; an entry is never valid past the start of such a span.
+- **Time**: an entry is valid on `[computed_for, valid_until)`, where `valid_until` is the next instant
+  the engine knows changes the value (period end, grant activation, expiry, void, recurrence).
+
+Races: a computation takes a `token` before it reads anything; `put` refuses the result when its subject
+was invalidated after the token was taken (the value may predate the change). Invalidation generations are
+kept per subject in a bounded map; a subject pushed out of it raises a floor that refuses every older token.
+
+A value computed for an instant more than `CLOCK_SLACK` before the highest "now" the cache has seen (a
+test clock moved back) is never cached: future-event spans are only remembered down to that mark. The slack
+lets concurrent computations, which each read "now" a moment apart, all be stored.
+
+Bounded by entries and by an estimate of bytes; least recently used entries go first. Eviction only costs
+a recomputation.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections import OrderedDict
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from common.ingest_notifications import IngestNotification
+    from entitlements.service.balance import Value
+
+SubjectKey = tuple[str, str]  # (namespace, subject key)
+AliasKey = tuple[str, str, str]  # (namespace, subject as asked, entitlement id or feature key as asked)
+
+MAX_SPANS_PER_KEY = 16
+CLOCK_SLACK = timedelta(minutes=1)
+MAX_GENERATIONS = 100_000
+# A per-entry overhead (the entry, its Value, Decimals, three aliases, map slots), measured with
+# tracemalloc in bench/gateway.py; string contents are added per entry.
+ENTRY_OVERHEAD_BYTES = 1650
+
+
+@dataclass(frozen=True, slots=True)
+class Entry:
+    namespace: str
+    subject_key: str
+    entitlement_id: str
+    event_type: str | None  # the meter's event type (metered entitlements only)
+    value: Value
+    computed_for: datetime  # the service-clock instant the value is the value at
+    valid_until: datetime | None  # the next instant the value may change by itself; None = never
+    as_of: datetime  # wall time when the computation began: every event stored before it is counted
+    size: int = 0
+
+    def valid_at(self, now: datetime) -> bool:
+        return self.computed_for <= now and (self.valid_until is None or now < self.valid_until)
+
+
+def estimate_size(namespace: str, subject_key: str, entitlement_id: str, value: Value) -> int:
+    text = namespace + subject_key + entitlement_id + (value.config or "")
+    return ENTRY_OVERHEAD_BYTES + sys.getsizeof(text)
+
+
+@dataclass
+class CacheStats:
+    hits: int = 0
+    misses: int = 0
+    stores: int = 0
+    refused: int = 0
+    evictions: int = 0
+    invalidations: int = 0
+    gaps: int = 0
+
+
+@dataclass
+class _Spans:
+    """Event-time spans [earliest, latest] of notified events that were ahead of the high-water mark."""
+
+    spans: list[tuple[datetime, datetime]] = field(default_factory=list)
+
+    def add(self, lo: datetime, hi: datetime) -> None:
+        self.spans.append((lo, hi))
+        if len(self.spans) > MAX_SPANS_PER_KEY:
+            # Merging two spans covers more instants than they did: conservative, never wrong.
+            self.spans.sort()
+            (a, b), (c, d) = self.spans[0], self.spans[1]
+            self.spans[0:2] = [(min(a, c), max(b, d))]
+
+    def next_after(self, at: datetime) -> datetime | None:
+        """The first instant > at (or `at` itself) that may hold a stored event not counted at `at`."""
+        starts = [max(lo, at) for lo, hi in self.spans if hi >= at]
+        return min(starts, default=None)
+
+    def prune(self, mark: datetime) -> None:
+        self.spans = [(lo, hi) for lo, hi in self.spans if hi >= mark]
+
+
+class BalanceCache:
+    def __init__(self, *, max_entries: int = 100_000, max_bytes: int = 256 * 1024 * 1024) -> None:
+        self.max_entries = max_entries
+        self.max_bytes = max_bytes
+        self.stats = CacheStats()
+        self._entries: OrderedDict[tuple[str, str], Entry] = OrderedDict()  # (namespace, entitlement id)
+        self._aliases: dict[AliasKey, tuple[str, str]] = {}
+        self._by_subject: dict[SubjectKey, set[tuple[str, str]]] = {}
+        self._aliases_of: dict[tuple[str, str], set[AliasKey]] = {}
+        self._bytes = 0
+        self._generation = 0
+        self._invalidated: OrderedDict[SubjectKey, int] = OrderedDict()
+        self._floor = 0
+        self._future: dict[tuple[str, str, str], _Spans] = {}
+        self._high_water: datetime | None = None
+        self._stream: str | None = None
+        self._sequence = 0
+
+    # ---- reads ----
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    @property
+    def bytes(self) -> int:
+        return self._bytes
+
+    def token(self) -> int:
+        """Take before reading state or usage for a value that may be `put` afterwards."""
+        return self._generation
+
+    def get(self, namespace: str, subject: str, id_or_feature_key: str, now: datetime) -> Entry | None:
+        self._observe(now)
+        key = self._aliases.get((namespace, subject, id_or_feature_key))
+        entry = None if key is None else self._entries.get(key)
+        if entry is None or not entry.valid_at(now):
+            self.stats.misses += 1
+            return None
+        self._entries.move_to_end(key)  # type: ignore[arg-type]
+        self.stats.hits += 1
+        return entry
+
+    # ---- writes ----
+
+    def put(self, entry: Entry, aliases: Iterable[AliasKey], token: int) -> bool:
+        """Store `entry` (found under every alias) unless its subject changed since `token` was taken."""
+        subject = (entry.namespace, entry.subject_key)
+        self._observe(entry.computed_for)
+        if token < self._floor or self._invalidated.get(subject, -1) > token:
+            self.stats.refused += 1
+            return False
+        mark = self._mark()
+        if mark is not None and entry.computed_for < mark:
+            return False  # the clock was moved back: see the module docstring
+        if entry.event_type is not None:
+            spans = self._future.get((entry.namespace, entry.subject_key, entry.event_type))
+            nxt = None if spans is None else spans.next_after(entry.computed_for)
+            if nxt is not None and (entry.valid_until is None or nxt < entry.valid_until):
+                if nxt <= entry.computed_for:
+                    return False
+                entry = _replace_until(entry, nxt)
+        entry = _with_size(entry)
+        key = (entry.namespace, entry.entitlement_id)
+        self._drop(key)
+        self._entries[key] = entry
+        self._bytes += entry.size
+        self._by_subject.setdefault(subject, set()).add(key)
+        names = self._aliases_of.setdefault(key, set())
+        for alias in aliases:
+            previous = self._aliases.get(alias)
+            if previous is not None and previous != key:
+                self._aliases_of.get(previous, set()).discard(alias)
+            self._aliases[alias] = key
+            names.add(alias)
+        self.stats.stores += 1
+        self._evict()
+        return True
+
+    def invalidate_subject(self, namespace: str, subject_key: str) -> None:
+        """A state change for the subject: drop its entries and refuse values computed before now."""
+        subject = (namespace, subject_key)
+        self._bump(subject)
+        for key in list(self._by_subject.get(subject, ())):
+            self._drop(key)
+        self.stats.invalidations += 1
+
+    def on_ingest(self, notes: Sequence[IngestNotification]) -> None:
+        """Follow the ingest notification stream (common.ingest_notifications)."""
+        for note in notes:
+            if note.stream != self._stream:
+                # A new stream (a restart, or the first notification this cache sees): unless it starts at
+                # 1 before anything else was seen, some notification may have been missed.
+                if self._stream is not None or note.sequence != 1:
+                    self.stats.gaps += 1
+                    self.clear()
+                self._stream, self._sequence = note.stream, 0
+            elif note.sequence > self._sequence + 1:
+                self.stats.gaps += 1
+                self.clear()
+            self._sequence = max(self._sequence, note.sequence)
+            mark = self._mark()
+            if mark is None or note.latest_event_time >= mark:
+                spans = self._future.setdefault((note.namespace, note.subject, note.event_type), _Spans())
+                spans.add(note.earliest_event_time, note.latest_event_time)
+            self._invalidate_usage(note.namespace, note.subject, note.event_type)
+
+    def clear(self) -> None:
+        """Drop everything and refuse every computation in flight."""
+        self._generation += 1
+        self._floor = self._generation
+        self._entries.clear()
+        self._aliases.clear()
+        self._aliases_of.clear()
+        self._by_subject.clear()
+        self._bytes = 0
+
+    # ---- internals ----
+
+    def _bump(self, subject: SubjectKey) -> None:
+        self._generation += 1
+        self._invalidated[subject] = self._generation
+        self._invalidated.move_to_end(subject)
+        while len(self._invalidated) > MAX_GENERATIONS:
+            _, generation = self._invalidated.popitem(last=False)
+            self._floor = max(self._floor, generation)
+
+    def _mark(self) -> datetime | None:
+        return None if self._high_water is None else self._high_water - CLOCK_SLACK
+
+    def _observe(self, now: datetime) -> None:
+        if self._high_water is None or now > self._high_water:
+            self._high_water = now
+
+    def _invalidate_usage(self, namespace: str, subject_key: str, event_type: str) -> None:
+        subject = (namespace, subject_key)
+        self._bump(subject)
+        for key in list(self._by_subject.get(subject, ())):
+            entry = self._entries.get(key)
+            if entry is not None and entry.event_type == event_type:
+                self._drop(key)
+        self.stats.invalidations += 1
+
+    def _drop(self, key: tuple[str, str]) -> None:
+        entry = self._entries.pop(key, None)
+        if entry is None:
+            return
+        self._bytes -= entry.size
+        keys = self._by_subject.get((entry.namespace, entry.subject_key))
+        if keys is not None:
+            keys.discard(key)
+            if not keys:
+                del self._by_subject[(entry.namespace, entry.subject_key)]
+        for alias in self._aliases_of.pop(key, ()):
+            if self._aliases.get(alias) == key:
+                del self._aliases[alias]
+
+    def _evict(self) -> None:
+        while self._entries and (len(self._entries) > self.max_entries or self._bytes > self.max_bytes):
+            key = next(iter(self._entries))
+            self._drop(key)
+            self.stats.evictions += 1
+        mark = self._mark()
+        if mark is not None and len(self._future) > 0:
+            for spans in self._future.values():
+                spans.prune(mark)
+            self._future = {k: v for k, v in self._future.items() if v.spans}
+
+
+def _replace_until(entry: Entry, until: datetime) -> Entry:
+    return Entry(
+        entry.namespace,
+        entry.subject_key,
+        entry.entitlement_id,
+        entry.event_type,
+        entry.value,
+        entry.computed_for,
+        until,
+        entry.as_of,
+    )
+
+
+def _with_size(entry: Entry) -> Entry:
+    return Entry(
+        entry.namespace,
+        entry.subject_key,
+        entry.entitlement_id,
+        entry.event_type,
+        entry.value,
+        entry.computed_for,
+        entry.valid_until,
+        entry.as_of,
+        estimate_size(entry.namespace, entry.subject_key, entry.entitlement_id, entry.value),
+    )

@@ -1,0 +1,81 @@
+"""Access for many (subject, entitlement) pairs in one call, through the balance cache.
+
+`AccessService.check(namespace, items)` takes a list of `AccessItem(subject, id_or_feature_key)` and returns
+one `AccessResult` per item, in order: the value (with `as_of`, from the cache when warm) or the error of
+that item alone (e.g. no such entitlement). `hasAccess` is the single value read's, item by item.
+`for_subjects` lists every active entitlement of each subject first (one SQL query for all subjects).
+
+Cold items are computed concurrently (at most `COLD_CONCURRENCY` at a time), each through the single value
+path; usage reads are not yet batched across subjects.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from common.errors import MetergateError
+from entitlements.domain import Entitlement
+from entitlements.service.entitlements import MAX_PAGE, EntitlementService
+from entitlements.service.values import CachedBalances, FreshValue
+
+COLD_CONCURRENCY = 8
+
+
+@dataclass(frozen=True, slots=True)
+class AccessItem:
+    subject: str
+    id_or_feature_key: str
+
+
+@dataclass(frozen=True, slots=True)
+class AccessResult:
+    item: AccessItem
+    value: FreshValue | None = None
+    error: MetergateError | None = None
+
+
+class AccessService:
+    def __init__(self, values: CachedBalances, entitlements: EntitlementService) -> None:
+        self.values = values
+        self.entitlements = entitlements
+
+    async def check(self, namespace: str, items: Sequence[AccessItem], *, fresh: bool = False) -> list[AccessResult]:
+        results: list[AccessResult | None] = [None] * len(items)
+        if not fresh:
+            for n, item in enumerate(items):
+                warm = self.values.warm(namespace, item.subject, item.id_or_feature_key)
+                if warm is not None:
+                    results[n] = AccessResult(item, value=warm)
+        gate = asyncio.Semaphore(COLD_CONCURRENCY)
+
+        async def one(item: AccessItem) -> AccessResult:
+            try:
+                async with gate:
+                    value = await self.values.value(namespace, item.subject, item.id_or_feature_key, fresh=fresh)
+            except MetergateError as exc:
+                return AccessResult(item, error=exc)
+            return AccessResult(item, value=value)
+
+        cold = [n for n, r in enumerate(results) if r is None]
+        for n, result in zip(cold, await asyncio.gather(*(one(items[n]) for n in cold)), strict=True):
+            results[n] = result
+        return [r for r in results if r is not None]
+
+    async def for_subjects(
+        self, namespace: str, subjects: Sequence[str], *, fresh: bool = False
+    ) -> dict[str, list[tuple[Entitlement, AccessResult]]]:
+        """Every active entitlement of each subject with its access result, by subject."""
+        found: list[Entitlement] = []
+        while True:
+            page = await self.entitlements.search(namespace, subject_keys=list(subjects), offset=len(found))
+            found += page
+            if len(page) < MAX_PAGE:
+                break
+        items = [AccessItem(e.subject_key, e.id) for e in found]
+        results = await self.check(namespace, items, fresh=fresh)
+        out: dict[str, list[tuple[Entitlement, AccessResult]]] = {s: [] for s in subjects}
+        for ent, result in zip(found, results, strict=True):
+            out.setdefault(ent.subject_key, []).append((ent, result))
+        return out

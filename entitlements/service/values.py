@@ -1,0 +1,114 @@
+"""Value reads through the balance cache: warm reads touch neither SQL nor ClickHouse.
+
+`CachedBalances.value` answers "the value of this entitlement now" from `BalanceCache` while the entry is
+valid, and otherwise computes it exactly as `BalanceService` always did (cold reads keep that path) and
+stores it. Every answer carries `as_of`: the wall time when its computation began, so every event stored
+before `as_of` is counted (plus any stored later whose notification has not arrived yet is not).
+
+Reads at an explicit `time` are never cached. `fresh=True` (HTTP `Cache-Control: no-cache`) always
+computes; if that computation finds ClickHouse unavailable, a still-valid cached value is answered with its
+own `as_of`, else the 503 stands (never a made-up balance).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+import structlog
+
+from common.errors import Unavailable
+from entitlements import engine
+from entitlements.cache.store import AliasKey, BalanceCache, Entry
+from entitlements.domain import EntitlementType
+from entitlements.service.balance import BalanceService, Computed, Loaded, Value
+from entitlements.service.terms import Inputs
+
+log = structlog.get_logger(__name__)
+
+# The furthest ahead the next change is searched for; an entry with no change in sight expires then and is
+# recomputed (one cold read a day per entitlement).
+HORIZON = timedelta(days=1)
+
+
+@dataclass(frozen=True, slots=True)
+class FreshValue:
+    value: Value
+    as_of: datetime
+    cached: bool
+
+
+def next_change(inputs: Inputs, final: engine.Snapshot) -> datetime:
+    """The first instant after `final.at` at which the engine may change the value by itself."""
+    horizon = final.at + HORIZON
+    bounds = engine.plan_windows(final, inputs.grants, inputs.resets, inputs.terms, horizon)
+    return bounds[1] if len(bounds) > 1 else horizon
+
+
+def valid_until(loaded: Loaded, computed: Computed | None) -> datetime | None:
+    if loaded.entitlement.type is not EntitlementType.METERED:
+        return None
+    inputs = loaded.inputs
+    assert inputs is not None
+    if computed is None:  # before measure_usage_from: zero until then
+        return inputs.terms.measure_usage_from
+    return next_change(inputs, computed.result.final)
+
+
+class CachedBalances:
+    """`cache=None` turns caching off (no notification stream to follow): every read computes."""
+
+    def __init__(self, balances: BalanceService, cache: BalanceCache | None) -> None:
+        self.balances = balances
+        self.cache = cache
+        self.d = balances.d
+        if cache is not None:
+            self.d.change_listeners.append(cache.invalidate_subject)
+
+    async def value(
+        self, namespace: str, subject: str, id_or_feature_key: str, at: datetime | None = None, *, fresh: bool = False
+    ) -> FreshValue:
+        if at is not None:
+            as_of = self.d.wall_clock.now()
+            return FreshValue(await self.balances.value(namespace, subject, id_or_feature_key, at), as_of, False)
+        now = self.d.clock.now()
+        if self.cache is None:
+            value = await self.balances.value(namespace, subject, id_or_feature_key, now)
+            return FreshValue(value, self.d.wall_clock.now(), False)
+        entry = self.cache.get(namespace, subject, id_or_feature_key, now)
+        if entry is not None and not fresh:
+            return FreshValue(entry.value, entry.as_of, True)
+        try:
+            return await self.compute(namespace, subject, id_or_feature_key, now)
+        except Unavailable:
+            if entry is None:
+                raise
+            log.warning("value_answered_from_cache", entitlement_id=entry.entitlement_id, as_of=entry.as_of.isoformat())
+            return FreshValue(entry.value, entry.as_of, True)
+
+    def warm(self, namespace: str, subject: str, id_or_feature_key: str) -> FreshValue | None:
+        """The cached value at "now", or None (no await: bulk reads answer their warm items in one pass)."""
+        if self.cache is None:
+            return None
+        entry = self.cache.get(namespace, subject, id_or_feature_key, self.d.clock.now())
+        return None if entry is None else FreshValue(entry.value, entry.as_of, True)
+
+    async def compute(self, namespace: str, subject: str, id_or_feature_key: str, now: datetime) -> FreshValue:
+        """Compute from scratch at `now` and store the result (unless a change raced with it)."""
+        assert self.cache is not None
+        token = self.cache.token()
+        as_of = self.d.wall_clock.now()
+        value, loaded, computed = await self.balances.value_detail(namespace, subject, id_or_feature_key, now)
+        ent = loaded.entitlement
+        event_type = None
+        if ent.type is EntitlementType.METERED:
+            meter = await self.d.meters.get_meter(namespace, loaded.feature.meter_slug or "")
+            if meter is None:
+                return FreshValue(value, as_of, False)
+            event_type = meter.event_type
+        entry = Entry(namespace, ent.subject_key, ent.id, event_type, value, now, valid_until(loaded, computed), as_of)
+        aliases: list[AliasKey] = [(namespace, subject, id_or_feature_key)]
+        if ent.deleted_at is None:
+            aliases += [(namespace, subject, ent.id), (namespace, subject, loaded.feature.key)]
+        self.cache.put(entry, aliases, token)
+        return FreshValue(value, as_of, False)
