@@ -204,6 +204,12 @@ async def _build_notifications(services: Services, settings: ApiServiceSettings)
     services.on_close(dispatcher.close)
     await watcher.start()
     services.on_close(watcher.close)
+    # Evaluate whenever a value can change: every committed state change of a subject's entitlements, and
+    # every committed ingest batch (the stream the balance cache follows; embedded only, see above). Without
+    # the stream (Kafka), new usage is noticed by the sweep.
+    services.entitlements.deps.change_listeners.append(watcher.subject_changed)
+    if services.ingest_notifier is not None:
+        services.ingest_notifier.subscribe(watcher.on_ingest)
     services.notifications = Notifications(service=service, watcher=watcher, dispatcher=dispatcher)
 
 

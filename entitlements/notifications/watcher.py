@@ -22,6 +22,7 @@ from datetime import datetime, timedelta
 import structlog
 
 from common.errors import NotFound
+from common.ingest_notifications import IngestNotification
 from entitlements.domain import Entitlement, EntitlementType, Grant
 from entitlements.notifications.domain import RuleType
 from entitlements.notifications.repository import NotificationRepository
@@ -86,6 +87,12 @@ class NotificationWatcher:
 
         Synchronous, so it can listen to the entitlement services' change hook and the ingest stream."""
         self._subjects.put_nowait((namespace, subject))
+
+    def on_ingest(self, notes: Sequence[IngestNotification]) -> None:
+        """Follow the ingest notification stream: the subjects of a committed batch are evaluated again.
+        A lost notification only delays an evaluation to the next sweep; a duplicate costs one evaluation."""
+        for note in notes:
+            self.subject_changed(note.namespace, note.subject)
 
     # ---- lifecycle ----
 
