@@ -18,6 +18,7 @@ import contextlib
 import heapq
 from collections.abc import Awaitable, Callable, Sequence
 from datetime import datetime, timedelta
+from typing import Any
 
 import structlog
 
@@ -59,6 +60,7 @@ class NotificationWatcher:
         *,
         sweep_interval: timedelta = timedelta(seconds=60),
         on_events: Callable[[], None] | None = None,
+        concurrency: int = 8,
     ) -> None:
         self.service = service
         self.deps = service.deps
@@ -71,7 +73,10 @@ class NotificationWatcher:
         self._timer_wake = asyncio.Event()
         self._sweep_wake = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
-        self._work: set[asyncio.Future[object]] = set()
+        self._work: set[asyncio.Future[Any]] = set()
+        self._slots = asyncio.Semaphore(concurrency)
+        self._running: set[Key] = set()
+        self._rerun: set[Key] = set()
         self.evaluations = 0
 
     # ---- triggers ----
@@ -170,15 +175,33 @@ class NotificationWatcher:
                 self._subjects.task_done()
 
     async def _drain(self) -> None:
+        """Up to `concurrency` evaluations at a time (their reads wait on threads), never two of one key."""
         while True:
             key = await self._queue.get()
             self._queued.discard(key)
+            await self._slots.acquire()
+            task = asyncio.ensure_future(self._evaluate_one(key))
+            self._work.add(task)
+            task.add_done_callback(self._work.discard)
+
+    async def _evaluate_one(self, key: Key) -> None:
+        try:
+            if key in self._running:  # changed again while being evaluated: once more, after this one
+                self._rerun.add(key)
+                return
+            self._running.add(key)
             try:
-                await self._shielded(self.evaluate_now(*key))
+                await self.evaluate_now(*key)
             except Exception:
                 log.exception("notification_evaluation_failed", namespace=key[0], entitlement_id=key[1])
             finally:
-                self._queue.task_done()
+                self._running.discard(key)
+                if key in self._rerun:
+                    self._rerun.discard(key)
+                    self.entitlement_changed(*key)
+        finally:
+            self._slots.release()
+            self._queue.task_done()
 
     async def _timer_loop(self) -> None:
         while True:
