@@ -51,6 +51,10 @@ class PayloadTooLarge(InvalidInput):
     title = "Payload Too Large"
 
 
+class HeadersTooLarge(InvalidInput):
+    title = "Request Header Fields Too Large"
+
+
 class UnsupportedMediaType(InvalidInput):
     title = "Unsupported Media Type"
 

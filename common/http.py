@@ -16,6 +16,7 @@ from fastapi.responses import Response
 from common.errors import (
     Conflict,
     Forbidden,
+    HeadersTooLarge,
     InvalidInput,
     MetergateError,
     NotFound,
@@ -28,6 +29,7 @@ from common.errors import (
 # The one table that decides status codes. Most specific first: the first isinstance match wins.
 STATUS_BY_CATEGORY: tuple[tuple[type[MetergateError], int], ...] = (
     (PayloadTooLarge, 413),
+    (HeadersTooLarge, 431),
     (UnsupportedMediaType, 415),
     (InvalidInput, 400),
     (Unauthenticated, 401),

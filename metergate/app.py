@@ -27,7 +27,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from aggregator.http import router as meters_router
-from common.errors import InvalidInput, MetergateError, PayloadTooLarge, Unauthenticated, Unavailable
+from common.errors import HeadersTooLarge, InvalidInput, MetergateError, PayloadTooLarge, Unauthenticated, Unavailable
 from common.http import PROBLEM_JSON, problem, problem_for
 from common.settings import AuthSettings
 from entitlements.access_http import router as access_router
@@ -213,11 +213,17 @@ class InputHygieneMiddleware:
     subject would differ from the one sent), or a path segment longer than the longest identifier
     (1024 characters: subjects)."""
 
-    def __init__(self, app: ASGIApp) -> None:
+    def __init__(self, app: ASGIApp, *, max_header_bytes: int = 16 * 1024) -> None:
         self.app = app
+        self.max_header_bytes = max_header_bytes
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http":
+            size = sum(len(name) + len(value) + 4 for name, value in scope.get("headers", ()))
+            if size > self.max_header_bytes:
+                error = HeadersTooLarge(f"request headers are larger than {self.max_header_bytes} bytes")
+                await _send_problem(send, error, [(b"connection", b"close")])
+                return
             problem = self._problem(scope)
             if problem is not None:
                 await _send_problem(send, InvalidInput(problem), [])
@@ -275,7 +281,7 @@ async def _unexpected_error(request: Request, exc: Exception) -> Response:
     return problem(500, "Internal Server Error", "an unexpected error occurred; see the server log")
 
 
-def create_app(services: Services, auth: AuthSettings) -> FastAPI:
+def create_app(services: Services, auth: AuthSettings, *, max_header_bytes: int = 16 * 1024) -> FastAPI:
     app = FastAPI(
         title="Metergate",
         version="0.1.0",
@@ -302,7 +308,7 @@ def create_app(services: Services, auth: AuthSettings) -> FastAPI:
     app.add_exception_handler(Exception, _unexpected_error)
     # Added last = outermost: authenticate before reading any body.
     app.add_middleware(BodyLimitMiddleware, max_body_bytes=services.max_body_bytes)
-    app.add_middleware(InputHygieneMiddleware)
+    app.add_middleware(InputHygieneMiddleware, max_header_bytes=max_header_bytes)
     app.add_middleware(
         AuthMiddleware,
         api_keys=auth.api_keys if auth.enabled else None,

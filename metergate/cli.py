@@ -31,6 +31,7 @@ from common.logging import configure_logging
 from ingest.sink.signals import catch_early_signals, run_until_signalled
 from metergate.app import ConfigError, check_auth_binding, check_frozen_clock, create_app
 from metergate.migrate import run_migrations
+from metergate.server import uvicorn_options
 from metergate.settings import ApiServiceSettings, MigrateSettings, WorkerSettings
 from metergate.wiring import build_services
 
@@ -234,9 +235,15 @@ async def serve(settings: ApiServiceSettings, *, migrate_first: bool) -> None:
                 host=settings.host,
                 note="every request acts in the default namespace; allowed on loopback only",
             )
-        app = create_app(services, settings.auth)
+        app = create_app(services, settings.auth, max_header_bytes=settings.server.max_header_bytes)
         config = uvicorn.Config(
-            app, host=settings.host, port=settings.port, log_config=None, access_log=False, lifespan="off"
+            app,
+            host=settings.host,
+            port=settings.port,
+            log_config=None,
+            access_log=False,
+            lifespan="off",
+            **uvicorn_options(settings.server),
         )
         await GracefulServer(config).serve()
         log.info("api_stopped")

@@ -15,6 +15,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from common.settings import AuthSettings, ClickHouseSettings, DatabaseSettings, KafkaSettings, LogSettings
 from entitlements.notifications.settings import NotificationSettings
 from ingest.settings import SinkSettings, WorkerSettings
+from metergate.server import ServerSettings
 
 __all__ = ["ApiServiceSettings", "MigrateSettings", "WorkerSettings"]
 
@@ -45,6 +46,7 @@ class ApiServiceSettings(BaseSettings):
     log: LogSettings = Field(default_factory=LogSettings)
     sink: SinkSettings = Field(default_factory=SinkSettings)
     notifications: NotificationSettings = Field(default_factory=NotificationSettings)
+    server: ServerSettings = Field(default_factory=ServerSettings)
 
     def frozen_at(self) -> datetime | None:
         return self.clock_frozen_at

@@ -1,0 +1,96 @@
+"""A running `metergate dev` sheds slow clients (header and body read timeouts, idle keep-alive) while normal
+requests go on. Timeouts are set short here; the clients trickle bytes far longer than they allow."""
+
+from __future__ import annotations
+
+import socket
+import time
+from collections.abc import Iterator
+
+import httpx
+import pytest
+
+from tests.e2e.test_dev_server import DevServer, running_dev_server
+
+pytestmark = pytest.mark.e2e
+
+TRICKLE_BYTES = 40
+TRICKLE_EVERY = 0.25  # 10 s in all: far past the 1 s allowed
+
+
+@pytest.fixture(scope="module")
+def dev(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DevServer]:
+    env = {
+        "METERGATE_SERVER__HEADER_TIMEOUT_SECONDS": "1",
+        "METERGATE_SERVER__BODY_TIMEOUT_SECONDS": "1",
+        "METERGATE_SERVER__KEEP_ALIVE_SECONDS": "1",
+    }
+    with running_dev_server(tmp_path_factory.mktemp("slow") / "data", env) as server:
+        yield server
+
+
+def connect(dev: DevServer) -> socket.socket:
+    host, port = dev.base_url.removeprefix("http://").split(":")
+    sock = socket.create_connection((host, int(port)), timeout=5)
+    sock.settimeout(TRICKLE_EVERY)
+    return sock
+
+
+def trickle_until_closed(sock: socket.socket, data: bytes) -> int:
+    """Send `data` a byte at a time; return how many bytes went out before the server closed the connection
+    (len(data) if it never did)."""
+    for sent, byte in enumerate(data[:TRICKLE_BYTES]):
+        try:
+            sock.sendall(bytes([byte]))
+            if sock.recv(1024) == b"":
+                return sent
+        except TimeoutError:
+            continue
+        except (ConnectionResetError, BrokenPipeError):
+            return sent
+    return len(data)
+
+
+def test_slow_headers_are_cut_off_while_normal_requests_go_on(dev: DevServer) -> None:
+    sock = connect(dev)
+    request = b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Slow: " + b"a" * 100 + b"\r\n\r\n"
+    sent = trickle_until_closed(sock, request)
+    sock.close()
+    assert sent < TRICKLE_BYTES, "a client trickling its headers was never cut off"
+    assert httpx.get(f"{dev.base_url}/healthz", timeout=5).status_code == 200
+
+
+def test_a_slow_body_is_cut_off(dev: DevServer) -> None:
+    sock = connect(dev)
+    sock.sendall(
+        b"POST /api/v1/events HTTP/1.1\r\nHost: x\r\nContent-Type: application/cloudevents+json\r\n"
+        b"Content-Length: 500\r\n\r\n"
+    )
+    sent = trickle_until_closed(sock, b"{" + b" " * 499)
+    sock.close()
+    assert sent < TRICKLE_BYTES, "a client trickling its body was never cut off"
+    assert httpx.get(f"{dev.base_url}/healthz", timeout=5).status_code == 200
+
+
+def test_an_idle_keep_alive_connection_is_closed(dev: DevServer) -> None:
+    sock = connect(dev)
+    sock.settimeout(5)
+    sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+    assert sock.recv(4096).startswith(b"HTTP/1.1 200")
+    started = time.monotonic()
+    closed = False
+    while time.monotonic() - started < 8:
+        try:
+            if sock.recv(1024) == b"":
+                closed = True
+                break
+        except TimeoutError:
+            break
+    sock.close()
+    assert closed, "an idle keep-alive connection stayed open"
+
+
+def test_oversized_headers_are_refused(dev: DevServer) -> None:
+    r = httpx.get(f"{dev.base_url}/healthz", headers={"X-Big": "a" * 40_000}, timeout=5)
+    assert r.status_code == 431
+    assert "larger than" in r.json()["detail"]
