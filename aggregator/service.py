@@ -44,6 +44,15 @@ class MeterExists(Conflict):
         super().__init__(f"a meter with slug {slug} already exists", meter=slug)
 
 
+class MeterQuotaExceeded(Conflict):
+    def __init__(self, limit: int) -> None:
+        super().__init__(
+            f"quota reached: at most {limit} meters per namespace (METERGATE_QUOTAS__METERS_PER_NAMESPACE)",
+            quota="meters_per_namespace",
+            limit=limit,
+        )
+
+
 class ConfigMeterReadOnly(Conflict):
     def __init__(self, slug: str) -> None:
         super().__init__(f"meter {slug} is defined in the meters config file: remove it there", meter=slug)
@@ -63,12 +72,14 @@ class MeterService:
         guard: MeterUseGuard | None = None,
         clock: Clock | None = None,
         cache_seconds: float = 2.0,
+        max_meters: int = 200,
     ) -> None:
         self.repository = repository
         self.config_meters = list(config_meters or [])
         self.guard: MeterUseGuard = guard or NoMeterGuard()
         self.clock: Clock = clock or SystemClock()
         self.cache_seconds = cache_seconds
+        self.max_meters = max_meters
         self._lock = asyncio.Lock()
         self._meters: list[Meter] = []
         self._loaded_at = float("-inf")
@@ -112,8 +123,11 @@ class MeterService:
         meter = parse_meter(body, meter_id=new_meter_id(), namespace=namespace, created_at=self.clock.now())
         async with self._lock:
             await self._refresh()
+            mine = [m for m in await self.meters(namespace) if m.namespace == namespace]
             if any(m.slug == meter.slug for m in await self.meters(namespace)):
                 raise MeterExists(meter.slug)
+            if len(mine) >= self.max_meters:
+                raise MeterQuotaExceeded(self.max_meters)
             await asyncio.to_thread(self.repository.create, meter)
             await self._refresh()
         log.info("meter_created", namespace=namespace, slug=meter.slug, id=meter.id)

@@ -14,6 +14,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from common.settings import AuthSettings, ClickHouseSettings, DatabaseSettings, KafkaSettings, LogSettings
 from entitlements.notifications.settings import NotificationSettings
+from entitlements.quotas import QuotaSettings
 from ingest.settings import SinkSettings, WorkerSettings
 from metergate.server import ServerSettings
 
@@ -47,6 +48,7 @@ class ApiServiceSettings(BaseSettings):
     sink: SinkSettings = Field(default_factory=SinkSettings)
     notifications: NotificationSettings = Field(default_factory=NotificationSettings)
     server: ServerSettings = Field(default_factory=ServerSettings)
+    quotas: QuotaSettings = Field(default_factory=QuotaSettings)
 
     def frozen_at(self) -> datetime | None:
         return self.clock_frozen_at

@@ -146,6 +146,7 @@ async def _build_meters(services: Services, settings: ApiServiceSettings) -> Met
         ClickHouseMeterRepository(services.clickhouse),
         config_meters=load_config(settings.meters_file),
         clock=services.clock,
+        max_meters=settings.quotas.meters_per_namespace,
     )
     await meters.load()
     services.meters = meters
@@ -177,6 +178,7 @@ async def _build_entitlements(services: Services, settings: ApiServiceSettings, 
         clock=services.clock,
         late_events=ClickHouseLateEventProbe(services.clickhouse, meters),
         cache=cache,
+        quotas=settings.quotas,
     )
     if notifier is not None and cache is not None:
         notifier.subscribe(cache.on_ingest)

@@ -8,6 +8,7 @@ from common.clock import Clock, SystemClock
 from common.usage import MeterCatalog, UsageReader
 from entitlements.cache.store import BalanceCache
 from entitlements.db.session import Database
+from entitlements.quotas import QuotaSettings
 from entitlements.service.access import AccessService
 from entitlements.service.balance import BalanceService
 from entitlements.service.deps import Deps, StoredAfterProbe
@@ -42,6 +43,7 @@ def build_entitlements(
     wall_clock: Clock | None = None,
     late_events: StoredAfterProbe | None = None,
     cache: BalanceCache | None = None,
+    quotas: QuotaSettings | None = None,
 ) -> Entitlements:
     """`db` is a Database or a URL; run `entitlements.db.migrate.upgrade_database` on it first.
 
@@ -55,6 +57,7 @@ def build_entitlements(
         clock=clock,
         wall_clock=wall_clock or SystemClock(),
         late_events=late_events,
+        quotas=quotas or QuotaSettings(),
     )
     balances = BalanceService(deps)
     entitlements = EntitlementService(deps)

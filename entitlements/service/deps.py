@@ -11,6 +11,7 @@ from typing import Protocol, TypeVar, runtime_checkable
 from common.clock import Clock, SystemClock
 from common.usage import MeterCatalog, UsageReader
 from entitlements.db.session import Database
+from entitlements.quotas import QuotaSettings
 
 T = TypeVar("T")
 
@@ -38,6 +39,7 @@ class Deps:
     clock: Clock
     wall_clock: Clock = SystemClock()  # noqa: RUF009 - stateless and immutable
     late_events: StoredAfterProbe | None = None
+    quotas: QuotaSettings = field(default_factory=QuotaSettings)
     # Called with (namespace, subject key) after every committed state change of the subject's entitlements,
     # before the write's response is sent (the balance cache drops what the change made wrong).
     change_listeners: list[Callable[[str, str], None]] = field(default_factory=list)

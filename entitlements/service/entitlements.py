@@ -13,7 +13,7 @@ import structlog
 from sqlalchemy.exc import IntegrityError
 
 from common.errors import InvalidInput
-from entitlements import bounds, engine
+from entitlements import bounds, engine, quotas
 from entitlements.db.repositories import EntitlementRepository, FeatureRepository, SnapshotRepository
 from entitlements.domain import (
     Entitlement,
@@ -89,6 +89,7 @@ class EntitlementService:
                 existing = repo.active_for(namespace, subject_key, feature.id)
                 if existing is not None:
                     raise EntitlementExists(subject_key, feature.key, existing.id)
+                quotas.check_entitlements(s, self.d.quotas, namespace, subject_key)
                 repo.add(entitlement)
                 return entitlement
 

@@ -10,6 +10,7 @@ import structlog
 from sqlalchemy.exc import IntegrityError
 
 from common.errors import InvalidInput
+from entitlements import quotas
 from entitlements.db.repositories import FeatureRepository
 from entitlements.domain import Feature, FeatureKeyTaken, FeatureNotFound, MeterNotFound, new_id
 from entitlements.service.deps import Deps
@@ -81,6 +82,7 @@ class FeatureService:
                 existing = repo.active_by_key(namespace, spec.key)
                 if existing is not None:
                     raise FeatureKeyTaken(spec.key, existing.id)
+                quotas.check_features(s, self.d.quotas, namespace)
                 repo.add(feature)
             return feature
 

@@ -13,7 +13,7 @@ import structlog
 from sqlalchemy.orm import Session
 
 from common.errors import InvalidInput
-from entitlements import bounds, engine
+from entitlements import bounds, engine, quotas
 from entitlements.db.repositories import EntitlementRepository, GrantRepository, SnapshotRepository
 from entitlements.domain import (
     Entitlement,
@@ -92,6 +92,7 @@ class GrantService:
                 ent = find_entitlement(ents, namespace, subject_key, id_or_feature_key, for_update=True)
                 _require_metered(ent, id_or_feature_key, subject_key)
                 assert ent is not None
+                quotas.check_grants(s, self.d.quotas, ent.id)
                 grant = Grant(
                     id=new_id(),
                     namespace=namespace,

@@ -266,3 +266,14 @@ async def test_a_meter_clickhouse_refuses_at_start_is_failed_then_retried(
     await env.service.start()  # retried at the next start, and built
     listed = (await env.client.get("/api/v1/meters")).json()
     assert "later" in {m["slug"] for m in listed if "status" not in m}
+
+
+async def test_meters_per_namespace_quota(env: SimpleNamespace) -> None:
+    env.service.max_meters = 1
+    assert (await env.client.post("/api/v1/meters", json=TOKENS)).status_code == 201
+    r = await env.client.post("/api/v1/meters", json={**TOKENS, "slug": "second"})
+    assert r.status_code == 409
+    assert "METERGATE_QUOTAS__METERS_PER_NAMESPACE" in r.json()["detail"]
+    # config-file meters do not count, and another namespace has its own room
+    r = await env.client.post("/api/v1/meters", json={**TOKENS, "slug": "second"}, headers={"x-ns": "other"})
+    assert r.status_code == 201
