@@ -7,9 +7,10 @@ the limit. Documented in entitlements/README.md ("Limits").
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from decimal import Decimal
 
+from common.cloudevents import MAX_EVENT_TIME, MIN_EVENT_TIME
 from common.errors import InvalidInput
 from entitlements import engine
 
@@ -18,9 +19,10 @@ from entitlements import engine
 MAX_SIGNIFICANT = 38
 MAX_INTEGER_DIGITS = 29
 MAX_SCALE = 18
-# Instants: every time field of the API. An expiration or a period added to the latest still fits a datetime.
-EARLIEST = datetime(1970, 1, 1, tzinfo=UTC)
-LATEST = datetime(2500, 1, 1, tzinfo=UTC)
+# Instants: one range for every time field of the API, events' included (common.cloudevents). An expiration or
+# a period added to the latest still fits a datetime.
+EARLIEST = MIN_EVENT_TIME
+LATEST = MAX_EVENT_TIME
 # Usage periods, recurrences and expirations: at least an hour (OpenMeter's minimum usage period), at most
 # 100 years; an interval's text at most 32 characters.
 MIN_PERIOD = timedelta(hours=1)
