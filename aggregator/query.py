@@ -12,6 +12,7 @@ from typing import Any
 
 from aggregator.meter import Aggregation, Meter, WindowSize
 from aggregator.sql import Query
+from common import exactjson
 from common.cloudevents import MIN_EVENT_TIME, format_time, parse_time
 from common.errors import InvalidInput
 from common.timezones import known_zone
@@ -139,10 +140,7 @@ def shape_rows(q: Query, rows: Sequence[Sequence[Any]]) -> list[Row]:
     return out
 
 
-def decimal_text(value: Decimal) -> str:
-    """Plain decimal notation without trailing zeros (12.500000000 -> 12.5, 1E+2 -> 100)."""
-    text = format(value.normalize(), "f")
-    return "0" if text in ("-0", "") else text
+decimal_text = exactjson.decimal_text  # the one exact rendering (common/exactjson.py)
 
 
 def result_body(q: Query, rows: list[Row], *, explicit_from: bool) -> dict[str, Any]:

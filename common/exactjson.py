@@ -77,3 +77,18 @@ def _compare(fast: Any, exact: Any) -> None:
             stack.extend((f[k], v) for k, v in e.items() if k in f)
         elif isinstance(e, list) and isinstance(f, list):
             stack.extend(zip(f, e, strict=False))
+
+
+def decimal_text(d: Decimal) -> str:
+    """A JSON number for d, digit for digit: plain notation, no trailing zeros (100, 0.5, -3.25).
+
+    The one rendering every route uses. `format(d, "f")` is exact; `d.normalize()` would round to the
+    context's 28 digits (a SUM of 12345678901234567890.123456789 + 550.5 came back ...68440.62345679)."""
+    if not d.is_finite():
+        raise ValueError("JSON numbers are finite")
+    if d == 0:
+        return "0"
+    text = format(d, "f")
+    if "." in text:
+        text = text.rstrip("0").rstrip(".")
+    return text

@@ -15,6 +15,7 @@ from typing import Any, Literal, TypeVar
 import orjson
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, ValidationError
 
+from common import exactjson
 from common.cloudevents import format_time
 from common.errors import InvalidInput
 
@@ -89,16 +90,7 @@ def _no_constant(name: str) -> Any:
     raise ValueError(f"{name} is not a number")
 
 
-def decimal_text(d: Decimal) -> str:
-    """A JSON number for d: plain notation, no trailing zeros (100, 0.5, -3.25)."""
-    if not d.is_finite():
-        raise ValueError("amounts are finite")
-    if d == 0:
-        return "0"
-    text = format(d, "f")  # exact: no context rounding (normalize() would round to 28 digits)
-    if "." in text:
-        text = text.rstrip("0").rstrip(".")
-    return text
+decimal_text = exactjson.decimal_text  # the one exact rendering (common/exactjson.py)
 
 
 def encode(value: Any) -> bytes:

@@ -87,3 +87,27 @@ def test_the_fast_filter_flags_every_long_digit_run(parts: list[bytes]) -> None:
 )
 def test_the_fast_filter_on_examples(data: bytes, flagged: bool) -> None:
     assert exactjson.may_hold_long_number(data) is flagged
+
+
+@pytest.mark.parametrize(
+    ("value", "text"),
+    [
+        ("12345678901234568440.623456789", "12345678901234568440.623456789"),  # was rounded to 28 digits
+        ("99999999999999999999999999999.999999999", "99999999999999999999999999999.999999999"),  # Decimal(38, 9)
+        ("-99999999999999999999999999999.999999999", "-99999999999999999999999999999.999999999"),
+        ("0.000000001", "0.000000001"),
+        ("12.500000000", "12.5"),
+        ("1E+2", "100"),
+        ("-0", "0"),
+        ("0E-9", "0"),
+    ],
+)
+def test_decimal_text_is_exact_at_the_limits(value: str, text: str) -> None:
+    from decimal import Decimal
+
+    from aggregator.query import decimal_text as meter_text
+    from common.exactjson import decimal_text
+    from entitlements.schemas import decimal_text as entitlement_text
+
+    assert decimal_text(Decimal(value)) == text
+    assert meter_text is decimal_text is entitlement_text  # one rendering for every route
