@@ -1,7 +1,7 @@
 """One root error, a few categories, each saying whether a retry can help.
 
 Domain errors subclass a category and carry fields. The HTTP layer maps categories to status codes in
-one table (`common.problem`); nothing else decides a status code.
+one table (`common.http.STATUS_BY_CATEGORY`); nothing else decides a status code.
 """
 
 from __future__ import annotations

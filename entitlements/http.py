@@ -1,7 +1,7 @@
 """OpenMeter v1 routes for features, entitlements, grants, balances (value, history, reset).
 
-The services come from `request.app.state.services.entitlements` (metergate.wiring); the namespace from
-the auth middleware. Status codes come from common.http's table; success codes are OpenMeter's.
+
+
 """
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Header, Query, Request
+from fastapi import APIRouter, Depends, Header, Query, Request
 from fastapi.responses import Response
 
 from common.cloudevents import parse_time
@@ -39,10 +39,14 @@ MAX_LIMIT = 1000
 
 
 def services(request: Request) -> Entitlements:
+    """The app's entitlement services (the dependency behind `Ents`)."""
     found = getattr(getattr(request.app.state, "services", None), "entitlements", None)
     if not isinstance(found, Entitlements):
         raise Unavailable("the entitlement service is not configured in this process")
     return found
+
+
+Ents = Annotated[Entitlements, Depends(services)]
 
 
 def json_response(body: Any, status: int = 200) -> Response:
@@ -71,8 +75,8 @@ Limit = Annotated[int | None, Query(ge=1, le=MAX_LIMIT)]
 
 @router.get("/api/v1/features")
 async def list_features(
-    request: Request,
     namespace: Namespace,
+    ents: Ents,
     meter_slug: Annotated[list[str] | None, Query(alias="meterSlug")] = None,
     include_archived: Annotated[bool, Query(alias="includeArchived")] = False,
     page: Page = None,
@@ -81,7 +85,7 @@ async def list_features(
     limit: Limit = None,
 ) -> Response:
     n, skip = _paging(page, page_size, offset, limit)
-    svc = services(request).features
+    svc = ents.features
     items = await svc.search(
         namespace, include_archived=include_archived, meter_slugs=meter_slug or (), limit=n, offset=skip
     )
@@ -94,9 +98,9 @@ async def list_features(
 
 
 @router.post("/api/v1/features", status_code=201)
-async def create_feature(request: Request, namespace: Namespace) -> Response:
+async def create_feature(request: Request, namespace: Namespace, ents: Ents) -> Response:
     body = parse_body(FeatureCreateBody, await request.body())
-    feature = await services(request).features.create(
+    feature = await ents.features.create(
         namespace,
         FeatureInput(
             key=body.key,
@@ -110,13 +114,13 @@ async def create_feature(request: Request, namespace: Namespace) -> Response:
 
 
 @router.get("/api/v1/features/{featureId}")
-async def get_feature(request: Request, namespace: Namespace, featureId: str) -> Response:  # noqa: N803
-    return json_response(feature_view(await services(request).features.get(namespace, featureId)))
+async def get_feature(namespace: Namespace, ents: Ents, featureId: str) -> Response:  # noqa: N803
+    return json_response(feature_view(await ents.features.get(namespace, featureId)))
 
 
 @router.delete("/api/v1/features/{featureId}", status_code=204)
-async def archive_feature(request: Request, namespace: Namespace, featureId: str) -> Response:  # noqa: N803
-    await services(request).features.archive(namespace, featureId)
+async def archive_feature(namespace: Namespace, ents: Ents, featureId: str) -> Response:  # noqa: N803
+    await ents.features.archive(namespace, featureId)
     return Response(status_code=204)
 
 
@@ -148,8 +152,8 @@ async def _entitlement_views(svc: Entitlements, entitlements: list[Any]) -> list
 
 
 @router.post(ENT, status_code=201)
-async def create_entitlement(request: Request, namespace: Namespace, subjectIdOrKey: str) -> Response:  # noqa: N803
-    svc = services(request)
+async def create_entitlement(request: Request, namespace: Namespace, ents: Ents, subjectIdOrKey: str) -> Response:  # noqa: N803
+    svc = ents
     spec = _entitlement_input(parse_body(EntitlementCreateBody, await request.body()))
     created = await svc.entitlements.create(namespace, subjectIdOrKey, spec)
     return json_response((await _entitlement_views(svc, [created]))[0], 201)
@@ -157,20 +161,20 @@ async def create_entitlement(request: Request, namespace: Namespace, subjectIdOr
 
 @router.get(ENT)
 async def list_subject_entitlements(
-    request: Request,
     namespace: Namespace,
+    ents: Ents,
     subjectIdOrKey: str,  # noqa: N803
     include_deleted: Annotated[bool, Query(alias="includeDeleted")] = False,
 ) -> Response:
-    svc = services(request)
+    svc = ents
     items = await svc.entitlements.search(namespace, subject_keys=[subjectIdOrKey], include_deleted=include_deleted)
     return json_response(await _entitlement_views(svc, items))
 
 
 @router.get("/api/v1/entitlements")
 async def list_entitlements(
-    request: Request,
     namespace: Namespace,
+    ents: Ents,
     subject: Annotated[list[str] | None, Query()] = None,
     feature: Annotated[list[str] | None, Query()] = None,
     include_deleted: Annotated[bool, Query(alias="includeDeleted")] = False,
@@ -179,7 +183,7 @@ async def list_entitlements(
     offset: Offset = 0,
     limit: Limit = None,
 ) -> Response:
-    svc = services(request)
+    svc = ents
     n, skip = _paging(page, page_size, offset, limit)
     filters: dict[str, Any] = {
         "subject_keys": subject or (),
@@ -194,32 +198,32 @@ async def list_entitlements(
 
 
 @router.get("/api/v1/entitlements/{entitlementId}")
-async def get_entitlement_by_id(request: Request, namespace: Namespace, entitlementId: str) -> Response:  # noqa: N803
-    svc = services(request)
+async def get_entitlement_by_id(namespace: Namespace, ents: Ents, entitlementId: str) -> Response:  # noqa: N803
+    svc = ents
     found = await svc.entitlements.get(namespace, None, entitlementId)
     return json_response((await _entitlement_views(svc, [found]))[0])
 
 
 @router.get(ENT + "/{entitlementId}")
 async def get_entitlement(
-    request: Request,
     namespace: Namespace,
+    ents: Ents,
     subjectIdOrKey: str,  # noqa: N803
     entitlementId: str,  # noqa: N803
 ) -> Response:
-    svc = services(request)
+    svc = ents
     found = await svc.entitlements.get(namespace, subjectIdOrKey, entitlementId)
     return json_response((await _entitlement_views(svc, [found]))[0])
 
 
 @router.delete(ENT + "/{entitlementId}", status_code=204)
 async def delete_entitlement(
-    request: Request,
     namespace: Namespace,
+    ents: Ents,
     subjectIdOrKey: str,  # noqa: N803
     entitlementId: str,  # noqa: N803
 ) -> Response:
-    await services(request).entitlements.delete(namespace, subjectIdOrKey, entitlementId)
+    await ents.entitlements.delete(namespace, subjectIdOrKey, entitlementId)
     return Response(status_code=204)
 
 
@@ -227,10 +231,11 @@ async def delete_entitlement(
 async def override_entitlement(
     request: Request,
     namespace: Namespace,
+    ents: Ents,
     subjectIdOrKey: str,  # noqa: N803
     entitlementIdOrFeatureKey: str,  # noqa: N803
 ) -> Response:
-    svc = services(request)
+    svc = ents
     spec = _entitlement_input(parse_body(EntitlementCreateBody, await request.body()))
     created = await svc.entitlements.override(namespace, subjectIdOrKey, entitlementIdOrFeatureKey, spec)
     return json_response((await _entitlement_views(svc, [created]))[0], 201)
@@ -243,10 +248,11 @@ async def override_entitlement(
 async def create_grant(
     request: Request,
     namespace: Namespace,
+    ents: Ents,
     subjectIdOrKey: str,  # noqa: N803
     entitlementIdOrFeatureKey: str,  # noqa: N803
 ) -> Response:
-    svc = services(request)
+    svc = ents
     body = parse_body(GrantCreateBody, await request.body())
     grant = await svc.grants.create(
         namespace,
@@ -269,13 +275,13 @@ async def create_grant(
 
 @router.get(ENT + "/{entitlementIdOrFeatureKey}/grants")
 async def list_entitlement_grants(
-    request: Request,
     namespace: Namespace,
+    ents: Ents,
     subjectIdOrKey: str,  # noqa: N803
     entitlementIdOrFeatureKey: str,  # noqa: N803
     include_deleted: Annotated[bool, Query(alias="includeDeleted")] = False,
 ) -> Response:
-    svc = services(request)
+    svc = ents
     grants = await svc.grants.list_for_entitlement(
         namespace, subjectIdOrKey, entitlementIdOrFeatureKey, include_voided=include_deleted
     )
@@ -285,8 +291,8 @@ async def list_entitlement_grants(
 
 @router.get("/api/v1/grants")
 async def list_grants(
-    request: Request,
     namespace: Namespace,
+    ents: Ents,
     subject: Annotated[list[str] | None, Query()] = None,
     feature: Annotated[list[str] | None, Query()] = None,
     include_deleted: Annotated[bool, Query(alias="includeDeleted")] = False,
@@ -295,7 +301,7 @@ async def list_grants(
     offset: Offset = 0,
     limit: Limit = None,
 ) -> Response:
-    svc = services(request)
+    svc = ents
     n, skip = _paging(page, page_size, offset, limit)
     filters: dict[str, Any] = {
         "subject_keys": subject or (),
@@ -311,8 +317,8 @@ async def list_grants(
 
 
 @router.delete("/api/v1/grants/{grantId}", status_code=204)
-async def void_grant(request: Request, namespace: Namespace, grantId: str) -> Response:  # noqa: N803
-    await services(request).grants.void(namespace, grantId)
+async def void_grant(namespace: Namespace, ents: Ents, grantId: str) -> Response:  # noqa: N803
+    await ents.grants.void(namespace, grantId)
     return Response(status_code=204)
 
 
@@ -327,8 +333,8 @@ def wants_fresh(cache_control: str | None) -> bool:
 
 @router.get(ENT + "/{entitlementIdOrFeatureKey}/value")
 async def entitlement_value(
-    request: Request,
     namespace: Namespace,
+    ents: Ents,
     subjectIdOrKey: str,  # noqa: N803
     entitlementIdOrFeatureKey: str,  # noqa: N803
     time: str | None = None,
@@ -339,7 +345,7 @@ async def entitlement_value(
     At "now" (no `time`) the answer may come from the balance cache, which is kept exact by state changes,
     ingest notifications and the engine's next change instant; `Cache-Control: no-cache` forces a fresh
     computation."""
-    fresh = await services(request).values.value(
+    fresh = await ents.values.value(
         namespace, subjectIdOrKey, entitlementIdOrFeatureKey, _time(time, "time"), fresh=wants_fresh(cache_control)
     )
     return json_response({**value_view(fresh.value), "asOf": fresh.as_of})
@@ -347,8 +353,8 @@ async def entitlement_value(
 
 @router.get(ENT + "/{entitlementId}/history")
 async def entitlement_history(
-    request: Request,
     namespace: Namespace,
+    ents: Ents,
     subjectIdOrKey: str,  # noqa: N803
     entitlementId: str,  # noqa: N803
     window_size: Annotated[str, Query(alias="windowSize")],
@@ -361,7 +367,7 @@ async def entitlement_history(
     except ValueError:
         raise InvalidInput("windowSize must be MINUTE, HOUR, DAY or MONTH", field="windowSize") from None
     history = await balance_history(
-        services(request).balances,
+        ents.balances,
         namespace,
         subjectIdOrKey,
         entitlementId,
@@ -377,11 +383,12 @@ async def entitlement_history(
 async def reset_usage(
     request: Request,
     namespace: Namespace,
+    ents: Ents,
     subjectIdOrKey: str,  # noqa: N803
     entitlementId: str,  # noqa: N803
 ) -> Response:
     body = parse_body(ResetBody, await request.body())
-    await services(request).balances.reset(
+    await ents.balances.reset(
         namespace,
         subjectIdOrKey,
         entitlementId,
