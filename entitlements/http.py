@@ -1,7 +1,9 @@
 """OpenMeter v1 routes for features, entitlements, grants, balances (value, history, reset).
 
-
-
+Every route reaches the services one way, `ents: Ents` (an `Annotated[..., Depends]` alias over
+`app.state.services.entitlements`, see metergate.wiring), as the meters, access and notification routes do;
+the namespace comes from the auth middleware. Status codes come from common.http's table; success codes are
+OpenMeter's.
 """
 
 from __future__ import annotations
