@@ -133,8 +133,21 @@ def _string(obj: dict[str, Any], name: str, *, required: bool, max_len: int = 10
 
 
 _FIELDS = frozenset(
-    {"id", "slug", "name", "description", "aggregation", "eventType", "valueProperty", "groupBy", "eventFrom",
-     "metadata", "windowSize", "createdAt", "updatedAt"}
+    {
+        "id",
+        "slug",
+        "name",
+        "description",
+        "aggregation",
+        "eventType",
+        "valueProperty",
+        "groupBy",
+        "eventFrom",
+        "metadata",
+        "windowSize",
+        "createdAt",
+        "updatedAt",
+    }
 )
 
 

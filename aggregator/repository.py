@@ -37,6 +37,8 @@ class _Unreadable:
 
 class MeterBuildFailed(InvalidMeter):
     """ClickHouse refused to build a meter's rollups (its definition is valid JSON but not buildable)."""
+
+
 # The view must exist before the cutover instant; this margin covers the CREATE statement itself.
 CUTOVER_MARGIN = timedelta(milliseconds=300)
 SETTLE_TIMEOUT_S = 60.0
@@ -169,12 +171,19 @@ class ClickHouseMeterRepository:
             for tier in sql.TIERS:
                 self.ch.command(
                     sql.backfill_sql(self.db, meter, cutover, tier, month),
-                    settings={"insert_deduplication_token":
-                              f"backfill:{meter.id}:{tier.column}:{cutover.timestamp()}:{month}"},
+                    settings={
+                        "insert_deduplication_token": f"backfill:{meter.id}:{tier.column}:{cutover.timestamp()}:{month}"
+                    },
                 )
             done += events
-            log.info("meter_backfill_progress", slug=meter.slug, month=month, events=done, of_events=total,
-                     seconds=round(time.monotonic() - started, 3))
+            log.info(
+                "meter_backfill_progress",
+                slug=meter.slug,
+                month=month,
+                events=done,
+                of_events=total,
+                seconds=round(time.monotonic() - started, 3),
+            )
         for tier in sql.TIERS:
             # The backfill leaves a part per insert block, merged later in the background (and competing
             # with queries meanwhile). Merge now: one part per month and tier makes a subject's read one

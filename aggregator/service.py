@@ -35,8 +35,11 @@ class MeterNotFound(NotFound):
 
 class MeterInUse(Conflict):
     def __init__(self, slug: str, features: list[str]) -> None:
-        super().__init__(f"meter {slug} is used by feature(s) {', '.join(features)}: archive them first",
-                         meter=slug, features=features)
+        super().__init__(
+            f"meter {slug} is used by feature(s) {', '.join(features)}: archive them first",
+            meter=slug,
+            features=features,
+        )
 
 
 class MeterExists(Conflict):
@@ -180,8 +183,12 @@ class MeterService:
             meter = await self.get(namespace, slug)
         except MeterNotFound:
             return None
-        return MeterRef(slug=meter.slug, aggregation=meter.aggregation.value, event_type=meter.event_type,
-                        group_by=dict(meter.group_by))
+        return MeterRef(
+            slug=meter.slug,
+            aggregation=meter.aggregation.value,
+            event_type=meter.event_type,
+            group_by=dict(meter.group_by),
+        )
 
     def event_validation_error(self, namespace: str, event: CloudEvent) -> str | None:
         """Why a stored event is invalid for the namespace's meters (GET /api/v1/events), or None.

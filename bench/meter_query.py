@@ -92,9 +92,15 @@ def main() -> None:
         repo.migrate()
         gen_s = generate(ch, args.events, args.subjects, args.days)
         meter = parse_meter(
-            {"slug": "tokens", "aggregation": "SUM", "eventType": "prompt", "valueProperty": "$.tokens",
-             "groupBy": {"model": "$.model"}},
-            meter_id="bench", namespace="bench",
+            {
+                "slug": "tokens",
+                "aggregation": "SUM",
+                "eventType": "prompt",
+                "valueProperty": "$.tokens",
+                "groupBy": {"model": "$.model"},
+            },
+            meter_id="bench",
+            namespace="bench",
         )
         t = time.perf_counter()
         repo.create(meter)
@@ -104,7 +110,8 @@ def main() -> None:
             for t in sql.TIERS
         }
         parts = {
-            str(name): int(n) for name, n in ch.rows(
+            str(name): int(n)
+            for name, n in ch.rows(
                 "SELECT table, count() FROM system.parts WHERE active AND database = {db:String} "
                 "AND table IN {t:Array(String)} GROUP BY table",
                 parameters={"db": ch.database, "t": [EVENTS_TABLE, *(sql.tier_table(meter, t) for t in sql.TIERS)]},
@@ -112,8 +119,9 @@ def main() -> None:
         }
         end = START + timedelta(days=args.days)
 
-        hourly = sql.Query(meter=meter, namespace="bench", start=START, end=end, window=WindowSize.HOUR,
-                           group_subject=True)
+        hourly = sql.Query(
+            meter=meter, namespace="bench", start=START, end=end, window=WindowSize.HOUR, group_subject=True
+        )
         rollup_text, rollup_params = sql.build_query(ch.database, hourly)
         raw_text, raw_params = sql.raw_query(ch.database, hourly)
         # End to end: every result row (1,000 subjects x 720 hours) decoded into Python with Decimals.
@@ -131,40 +139,56 @@ def main() -> None:
         aligned, unaligned = [], []
         for _ in range(args.point_queries):
             subject = f"subject-{rng.randrange(args.subjects)}"
-            q = sql.Query(meter=meter, namespace="bench", start=START, end=end, subjects=(subject,),
-                          hour_tier=hour_tier)
+            q = sql.Query(
+                meter=meter, namespace="bench", start=START, end=end, subjects=(subject,), hour_tier=hour_tier
+            )
             aligned += timed(ch, *sql.build_query(ch.database, q), runs=1)[0]
             off = timedelta(milliseconds=rng.randrange(1, 59_999))
-            q = sql.Query(meter=meter, namespace="bench", start=START + off, end=end - off, subjects=(subject,),
-                          hour_tier=hour_tier)
+            q = sql.Query(
+                meter=meter,
+                namespace="bench",
+                start=START + off,
+                end=end - off,
+                subjects=(subject,),
+                hour_tier=hour_tier,
+            )
             unaligned += timed(ch, *sql.build_query(ch.database, q), runs=1)[0]
 
         rollup_med, raw_med = statistics.median(rollup_ms), statistics.median(raw_ms)
         rollup_eng, raw_eng = statistics.median(rollup_engine_ms), statistics.median(raw_engine_ms)
-        print(json.dumps({
-            "engine": "chdb " + str(ch.rows("SELECT version()")[0][0]),
-            "events": args.events, "subjects": args.subjects, "days": args.days,
-            "generate_s": round(gen_s, 2),
-            "create_meter_with_backfill_s": round(backfill_s, 2),
-            "rollup_rows": rollup_rows,
-            "active_parts_after_create": parts,
-            "sum_per_subject_per_hour": {
-                "result_rows": len(rollup_rows_out or []),
-                "same_answer": same,
-                "engine_rollup_ms_median": round(rollup_eng, 1), "engine_raw_ms_median": round(raw_eng, 1),
-                "engine_speedup": round(raw_eng / rollup_eng, 1),
-                "end_to_end_rollup_ms_median": round(rollup_med, 1), "end_to_end_raw_ms_median": round(raw_med, 1),
-                "end_to_end_speedup": round(raw_med / rollup_med, 1),
-                "target": "speedup >= 10",
-            },
-            "one_subject_monthly_total": {
-                "queries": args.point_queries,
-                "hour_tier_used": hour_tier,
-                "minute_aligned_ms": {"p50": pct(aligned, 0.5), "p99": pct(aligned, 0.99)},
-                "off_minute_bounds_ms": {"p50": pct(unaligned, 0.5), "p99": pct(unaligned, 0.99)},
-                "target": "p99 <= 20 ms",
-            },
-        }, indent=2))
+        print(
+            json.dumps(
+                {
+                    "engine": "chdb " + str(ch.rows("SELECT version()")[0][0]),
+                    "events": args.events,
+                    "subjects": args.subjects,
+                    "days": args.days,
+                    "generate_s": round(gen_s, 2),
+                    "create_meter_with_backfill_s": round(backfill_s, 2),
+                    "rollup_rows": rollup_rows,
+                    "active_parts_after_create": parts,
+                    "sum_per_subject_per_hour": {
+                        "result_rows": len(rollup_rows_out or []),
+                        "same_answer": same,
+                        "engine_rollup_ms_median": round(rollup_eng, 1),
+                        "engine_raw_ms_median": round(raw_eng, 1),
+                        "engine_speedup": round(raw_eng / rollup_eng, 1),
+                        "end_to_end_rollup_ms_median": round(rollup_med, 1),
+                        "end_to_end_raw_ms_median": round(raw_med, 1),
+                        "end_to_end_speedup": round(raw_med / rollup_med, 1),
+                        "target": "speedup >= 10",
+                    },
+                    "one_subject_monthly_total": {
+                        "queries": args.point_queries,
+                        "hour_tier_used": hour_tier,
+                        "minute_aligned_ms": {"p50": pct(aligned, 0.5), "p99": pct(aligned, 0.99)},
+                        "off_minute_bounds_ms": {"p50": pct(unaligned, 0.5), "p99": pct(unaligned, 0.99)},
+                        "target": "p99 <= 20 ms",
+                    },
+                },
+                indent=2,
+            )
+        )
     finally:
         shutil.rmtree(folder, ignore_errors=True)
 

@@ -59,15 +59,32 @@ def now_text() -> str:
 
 
 def entitle(c: httpx.Client, subject: str) -> None:
-    ok(c.post(f"/subjects/{subject}/entitlements", json={"type": "metered", "featureKey": "t",
-                                                          "usagePeriod": {"interval": "MONTH"}}), 201)
-    ok(c.post(f"/subjects/{subject}/entitlements/t/grants", json={
-        "amount": 100, "effectiveAt": now_text(), "expiration": {"duration": "MONTH", "count": 1}}), 201)
+    ok(
+        c.post(
+            f"/subjects/{subject}/entitlements",
+            json={"type": "metered", "featureKey": "t", "usagePeriod": {"interval": "MONTH"}},
+        ),
+        201,
+    )
+    ok(
+        c.post(
+            f"/subjects/{subject}/entitlements/t/grants",
+            json={"amount": 100, "effectiveAt": now_text(), "expiration": {"duration": "MONTH", "count": 1}},
+        ),
+        201,
+    )
 
 
 def crossing(subject: str) -> dict[str, Any]:
-    return {"specversion": "1.0", "id": uuid.uuid4().hex, "source": "bench", "type": "tokens",
-            "subject": subject, "time": now_text(), "data": {"tokens": 60}}
+    return {
+        "specversion": "1.0",
+        "id": uuid.uuid4().hex,
+        "source": "bench",
+        "type": "tokens",
+        "subject": subject,
+        "time": now_text(),
+        "data": {"tokens": 60},
+    }
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -81,16 +98,32 @@ def main() -> None:
     parser.add_argument("--burst", type=int, default=200)
     args = parser.parse_args()
     receiver = Receiver()
-    with tempfile.TemporaryDirectory() as tmp, dev_server(Path(tmp) / "data") as base, httpx.Client(
-        base_url=base + "/api/v1", timeout=30
-    ) as c:
-        ok(c.post("/meters", json={"slug": "tokens", "aggregation": "SUM", "eventType": "tokens",
-                                   "valueProperty": "$.tokens"}), 201)
+    with (
+        tempfile.TemporaryDirectory() as tmp,
+        dev_server(Path(tmp) / "data") as base,
+        httpx.Client(base_url=base + "/api/v1", timeout=30) as c,
+    ):
+        ok(
+            c.post(
+                "/meters",
+                json={"slug": "tokens", "aggregation": "SUM", "eventType": "tokens", "valueProperty": "$.tokens"},
+            ),
+            201,
+        )
         ok(c.post("/features", json={"key": "t", "name": "T", "meterSlug": "tokens"}), 201)
         channel = ok(c.post("/notification/channels", json={"type": "WEBHOOK", "name": "b", "url": receiver.url}), 201)
-        ok(c.post("/notification/rules", json={"type": "entitlements.balance.threshold", "name": "half",
-                                               "channels": [channel["id"]],
-                                               "thresholds": [{"type": "USAGE_PERCENTAGE", "value": 50}]}), 201)
+        ok(
+            c.post(
+                "/notification/rules",
+                json={
+                    "type": "entitlements.balance.threshold",
+                    "name": "half",
+                    "channels": [channel["id"]],
+                    "thresholds": [{"type": "USAGE_PERCENTAGE", "value": 50}],
+                },
+            ),
+            201,
+        )
         latencies = []
         for i in range(args.trials):
             subject = f"fresh-{i}"
@@ -105,22 +138,38 @@ def main() -> None:
         for subject in subjects:
             entitle(c, subject)
         started = time.monotonic()
-        ok(c.post("/events", json=[crossing(s) for s in subjects],
-                  headers={"content-type": "application/cloudevents-batch+json"}), 204)
+        ok(
+            c.post(
+                "/events",
+                json=[crossing(s) for s in subjects],
+                headers={"content-type": "application/cloudevents-batch+json"},
+            ),
+            204,
+        )
         receiver.wait(set(subjects), within=120)
         delivered = [receiver.arrivals[s] for s in subjects if s in receiver.arrivals]
         elapsed = (max(delivered) - started) if delivered else float("nan")
-    print(json.dumps({
-        "freshness_ms": {
-            "trials": args.trials, "delivered": len(latencies),
-            "p50": round(statistics.median(latencies) * 1000, 1) if latencies else None,
-            "p99": round(percentile(latencies, 0.99) * 1000, 1) if latencies else None,
-            "target_p99": 2000,
-        },
-        "burst": {"subjects": args.burst, "delivered": len(delivered), "seconds": round(elapsed, 3),
-                  "webhooks_per_second": round(len(delivered) / elapsed, 1) if delivered else None},
-        "machine": {"cpus": __import__("os").cpu_count()},
-    }, indent=2))
+    print(
+        json.dumps(
+            {
+                "freshness_ms": {
+                    "trials": args.trials,
+                    "delivered": len(latencies),
+                    "p50": round(statistics.median(latencies) * 1000, 1) if latencies else None,
+                    "p99": round(percentile(latencies, 0.99) * 1000, 1) if latencies else None,
+                    "target_p99": 2000,
+                },
+                "burst": {
+                    "subjects": args.burst,
+                    "delivered": len(delivered),
+                    "seconds": round(elapsed, 3),
+                    "webhooks_per_second": round(len(delivered) / elapsed, 1) if delivered else None,
+                },
+                "machine": {"cpus": __import__("os").cpu_count()},
+            },
+            indent=2,
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -54,9 +54,7 @@ def amount(value: Decimal, field: str) -> Decimal:
 
 def instant(value: datetime, field: str) -> datetime:
     if not EARLIEST <= value < LATEST:
-        raise InvalidInput(
-            f"{field} must be between {EARLIEST:%Y-%m-%d} and {LATEST:%Y-%m-%d} (UTC)", field=field
-        )
+        raise InvalidInput(f"{field} must be between {EARLIEST:%Y-%m-%d} and {LATEST:%Y-%m-%d} (UTC)", field=field)
     return value
 
 

@@ -39,6 +39,7 @@ if [ ! -x .venv/bin/python ]; then python3 -m venv .venv; fi
 
 log "ruff"
 .venv/bin/ruff check .
+.venv/bin/ruff format --check .
 log "mypy --strict"
 .venv/bin/mypy
 log "import layers (import-linter)"

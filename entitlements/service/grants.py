@@ -64,9 +64,7 @@ def _validate(spec: GrantInput) -> None:
     bounds.instant(spec.effective_at, "effectiveAt")
     if spec.expiration.count < 1:
         raise InvalidInput("expiration.count must be at least 1", field="expiration.count")
-    bounds.within(
-        engine.Period.of_expiration(spec.expiration.duration.value, spec.expiration.count), "expiration"
-    )
+    bounds.within(engine.Period.of_expiration(spec.expiration.duration.value, spec.expiration.count), "expiration")
     if spec.recurrence_interval is not None:
         bounds.period(spec.recurrence_interval, "recurrence.interval")
     if spec.recurrence_anchor is not None:

@@ -30,8 +30,7 @@ Hashes = npt.NDArray[np.uint64]
 
 # The same hash in ClickHouse SQL, over the events table's columns.
 KEY_HASH_SQL = (
-    "bitOr(bitShiftLeft(toUInt64(CRC32(id)), 32), "
-    "toUInt64(CRC32(concat(id, '\\0', namespace, '\\0', source))))"
+    "bitOr(bitShiftLeft(toUInt64(CRC32(id)), 32), toUInt64(CRC32(concat(id, '\\0', namespace, '\\0', source))))"
 )
 
 

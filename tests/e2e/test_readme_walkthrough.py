@@ -44,8 +44,9 @@ def dev(tmp_path: Path) -> Iterator[DevServer]:
 def test_readme_walkthrough_answers_as_documented(dev: DevServer) -> None:
     script, promised = walkthrough_script()
     script = script.replace("http://127.0.0.1:8888", dev.base_url)
-    out = subprocess.run(["bash", "-euo", "pipefail", "-c", script], capture_output=True, text=True, timeout=120,
-                         check=False)
+    out = subprocess.run(
+        ["bash", "-euo", "pipefail", "-c", script], capture_output=True, text=True, timeout=120, check=False
+    )
     assert out.returncode == 0, out.stderr
     assert '"status":5' not in out.stdout, f"a server error during the walkthrough:\n{out.stdout}\n{dev.output()}"
     # "..." in the promise stands for a value that changes per run (asOf, the computation's wall time).

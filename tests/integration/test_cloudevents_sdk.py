@@ -24,7 +24,11 @@ NOW = datetime(2026, 11, 30, 12, 0, tzinfo=UTC)
 
 def sdk_event(event_id: str, *, content_type: bool, data: object = None) -> SdkEvent:
     attributes: dict[str, object] = {
-        "type": "tokens", "source": "sdk-svc", "subject": "customer-1", "id": event_id, "time": NOW.isoformat(),
+        "type": "tokens",
+        "source": "sdk-svc",
+        "subject": "customer-1",
+        "id": event_id,
+        "time": NOW.isoformat(),
     }
     if content_type:
         attributes["datacontenttype"] = "application/json"

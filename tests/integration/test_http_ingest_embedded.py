@@ -122,8 +122,13 @@ async def test_the_official_sdks_http_structured_mode_is_stored_exactly(
     from cloudevents.conversion import to_structured
     from cloudevents.http import CloudEvent as SdkEvent
 
-    attributes = {"type": "tokens", "source": "sdk", "subject": "customer-1", "id": f"sdk-{content_type}",
-                  "time": "2025-06-01T08:00:00.123456Z"}
+    attributes = {
+        "type": "tokens",
+        "source": "sdk",
+        "subject": "customer-1",
+        "id": f"sdk-{content_type}",
+        "time": "2025-06-01T08:00:00.123456Z",
+    }
     if content_type:
         attributes["datacontenttype"] = "application/json"
     headers, body = to_structured(SdkEvent(attributes, {"tokens": 42, "model": "gpt-4"}))
@@ -133,6 +138,14 @@ async def test_the_official_sdks_http_structured_mode_is_stored_exactly(
     mine = [e["event"] for e in stored if e["event"]["id"] == f"sdk-{content_type}"]
     assert len(mine) == 1
     mine[0].pop("datacontenttype", None)  # listed as application/json: the only data content type stored
-    assert mine == [{"specversion": "1.0", "id": f"sdk-{content_type}", "source": "sdk", "type": "tokens",
-                     "subject": "customer-1", "time": "2025-06-01T08:00:00.123Z",
-                     "data": {"model": "gpt-4", "tokens": 42}}]
+    assert mine == [
+        {
+            "specversion": "1.0",
+            "id": f"sdk-{content_type}",
+            "source": "sdk",
+            "type": "tokens",
+            "subject": "customer-1",
+            "time": "2025-06-01T08:00:00.123Z",
+            "data": {"model": "gpt-4", "tokens": 42},
+        }
+    ]

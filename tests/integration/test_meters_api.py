@@ -30,8 +30,13 @@ from tests.support.meter_events import insert
 pytestmark = pytest.mark.integration
 
 T0 = datetime(2024, 3, 30, 20, 0, tzinfo=UTC)
-TOKENS = {"slug": "tokens", "aggregation": "SUM", "eventType": "prompt", "valueProperty": "$.tokens",
-          "groupBy": {"model": "$.model"}}
+TOKENS = {
+    "slug": "tokens",
+    "aggregation": "SUM",
+    "eventType": "prompt",
+    "valueProperty": "$.tokens",
+    "groupBy": {"model": "$.model"},
+}
 
 
 class FeatureGuard:
@@ -46,8 +51,13 @@ class FeatureGuard:
 async def env(clickhouse: ClickHouse) -> AsyncIterator[SimpleNamespace]:
     guard = FeatureGuard()
     config = parse_config({"meters": [{"slug": "calls", "aggregation": "COUNT", "eventType": "prompt"}]})
-    service = MeterService(ClickHouseMeterRepository(clickhouse), config_meters=config, guard=guard,
-                           clock=FrozenClock(T0 + timedelta(days=5)), cache_seconds=0)
+    service = MeterService(
+        ClickHouseMeterRepository(clickhouse),
+        config_meters=config,
+        guard=guard,
+        clock=FrozenClock(T0 + timedelta(days=5)),
+        cache_seconds=0,
+    )
     await service.start()
     app = FastAPI()
     app.state.services = SimpleNamespace(meters=service)
@@ -66,10 +76,20 @@ async def env(clickhouse: ClickHouse) -> AsyncIterator[SimpleNamespace]:
     events: list[dict[str, Any]] = [
         # Europe/Berlin switches to summer time at 2024-03-31T01:00Z.
         {"id": "1", "time": T0, "subject": "alice", "type": "prompt", "data": {"tokens": 10, "model": "a"}},
-        {"id": "2", "time": T0 + timedelta(hours=3, seconds=5), "subject": "alice", "type": "prompt",
-         "data": {"tokens": "2.5", "model": "b"}},
-        {"id": "3", "time": T0 + timedelta(hours=30), "subject": "bob", "type": "prompt",
-         "data": {"tokens": 4, "model": "a"}},
+        {
+            "id": "2",
+            "time": T0 + timedelta(hours=3, seconds=5),
+            "subject": "alice",
+            "type": "prompt",
+            "data": {"tokens": "2.5", "model": "b"},
+        },
+        {
+            "id": "3",
+            "time": T0 + timedelta(hours=30),
+            "subject": "bob",
+            "type": "prompt",
+            "data": {"tokens": 4, "model": "a"},
+        },
         {"id": "4", "time": T0 + timedelta(hours=30), "subject": "bob", "type": "prompt", "data": {"tokens": "NaN"}},
     ]
     insert(clickhouse, "ns1", events, "before-meter")
@@ -89,9 +109,15 @@ async def test_create_backfills_and_queries_windows_across_dst(env: SimpleNamesp
     assert {m["slug"] for m in (await c.get("/api/v1/meters")).json()} == {"tokens", "calls"}
     assert (await c.get("/api/v1/meters", headers={"x-ns": "other"})).json()[0]["slug"] == "calls"
 
-    r = await c.get("/api/v1/meters/tokens/query", params={
-        "from": "2024-03-30T00:00:00Z", "to": "2024-04-02T00:00:00Z", "windowSize": "DAY",
-        "windowTimeZone": "Europe/Berlin"})
+    r = await c.get(
+        "/api/v1/meters/tokens/query",
+        params={
+            "from": "2024-03-30T00:00:00Z",
+            "to": "2024-04-02T00:00:00Z",
+            "windowSize": "DAY",
+            "windowTimeZone": "Europe/Berlin",
+        },
+    )
     assert r.status_code == 200, r.text
     body = r.json()
     assert [(d["windowStart"], d["windowEnd"], d["value"]) for d in body["data"]] == [
@@ -102,14 +128,20 @@ async def test_create_backfills_and_queries_windows_across_dst(env: SimpleNamesp
     assert body["windowSize"] == "DAY"
     assert body["from"] == "2024-03-30T00:00:00.000Z"
 
-    r = await c.get("/api/v1/meters/tokens/query", params=[
-        ("subject", "alice"), ("subject", "bob"), ("groupBy", "model"), ("filterGroupBy[model]", "a")])
+    r = await c.get(
+        "/api/v1/meters/tokens/query",
+        params=[("subject", "alice"), ("subject", "bob"), ("groupBy", "model"), ("filterGroupBy[model]", "a")],
+    )
     assert sorted((d["subject"], d["groupBy"]["model"], d["value"]) for d in r.json()["data"]) == [
-        ("alice", "a", 10), ("bob", "a", 4)]
+        ("alice", "a", 10),
+        ("bob", "a", 4),
+    ]
 
     # Bounds off the minute: only the second event (at +3h 5s) is inside [+3h 1s, +3h 6s).
-    r = await c.post("/api/v1/meters/tokens/query", json={
-        "from": "2024-03-30T23:00:01Z", "to": "2024-03-30T23:00:06Z", "subject": ["alice"]})
+    r = await c.post(
+        "/api/v1/meters/tokens/query",
+        json={"from": "2024-03-30T23:00:01Z", "to": "2024-03-30T23:00:06Z", "subject": ["alice"]},
+    )
     assert [d["value"] for d in r.json()["data"]] == [2.5]
 
     assert (await c.get("/api/v1/meters/tokens/subjects")).json() == ["alice", "bob"]
@@ -181,13 +213,20 @@ async def test_usage_windows_with_sub_millisecond_bounds(env: SimpleNamespace) -
     end = T0 + timedelta(days=1, microseconds=7)
     bounds = [T0 - 500 * us, T0 + 123 * us, second - 1500 * us, second + 250 * us, end]
     assert await reader.usage_windows("ns1", "tokens", "alice", {}, bounds) == [
-        Decimal(10), Decimal(0), Decimal("2.5"), Decimal(0)
+        Decimal(10),
+        Decimal(0),
+        Decimal("2.5"),
+        Decimal(0),
     ]
     assert await reader.usage("ns1", "tokens", "alice", {}, T0 + us, T0 + timedelta(days=1)) == Decimal("2.5")
     # Boundaries inside one second, around an event off the whole second (raw events only, no rollup).
     odd = T0 + timedelta(hours=2, milliseconds=272)
-    insert(env.ch, "ns1", [{"id": "5", "time": odd, "subject": "alice", "type": "prompt",
-                           "data": {"tokens": 7, "model": "a"}}], "odd-millisecond")
+    insert(
+        env.ch,
+        "ns1",
+        [{"id": "5", "time": odd, "subject": "alice", "type": "prompt", "data": {"tokens": 7, "model": "a"}}],
+        "odd-millisecond",
+    )
     ms = timedelta(milliseconds=1)
     bounds = [odd - 17 * ms, odd, odd + ms, odd + 111 * ms]
     assert await reader.usage_windows("ns1", "tokens", "alice", {}, bounds) == [Decimal(0), Decimal(7), Decimal(0)]
@@ -234,8 +273,9 @@ async def test_start_up_skips_a_meter_it_cannot_build_and_lists_it_failed(env: S
     env.ch.command(
         f"INSERT INTO `{env.ch.database}`.`meters` (namespace, slug, id, definition, state, cutover, created_at, "
         "version) VALUES ('ns1', 'old_bad', 'oldbad1', {d:String}, 'creating', now64(3), now64(3), 1)",
-        parameters={"d": '{"slug":"old_bad","aggregation":"SUM","eventType":"prompt","valueProperty":"'
-                    + HUGE_INDEX + '"}'},
+        parameters={
+            "d": '{"slug":"old_bad","aggregation":"SUM","eventType":"prompt","valueProperty":"' + HUGE_INDEX + '"}'
+        },
     )
     await env.service.start()  # does not raise
     listed = (await c.get("/api/v1/meters")).json()

@@ -41,8 +41,10 @@ def test_dashboard_queries_run_and_match(clickhouse: ClickHouse, aggregation: st
     repo.migrate()
     meters = parse_config({"meters": [body]})
     repo.reconcile(meters)
-    events = [{"id": str(i), "time": T0 + timedelta(minutes=7 * i), "subject": f"s{i % 3}", "type": "t",
-               "data": {"v": i % 5}} for i in range(40)]
+    events = [
+        {"id": str(i), "time": T0 + timedelta(minutes=7 * i), "subject": f"s{i % 3}", "type": "t", "data": {"v": i % 5}}
+        for i in range(40)
+    ]
     insert(clickhouse, "ns", events, "dash")
     dashboard = json.loads(DASHBOARD.read_text())
     variables = {"namespace": "ns"}

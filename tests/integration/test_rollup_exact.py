@@ -52,8 +52,21 @@ values = st.one_of(
     st.decimals(min_value=-1000, max_value=1000, places=3, allow_nan=False).map(str),
     st.sampled_from(
         [
-            "NaN", "inf", "-Infinity", "abc", "", "1e3", "0.0000000001", "1e-400", "-2.5e-30", "0e5", "-0.0",
-            "1.5E+2", None, True, "12 ",
+            "NaN",
+            "inf",
+            "-Infinity",
+            "abc",
+            "",
+            "1e3",
+            "0.0000000001",
+            "1e-400",
+            "-2.5e-30",
+            "0e5",
+            "-0.0",
+            "1.5E+2",
+            None,
+            True,
+            "12 ",
         ]
     ),
     st.floats(allow_nan=True, allow_infinity=False, width=32),
@@ -98,23 +111,30 @@ def make_meters(repo: ClickHouseMeterRepository) -> list[Meter]:
     return meters
 
 
-
-
 @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(
     stream=st.lists(events(), min_size=1, max_size=40),
     batches=st.integers(1, 4),
     retries=st.lists(st.integers(0, 3), max_size=3),
     windows=st.lists(
-        st.tuples(instants, instants, st.sampled_from([None, *WindowSize]),
-                  st.sampled_from(["UTC", "Europe/Berlin", "America/New_York", "Asia/Kolkata"]),
-                  st.booleans()),
-        min_size=1, max_size=4,
+        st.tuples(
+            instants,
+            instants,
+            st.sampled_from([None, *WindowSize]),
+            st.sampled_from(["UTC", "Europe/Berlin", "America/New_York", "Asia/Kolkata"]),
+            st.booleans(),
+        ),
+        min_size=1,
+        max_size=4,
     ),
 )
 def test_rollup_answer_equals_raw_answer(
-    clickhouse: ClickHouse, repo_meters: tuple[ClickHouseMeterRepository, list[Meter]],
-    stream: list[dict[str, Any]], batches: int, retries: list[int], windows: list[Any],
+    clickhouse: ClickHouse,
+    repo_meters: tuple[ClickHouseMeterRepository, list[Meter]],
+    stream: list[dict[str, Any]],
+    batches: int,
+    retries: list[int],
+    windows: list[Any],
 ) -> None:
     _, meters = repo_meters
     namespace = "ns_" + uuid.uuid4().hex[:10]
@@ -131,8 +151,16 @@ def test_rollup_answer_equals_raw_answer(
         start, end = min(a, b), max(a, b) + timedelta(milliseconds=1)
         for meter in meters:
             group_by = ("g",) if by_group and "g" in meter.group_by else ()
-            q = sql.Query(meter=meter, namespace=namespace, start=start, end=end, window=window, tz=tz,
-                          group_by=group_by, group_subject=True)
+            q = sql.Query(
+                meter=meter,
+                namespace=namespace,
+                start=start,
+                end=end,
+                window=window,
+                tz=tz,
+                group_by=group_by,
+                group_subject=True,
+            )
             assert answer(clickhouse, q, raw=False) == answer(clickhouse, q, raw=True), (meter.slug, window, tz)
             # One subject's total takes the flat single-row SQL (no GROUP BY): it must agree with the
             # grouped shape of the same query, for every aggregation, and be absent when there is no data.
@@ -158,8 +186,9 @@ def test_rollup_answer_equals_raw_answer(
         near = [e["time"] - timedelta(milliseconds=1) for e in stream if e["subject"] == "s1"][:3]
         cuts = (start, end, start + (end - start) / 3, start + (end - start) / 2, *near)
         bounds = tuple(sorted({ceil_to_millisecond(b) for b in cuts if start <= b <= end}))
-        q = sql.Query(meter=meters[0], namespace=namespace, start=bounds[0], end=bounds[-1], boundaries=bounds,
-                      subjects=("s1",))
+        q = sql.Query(
+            meter=meters[0], namespace=namespace, start=bounds[0], end=bounds[-1], boundaries=bounds, subjects=("s1",)
+        )
         windowed = answer(clickhouse, q, raw=False)
         assert windowed == answer(clickhouse, q, raw=True)
         with localcontext() as ctx:
@@ -167,7 +196,9 @@ def test_rollup_answer_equals_raw_answer(
             in_range = [
                 parse_number(e["data"]["v"])
                 for e in stream
-                if e["type"] == "t" and e["subject"] == "s1" and bounds[0] <= e["time"] < bounds[-1]
+                if e["type"] == "t"
+                and e["subject"] == "s1"
+                and bounds[0] <= e["time"] < bounds[-1]
                 and value_error(meters[0], e["data"]) is None
             ]
             assert sum((w[4] for w in windowed), Decimal(0)) == sum(in_range, Decimal(0))
@@ -177,7 +208,9 @@ def test_rollup_answer_equals_raw_answer(
                 mine = [
                     parse_number(e["data"]["v"])
                     for e in stream
-                    if e["type"] == "t" and e["subject"] == "s1" and lo <= e["time"] < hi
+                    if e["type"] == "t"
+                    and e["subject"] == "s1"
+                    and lo <= e["time"] < hi
                     and value_error(meters[0], e["data"]) is None
                 ]
                 assert per_window.get(lo, Decimal(0)) == sum(mine, Decimal(0)), (lo, hi)
@@ -204,8 +237,10 @@ def test_sum_matches_python_reference(clickhouse: ClickHouse, repo: ClickHouseMe
 
 
 def test_meter_created_after_events_covers_the_past(clickhouse: ClickHouse, repo: ClickHouseMeterRepository) -> None:
-    evs = [{"id": str(i), "time": BASE + timedelta(minutes=i), "subject": "s", "type": "t", "data": {"v": i}}
-           for i in range(10)]
+    evs = [
+        {"id": str(i), "time": BASE + timedelta(minutes=i), "subject": "s", "type": "t", "data": {"v": i}}
+        for i in range(10)
+    ]
     insert(clickhouse, "ns", evs[:5], "before")
     meter = make_meters(repo)[0]
     insert(clickhouse, "ns", evs[5:], "after")
@@ -222,12 +257,25 @@ def test_meter_created_after_events_covers_the_past(clickhouse: ClickHouse, repo
 
 def test_backfill_month_by_month_covers_every_month(clickhouse: ClickHouse, repo: ClickHouseMeterRepository) -> None:
     """A meter created over events spanning several months backfills each month once, none missed."""
-    evs = [{"id": f"m{i}", "time": BASE + timedelta(days=17 * i, minutes=i), "subject": "s", "type": "t",
-            "data": {"v": i + 1}} for i in range(8)]  # March 2024 to July 2024
+    evs = [
+        {
+            "id": f"m{i}",
+            "time": BASE + timedelta(days=17 * i, minutes=i),
+            "subject": "s",
+            "type": "t",
+            "data": {"v": i + 1},
+        }
+        for i in range(8)
+    ]  # March 2024 to July 2024
     insert(clickhouse, "ns", evs, "months")
     meter = make_meters(repo)[0]
-    q = sql.Query(meter=meter, namespace="ns", start=BASE - timedelta(days=1), end=BASE + timedelta(days=200),
-                  window=WindowSize.MONTH)
+    q = sql.Query(
+        meter=meter,
+        namespace="ns",
+        start=BASE - timedelta(days=1),
+        end=BASE + timedelta(days=200),
+        window=WindowSize.MONTH,
+    )
     from_rollups = answer(clickhouse, q, raw=False)
     assert from_rollups == answer(clickhouse, q, raw=True)
     assert len(from_rollups) == len({(e["time"].year, e["time"].month) for e in evs}) > 3

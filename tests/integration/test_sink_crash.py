@@ -79,8 +79,13 @@ print(json.dumps({"events": events, "raw": raw, "rollup": {k: int(v) for k, v in
 """
 
 METERS = [
-    {"slug": "tokens", "aggregation": "SUM", "eventType": "llm.tokens", "valueProperty": "$.tokens",
-     "groupBy": {"model": "$.model"}},
+    {
+        "slug": "tokens",
+        "aggregation": "SUM",
+        "eventType": "llm.tokens",
+        "valueProperty": "$.tokens",
+        "groupBy": {"model": "$.model"},
+    },
     {"slug": "calls", "aggregation": "COUNT", "eventType": "api.calls"},
     {"slug": "models", "aggregation": "UNIQUE_COUNT", "eventType": "llm.tokens", "valueProperty": "$.model"},
     {"slug": "last_tokens", "aggregation": "LATEST", "eventType": "api.calls", "valueProperty": "$.tokens"},

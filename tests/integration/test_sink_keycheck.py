@@ -114,13 +114,15 @@ def test_the_set_is_reloaded_once_a_window_has_passed(clickhouse: ClickHouse) ->
 
 def test_the_sql_payload_hash_is_the_python_hash(clickhouse: ClickHouse) -> None:
     migrate_clickhouse(clickhouse)
-    events = [event("p1", NOW), event("p2", NOW + timedelta(milliseconds=37), tokens=7),
-              CloudEvent("p3", "svc", "t\u00e9", "sub/\u0438", datetime(1970, 1, 1, tzinfo=UTC), "null")]
+    events = [
+        event("p1", NOW),
+        event("p2", NOW + timedelta(milliseconds=37), tokens=7),
+        CloudEvent("p3", "svc", "t\u00e9", "sub/\u0438", datetime(1970, 1, 1, tzinfo=UTC), "null"),
+    ]
     write(BatchProcessor(clickhouse, dedupe_window=WINDOW, clock=FrozenClock(NOW)), 0, 0, events)
     rows = clickhouse.rows(f"SELECT id, {PAYLOAD_HASH_SQL} FROM {clickhouse.table('events')} ORDER BY id")
     epoch, ms = datetime(1970, 1, 1, tzinfo=UTC), timedelta(milliseconds=1)
-    expected = [payload_hash(e.type, e.subject, (e.time - epoch) // ms,
-                             e.data) for e in events]
+    expected = [payload_hash(e.type, e.subject, (e.time - epoch) // ms, e.data) for e in events]
     assert [int(r[1]) for r in rows] == expected
 
 

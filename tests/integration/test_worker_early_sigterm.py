@@ -23,15 +23,19 @@ pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parents[2]
 ENTRY_POINTS = {
     "python -m ingest.sink": [sys.executable, "-m", "ingest.sink"],
-    "metergate ingest-worker": [sys.executable, "-c", "import sys; from metergate.entry import main; "
-                                "sys.argv = ['metergate', 'ingest-worker']; sys.exit(main())"],
+    "metergate ingest-worker": [
+        sys.executable,
+        "-c",
+        "import sys; from metergate.entry import main; sys.argv = ['metergate', 'ingest-worker']; sys.exit(main())",
+    ],
 }
 
 
 @pytest.mark.parametrize("entry", sorted(ENTRY_POINTS))
 @pytest.mark.parametrize("after_s", [0.15, 0.5])
-async def test_an_early_sigterm_stops_the_worker_cleanly(kafka_bootstrap_servers: str, entry: str,
-                                                         after_s: float) -> None:
+async def test_an_early_sigterm_stops_the_worker_cleanly(
+    kafka_bootstrap_servers: str, entry: str, after_s: float
+) -> None:
     kafka = kafka_settings(kafka_bootstrap_servers, 2)
     await make_topics(kafka)
     with tempfile.TemporaryDirectory(prefix="chdb-sigterm-") as folder:

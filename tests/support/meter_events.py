@@ -18,9 +18,20 @@ def insert(ch: ClickHouse, namespace: str, evs: list[dict[str, Any]], token: str
     rows = []
     for e in evs:
         data = orjson.dumps(e["data"], option=orjson.OPT_SORT_KEYS).decode() if "data" in e else "null"
-        values = {"namespace": namespace, "id": e["id"], "source": "src", "type": e["type"], "subject": e["subject"],
-                  "time": e["time"], "data": data, "ingested_at": e["time"], "stored_at": e["time"],
-                  "ingest_topic": "t", "ingest_partition": 0, "ingest_offset": 0}
+        values = {
+            "namespace": namespace,
+            "id": e["id"],
+            "source": "src",
+            "type": e["type"],
+            "subject": e["subject"],
+            "time": e["time"],
+            "data": data,
+            "ingested_at": e["time"],
+            "stored_at": e["time"],
+            "ingest_topic": "t",
+            "ingest_partition": 0,
+            "ingest_offset": 0,
+        }
         rows.append([values[c] for c in EVENT_COLUMNS])
     ch.call(
         lambda c: c.insert(

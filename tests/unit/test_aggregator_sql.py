@@ -12,8 +12,11 @@ from aggregator import sql
 from aggregator.meter import WindowSize, parse_meter
 from aggregator.query import InvalidQuery, QueryParams, decimal_text, params_from_mapping, to_query
 
-M = parse_meter({"slug": "t", "aggregation": "SUM", "eventType": "e", "valueProperty": "$.v", "groupBy": {"g": "$.g"}},
-                meter_id="abc", namespace="ns")
+M = parse_meter(
+    {"slug": "t", "aggregation": "SUM", "eventType": "e", "valueProperty": "$.v", "groupBy": {"g": "$.g"}},
+    meter_id="abc",
+    namespace="ns",
+)
 T0 = datetime(2024, 1, 1, tzinfo=UTC)
 NOW = datetime(2024, 2, 1, tzinfo=UTC)
 
@@ -95,8 +98,16 @@ def test_bad_queries_are_clear_400s(params: QueryParams, field: str) -> None:
 
 
 def test_query_string_parsing_keeps_repeats() -> None:
-    p = params_from_mapping([("subject", "a"), ("subject", "b"), ("groupBy", "g"), ("filterGroupBy[g]", "x"),
-                             ("windowSize", "HOUR"), ("windowTimeZone", "Europe/Berlin")])
+    p = params_from_mapping(
+        [
+            ("subject", "a"),
+            ("subject", "b"),
+            ("groupBy", "g"),
+            ("filterGroupBy[g]", "x"),
+            ("windowSize", "HOUR"),
+            ("windowTimeZone", "Europe/Berlin"),
+        ]
+    )
     assert p.subjects == ("a", "b")
     assert p.group_by == ("g",)
     assert p.filter_group_by == (("g", "x"),)
@@ -112,8 +123,9 @@ def test_decimal_text() -> None:
 
 def test_tiers_use_hours_where_whole_and_minutes_at_the_edges() -> None:
     s, e = T0 + timedelta(minutes=10, seconds=5), T0 + timedelta(hours=5, minutes=3)
-    spans, skip, raw = sql.plan_tiers(sql.Query(meter=M, namespace="ns", start=s, end=e, window=WindowSize.DAY,
-                                                tz="Europe/Berlin"))
+    spans, skip, raw = sql.plan_tiers(
+        sql.Query(meter=M, namespace="ns", start=s, end=e, window=WindowSize.DAY, tz="Europe/Berlin")
+    )
     assert [(t.column, a, b) for t, a, b in spans] == [
         ("minute", T0 + timedelta(minutes=11), T0 + timedelta(hours=1)),
         ("hour", T0 + timedelta(hours=1), T0 + timedelta(hours=5)),
@@ -125,8 +137,12 @@ def test_tiers_use_hours_where_whole_and_minutes_at_the_edges() -> None:
 
 @pytest.mark.parametrize(
     ("window", "tz", "hours"),
-    [(None, "UTC", True), (WindowSize.MINUTE, "UTC", False), (WindowSize.HOUR, "Asia/Kolkata", False),
-     (WindowSize.DAY, "America/New_York", True)],
+    [
+        (None, "UTC", True),
+        (WindowSize.MINUTE, "UTC", False),
+        (WindowSize.HOUR, "Asia/Kolkata", False),
+        (WindowSize.DAY, "America/New_York", True),
+    ],
 )
 def test_hour_tier_only_when_windows_start_on_utc_hours(window: WindowSize | None, tz: str, hours: bool) -> None:
     query = sql.Query(meter=M, namespace="ns", start=T0, end=T0 + timedelta(days=2), window=window, tz=tz)

@@ -397,25 +397,62 @@ def test_cost_after_sixty_periods_is_that_of_one_period() -> None:
 @pytest.mark.parametrize(
     ("name", "grants", "events", "target", "resets", "terms", "total"),
     [
-        ("a 100 grant that expired after 10 were used: 10, not 100",
-         [grant("g", 100, expires_at=day(5))], [ev(1, 10)], day(10), [], monthly(), "10"),
-        ("a voided grant's unused remainder does not count, its burns do",
-         [grant("v", 100, voided_at=day(5)), grant("k", 50, priority=5)], [ev(1, 30), ev(6, 20)], day(10), [],
-         monthly(), "80"),  # 30 burnt from v + 20 burnt from k + k's 30 left
+        (
+            "a 100 grant that expired after 10 were used: 10, not 100",
+            [grant("g", 100, expires_at=day(5))],
+            [ev(1, 10)],
+            day(10),
+            [],
+            monthly(),
+            "10",
+        ),
+        (
+            "a voided grant's unused remainder does not count, its burns do",
+            [grant("v", 100, voided_at=day(5)), grant("k", 50, priority=5)],
+            [ev(1, 30), ev(6, 20)],
+            day(10),
+            [],
+            monthly(),
+            "80",
+        ),  # 30 burnt from v + 20 burnt from k + k's 30 left
         ("unused grants count in full", [grant("g", 100), grant("h", 40)], [ev(1, 25)], day(10), [], monthly(), "140"),
-        ("overage paid back by a later grant counts as burnt",
-         [grant("a", 10), grant("b", 100, effective_at=day(5))], [ev(1, 25)], day(10), [], monthly(), "110"),
-        ("a period boundary restarts it (rollover balance only)",
-         [grant("g", 100, max_rollover=D(100))], [ev(10, 30), ev(35, 5)], day(40), [], monthly(), "70"),
-        ("at a reset it restarts from the preserved-overage burn",
-         [grant("a", 10, max_rollover=D(0)), grant("b", 100, effective_at=day(20), max_rollover=D(100))],
-         [ev(1, 25)], day(25), [ManualReset(day(10), retain_anchor=True, preserve_overage=True)],
-         monthly(), "100"),  # overage 15 preserved at the reset, paid by b at day 20: 85 left + 15 burnt
+        (
+            "overage paid back by a later grant counts as burnt",
+            [grant("a", 10), grant("b", 100, effective_at=day(5))],
+            [ev(1, 25)],
+            day(10),
+            [],
+            monthly(),
+            "110",
+        ),
+        (
+            "a period boundary restarts it (rollover balance only)",
+            [grant("g", 100, max_rollover=D(100))],
+            [ev(10, 30), ev(35, 5)],
+            day(40),
+            [],
+            monthly(),
+            "70",
+        ),
+        (
+            "at a reset it restarts from the preserved-overage burn",
+            [grant("a", 10, max_rollover=D(0)), grant("b", 100, effective_at=day(20), max_rollover=D(100))],
+            [ev(1, 25)],
+            day(25),
+            [ManualReset(day(10), retain_anchor=True, preserve_overage=True)],
+            monthly(),
+            "100",
+        ),  # overage 15 preserved at the reset, paid by b at day 20: 85 left + 15 burnt
     ],
 )
 def test_total_available_grant_amount(
-    name: str, grants: list[Grant], events: list[Event], target: datetime, resets: list[ManualReset],
-    terms: EntitlementTerms, total: str,
+    name: str,
+    grants: list[Grant],
+    events: list[Event],
+    target: datetime,
+    resets: list[ManualReset],
+    terms: EntitlementTerms,
+    total: str,
 ) -> None:
     result = evaluate(terms, grants, events, target, resets)
     assert result.total_available_grant_amount == D(total), name

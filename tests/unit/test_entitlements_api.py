@@ -421,9 +421,10 @@ async def test_the_largest_amount_the_api_accepts_is_exact(env: Env) -> None:
     assert f'"amount":{top}' in (await env.client.get("/api/v1/grants")).text
     env.usage.add("tokens", "acme", T0 + timedelta(hours=1), "0.000000001")
     env.clock.advance_to(T0 + timedelta(days=1))
-    assert '"balance":99999999999999999999999999999.999999998' in (
-        await env.client.get("/api/v1/subjects/acme/entitlements/gpt/value")
-    ).text
+    assert (
+        '"balance":99999999999999999999999999999.999999998'
+        in (await env.client.get("/api/v1/subjects/acme/entitlements/gpt/value")).text
+    )
 
 
 @pytest.mark.parametrize(
@@ -439,8 +440,9 @@ async def test_the_largest_amount_the_api_accepts_is_exact(env: Env) -> None:
 async def test_a_deeply_nested_body_is_a_400_on_every_route(env: Env, path: str) -> None:
     await env.metered()
     deep = "[" * 10_000 + "]" * 10_000
-    r = await env.client.request("PUT" if path.endswith("override") else "POST", path, content=deep,
-                                 headers={"content-type": "application/json"})
+    r = await env.client.request(
+        "PUT" if path.endswith("override") else "POST", path, content=deep, headers={"content-type": "application/json"}
+    )
     assert r.status_code == 400, r.text
     assert "nested deeper" in r.json()["detail"]
     shallow_string = '{"key": "' + "[" * 10_000 + '", "name": "x"}'

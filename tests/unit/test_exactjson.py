@@ -21,7 +21,7 @@ KEPT = [
     b'{"n":9223372036854775807}',
     b'{"n":0.000000000000001}',  # many digits, but a float holds the value exactly as printed
     b'{"n":1234567.123456789}',
-    b'[1.5, 2, -0.0, 1e300]',
+    b"[1.5, 2, -0.0, 1e300]",
 ]
 REFUSED = [
     (b'{"n":100000000000000000000000001}', "100000000000000000000000001"),
@@ -58,8 +58,10 @@ def test_a_kept_number_is_the_literal_value(d: Decimal) -> None:
 
 
 def test_the_sink_dead_letters_a_number_it_would_round() -> None:
-    value = (b'{"specversion":"1.0","id":"1","source":"s","type":"t","subject":"x",'
-             b'"data":{"tokens":100000000000000000000000001}}')
+    value = (
+        b'{"specversion":"1.0","id":"1","source":"s","type":"t","subject":"x",'
+        b'"data":{"tokens":100000000000000000000000001}}'
+    )
     headers = [("content-type", b"application/cloudevents+json")]
     decoded = Decoder(default_namespace="default").decode(value, headers, 1_700_000_000_000)
     assert isinstance(decoded, Malformed)

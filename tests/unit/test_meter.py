@@ -10,8 +10,13 @@ from hypothesis import strategies as st
 from aggregator.config import parse_config
 from aggregator.meter import Aggregation, InvalidMeter, parse_meter, parse_number, validation_error
 
-SUM = {"slug": "tokens", "aggregation": "SUM", "eventType": "prompt", "valueProperty": "$.tokens",
-       "groupBy": {"model": "$.model"}}
+SUM = {
+    "slug": "tokens",
+    "aggregation": "SUM",
+    "eventType": "prompt",
+    "valueProperty": "$.tokens",
+    "groupBy": {"model": "$.model"},
+}
 
 
 def meter(body: dict[str, Any]) -> Any:

@@ -48,8 +48,14 @@ def test_an_empty_set_holds_nothing() -> None:
 
 @given(st.text(max_size=30), st.text(max_size=30), st.text(min_size=1, max_size=60))
 def test_the_memoised_hasher_is_the_reference_hash(namespace: str, source: str, event_id: str) -> None:
-    item = Item(0, Decoded(namespace, CloudEvent(event_id, source, "t", "s", datetime(2026, 1, 1, tzinfo=UTC), "null"),
-                           datetime(2026, 1, 1, tzinfo=UTC)))
+    item = Item(
+        0,
+        Decoded(
+            namespace,
+            CloudEvent(event_id, source, "t", "s", datetime(2026, 1, 1, tzinfo=UTC), "null"),
+            datetime(2026, 1, 1, tzinfo=UTC),
+        ),
+    )
     hasher = KeyHasher()
     expected = key_hash(namespace, source, event_id)
     assert hasher.of_items([item]).tolist() == [expected]
@@ -72,8 +78,12 @@ def test_a_key_added_twice_answers_with_one_of_its_payloads() -> None:
     assert payload.tolist()[1:] == [90, 0]
 
 
-@given(st.text(max_size=10), st.text(max_size=10), st.integers(min_value=0, max_value=7_258_118_399_999),
-       st.text(max_size=30))
+@given(
+    st.text(max_size=10),
+    st.text(max_size=10),
+    st.integers(min_value=0, max_value=7_258_118_399_999),
+    st.text(max_size=30),
+)
 def test_the_batch_payload_hash_is_the_reference_hash(event_type: str, subject: str, ms: int, data: str) -> None:
     at = datetime(1970, 1, 1, tzinfo=UTC) + timedelta(milliseconds=ms)
     item = Item(0, Decoded("ns", CloudEvent("id", "src", event_type, subject, at, data), at))
