@@ -4,6 +4,7 @@ worker, with and without `datacontenttype`, bytes data (`data_base64`) included.
 
 from __future__ import annotations
 
+import json
 import uuid
 from datetime import UTC, datetime
 
@@ -73,3 +74,25 @@ async def test_every_sdk_kafka_mode_is_stored_exactly(
     letters = await read_all(kafka_bootstrap_servers, kafka.dead_letter_topic, 2, 1)
     reason = dict(letters[0].headers)[REASON_HEADER].decode()  # type: ignore[attr-defined]
     assert "send the usage as JSON data" in reason
+
+
+async def test_the_npm_sdks_kafka_modes_are_stored_exactly(
+    kafka_bootstrap_servers: str, clickhouse: ClickHouse, clickhouse_settings: ClickHouseSettings
+) -> None:
+    from tests.support.npm_sdk import npm_sdk_messages
+
+    produced = [m for m in npm_sdk_messages() if m["kind"] == "kafka"]
+    assert {m["mode"] for m in produced} == {"structured", "binary"}
+    kafka = kafka_settings(kafka_bootstrap_servers, 2)
+    await make_topics(kafka)
+    messages = []
+    for m in produced:
+        event_id = json.loads(m["body"])["id"] if m["mode"] == "structured" else m["headers"]["ce_id"]
+        headers = [(k, str(v).encode()) for k, v in m["headers"].items()]
+        messages.append((f"default\x00npm-sdk\x00{event_id}".encode(), m["body"].encode(), headers))
+    ends = await produce(kafka_bootstrap_servers, kafka.events_topic, messages)
+    sink = sink_settings()
+    async with running_worker(clickhouse_settings, kafka, sink):
+        await wait_until_committed(kafka_bootstrap_servers, sink.consumer_group, kafka.events_topic, ends, within=60)
+    rows = dict(clickhouse.rows(f"SELECT id, data FROM {clickhouse.table('events')} WHERE source = 'npm-sdk'"))
+    assert rows == {"npm-kafka-structured": '{"tokens":13}', "npm-kafka-binary": '{"tokens":14}'}

@@ -149,3 +149,13 @@ async def test_the_official_sdks_http_structured_mode_is_stored_exactly(
             "data": {"model": "gpt-4", "tokens": 42},
         }
     ]
+
+
+async def test_the_npm_sdks_http_structured_mode_is_stored_exactly(client: httpx.AsyncClient) -> None:
+    from tests.support.npm_sdk import npm_sdk_messages
+
+    message = next(m for m in npm_sdk_messages() if m["kind"] == "http" and m["mode"] == "structured")
+    r = await client.post("/api/v1/events", content=message["body"], headers=message["headers"])
+    assert r.status_code == 204, r.text
+    stored = (await client.get("/api/v1/events", params={"id": "npm-http-structured"})).json()
+    assert [e["event"]["data"] for e in stored] == [{"tokens": 11}]

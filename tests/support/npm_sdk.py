@@ -1,0 +1,48 @@
+"""The npm `cloudevents` SDK's own output, for tests: installs the SDK into a cache folder with npm (the
+registry is reachable from these machines) and runs tests/support/npm_cloudevents_emit.js with node."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import tempfile
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+SDK = "cloudevents@10.0.0"
+SCRIPT = Path(__file__).with_name("npm_cloudevents_emit.js")
+
+
+@cache
+def _installed() -> Path:
+    folder = Path(tempfile.gettempdir()) / "metergate-npm-cloudevents-10.0.0"
+    if not (folder / "node_modules" / "cloudevents").is_dir():
+        folder.mkdir(parents=True, exist_ok=True)
+        subprocess.run(
+            ["npm", "install", "--silent", "--no-audit", "--no-fund", "--prefix", str(folder), SDK],
+            check=True,
+            timeout=300,
+            capture_output=True,
+        )
+    return folder
+
+
+def npm_sdk_messages() -> list[dict[str, Any]]:
+    """[{kind: http|kafka, mode: structured|binary, headers, body, key}] as the SDK builds them."""
+    if shutil.which("node") is None or shutil.which("npm") is None:
+        pytest.skip("node and npm are needed to run the npm cloudevents SDK")
+    folder = _installed()
+    result = subprocess.run(
+        ["node", str(SCRIPT)],
+        check=True,
+        timeout=60,
+        capture_output=True,
+        text=True,
+        env={"NODE_PATH": str(folder / "node_modules"), "PATH": shutil.which("node").rsplit("/", 1)[0]},
+    )
+    messages: list[dict[str, Any]] = json.loads(result.stdout)
+    return messages
