@@ -9,10 +9,11 @@ other candidates (hits with another payload: conflicts or key-hash collisions, e
 range, events too old for the set to cover) are looked up in ClickHouse, where the exact
 (namespace, source, id) is compared: a key-hash collision alone costs a lookup, never an event.
 
-What the set holds, and why a miss is final. The set covers stored events with a time at or after its
-horizon (two dedupe windows before it was loaded); an event whose window reaches before the horizon
-is always looked up. It is loaded from the table on first use and again once a window has passed (the
-horizon moves on, old keys go), every key this process stores is added after its insert succeeded,
+What the set holds, and why a miss is final. The dedupe horizon is a window of storage time: a copy of a
+key stored in the last `window` is a duplicate (or a conflict), whatever either copy's event time, as
+OpenMeter keeps its dedupe keys for a window of processing time. The set holds every key stored since its
+horizon (one window before it was loaded). It is loaded from the table on first use and again once a
+window has passed (the horizon moves on, old keys go), every key this process stores is added after its insert succeeded,
 and when the worker is assigned a partition, the keys stored from that partition (by its previous
 owner, whose writes ended before the assignment did) are added before any batch of it is written.
 So every key stored from a partition this process owns is in the set: copies that share the key
@@ -21,8 +22,8 @@ under another key lands on another partition; it is caught when it was stored be
 loaded its set or by this process, and not when another worker stored it meanwhile (as before, two
 workers writing such copies at the same time can both store them; ingest/README.md).
 
-Lookups are bounded by event time: an earlier copy is looked for within `window` of the candidates'
-event times, so ClickHouse prunes monthly partitions. Up to LOOKUP_BY_ID candidates travel as ids (the
+Lookups (only for hits whose payload differs, and for replays) are bounded by storage time, not event
+time: a conflict is reported across any event time. Up to LOOKUP_BY_ID candidates travel as ids (the
 id bloom filter index skips most granules); more (a replayed range finds all its own keys in the set)
 travel as their CRC32, written into the query as a literal list of integers (clickhouse-connect
 formats an array parameter element by element in Python).
@@ -73,7 +74,6 @@ class ClickHouseKeyCheck:
         self._ch = ch
         self._table = ch.table(EVENTS_TABLE)
         self._window = window
-        self._window_ms = int(window / timedelta(milliseconds=1))
         self._clock = clock
         self._hasher = KeyHasher()
         self._payloads = PayloadHasher()
@@ -93,11 +93,11 @@ class ClickHouseKeyCheck:
     def _load_hashes(
         self, horizon: datetime, where: str = "", parameters: dict[str, Any] | None = None
     ) -> tuple[Hashes, Hashes]:
-        """(key hashes, payload hashes) of the stored events with a time at or after `horizon`."""
+        """(key hashes, payload hashes) of the events stored at or after `horizon` (storage time)."""
         result = self._ch.call(
             lambda c: c.query_np(
                 f"SELECT {KEY_HASH_SQL}, {PAYLOAD_HASH_SQL} FROM {self._table} "
-                "WHERE time >= fromUnixTimestamp64Milli({horizon:Int64}, 'UTC')" + where,
+                "WHERE stored_at >= fromUnixTimestamp64Milli({horizon:Int64}, 'UTC')" + where,
                 parameters={"horizon": to_millis(horizon), **(parameters or {})},
             )
         )
@@ -105,10 +105,12 @@ class ClickHouseKeyCheck:
         return np.ascontiguousarray(pairs[:, 0]), np.ascontiguousarray(pairs[:, 1])
 
     def load(self) -> None:
-        """(Re)load the set from the table: every key stored with a time within two windows of now."""
+        """(Re)load the set from the table: every key stored within the last window (storage time, whatever
+        the event's time). Until the next load a window later, the set also gets every key stored since, so it
+        always covers at least the last window of storage."""
         with self._load_lock:
             now = self._clock.now()
-            horizon = now - 2 * self._window
+            horizon = now - self._window
             hashes, payloads = self._load_hashes(horizon)
             fresh = KeyHashSet()
             fresh.add(hashes, payloads)
@@ -162,11 +164,11 @@ class ClickHouseKeyCheck:
             return KeyLookup({}, hashes)
         with self._lock:
             assert self._horizon is not None
-            covered_from = self._horizon + self._window
+            horizon = self._horizon
             hits, stored_payloads = self._set.find(hashes)
-        # A miss is final unless the event's window reaches before the horizon. A hit is a copy of a
-        # stored event when its payload hash matches the stored one (both hashes equal by chance:
-        # about 2^-64 per pair), else it is looked up: a conflict, or a hash collision.
+        # A miss is final: the set holds every key stored since the horizon, whatever its event time. A hit
+        # is a copy of a stored event when its payload hash matches the stored one (both hashes equal by
+        # chance: about 2^-64 per pair), else it is looked up: a conflict, or a hash collision.
         found: dict[EventKey, Fingerprint] = {}
         candidates: list[Item] = []
         hit_at = np.flatnonzero(hits)
@@ -182,22 +184,19 @@ class ClickHouseKeyCheck:
                     candidates.append(item)
         else:
             candidates.extend(items[i] for i in hit_at.tolist())
-        candidates.extend(
-            item
-            for item, hit in zip(items, hits.tolist(), strict=True)
-            if not hit and item.decoded.event.time < covered_from
-        )
         if candidates:
-            found.update(self.lookup(range_id, candidates))
+            found.update(self.lookup(range_id, candidates, horizon))
         return KeyLookup(found, hashes)
 
-    def lookup(self, range_id: RangeId, items: Sequence[Item]) -> dict[EventKey, Fingerprint]:
-        """Stored copies of these items' keys, asked of ClickHouse alone (blocking)."""
-        times = [item.decoded.event.time for item in items]
+    def lookup(
+        self, range_id: RangeId, items: Sequence[Item], horizon: datetime | None = None
+    ) -> dict[EventKey, Fingerprint]:
+        """Stored copies of these items' keys stored since `horizon` (default: one window ago), whatever their
+        event time, asked of ClickHouse alone (blocking)."""
         namespaces = sorted({item.decoded.namespace for item in items})
+        since = horizon if horizon is not None else self._clock.now() - self._window
         parameters: dict[str, Any] = {
-            "lo": max(0, to_millis(min(times)) - self._window_ms),
-            "hi": to_millis(max(times)) + self._window_ms,
+            "since": to_millis(since),
             "namespaces": namespaces,
             "topic": range_id.topic,
             "partition": range_id.partition,
@@ -214,8 +213,7 @@ class ClickHouseKeyCheck:
         query = (
             "SELECT namespace, source, id, type, subject, toUnixTimestamp64Milli(time), data "
             f"FROM {self._table} "
-            "WHERE time >= fromUnixTimestamp64Milli({lo:Int64}, 'UTC') "
-            "AND time <= fromUnixTimestamp64Milli({hi:Int64}, 'UTC') "
+            "WHERE stored_at >= fromUnixTimestamp64Milli({since:Int64}, 'UTC') "
             "AND namespace IN {namespaces:Array(String)} "
             f"AND {key_filter} "
             "AND NOT (ingest_topic = {topic:String} AND ingest_partition = {partition:Int32} "

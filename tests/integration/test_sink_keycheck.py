@@ -106,10 +106,37 @@ def test_the_set_is_reloaded_once_a_window_has_passed(clickhouse: ClickHouse) ->
     processor = BatchProcessor(clickhouse, dedupe_window=WINDOW, clock=clock)
     write(processor, 0, 0, [event(f"e{i}", NOW) for i in range(5)])
     assert processor.keys.indexed_keys == 5
-    clock.advance_to(NOW + 3 * WINDOW)  # the stored events are now older than the new horizon
+    clock.advance_to(NOW + 3 * WINDOW)  # the stored events were stored longer ago than the dedupe horizon
     result = write(processor, 0, 5, [event("e0", NOW), event("fresh", clock.now())])
-    assert (result.stored, result.duplicates) == (1, 1)  # e0 was looked up in the table
-    assert processor.keys.indexed_keys == 1  # the reload dropped the old keys; the batch stored "fresh"
+    # The horizon is a window of storage time: a copy of a key stored three windows ago is past it
+    assert (result.stored, result.duplicates) == (2, 0)
+    assert processor.keys.indexed_keys == 2  # the reload dropped the old keys; the batch stored both
+
+
+def test_copies_are_one_event_whatever_their_event_times(clickhouse: ClickHouse) -> None:
+    """OpenMeter's e2e case: 1000 copies of one event with times spread over now +/- 30 days count once;
+    a copy with another payload is still reported as a conflict, across any event time."""
+    migrate_clickhouse(clickhouse)
+    clock = FrozenClock(NOW)
+    processor = BatchProcessor(clickhouse, dedupe_window=timedelta(days=32), clock=clock)
+    times = [NOW + timedelta(minutes=(i * 7919) % (60 * 24 * 60) - 60 * 24 * 30) for i in range(1000)]
+    offset, stored, refused = 0, 0, 0
+    for start in range(0, 1000, 100):  # ten batches, so most copies meet a stored key, not one in the batch
+        result = write(processor, 0, offset, [event("same", t) for t in times[start : start + 100]])
+        stored += result.stored
+        refused += result.duplicates + len(result.conflicts)
+        offset += 100
+        clock.advance_to(clock.now() + timedelta(hours=1))
+    assert (stored, refused) == (1, 999)
+    assert clickhouse.rows(f"SELECT count() FROM {clickhouse.table('events')} WHERE id = 'same'")[0][0] == 1
+    # an exact copy (same time and data) a month of event time away from any other: a duplicate
+    first_time = times[0]
+    again = write(processor, 0, offset, [event("same", first_time)])
+    assert (again.stored, again.duplicates) == (0, 1)
+    # another payload under the same key, 29 days earlier in event time: still a conflict, reported
+    conflicting = write(processor, 0, offset + 1, [event("same", NOW - timedelta(days=29), tokens=999)])
+    assert conflicting.stored == 0
+    assert len(conflicting.conflicts) == 1
 
 
 def test_the_sql_payload_hash_is_the_python_hash(clickhouse: ClickHouse) -> None:
@@ -133,9 +160,9 @@ def test_an_exact_copy_of_a_stored_event_needs_no_lookup(clickhouse: ClickHouse)
     asked: list[int] = []
     real_lookup = processor.keys.lookup
 
-    def counting_lookup(range_id: RangeId, items: list[Item]) -> object:
+    def counting_lookup(range_id: RangeId, items: list[Item], horizon: object = None) -> object:
         asked.append(len(items))
-        return real_lookup(range_id, items)
+        return real_lookup(range_id, items, horizon)  # type: ignore[arg-type]
 
     processor.keys.lookup = counting_lookup  # type: ignore[method-assign,assignment]
     result = write(processor, 0, 2, [event("a", NOW), event("c", NOW)])
