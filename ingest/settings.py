@@ -18,7 +18,9 @@ class SinkSettings(BaseModel):
     retry_backoff_initial_ms: int = Field(default=200, ge=1)
     retry_backoff_max_ms: int = Field(default=10_000, ge=1)
     dedupe_window_days: int = Field(
-        default=32, ge=1, description="copies of a key stored within this many days are one event, whatever their event times"
+        default=32,
+        ge=1,
+        description="copies of a key stored within this many days are one event, whatever their event times",
     )
     default_namespace: str = Field(
         default="default",

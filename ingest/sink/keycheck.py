@@ -13,8 +13,8 @@ What the set holds, and why a miss is final. The dedupe horizon is a window of s
 key stored in the last `window` is a duplicate (or a conflict), whatever either copy's event time, as
 OpenMeter keeps its dedupe keys for a window of processing time. The set holds every key stored since its
 horizon (one window before it was loaded). It is loaded from the table on first use and again once a
-window has passed (the horizon moves on, old keys go), every key this process stores is added after its insert succeeded,
-and when the worker is assigned a partition, the keys stored from that partition (by its previous
+window has passed (the horizon moves on, old keys go), every key this process stores is added after its
+insert succeeded, and when the worker is assigned a partition, the keys stored from that partition (by its previous
 owner, whose writes ended before the assignment did) are added before any batch of it is written.
 So every key stored from a partition this process owns is in the set: copies that share the key
 (namespace + source + id), which the Kafka message key guarantees, always meet. A copy published
