@@ -118,6 +118,13 @@ def connect_clickhouse(settings: ClickHouseSettings) -> ClickHouse:
     _resolve_driver_imports()
     try:
         if settings.url is None:
+            try:
+                import chdb  # noqa: F401 - only to say what is missing before clickhouse-connect does
+            except ImportError:
+                raise Unavailable(
+                    "the embedded ClickHouse engine is not installed: `pip install 'metergate[embedded]'`, or set "
+                    "METERGATE_CLICKHOUSE__URL to a ClickHouse server"
+                ) from None
             settings.path.mkdir(parents=True, exist_ok=True)
             client = clickhouse_connect.get_client(interface="chdb", path=str(settings.path))
             ch = ClickHouse(client, settings.database, embedded=True)

@@ -8,7 +8,7 @@ if [ ! -x .venv/bin/python ]; then python3 -m venv .venv; fi
 # show the install's output only when it fails.
 mkdir -p .metergate
 echo "installing Metergate into .venv (log: .metergate/install.log) ..."
-if ! { .venv/bin/python -m pip install -q --upgrade pip && .venv/bin/python -m pip install -q -e .; } \
+if ! { .venv/bin/python -m pip install -q --upgrade pip && .venv/bin/python -m pip install -q -e '.[embedded]'; } \
     >.metergate/install.log 2>&1; then
   cat .metergate/install.log
   echo "the install failed (above)" >&2
