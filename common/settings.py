@@ -32,6 +32,12 @@ class KafkaSettings(BaseModel):
     topic_partitions: int = Field(default=8, ge=1)
     replication_factor: int = Field(default=1, ge=1)
     client_id: str = "metergate"
+    events_retention_days: int = Field(
+        default=35,
+        ge=1,
+        description="retention `metergate migrate` sets on the events topic: it holds the only copy of accepted "
+        "events until the sink writes them, so keep it past the sink's dedupe window (32 days) and any outage",
+    )
 
 
 class DatabaseSettings(BaseModel):

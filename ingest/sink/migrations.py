@@ -59,7 +59,16 @@ async def create_topics(kafka: KafkaSettings) -> list[str]:
         existing = set(await admin.list_topics())
         wanted = [t for t in (kafka.events_topic, kafka.dead_letter_topic) if t not in existing]
         if wanted:
-            new = [NewTopic(t, kafka.topic_partitions, kafka.replication_factor) for t in wanted]
+            retention = {"retention.ms": str(kafka.events_retention_days * 86_400_000)}
+            new = [
+                NewTopic(
+                    t,
+                    kafka.topic_partitions,
+                    kafka.replication_factor,
+                    topic_configs=retention if t == kafka.events_topic else {},
+                )
+                for t in wanted
+            ]
             response: Any = None
             with contextlib.suppress(TopicAlreadyExistsError):  # created concurrently: fine
                 response = await admin.create_topics(new)

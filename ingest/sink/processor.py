@@ -63,6 +63,7 @@ class SinkCounters:
     conflicts: int = 0
     malformed: int = 0
     write_failures: int = 0
+    lost_to_retention: int = 0
     by_reason: dict[str, int] = field(default_factory=dict)
 
     def add(self, batch: Batch, result: BatchResult) -> None:

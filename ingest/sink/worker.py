@@ -52,6 +52,11 @@ class _Job:
     final: bool
 
 
+def lost_to_retention(committed: int, beginning: int) -> int:
+    """Messages between the committed offset and the partition's earliest retained one: never written."""
+    return max(0, beginning - committed)
+
+
 class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]
     def __init__(self, worker: SinkWorker) -> None:
         self._worker = worker
@@ -122,6 +127,20 @@ class SinkWorker:
             if state.recorded is not None:
                 continue
             committed = await self.consumer.committed(tp)
+            if committed is not None and committed >= 0:
+                beginning = (await self.consumer.beginning_offsets([tp])).get(tp, 0)
+                lost = lost_to_retention(committed, beginning)
+                if lost:
+                    # auto_offset_reset would skip them silently: these accepted events were deleted by the
+                    # topic's retention before the sink wrote them.
+                    self.counters.lost_to_retention += lost
+                    log.error(
+                        "sink_events_lost_to_retention",
+                        partition=tp.partition,
+                        committed=committed,
+                        earliest=beginning,
+                        lost=lost,
+                    )
             start = committed if committed is not None and committed >= 0 else 0
             records = await asyncio.to_thread(self.processor.ledger.recorded_from, tp.topic, tp.partition, start)
             if state.revoked:

@@ -74,3 +74,22 @@ def test_per_topic_errors_are_read_off_the_protocol_response() -> None:
         "bad: InvalidReplicationFactorError (38): Replication factor: 5 larger than available brokers: 1."
     ]
     assert topic_errors(None) == []
+
+
+async def test_the_events_topic_gets_its_retention(kafka_bootstrap_servers: str) -> None:
+    from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
+
+    kafka = settings(kafka_bootstrap_servers, events_retention_days=40)
+    await create_topics(kafka)
+    admin = AIOKafkaAdminClient(bootstrap_servers=kafka_bootstrap_servers)
+    await admin.start()
+    try:
+        described = await admin.describe_configs([ConfigResource(ConfigResourceType.TOPIC, kafka.events_topic)])
+    except Exception as exc:  # noqa: BLE001 - a broker without DescribeConfigs: nothing to read back
+        pytest.skip(f"this broker cannot describe topic configs: {exc}")
+    finally:
+        await admin.close()
+    entries = {str(e[0]): e[1] for r in described for res in r.resources for e in res[4]}
+    if "retention.ms" not in entries:
+        pytest.skip("this broker does not report retention.ms")
+    assert entries["retention.ms"] == str(40 * 86_400_000)

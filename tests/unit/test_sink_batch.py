@@ -134,3 +134,11 @@ def test_rows_and_token_are_deterministic() -> None:
     assert d1 != message_digest([10, 12], [1, 2], [b"x", b""])
     assert rid.token(d1) != RangeId("topic", 3, R(10, 13)).token(d1)
     assert rid.token(d1) != RangeId("topic", 4, R(10, 12)).token(d1)
+
+
+def test_lost_to_retention_counts_what_the_topic_deleted_before_the_sink_wrote_it() -> None:
+    from ingest.sink.worker import lost_to_retention
+
+    assert lost_to_retention(committed=100, beginning=0) == 0
+    assert lost_to_retention(committed=100, beginning=100) == 0
+    assert lost_to_retention(committed=100, beginning=160) == 60
