@@ -185,3 +185,16 @@ def test_the_checker_rejects_what_it_should() -> None:
     assert resolve(WorkerSettings, "METERGATE_AUTH__API_KEYS")  # the worker has no auth
     assert resolve(MigrateSettings, "METERGATE_PORT")
     assert resolve(ApiServiceSettings, "KAFKA__BOOTSTRAP_SERVERS")
+
+
+def test_the_api_scales_out_behind_the_proxy(compose: dict[str, Any]) -> None:
+    """`docker compose up --scale api=3` needs the api without a fixed host port, and one proxy publishing it."""
+    services = compose["services"]
+    assert "ports" not in services["api"], "a fixed host port on api makes --scale api=N fail"
+    proxy = services["proxy"]
+    assert proxy["ports"] == ["8888:8888"]
+    conf = (ROOT / "deploy" / "nginx.conf").read_text()
+    assert "proxy_pass $api" in conf
+    assert "resolver 127.0.0.11" in conf
+    mount = proxy["volumes"][0].split(":")[0]
+    assert (ROOT / mount).resolve() == (ROOT / "deploy" / "nginx.conf").resolve()
