@@ -4,8 +4,8 @@ and every 4xx is problem+json. Bounded: a fixed number of examples per operation
 
 from __future__ import annotations
 
+import contextlib
 import json
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -17,7 +17,7 @@ import schemathesis
 from hypothesis import HealthCheck, given, settings
 
 from tests.e2e.test_dev_server import DevServer, running_dev_server
-from tests.support.services import postgres_url
+from tests.support.services import fresh_postgres_database
 
 pytestmark = pytest.mark.e2e
 
@@ -26,29 +26,12 @@ EXAMPLES_PER_OPERATION = 25
 
 @pytest.fixture(scope="module", params=["sqlite", "postgresql"])
 def fuzzed_server(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[DevServer]:
-    env: dict[str, str] = {}
-    database: str | None = None
-    if request.param == "postgresql":
-        server = postgres_url()
-        if server is None:
-            pytest.skip("PostgreSQL is not reachable on 127.0.0.1:5432 (set POSTGRES_URL)")
-        import psycopg
-
-        admin = server.replace("postgresql+psycopg://", "postgresql://")
-        database = f"fuzz_{uuid.uuid4().hex[:12]}"
-        with psycopg.connect(admin, autocommit=True) as conn:
-            conn.execute(f'CREATE DATABASE "{database}"')
-        env["METERGATE_DATABASE__URL"] = f"{server.rpartition('/')[0]}/{database}"
     data_dir: Path = tmp_path_factory.mktemp(f"fuzz-{request.param}") / "data"
-    try:
-        with running_dev_server(data_dir, env) as dev:
-            yield dev
-    finally:
-        if database is not None:
-            import psycopg
-
-            with psycopg.connect(admin, autocommit=True) as conn:
-                conn.execute(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')
+    with contextlib.ExitStack() as stack:
+        env: dict[str, str] = {}
+        if request.param == "postgresql":
+            env["METERGATE_DATABASE__URL"] = stack.enter_context(fresh_postgres_database("fuzz"))
+        yield stack.enter_context(running_dev_server(data_dir, env))
 
 
 def operations(server: DevServer) -> list[Any]:

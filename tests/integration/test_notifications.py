@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import uuid
 from collections.abc import AsyncIterator, Iterator
 from datetime import timedelta
 from decimal import Decimal
@@ -26,7 +25,7 @@ from entitlements.notifications.watcher import NotificationWatcher
 from entitlements.service import build_entitlements
 from entitlements.service.grants import GrantInput
 from tests.support.entitlement_harness import NS, T0, Harness
-from tests.support.services import postgres_url
+from tests.support.services import fresh_postgres_database
 from tests.support.webhook_receiver import WebhookReceiver
 
 pytestmark = pytest.mark.integration
@@ -47,22 +46,9 @@ def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
         upgrade_database(url)
         yield url
         return
-    server = postgres_url()
-    if server is None:
-        pytest.skip("PostgreSQL is not reachable on 127.0.0.1:5432 (set POSTGRES_URL)")
-    import psycopg
-
-    admin = server.replace("postgresql+psycopg://", "postgresql://")
-    name = f"notify_test_{uuid.uuid4().hex[:12]}"
-    with psycopg.connect(admin, autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
-    url = f"{server.rpartition('/')[0]}/{name}"
-    upgrade_database(url)
-    try:
+    with fresh_postgres_database("notify_test") as url:
+        upgrade_database(url)
         yield url
-    finally:
-        with psycopg.connect(admin, autocommit=True) as conn:
-            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 @pytest.fixture

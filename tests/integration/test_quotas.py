@@ -4,7 +4,6 @@ creates never pass a limit), and for meters on the ClickHouse engine."""
 from __future__ import annotations
 
 import asyncio
-import uuid
 from collections.abc import Iterator
 from decimal import Decimal
 from pathlib import Path
@@ -21,7 +20,7 @@ from entitlements.service.features import FeatureInput
 from entitlements.service.grants import GrantInput
 from tests.support.entitlement_fakes import FakeMeters, FakeUsage
 from tests.support.entitlement_harness import NS, T0
-from tests.support.services import postgres_url
+from tests.support.services import fresh_postgres_database
 
 pytestmark = pytest.mark.integration
 
@@ -33,22 +32,9 @@ def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
         upgrade_database(url)
         yield url
         return
-    server = postgres_url()
-    if server is None:
-        pytest.skip("PostgreSQL is not reachable on 127.0.0.1:5432 (set POSTGRES_URL)")
-    import psycopg
-
-    admin = server.replace("postgresql+psycopg://", "postgresql://")
-    name = f"quota_test_{uuid.uuid4().hex[:12]}"
-    with psycopg.connect(admin, autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
-    url = f"{server.rpartition('/')[0]}/{name}"
-    upgrade_database(url)
-    try:
+    with fresh_postgres_database("quota_test") as url:
+        upgrade_database(url)
         yield url
-    finally:
-        with psycopg.connect(admin, autocommit=True) as conn:
-            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 def services(url: str, **limits: int):  # type: ignore[no-untyped-def]

@@ -12,6 +12,7 @@ import socket
 import subprocess
 import tempfile
 import time
+import uuid
 from collections.abc import Iterator
 
 
@@ -87,3 +88,24 @@ def postgres_url() -> str | None:
             return url
     except Exception:  # noqa: BLE001 - any failure means "not available here"
         return None
+
+
+@contextlib.contextmanager
+def fresh_postgres_database(prefix: str) -> Iterator[str]:
+    """A new, empty PostgreSQL database for one test (dropped after), or a pytest skip where none answers."""
+    import pytest
+
+    server = postgres_url()
+    if server is None:
+        pytest.skip("PostgreSQL is not reachable on 127.0.0.1:5432 (set POSTGRES_URL)")
+    import psycopg
+
+    admin = server.replace("postgresql+psycopg://", "postgresql://")
+    name = f"{prefix}_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(admin, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    try:
+        yield f"{server.rpartition('/')[0]}/{name}"
+    finally:
+        with psycopg.connect(admin, autocommit=True) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
