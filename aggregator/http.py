@@ -80,7 +80,7 @@ async def delete_meter(meterIdOrSlug: str, namespace: Namespace, service: Meters
 async def query_meter(meterIdOrSlug: str, request: Request, namespace: Namespace, service: Meters) -> Response:  # noqa: N803
     params = params_from_mapping(list(request.query_params.multi_items()))
     q, rows = await service.query(namespace, meterIdOrSlug, params)
-    return json_response(result_body(q, rows, explicit_from=params.start is not None))
+    return json_response(result_body(q, rows))
 
 
 @router.post("/{meterIdOrSlug}/query")
@@ -96,7 +96,7 @@ async def query_meter_post(
         raise InvalidQuery("the query body must be a JSON object", field=None)
     params = params_from_mapping(body)
     q, rows = await service.query(namespace, meterIdOrSlug, params)
-    return json_response(result_body(q, rows, explicit_from=params.start is not None))
+    return json_response(result_body(q, rows))
 
 
 @router.get("/{meterIdOrSlug}/subjects")

@@ -13,7 +13,7 @@ from typing import Any
 from aggregator.meter import Aggregation, Meter, WindowSize
 from aggregator.sql import Query
 from common import exactjson
-from common.cloudevents import MIN_EVENT_TIME, format_time, parse_time
+from common.cloudevents import MAX_EVENT_TIME, MIN_EVENT_TIME, format_time, parse_time
 from common.errors import InvalidInput
 from common.timezones import known_zone
 
@@ -45,9 +45,11 @@ def check_time_zone(name: str) -> str:
     return name
 
 
-def to_query(meter: Meter, namespace: str, params: QueryParams, *, now: datetime) -> Query:
+def to_query(meter: Meter, namespace: str, params: QueryParams) -> Query:
+    """Without `from`/`to` a query has no time bound, as in OpenMeter: it reads every stored event (from the
+    meter's eventFrom) and its windows are not cut at 1970 or at now (see `Query.from_given`)."""
     start = MIN_EVENT_TIME if params.start is None else _instant(params.start, "from")
-    end = now.astimezone(UTC) if params.end is None else _instant(params.end, "to")
+    end = MAX_EVENT_TIME if params.end is None else _instant(params.end, "to")
     if not start < end:
         raise InvalidQuery(f"from ({format_time(start)}) must be before to ({format_time(end)})", field="from")
     window: WindowSize | None = None
@@ -58,7 +60,8 @@ def to_query(meter: Meter, namespace: str, params: QueryParams, *, now: datetime
             allowed = ", ".join(w.value for w in WindowSize)
             raise InvalidQuery(f"windowSize must be one of {allowed}", field="windowSize") from None
     tz = check_time_zone(params.window_time_zone or "UTC")
-    if window is WindowSize.MINUTE and (end - start).total_seconds() / 60 > MAX_WINDOWS:
+    bounded = params.start is not None and params.end is not None
+    if bounded and window is WindowSize.MINUTE and (end - start).total_seconds() / 60 > MAX_WINDOWS:
         raise InvalidQuery(f"more than {MAX_WINDOWS} MINUTE windows: narrow from/to", field="windowSize")
     known = set(meter.group_by)
     group_subject = False
@@ -85,6 +88,8 @@ def to_query(meter: Meter, namespace: str, params: QueryParams, *, now: datetime
         filters=tuple(sorted(dict(params.filter_group_by).items())),
         group_by=tuple(group_by),
         group_subject=group_subject or bool(subjects),
+        from_given=params.start is not None,
+        to_given=params.end is not None,
     )
 
 
@@ -122,7 +127,9 @@ class Row:
 
 
 def shape_rows(q: Query, rows: Sequence[Sequence[Any]]) -> list[Row]:
-    """Clip each bucket to [start, end): a window never reaches outside the query range."""
+    """Window bounds per row. A given `from`/`to` clips the windows it cuts (exact partial windows, our
+    documented choice); without them, windows are whole and an unwindowed row spans its events' minutes
+    [minute of the first, minute of the last + 1 minute), as OpenMeter answers."""
     out: list[Row] = []
     ngroups = len(q.group_by)
     for row in rows:
@@ -131,11 +138,13 @@ def shape_rows(q: Query, rows: Sequence[Sequence[Any]]) -> list[Row]:
         value = merged_value(q.meter, row[3 + ngroups :])
         if q.boundaries is not None:
             ws, we = q.boundaries[bucket], q.boundaries[bucket + 1]
-        elif q.window is None:
-            ws, we = q.start, q.end
         else:
-            ws = max(datetime.fromtimestamp(bucket, UTC), q.start)
-            we = min(datetime.fromtimestamp(bucket_end, UTC), q.end)
+            ws = datetime.fromtimestamp(bucket, UTC)
+            we = datetime.fromtimestamp(bucket_end, UTC)
+            if q.from_given:
+                ws = q.start if q.window is None else max(ws, q.start)
+            if q.to_given:
+                we = q.end if q.window is None else min(we, q.end)
         out.append(Row(ws, we, subject if q.group_subject else None, groups, value))
     return out
 
@@ -143,23 +152,24 @@ def shape_rows(q: Query, rows: Sequence[Sequence[Any]]) -> list[Row]:
 decimal_text = exactjson.decimal_text  # the one exact rendering (common/exactjson.py)
 
 
-def result_body(q: Query, rows: list[Row], *, explicit_from: bool) -> dict[str, Any]:
-    body: dict[str, Any] = {
-        "to": format_time(q.end),
-        "windowSize": None if q.window is None else q.window.value,
-        "data": [
-            {
-                "value": r.value,
-                "windowStart": format_time(r.window_start),
-                "windowEnd": format_time(r.window_end),
-                "subject": r.subject,
-                "groupBy": r.group_by,
-            }
-            for r in rows
-        ],
-    }
-    if explicit_from:
-        body = {"from": format_time(q.start), **body}
+def result_body(q: Query, rows: list[Row]) -> dict[str, Any]:
+    """OpenMeter's MeterQueryResult: `from`/`to` only when the request gave them."""
+    body: dict[str, Any] = {}
+    if q.from_given:
+        body["from"] = format_time(q.start)
+    if q.to_given:
+        body["to"] = format_time(q.end)
+    body["windowSize"] = None if q.window is None else q.window.value
+    body["data"] = [
+        {
+            "value": r.value,
+            "windowStart": format_time(r.window_start),
+            "windowEnd": format_time(r.window_end),
+            "subject": r.subject,
+            "groupBy": r.group_by,
+        }
+        for r in rows
+    ]
     return body
 
 

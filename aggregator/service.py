@@ -151,7 +151,7 @@ class MeterService:
 
     async def query(self, namespace: str, id_or_slug: str, params: QueryParams) -> tuple[sql.Query, list[Row]]:
         meter = await self.get(namespace, id_or_slug)
-        q = to_query(meter, namespace, params, now=self.clock.now())
+        q = to_query(meter, namespace, params)
         return q, await self.run(q)
 
     async def run(self, q: sql.Query) -> list[Row]:

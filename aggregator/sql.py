@@ -308,6 +308,16 @@ class Query:
     group_by: tuple[str, ...] = ()
     group_subject: bool = False
     hour_tier: bool = True  # False: whole hours from the minute table too (one table read fewer)
+    # Whether the request gave `from` / `to`. Without them the range is the whole event range, windows
+    # are not clipped, and an unwindowed row spans the minutes of its events (`spans_events`).
+    from_given: bool = True
+    to_given: bool = True
+
+
+def spans_events(q: Query) -> bool:
+    """An unwindowed query missing `from` or `to`: each row's window is [minute of its first event,
+    minute of its last event + 1 minute) (OpenMeter), so rows carry minutes, merged by min/max."""
+    return q.window is None and q.boundaries is None and not (q.from_given and q.to_given)
 
 
 def _one_window(q: Query) -> bool:
@@ -325,12 +335,12 @@ def _bucket(q: Query, ts: str) -> tuple[str, str]:
         # arrayFirstIndex is 1-based: the first boundary after ts is window k-2's end (0-based).
         idx = f"toInt64(arrayFirstIndex(b -> b > {ts}, {{bounds:Array(DateTime64(3, 'UTC'))}}) - 2)"
         return idx, idx
+    if spans_events(q) or q.window is WindowSize.MINUTE:
+        s = f"toInt64(toUnixTimestamp(toStartOfMinute({ts})))"
+        return s, f"{s} + 60"
     match q.window:
         case None:
             return "toInt64(0)", "toInt64(0)"
-        case WindowSize.MINUTE:
-            s = f"toInt64(toUnixTimestamp(toStartOfMinute({ts})))"
-            return s, f"{s} + 60"
         case WindowSize.HOUR:
             s = f"toInt64(toUnixTimestamp(toStartOfHour({ts}, {tz})))"
             return s, f"toInt64(toUnixTimestamp(toStartOfHour(toStartOfHour({ts}, {tz}) + INTERVAL 90 MINUTE, {tz})))"
@@ -433,6 +443,16 @@ def _single_row(q: Query) -> bool:
 
 def _outer(q: Query, inner: str) -> str:
     merges = ", ".join(merge_exprs(q.meter))
+    spans = spans_events(q)
+    if spans:
+        keys = "min(bucket) AS span_start, max(bucket_end) AS span_end"
+        if _single_row(q):
+            return f"SELECT {keys}, '' AS subject_key, {merges} FROM ({inner}) HAVING count() > 0"
+        groups = "".join(", " + ident(group_column(k)) for k in q.group_by)
+        return (
+            f"SELECT {keys}, subject_key{groups}, {merges} FROM ({inner}) "
+            f"GROUP BY subject_key{groups} ORDER BY subject_key{groups}"
+        )
     if _single_row(q):
         # Every inner row has the same constant keys: merge without GROUP BY / ORDER BY (~1-3 ms less on
         # chdb). HAVING keeps "only windows with data": no inner row, no result row, as with GROUP BY.
@@ -458,6 +478,8 @@ def hour_tier_allowed(q: Query) -> bool:
     """Hour rows may serve a query only if no window boundary falls inside a UTC hour."""
     if q.boundaries is not None:
         return all(b == _floor_hour(b) for b in q.boundaries[1:-1])
+    if spans_events(q):
+        return False  # the first and last event's minutes are known only to the minute table
     if q.window is None:
         return True
     if q.window is WindowSize.MINUTE:

@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 from aggregator import sql
 from aggregator.meter import WindowSize, parse_meter
 from aggregator.query import InvalidQuery, QueryParams, decimal_text, params_from_mapping, to_query
+from common.cloudevents import MAX_EVENT_TIME, MIN_EVENT_TIME
 
 M = parse_meter(
     {"slug": "t", "aggregation": "SUM", "eventType": "e", "valueProperty": "$.v", "groupBy": {"g": "$.g"}},
@@ -18,7 +19,6 @@ M = parse_meter(
     namespace="ns",
 )
 T0 = datetime(2024, 1, 1, tzinfo=UTC)
-NOW = datetime(2024, 2, 1, tzinfo=UTC)
 
 
 def q(start: datetime, end: datetime, boundaries: tuple[datetime, ...] | None = None) -> sql.Query:
@@ -93,7 +93,7 @@ def test_literals_are_escaped() -> None:
 )
 def test_bad_queries_are_clear_400s(params: QueryParams, field: str) -> None:
     with pytest.raises(InvalidQuery) as exc:
-        to_query(M, "ns", params, now=NOW)
+        to_query(M, "ns", params)
     assert exc.value.fields["field"] == field
 
 
@@ -111,10 +111,13 @@ def test_query_string_parsing_keeps_repeats() -> None:
     assert p.subjects == ("a", "b")
     assert p.group_by == ("g",)
     assert p.filter_group_by == (("g", "x"),)
-    query = to_query(M, "ns", p, now=NOW)
+    query = to_query(M, "ns", p)
     assert query.group_subject
     assert query.tz == "Europe/Berlin"
-    assert query.end == NOW
+    # No from/to: the whole event range, as OpenMeter (no 1970 start in the answer, no cut at now).
+    assert (query.start, query.end) == (MIN_EVENT_TIME, MAX_EVENT_TIME)
+    assert not query.from_given
+    assert not query.to_given
 
 
 def test_decimal_text() -> None:

@@ -1,0 +1,124 @@
+"""The meter query on the wire: OpenMeter's answers without from/to, exact decimals at the limits of
+Decimal(38, 9). Real ClickHouse engine (chdb); the events are those of tests.support.meters_app:
+alice 10 (model a) at T0 = 2024-03-30T20:00Z and 2.5 (model b) at T0 + 3h 5s, bob 4 (model a) and
+one NaN at T0 + 30h."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from datetime import timedelta
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+
+from aggregator.usage import ClickHouseUsageReader
+from common.clickhouse import ClickHouse
+from entitlements.schemas import decimal_text
+from tests.support.meter_events import insert
+from tests.support.meters_app import T0, TOKENS, meters_app
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+async def env(clickhouse: ClickHouse) -> AsyncIterator[SimpleNamespace]:
+    async with meters_app(clickhouse) as e:
+        assert (await e.client.post("/api/v1/meters", json=TOKENS)).status_code == 201
+        yield e
+
+
+def rows(body: dict[str, Any]) -> list[tuple[Any, ...]]:
+    return [(d["windowStart"], d["windowEnd"], d["subject"], d["value"]) for d in body["data"]]
+
+
+async def test_no_bounds_spans_the_minutes_of_the_events(env: SimpleNamespace) -> None:
+    r = await env.client.get("/api/v1/meters/tokens/query")
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert "from" not in body
+    assert "to" not in body  # echoed only when given
+    # [minute of the first event, minute of the last event + 1 minute), not 1970 .. now
+    assert rows(body) == [("2024-03-30T20:00:00.000Z", "2024-04-01T02:01:00.000Z", None, 16.5)]
+
+    r = await env.client.get("/api/v1/meters/tokens/query", params={"groupBy": "subject"})
+    assert rows(r.json()) == [
+        ("2024-03-30T20:00:00.000Z", "2024-03-30T23:01:00.000Z", "alice", 12.5),
+        ("2024-04-01T02:00:00.000Z", "2024-04-01T02:01:00.000Z", "bob", 4),
+    ]
+    # A given bound is echoed and is the window's edge; the missing one still follows the events.
+    r = await env.client.get("/api/v1/meters/tokens/query", params={"from": "2024-03-30T21:00:00Z"})
+    body = r.json()
+    assert body["from"] == "2024-03-30T21:00:00.000Z"
+    assert "to" not in body
+    assert rows(body) == [("2024-03-30T21:00:00.000Z", "2024-04-01T02:01:00.000Z", None, 6.5)]
+    r = await env.client.get("/api/v1/meters/tokens/query", params={"to": "2024-03-31T00:00:00Z"})
+    body = r.json()
+    assert "from" not in body
+    assert body["to"] == "2024-03-31T00:00:00.000Z"
+    assert rows(body) == [("2024-03-30T20:00:00.000Z", "2024-03-31T00:00:00.000Z", None, 12.5)]
+
+
+async def test_no_bounds_windows_are_whole_and_unlimited(env: SimpleNamespace) -> None:
+    # Every minute since 1970 would be more than 100,000 windows: without bounds there is no such limit.
+    r = await env.client.get("/api/v1/meters/tokens/query", params={"windowSize": "MINUTE"})
+    assert r.status_code == 200, r.text
+    assert rows(r.json()) == [
+        ("2024-03-30T20:00:00.000Z", "2024-03-30T20:01:00.000Z", None, 10),
+        ("2024-03-30T23:00:00.000Z", "2024-03-30T23:01:00.000Z", None, 2.5),
+        ("2024-04-01T02:00:00.000Z", "2024-04-01T02:01:00.000Z", None, 4),
+    ]
+    # The last window is whole (not cut at now), in the window time zone: Berlin days, DST included.
+    r = await env.client.get(
+        "/api/v1/meters/tokens/query", params={"windowSize": "DAY", "windowTimeZone": "Europe/Berlin"}
+    )
+    assert rows(r.json()) == [
+        ("2024-03-29T23:00:00.000Z", "2024-03-30T23:00:00.000Z", None, 10),  # not clipped to an event
+        ("2024-03-30T23:00:00.000Z", "2024-03-31T22:00:00.000Z", None, 2.5),  # 23 hours
+        ("2024-03-31T22:00:00.000Z", "2024-04-01T22:00:00.000Z", None, 4),
+    ]
+    # An event far in the future is counted (no `to` means no upper bound, as in OpenMeter).
+    later = T0 + timedelta(days=3000)
+    insert(env.ch, "ns1", [{"id": "f", "time": later, "subject": "bob", "type": "prompt", "data": {"tokens": 1}}], "f")
+    r = await env.client.get("/api/v1/meters/tokens/query", params={"windowSize": "MONTH", "subject": "bob"})
+    assert [(w[0], w[1], w[3]) for w in rows(r.json())] == [
+        ("2024-04-01T00:00:00.000Z", "2024-05-01T00:00:00.000Z", 4),
+        ("2032-06-01T00:00:00.000Z", "2032-07-01T00:00:00.000Z", 1),
+    ]
+    # With both bounds, the explicit range keeps its limit and its clipped, exact edge windows.
+    r = await env.client.get(
+        "/api/v1/meters/tokens/query",
+        params={"windowSize": "MINUTE", "from": "1970-01-01T00:00:00Z", "to": "2024-01-01T00:00:00Z"},
+    )
+    assert r.status_code == 400
+    assert "MINUTE windows" in r.json()["detail"]
+
+
+LIMIT = "99999999999999999999999999999.999999999"  # the largest Decimal(38, 9)
+
+
+@pytest.mark.parametrize(
+    ("values", "expected"),
+    [
+        (["12345678901234567890.123456789", "550.5"], "12345678901234568440.623456789"),  # 29 digits
+        ([LIMIT], LIMIT),
+        (["-" + LIMIT], "-" + LIMIT),
+        (["0.000000001", "0.000000002"], "0.000000003"),
+        (["-0.000000001"], "-0.000000001"),
+        (["1e28", "-1e28", "0.5"], "0.5"),
+    ],
+)
+async def test_decimals_come_back_digit_for_digit(env: SimpleNamespace, values: list[str], expected: str) -> None:
+    events = [
+        {"id": f"d{i}", "time": T0 + timedelta(seconds=i), "subject": "dec", "type": "prompt", "data": {"tokens": v}}
+        for i, v in enumerate(values)
+    ]
+    insert(env.ch, "dec", events, "decimals")
+    # TOKENS is an API meter of ns1: the same meter in the `dec` namespace, backfilled from these events.
+    assert (await env.client.post("/api/v1/meters", json=TOKENS, headers={"x-ns": "dec"})).status_code == 201
+    r = await env.client.get("/api/v1/meters/tokens/query", headers={"x-ns": "dec"})
+    assert r.status_code == 200, r.text
+    assert f'"value":{expected},'.encode() in r.content, r.text
+    # Entitlements and meters render through the same function: the same usage, the same digits.
+    usage = await ClickHouseUsageReader(env.service).usage("dec", "tokens", "dec", {}, T0, T0 + timedelta(days=1))
+    assert decimal_text(usage) == expected
