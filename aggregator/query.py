@@ -4,6 +4,8 @@ OpenMeter's MeterQueryResult. Clear InvalidInput errors for bad ranges, group-by
 
 from __future__ import annotations
 
+import csv
+import io
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -70,12 +72,12 @@ def to_query(meter: Meter, namespace: str, params: QueryParams) -> Query:
         if key == "subject":
             group_subject = True
         elif key not in known:
-            raise InvalidQuery(_unknown_key(meter, key), field="groupBy")
+            raise InvalidQuery(unknown_key(meter, key), field="groupBy")
         elif key not in group_by:
             group_by.append(key)
     for key, _ in params.filter_group_by:
         if key not in known:
-            raise InvalidQuery(_unknown_key(meter, key), field=f"filterGroupBy[{key}]")
+            raise InvalidQuery(unknown_key(meter, key), field=f"filterGroupBy[{key}]")
     subjects = tuple(dict.fromkeys(s for s in params.subjects if s))
     return Query(
         meter=meter,
@@ -93,7 +95,7 @@ def to_query(meter: Meter, namespace: str, params: QueryParams) -> Query:
     )
 
 
-def _unknown_key(meter: Meter, key: str) -> str:
+def unknown_key(meter: Meter, key: str) -> str:
     known = ", ".join(sorted(meter.group_by)) or "none"
     return f"unknown group-by key {key!r} for meter {meter.slug} (its keys: {known}; or subject)"
 
@@ -171,6 +173,27 @@ def result_body(q: Query, rows: list[Row]) -> dict[str, Any]:
         for r in rows
     ]
     return body
+
+
+def _csv_time(t: datetime) -> str:
+    """RFC 3339 as OpenMeter's CSV writes it (whole seconds), with milliseconds only when there are some."""
+    text = format_time(t)
+    return text[:-5] + "Z" if text.endswith(".000Z") else text
+
+
+def csv_text(q: Query, rows: list[Row]) -> str:
+    """The query result as OpenMeter's CSV: window_start, window_end, [subject], group-by keys..., value.
+
+    Values are exact (decimal_text), where OpenMeter prints a float with 6 decimals."""
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\n")
+    header = ["window_start", "window_end", *(["subject"] if q.group_subject else []), *q.group_by, "value"]
+    writer.writerow(header)
+    for r in rows:
+        subject = [r.subject or ""] if q.group_subject else []
+        groups = [r.group_by.get(k, "") for k in q.group_by]
+        writer.writerow([_csv_time(r.window_start), _csv_time(r.window_end), *subject, *groups, decimal_text(r.value)])
+    return out.getvalue()
 
 
 def params_from_mapping(items: Mapping[str, Any] | Sequence[tuple[str, str]]) -> QueryParams:

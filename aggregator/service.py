@@ -10,16 +10,17 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import time
+from datetime import timedelta
 from typing import Any
 
 import structlog
 
 from aggregator import sql
 from aggregator.meter import Meter, new_meter_id, parse_meter, validation_error
-from aggregator.query import QueryParams, Row, shape_rows, to_query
+from aggregator.query import InvalidQuery, QueryParams, Row, shape_rows, to_query, unknown_key
 from aggregator.repository import ClickHouseMeterRepository
 from common.clock import Clock, SystemClock
-from common.cloudevents import CloudEvent
+from common.cloudevents import CloudEvent, format_time
 from common.errors import Conflict, NotFound
 from common.usage import MeterRef, MeterUseGuard
 
@@ -170,6 +171,21 @@ class MeterService:
             cached = (time.monotonic(), await asyncio.to_thread(self.repository.tier_stats, meter))
             self._tier_stats[meter.id] = cached
         return cached[1]
+
+    async def group_by_values(
+        self, namespace: str, id_or_slug: str, key: str, start: str | None, end: str | None
+    ) -> list[str]:
+        """Distinct values of a group-by key among the meter's counted events in [from, to) (OpenMeter: from
+        defaults to 24 hours ago when neither bound is given). Read from the rollups, exact at the edges."""
+        meter = await self.get(namespace, id_or_slug)
+        if key not in meter.group_by:
+            raise InvalidQuery(unknown_key(meter, key), field="groupByKey")
+        if start is None and end is None:
+            start = format_time(self.clock.now() - timedelta(hours=24))
+        q = to_query(meter, namespace, QueryParams(start=start, end=end, group_by=(key,)))
+        # Only the group values matter: bounds "given" keep the cheapest plan (no per-row event minutes).
+        rows = await self.run(dataclasses.replace(q, from_given=True, to_given=True))
+        return sorted({r.group_by[key] for r in rows})
 
     async def subjects(self, namespace: str, id_or_slug: str) -> list[str]:
         meter = await self.get(namespace, id_or_slug)

@@ -122,3 +122,49 @@ async def test_decimals_come_back_digit_for_digit(env: SimpleNamespace, values: 
     # Entitlements and meters render through the same function: the same usage, the same digits.
     usage = await ClickHouseUsageReader(env.service).usage("dec", "tokens", "dec", {}, T0, T0 + timedelta(days=1))
     assert decimal_text(usage) == expected
+
+
+async def test_query_as_csv(env: SimpleNamespace) -> None:
+    r = await env.client.get(
+        "/api/v1/meters/tokens/query",
+        params=[("groupBy", "subject"), ("groupBy", "model"), ("windowSize", "HOUR")],
+        headers={"accept": "text/csv"},
+    )
+    assert r.status_code == 200, r.text
+    assert r.headers["content-type"].startswith("text/csv")
+    assert r.headers["content-disposition"] == "attachment; filename=tokens.csv"
+    assert r.text == (
+        "window_start,window_end,subject,model,value\n"
+        "2024-03-30T20:00:00Z,2024-03-30T21:00:00Z,alice,a,10\n"
+        "2024-03-30T23:00:00Z,2024-03-31T00:00:00Z,alice,b,2.5\n"
+        "2024-04-01T02:00:00Z,2024-04-01T03:00:00Z,bob,a,4\n"
+    )
+    r = await env.client.post(
+        "/api/v1/meters/tokens/query",
+        json={"from": "2024-03-30T20:00:00.5Z", "to": "2024-03-31T00:00:00Z"},
+        headers={"accept": "text/csv; charset=utf-8"},
+    )
+    assert r.text == "window_start,window_end,value\n2024-03-30T20:00:00.500Z,2024-03-31T00:00:00Z,2.5\n"
+    # JSON stays the default, also for a list that does not start with text/csv
+    r = await env.client.get("/api/v1/meters/tokens/query", headers={"accept": "application/json, text/csv"})
+    assert r.json()["data"][0]["value"] == 16.5
+
+
+async def test_group_by_values(env: SimpleNamespace) -> None:
+    c = env.client
+    url = "/api/v1/meters/tokens/group-by/model/values"
+    assert (await c.get(url, params={"from": "2024-03-30T00:00:00Z"})).json() == ["a", "b"]
+    # bounds off the minute are exact: alice's "b" event is at 23:00:05
+    assert (await c.get(url, params={"from": "2024-03-30T23:00:05Z", "to": "2024-03-30T23:00:06Z"})).json() == ["b"]
+    assert (await c.get(url, params={"from": "2024-03-30T23:00:06Z", "to": "2024-04-01T00:00:00Z"})).json() == []
+    assert (await c.get(url, params={"to": "2024-03-30T21:00:00Z"})).json() == ["a"]
+    # without bounds: the last 24 hours before now (the service clock is T0 + 5 days)
+    assert (await c.get(url)).json() == []
+    recent = T0 + timedelta(days=5) - timedelta(hours=1)
+    insert(env.ch, "ns1", [{"id": "r", "time": recent, "subject": "c", "type": "prompt", "data": {"tokens": 1}}], "r")
+    assert (await c.get(url)).json() == [""]  # no model in the event: the empty group value, as in the query
+    r = await c.get("/api/v1/meters/tokens/group-by/colour/values")
+    assert r.status_code == 400
+    assert "unknown group-by key" in r.json()["detail"]
+    assert (await c.get("/api/v1/meters/nope/group-by/model/values")).status_code == 404
+    assert (await c.get(url, params={"search": "a"})).status_code == 400
