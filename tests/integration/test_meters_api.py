@@ -110,10 +110,15 @@ async def test_delete_rules(env: SimpleNamespace) -> None:
     assert (await c.delete("/api/v1/meters/tokens")).status_code == 204
     assert (await c.get("/api/v1/meters/tokens")).status_code == 404
     tables = env.ch.rows(
-        "SELECT count() FROM system.tables WHERE database = {db:String} AND name LIKE 'meter_rollup_%'",
+        "SELECT name, engine FROM system.tables WHERE database = {db:String} AND startsWith(name, 'meter_rollup_') "
+        "ORDER BY name",
         parameters={"db": env.ch.database},
     )
-    assert tables[0][0] == 4  # only the config meter's two tables (minute, hour) and their views remain
+    calls = (await env.service.get("ns1", "calls")).rollup_table
+    assert [tuple(t) for t in tables] == [(calls, "View"), (calls + "_hour", "View")]  # only the config meter's
+    # The router no longer routes the deleted meter's events; its rows are deleted (a background mutation).
+    routes = env.ch.rows(f"SELECT rollup_id FROM `{env.ch.database}`.meter_routes")
+    assert [r[0].split("_")[0] for r in routes] == [calls.removeprefix("meter_rollup_")]
 
 
 async def test_usage_reader_and_validation_hook(env: SimpleNamespace) -> None:
@@ -177,10 +182,10 @@ async def test_an_unbuildable_path_is_a_400_and_leaves_nothing(env: SimpleNamesp
 async def test_a_create_clickhouse_refuses_is_all_or_nothing(
     env: SimpleNamespace, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from aggregator import sql
+    from aggregator import routing
 
-    real = sql.materialized_view_ddl
-    monkeypatch.setattr(sql, "materialized_view_ddl", lambda *a, **k: real(*a, **k).replace("SELECT", "SELEKT", 1))
+    real = routing.meter_view_ddl
+    monkeypatch.setattr(routing, "meter_view_ddl", lambda *a, **k: real(*a, **k).replace("SELECT", "SELEKT", 1))
     r = await env.client.post("/api/v1/meters", json={**TOKENS, "slug": "refused"})
     assert r.status_code == 400, r.text
     assert "ClickHouse cannot build meter 'refused'" in r.json()["detail"]
@@ -219,13 +224,13 @@ async def test_start_up_skips_a_meter_it_cannot_build_and_lists_it_failed(env: S
 async def test_a_meter_clickhouse_refuses_at_start_is_failed_then_retried(
     env: SimpleNamespace, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from aggregator import sql
+    from aggregator import routing
 
     repo = env.service.repository
     meter = parse_meter({**TOKENS, "slug": "later"}, meter_id="later1", namespace="ns1", created_at=T0)
     repo._write(meter, "creating", T0)  # half-created (e.g. killed mid-create)
-    real = sql.materialized_view_ddl
-    monkeypatch.setattr(sql, "materialized_view_ddl", lambda *a, **k: real(*a, **k).replace("SELECT", "SELEKT", 1))
+    real = routing.meter_view_ddl
+    monkeypatch.setattr(routing, "meter_view_ddl", lambda *a, **k: real(*a, **k).replace("SELECT", "SELEKT", 1))
     await env.service.start()  # does not raise
     failed = [m for m in (await env.client.get("/api/v1/meters")).json() if m.get("status") == "FAILED"]
     assert [m["slug"] for m in failed] == ["later"]
