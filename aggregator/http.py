@@ -72,6 +72,16 @@ async def get_meter(meterIdOrSlug: str, namespace: Namespace, service: Meters) -
     return json_response((await service.get(namespace, meterIdOrSlug)).to_api())
 
 
+@router.put("/{meterIdOrSlug}")
+async def update_meter(meterIdOrSlug: str, request: Request, namespace: Namespace, service: Meters) -> Response:  # noqa: N803
+    """OpenMeter's MeterUpdate: `name` (default: the slug), `description`, `metadata`, `groupBy` (default:
+    none) replace the meter's; slug, aggregation, eventType, valueProperty and eventFrom cannot change. New
+    or changed group-by keys rebuild the rollup (backfilled from every stored event) before answering."""
+    body = decode_json(await request.body())
+    meter = await service.update(namespace, meterIdOrSlug, body)
+    return json_response(meter.to_api())
+
+
 @router.delete("/{meterIdOrSlug}", status_code=204)
 async def delete_meter(meterIdOrSlug: str, namespace: Namespace, service: Meters) -> Response:  # noqa: N803
     await service.delete(namespace, meterIdOrSlug)

@@ -240,6 +240,34 @@ class ClickHouseMeterRepository:
             lambda c: c.insert(sql.qualified(self.db, routing.ROUTES_TABLE), rows, column_names=routing.ROUTE_COLUMNS)
         )
 
+    def update_definition(self, meter: Meter) -> None:
+        """A new name, description or metadata: the definition row changes, the rollup does not."""
+        for stored, state, cutover in self.all_rows():
+            if stored.id == meter.id and state == READY:
+                self._write(meter, READY, cutover)
+                return
+        raise MeterBuildFailed(f"meter {meter.slug!r} is not ready", field=None)
+
+    def rebuild(self, meter: Meter) -> None:
+        """New group-by keys: a new build behind the live one, switched when complete. If ClickHouse refuses,
+        the new build is removed and the live one is restored as it was (definition, views, rows)."""
+        live = [(m, c) for m, state, c in self.all_rows() if m.id == meter.id and state == READY]
+        if not live:
+            raise MeterBuildFailed(f"meter {meter.slug!r} is not ready", field=None)
+        old, cutover = live[0]
+        try:
+            self.build(meter, replace=True)
+        except DatabaseError as exc:
+            keep = routing.rollup_id(old, cutover)
+            self.ch.command(routing.delete_routes_sql(self.db, old, keep=keep), settings={"mutations_sync": 2})
+            self.ch.command(routing.delete_rows_sql(self.db, old, keep=keep))
+            for tier in sql.TIERS:
+                self.ch.command(routing.meter_view_ddl(self.db, old, keep, tier))
+            self._write(old, READY, cutover)
+            reason = str(exc).strip().splitlines()[0][:300]
+            log.warning("meter_rebuild_failed", slug=meter.slug, id=meter.id, reason=reason)
+            raise MeterBuildFailed(f"ClickHouse cannot rebuild meter {meter.slug!r}: {reason}", field=None) from None
+
     def drop(self, meter: Meter) -> None:
         self._write(meter, DELETED, datetime.fromtimestamp(0, UTC))
         self._drop_rollups(meter)

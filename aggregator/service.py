@@ -16,7 +16,7 @@ from typing import Any
 import structlog
 
 from aggregator import sql
-from aggregator.meter import Meter, new_meter_id, parse_meter, validation_error
+from aggregator.meter import InvalidMeter, Meter, new_meter_id, parse_meter, validation_error
 from aggregator.query import InvalidQuery, QueryParams, Row, shape_rows, to_query, unknown_key
 from aggregator.repository import ClickHouseMeterRepository
 from common.clock import Clock, SystemClock
@@ -55,6 +55,20 @@ class MeterQuotaExceeded(Conflict):
             quota="meters_per_namespace",
             limit=limit,
         )
+
+
+class GroupByInUse(Conflict):
+    def __init__(self, slug: str, keys: list[str], features: list[str]) -> None:
+        super().__init__(
+            f"meter {slug}: group-by key(s) {', '.join(keys)} cannot be removed or changed while feature(s) "
+            f"{', '.join(features)} use the meter (adding keys is always possible)",
+            meter=slug,
+            keys=keys,
+            features=features,
+        )
+
+
+UPDATABLE = frozenset({"name", "description", "metadata", "groupBy"})
 
 
 class ConfigMeterReadOnly(Conflict):
@@ -135,6 +149,48 @@ class MeterService:
             await asyncio.to_thread(self.repository.create, meter)
             await self._refresh()
         log.info("meter_created", namespace=namespace, slug=meter.slug, id=meter.id)
+        return meter
+
+    async def update(self, namespace: str, id_or_slug: str, body: Any) -> Meter:
+        """PUT as OpenMeter: name (default: the slug), description, metadata and groupBy (default: none) are
+        replaced; the rest cannot change. New or changed group-by keys rebuild the meter's rollup behind the
+        live one (backfilled, then switched); removing or changing a key a feature may filter on is refused
+        while features use the meter."""
+        if not isinstance(body, dict):
+            raise InvalidMeter("a meter update must be a JSON object", field=None)
+        unknown = sorted(set(body) - UPDATABLE)
+        if unknown:
+            raise InvalidMeter(
+                f"field(s) {', '.join(unknown)} cannot be updated (only {', '.join(sorted(UPDATABLE))})",
+                field=unknown[0],
+            )
+        async with self._lock:
+            await self._refresh()
+            current = await self.get(namespace, id_or_slug)
+            if current.namespace is None:
+                raise ConfigMeterReadOnly(current.slug)
+            merged = {**current.to_api(), "name": current.slug, "description": None, "metadata": {}, "groupBy": {}}
+            merged.update({k: v for k, v in body.items() if v is not None})
+            merged.pop("createdAt", None)
+            merged.pop("updatedAt", None)
+            meter = parse_meter(merged, meter_id=current.id, namespace=namespace, created_at=current.created_at)
+            dropped = sorted(k for k, path in current.group_by.items() if meter.group_by.get(k) != path)
+            if dropped:
+                features = await self.guard.features_using_meter(namespace, current.slug)
+                if features:
+                    raise GroupByInUse(current.slug, dropped, features)
+            if meter.group_by == current.group_by:
+                await asyncio.to_thread(self.repository.update_definition, meter)
+            else:
+                await asyncio.to_thread(self.repository.rebuild, meter)
+            await self._refresh()
+        log.info(
+            "meter_updated",
+            namespace=namespace,
+            slug=meter.slug,
+            id=meter.id,
+            rebuilt=bool(meter.group_by != current.group_by),
+        )
         return meter
 
     async def delete(self, namespace: str, id_or_slug: str) -> None:

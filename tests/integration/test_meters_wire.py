@@ -168,3 +168,69 @@ async def test_group_by_values(env: SimpleNamespace) -> None:
     assert "unknown group-by key" in r.json()["detail"]
     assert (await c.get("/api/v1/meters/nope/group-by/model/values")).status_code == 404
     assert (await c.get(url, params={"search": "a"})).status_code == 400
+
+
+async def test_put_updates_names_and_rebuilds_for_new_group_by_keys(env: SimpleNamespace) -> None:
+    c = env.client
+    routes = f"SELECT rollup_id FROM `{env.ch.database}`.meter_routes ORDER BY rollup_id"
+    before = env.ch.rows(routes)
+    r = await c.put(
+        "/api/v1/meters/tokens", json={**{"groupBy": TOKENS["groupBy"]}, "name": "Tokens", "metadata": {"a": "b"}}
+    )
+    assert r.status_code == 200, r.text
+    assert (r.json()["name"], r.json()["metadata"], r.json()["groupBy"]) == ("Tokens", {"a": "b"}, {"model": "$.model"})
+    assert (await c.get("/api/v1/meters/tokens")).json()["name"] == "Tokens"
+    assert env.ch.rows(routes) == before  # names and metadata: no rebuild
+    # A new key: rebuilt from every stored event, then counted live.
+    r = await c.put("/api/v1/meters/tokens", json={"groupBy": {"model": "$.model", "size": "$.size"}})
+    assert r.status_code == 200, r.text
+    assert r.json()["name"] == "tokens"  # OpenMeter: a PUT without name names the meter by its slug
+    assert env.ch.rows(routes) != before
+    later = T0 + timedelta(days=1)
+    event = {"id": "s", "time": later, "subject": "carol", "type": "prompt", "data": {"tokens": 3, "size": "xl"}}
+    insert(env.ch, "ns1", [event], "sized")
+    r = await c.get("/api/v1/meters/tokens/query", params=[("groupBy", "size")])
+    assert sorted((d["groupBy"]["size"], d["value"]) for d in r.json()["data"]) == [("", 16.5), ("xl", 3)]
+    r = await c.get("/api/v1/meters/tokens/query", params=[("groupBy", "model"), ("filterGroupBy[size]", "xl")])
+    assert [(d["groupBy"]["model"], d["value"]) for d in r.json()["data"]] == [("", 3)]
+    # Removing a key: refused while a feature uses the meter, done otherwise.
+    env.guard.used["ns1/tokens"] = ["gpt"]
+    r = await c.put("/api/v1/meters/tokens", json={"groupBy": {"size": "$.size"}})
+    assert r.status_code == 409
+    assert "model" in r.json()["detail"]
+    assert "gpt" in r.json()["detail"]
+    r = await c.put("/api/v1/meters/tokens", json={"groupBy": {"model": "$.model", "size": "$.size", "x": "$.x"}})
+    assert r.status_code == 200, r.text  # adding is always possible
+    env.guard.used.clear()
+    r = await c.put("/api/v1/meters/tokens", json={"groupBy": {"size": "$.size"}})
+    assert r.status_code == 200, r.text
+    r = await c.get("/api/v1/meters/tokens/query", params=[("groupBy", "model")])
+    assert r.status_code == 400
+    assert len(env.ch.rows(routes)) == len(before)  # one build per meter is routed
+    # What cannot change, and config-file meters
+    r = await c.put("/api/v1/meters/tokens", json={"aggregation": "COUNT"})
+    assert r.status_code == 400
+    assert "aggregation" in r.json()["detail"]
+    assert (await c.put("/api/v1/meters/calls", json={"name": "x"})).status_code == 409
+    assert (await c.put("/api/v1/meters/nope", json={"name": "x"})).status_code == 404
+
+
+async def test_put_rebuild_clickhouse_refuses_keeps_the_live_meter(
+    env: SimpleNamespace, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from aggregator import routing
+
+    real = routing.meter_view_ddl
+    monkeypatch.setattr(
+        routing,
+        "meter_view_ddl",
+        lambda db, m, *a: real(db, m, *a).replace("SELECT", "SELEKT", 1) if "size" in m.group_by else real(db, m, *a),
+    )
+    r = await env.client.put("/api/v1/meters/tokens", json={"groupBy": {"model": "$.model", "size": "$.size"}})
+    assert r.status_code == 400, r.text
+    monkeypatch.undo()
+    meter = (await env.client.get("/api/v1/meters/tokens")).json()
+    assert meter["groupBy"] == {"model": "$.model"}
+    r = await env.client.get("/api/v1/meters/tokens/query", params=[("groupBy", "model")])
+    assert sorted((d["groupBy"]["model"], d["value"]) for d in r.json()["data"]) == [("a", 14), ("b", 2.5)]
+    assert len(env.ch.rows(f"SELECT rollup_id FROM `{env.ch.database}`.meter_routes")) == 2  # tokens, calls
