@@ -4,12 +4,13 @@ Plan the windows -> the shell fetches their usage -> compute. See README.md for 
 """
 
 from entitlements.engine.burn import current_period, initial_snapshot, run
-from entitlements.engine.history import HistoryWindow, windowed_history
+from entitlements.engine.history import HistoryWindow, burndown, windowed_history
 from entitlements.engine.model import (
     ISSUE_AFTER_RESET_GRANT_ID,
     EntitlementTerms,
     Grant,
     GrantUsage,
+    Instant,
     Ledger,
     ManualReset,
     Result,
@@ -35,6 +36,7 @@ __all__ = [
     "Grant",
     "GrantUsage",
     "HistoryWindow",
+    "Instant",
     "Interval",
     "Ledger",
     "ManualReset",
@@ -45,6 +47,7 @@ __all__ = [
     "Snapshot",
     "add_months",
     "burn_order_key",
+    "burndown",
     "current_period",
     "initial_snapshot",
     "inputs_digest",

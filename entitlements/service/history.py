@@ -140,36 +140,4 @@ async def balance_history(
             j += 1
         # Every window, also those without usage (OpenMeter fills them with 0: metered/balance.go).
         windows.append(HistoryWindow(w_start, w_end, used, balance_at_start))
-    return History(tuple(windows), tuple(_merge_at_edges(segments, set(edges[1:-1]))))
-
-
-def _merge_at_edges(segments: list[engine.Segment], edges: set[datetime]) -> list[engine.Segment]:
-    """Burn-down segments split only where the engine's state changes, not at history window edges."""
-    out: list[engine.Segment] = []
-    for seg in segments:
-        prev = out[-1] if out else None
-        if prev is not None and seg.start in edges and not seg.reset_at_start and _same_phase(prev, seg):
-            usages: dict[str, Decimal] = {u.grant_id: u.usage for u in prev.grant_usages}
-            for u in seg.grant_usages:
-                usages[u.grant_id] = usages.get(u.grant_id, ZERO) + u.usage
-            out[-1] = engine.Segment(
-                start=prev.start,
-                end=seg.end,
-                usage=prev.usage + seg.usage,
-                overage_at_start=prev.overage_at_start,
-                overage_at_end=seg.overage_at_end,
-                overage_created=prev.overage_created + seg.overage_created,
-                balances_at_start=prev.balances_at_start,
-                balances_at_end=seg.balances_at_end,
-                grant_usages=tuple(engine.GrantUsage(k, v) for k, v in usages.items()),
-                period_start=prev.period_start,
-                reset_at_start=prev.reset_at_start,
-            )
-        else:
-            out.append(seg)
-    return out
-
-
-def _same_phase(prev: engine.Segment, seg: engine.Segment) -> bool:
-    """No grant appeared or disappeared at the edge: the balances simply continue."""
-    return prev.balances_at_end == seg.balances_at_start and prev.period_start == seg.period_start
+    return History(tuple(windows), tuple(engine.burndown(segments, computed.result.closed_by)))

@@ -360,6 +360,37 @@ async def test_windowed_history_has_every_window(env: Env) -> None:
     assert windows[-1]["period"]["to"] == "2024-01-01T12:00:00.000Z"
 
 
+async def test_burndown_history_follows_the_engine_segments(env: Env) -> None:
+    """A period reset inside the range is a zero-length segment; display windows never split a segment."""
+    e = await env.metered(measureUsageFrom="2024-01-01T00:00:00Z", preserveOverageAtReset=True)
+    await env.post(
+        "/api/v1/subjects/acme/entitlements/gpt/grants",
+        {
+            "amount": 100,
+            "effectiveAt": "2024-01-01T00:00:00Z",
+            "expiration": {"duration": "YEAR", "count": 1},
+            "minRolloverAmount": 50,
+            "maxRolloverAmount": 50,
+        },
+    )
+    env.usage.add("tokens", "acme", T0 + timedelta(days=10), 110)
+    env.clock.advance_to(T0 + timedelta(days=40))
+    burndowns = []
+    for size in ("HOUR", "DAY", "MONTH"):
+        h = await env.get(
+            f"/api/v1/subjects/acme/entitlements/{e['id']}/history",
+            **{"from": "2024-01-01T00:00:00Z", "to": "2024-02-01T00:00:00Z", "windowSize": size},
+        )
+        burndowns.append(h["burndownHistory"])
+    assert burndowns[0] == burndowns[1] == burndowns[2]
+    first, reset = burndowns[0]
+    assert first["period"] == {"from": "2024-01-01T00:00:00.000Z", "to": "2024-02-01T00:00:00.000Z"}
+    assert (first["usage"], first["overage"], first["balanceAtEnd"]) == (110, 10, 0)
+    assert reset["period"] == {"from": "2024-02-01T00:00:00.000Z", "to": "2024-02-01T00:00:00.000Z"}
+    assert (reset["balanceAtStart"], reset["balanceAtEnd"], reset["overage"], reset["usage"]) == (50, 40, 0, 0)
+    assert [u["usage"] for u in reset["grantUsages"]] == [10]
+
+
 # ---- hostile inputs: a 400 naming the limit, nothing stored, the namespace keeps working ----
 
 GRANT = {"amount": 10, "effectiveAt": "2024-01-01T00:00:00Z", "expiration": {"duration": "YEAR", "count": 1}}
