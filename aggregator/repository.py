@@ -9,6 +9,7 @@ whatever a crash interrupted (a meter left in state `creating` is rebuilt from s
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -271,13 +272,15 @@ class ClickHouseMeterRepository:
             subjects=int(subjects),
         )
 
-    def last_stored_at(self, meter: Meter, namespace: str, subject: str, before: datetime) -> datetime | None:
-        """When the subject's latest event of the meter's type before `before` was stored, or None."""
+    def last_stored_at(
+        self, meter: Meter, namespace: str, subjects: Sequence[str], before: datetime
+    ) -> datetime | None:
+        """When the subjects' latest event of the meter's type before `before` was stored, or None."""
         rows = self.ch.rows(
             f"SELECT maxOrNull(stored_at) FROM {sql.qualified(self.db, EVENTS_TABLE)} "
             "WHERE namespace = {ns:String} AND type = {ty:String} "
-            "AND subject = {s:String} AND time < {b:DateTime64(3, 'UTC')}",
-            parameters={"ns": namespace, "ty": meter.event_type, "s": subject, "b": before.astimezone(UTC)},
+            "AND subject IN {s:Array(String)} AND time < {b:DateTime64(3, 'UTC')}",
+            parameters={"ns": namespace, "ty": meter.event_type, "s": list(subjects), "b": before.astimezone(UTC)},
         )
         value = rows[0][0] if rows else None
         return None if value is None else utc_from_storage(value)

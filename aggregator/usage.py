@@ -15,6 +15,7 @@ from decimal import Decimal
 from aggregator import sql
 from aggregator.query import InvalidQuery
 from aggregator.service import MeterService
+from common.usage import Subjects, subject_list
 
 
 def ceil_to_millisecond(t: datetime) -> datetime:
@@ -36,7 +37,7 @@ class ClickHouseUsageReader:
         self,
         namespace: str,
         meter_slug: str,
-        subject: str,
+        subject: Subjects,
         group_by_filters: Mapping[str, str],
         start: datetime,
         end: datetime,
@@ -47,7 +48,7 @@ class ClickHouseUsageReader:
         self,
         namespace: str,
         meter_slug: str,
-        subject: str,
+        subject: Subjects,
         group_by_filters: Mapping[str, str],
         boundaries: Sequence[datetime],
     ) -> list[Decimal]:
@@ -57,7 +58,8 @@ class ClickHouseUsageReader:
         if any(a > b for a, b in itertools.pairwise(bounds)):
             raise InvalidQuery("usage window boundaries must not decrease", field="boundaries")
         out = [Decimal(0)] * (len(bounds) - 1)
-        if bounds[0] == bounds[-1]:
+        subjects = tuple(subject_list(subject))
+        if bounds[0] == bounds[-1] or not subjects:  # no subjects: no usage (never "every subject")
             return out
         meter = await self.meters.get(namespace, meter_slug)
         unknown = sorted(set(group_by_filters) - set(meter.group_by))
@@ -69,7 +71,7 @@ class ClickHouseUsageReader:
             start=bounds[0],
             end=bounds[-1],
             boundaries=bounds,
-            subjects=(subject,),
+            subjects=subjects,
             filters=tuple(sorted(group_by_filters.items())),
             group_subject=False,
         )
@@ -79,6 +81,11 @@ class ClickHouseUsageReader:
             out[window_at[row.window_start]] = row.value
         return out
 
-    async def last_stored_at(self, namespace: str, meter_slug: str, subject: str, before: datetime) -> datetime | None:
+    async def last_stored_at(
+        self, namespace: str, meter_slug: str, subject: Subjects, before: datetime
+    ) -> datetime | None:
+        subjects = subject_list(subject)
+        if not subjects:
+            return None
         meter = await self.meters.get(namespace, meter_slug)
-        return await asyncio.to_thread(self.meters.repository.last_stored_at, meter, namespace, subject, before)
+        return await asyncio.to_thread(self.meters.repository.last_stored_at, meter, namespace, subjects, before)

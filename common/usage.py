@@ -24,6 +24,14 @@ class MeterRef:
     group_by: Mapping[str, str] = field(default_factory=dict)  # name -> JSONPath
 
 
+#: One subject key, or several (a customer's subjects): their usage is summed.
+Subjects = str | tuple[str, ...]
+
+
+def subject_list(subject: Subjects) -> list[str]:
+    return [subject] if isinstance(subject, str) else list(subject)
+
+
 class MeterCatalog(Protocol):
     async def get_meter(self, namespace: str, slug: str) -> MeterRef | None: ...
 
@@ -33,19 +41,19 @@ class UsageReader(Protocol):
         self,
         namespace: str,
         meter_slug: str,
-        subject: str,
+        subject: Subjects,
         group_by_filters: Mapping[str, str],
         start: datetime,
         end: datetime,
     ) -> Decimal:
-        """The meter's aggregate over [start, end) for one subject, filtered by group-by values."""
+        """The meter's aggregate over [start, end) for the subject(s), filtered by group-by values."""
         ...
 
     async def usage_windows(
         self,
         namespace: str,
         meter_slug: str,
-        subject: str,
+        subject: Subjects,
         group_by_filters: Mapping[str, str],
         boundaries: Sequence[datetime],
     ) -> list[Decimal]:
@@ -56,10 +64,10 @@ class UsageReader(Protocol):
         self,
         namespace: str,
         meter_slug: str,
-        subject: str,
+        subject: Subjects,
         before: datetime,
     ) -> datetime | None:
-        """The latest storage time among the subject's events of this meter's type with time < before.
+        """The latest storage time among the subject(s)' events of this meter's type with time < before.
 
         A balance snapshot taken at wall time W for instant T is stale when this is later than W: an
         event older than T arrived after the snapshot (a late event).

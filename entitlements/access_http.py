@@ -129,5 +129,5 @@ async def bulk_access(
         features = list(dict.fromkeys(body.features))
         items = [AccessItem(s, f) for s in subjects for f in features]
         for result in await access.check(namespace, items, fresh=fresh):
-            out.setdefault(result.item.subject, {})[result.item.id_or_feature_key] = result_view(result)
+            out.setdefault(str(result.item.subject), {})[result.item.id_or_feature_key] = result_view(result)
     return json_response({"subjects": {s: {"entitlements": e} for s, e in out.items()}})

@@ -73,15 +73,17 @@ def grant_view(g: Grant, now: datetime) -> dict[str, Any]:
     next_recurrence = None
     if g.recurrence is not None:
         candidate = recurrence_of(g.recurrence).after(max(now, g.effective_at))
-        end = min(t for t in (g.expires_at, g.voided_at) if t is not None)
-        next_recurrence = candidate if candidate < end else None
+        end = min((t for t in (g.expires_at, g.voided_at) if t is not None), default=None)
+        next_recurrence = candidate if end is None or candidate < end else None
     return {
         "id": g.id,
         "entitlementId": g.entitlement_id,
         "amount": g.amount,
         "priority": g.priority,
         "effectiveAt": g.effective_at,
-        "expiration": {"duration": g.expiration.duration.value, "count": g.expiration.count},
+        "expiration": (
+            None if g.expiration is None else {"duration": g.expiration.duration.value, "count": g.expiration.count}
+        ),
         "expiresAt": g.expires_at,
         "minRolloverAmount": g.min_rollover_amount,
         "maxRolloverAmount": g.max_rollover_amount,

@@ -30,16 +30,18 @@ from __future__ import annotations
 import sys
 from collections import OrderedDict
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from common.ingest_notifications import IngestNotification
+    from entitlements.domain import CustomerRef
     from entitlements.service.balance import Value
 
-SubjectKey = tuple[str, str]  # (namespace, subject key)
-AliasKey = tuple[str, str, str]  # (namespace, subject as asked, entitlement id or feature key as asked)
+SubjectKey = tuple[str, str]  # (namespace, subject key, or a customer's id)
+# (namespace, subject or customer as asked, entitlement id or feature key as asked)
+AliasKey = tuple[str, "str | CustomerRef", str]
 
 MAX_SPANS_PER_KEY = 16
 CLOCK_SLACK = timedelta(minutes=1)
@@ -51,6 +53,9 @@ ENTRY_OVERHEAD_BYTES = 1650
 
 @dataclass(frozen=True, slots=True)
 class Entry:
+    """`subject_key`: the entitlement's owner (a subject, or a customer's id); `depends_on`: the other keys whose
+    invalidation drops the entry (a customer's subjects, whose events are its usage, and the subject asked)."""
+
     namespace: str
     subject_key: str
     entitlement_id: str
@@ -59,15 +64,20 @@ class Entry:
     computed_for: datetime  # the service-clock instant the value is the value at
     valid_until: datetime | None  # the next instant the value may change by itself; None = never
     as_of: datetime  # wall time when the computation began: every event stored before it is counted
+    depends_on: tuple[str, ...] = ()
     size: int = 0
 
     def valid_at(self, now: datetime) -> bool:
         return self.computed_for <= now and (self.valid_until is None or now < self.valid_until)
 
+    @property
+    def keys(self) -> tuple[str, ...]:
+        return (self.subject_key, *(k for k in self.depends_on if k != self.subject_key))
 
-def estimate_size(namespace: str, subject_key: str, entitlement_id: str, value: Value) -> int:
-    text = namespace + subject_key + entitlement_id + (value.config or "")
-    return ENTRY_OVERHEAD_BYTES + sys.getsizeof(text)
+
+def estimate_size(namespace: str, subject_key: str, entitlement_id: str, value: Value, *more: str) -> int:
+    text = namespace + subject_key + entitlement_id + (value.config or "") + "".join(more)
+    return ENTRY_OVERHEAD_BYTES + sys.getsizeof(text) + 8 * len(more)
 
 
 @dataclass
@@ -135,7 +145,7 @@ class BalanceCache:
         """Take before reading state or usage for a value that may be `put` afterwards."""
         return self._generation
 
-    def get(self, namespace: str, subject: str, id_or_feature_key: str, now: datetime) -> Entry | None:
+    def get(self, namespace: str, subject: str | CustomerRef, id_or_feature_key: str, now: datetime) -> Entry | None:
         self._observe(now)
         key = self._aliases.get((namespace, subject, id_or_feature_key))
         entry = None if key is None else self._entries.get(key)
@@ -149,28 +159,31 @@ class BalanceCache:
     # ---- writes ----
 
     def put(self, entry: Entry, aliases: Iterable[AliasKey], token: int) -> bool:
-        """Store `entry` (found under every alias) unless its subject changed since `token` was taken."""
-        subject = (entry.namespace, entry.subject_key)
+        """Store `entry` (found under every alias) unless one of its keys changed since `token` was taken."""
+        subjects = [(entry.namespace, k) for k in entry.keys]
         self._observe(entry.computed_for)
-        if token < self._floor or self._invalidated.get(subject, -1) > token:
+        if token < self._floor or any(self._invalidated.get(subject, -1) > token for subject in subjects):
             self.stats.refused += 1
             return False
         mark = self._mark()
         if mark is not None and entry.computed_for < mark:
             return False  # the clock was moved back: see the module docstring
         if entry.event_type is not None:
-            spans = self._future.get((entry.namespace, entry.subject_key, entry.event_type))
-            nxt = None if spans is None else spans.next_after(entry.computed_for)
+            found = [self._future.get((ns, k, entry.event_type)) for ns, k in subjects]
+            nexts = [n for n in (sp.next_after(entry.computed_for) for sp in found if sp is not None) if n is not None]
+            nxt = min(nexts, default=None)
             if nxt is not None and (entry.valid_until is None or nxt < entry.valid_until):
                 if nxt <= entry.computed_for:
                     return False
-                entry = _replace_until(entry, nxt)
-        entry = _with_size(entry)
+                entry = replace(entry, valid_until=nxt)
+        sized = estimate_size(entry.namespace, entry.subject_key, entry.entitlement_id, entry.value, *entry.depends_on)
+        entry = replace(entry, size=sized)
         key = (entry.namespace, entry.entitlement_id)
         self._drop(key)
         self._entries[key] = entry
         self._bytes += entry.size
-        self._by_subject.setdefault(subject, set()).add(key)
+        for subject in subjects:
+            self._by_subject.setdefault(subject, set()).add(key)
         names = self._aliases_of.setdefault(key, set())
         for alias in aliases:
             previous = self._aliases.get(alias)
@@ -251,11 +264,12 @@ class BalanceCache:
         if entry is None:
             return
         self._bytes -= entry.size
-        keys = self._by_subject.get((entry.namespace, entry.subject_key))
-        if keys is not None:
-            keys.discard(key)
-            if not keys:
-                del self._by_subject[(entry.namespace, entry.subject_key)]
+        for subject in [(entry.namespace, k) for k in entry.keys]:
+            keys = self._by_subject.get(subject)
+            if keys is not None:
+                keys.discard(key)
+                if not keys:
+                    del self._by_subject[subject]
         for alias in self._aliases_of.pop(key, ()):
             if self._aliases.get(alias) == key:
                 del self._aliases[alias]
@@ -270,30 +284,3 @@ class BalanceCache:
             for spans in self._future.values():
                 spans.prune(mark)
             self._future = {k: v for k, v in self._future.items() if v.spans}
-
-
-def _replace_until(entry: Entry, until: datetime) -> Entry:
-    return Entry(
-        entry.namespace,
-        entry.subject_key,
-        entry.entitlement_id,
-        entry.event_type,
-        entry.value,
-        entry.computed_for,
-        until,
-        entry.as_of,
-    )
-
-
-def _with_size(entry: Entry) -> Entry:
-    return Entry(
-        entry.namespace,
-        entry.subject_key,
-        entry.entitlement_id,
-        entry.event_type,
-        entry.value,
-        entry.computed_for,
-        entry.valid_until,
-        entry.as_of,
-        estimate_size(entry.namespace, entry.subject_key, entry.entitlement_id, entry.value),
-    )

@@ -41,14 +41,15 @@ def next_change(grants: Sequence[Grant], period_end: datetime | None, now: datet
     if period_end is not None and period_end > now:
         candidates.append(period_end)
     for g in grants:
-        end = g.expires_at if g.voided_at is None else min(g.expires_at, g.voided_at)
+        end = min((t for t in (g.expires_at, g.voided_at) if t is not None), default=None)
         if g.effective_at > now:
             candidates.append(g.effective_at)
-        if end > now:
-            candidates.append(end)
+        if end is None or end > now:
+            if end is not None:
+                candidates.append(end)
             if g.recurrence is not None:
                 nxt = recurrence_of(g.recurrence).after(max(now, g.effective_at))
-                if nxt < end:
+                if end is None or nxt < end:
                     candidates.append(nxt)
     return min(candidates) if candidates else None
 

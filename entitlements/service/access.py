@@ -3,7 +3,7 @@
 `AccessService.check(namespace, items)` takes a list of `AccessItem(subject, id_or_feature_key)` and returns
 one `AccessResult` per item, in order: the value (with `as_of`, from the cache when warm) or the error of
 that item alone (e.g. no such entitlement). `hasAccess` is the single value read's, item by item.
-`for_subjects` lists every active entitlement of each subject first (one SQL query for all subjects).
+`for_subjects` lists every active entitlement of each subject or customer first (one transaction for all).
 
 Cold items are computed concurrently (at most `COLD_CONCURRENCY` at a time), each through the single value
 path; usage reads are not yet batched across subjects.
@@ -16,8 +16,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from common.errors import MetergateError
-from entitlements.domain import Entitlement
-from entitlements.service.entitlements import MAX_PAGE, EntitlementService
+from entitlements.domain import Entitlement, OwnerRef
+from entitlements.service.entitlements import EntitlementService
 from entitlements.service.values import CachedBalances, FreshValue
 
 COLD_CONCURRENCY = 8
@@ -25,7 +25,7 @@ COLD_CONCURRENCY = 8
 
 @dataclass(frozen=True, slots=True)
 class AccessItem:
-    subject: str
+    subject: OwnerRef  # a subject key, or a CustomerRef
     id_or_feature_key: str
 
 
@@ -64,18 +64,13 @@ class AccessService:
         return [r for r in results if r is not None]
 
     async def for_subjects(
-        self, namespace: str, subjects: Sequence[str], *, fresh: bool = False
-    ) -> dict[str, list[tuple[Entitlement, AccessResult]]]:
-        """Every active entitlement of each subject with its access result, by subject."""
-        found: list[Entitlement] = []
-        while True:
-            page = await self.entitlements.search(namespace, subject_keys=list(subjects), offset=len(found))
-            found += page
-            if len(page) < MAX_PAGE:
-                break
-        items = [AccessItem(e.subject_key, e.id) for e in found]
-        results = await self.check(namespace, items, fresh=fresh)
-        out: dict[str, list[tuple[Entitlement, AccessResult]]] = {s: [] for s in subjects}
-        for ent, result in zip(found, results, strict=True):
-            out.setdefault(ent.subject_key, []).append((ent, result))
+        self, namespace: str, subjects: Sequence[OwnerRef], *, fresh: bool = False
+    ) -> dict[OwnerRef, list[tuple[Entitlement, AccessResult]]]:
+        """Every active entitlement of each subject (or customer) with its access result, by subject as asked."""
+        owned = await self.entitlements.active_of_owners(namespace, subjects)
+        pairs = [(ref, e) for ref, ents in owned.items() for e in ents]
+        results = await self.check(namespace, [AccessItem(ref, e.id) for ref, e in pairs], fresh=fresh)
+        out: dict[OwnerRef, list[tuple[Entitlement, AccessResult]]] = {ref: [] for ref in owned}
+        for (ref, ent), result in zip(pairs, results, strict=True):
+            out[ref].append((ent, result))
         return out

@@ -37,12 +37,15 @@ from entitlements.domain import (
     EntitlementType,
     Feature,
     NotMetered,
+    Owner,
+    OwnerRef,
     Reset,
     StoredSnapshot,
     new_id,
 )
 from entitlements.service.deps import Deps, StoredAfterProbe
 from entitlements.service.entitlements import find_entitlement
+from entitlements.service.owners import owner_of
 from entitlements.service.terms import Inputs, PeriodView, period_at
 
 log = structlog.get_logger(__name__)
@@ -67,10 +70,13 @@ class Value:
 
 @dataclass(frozen=True, slots=True)
 class Loaded:
+    """An entitlement with what its value needs; `owner.subjects`: whose usage counts (read in the same transaction)."""
+
     entitlement: Entitlement
     feature: Feature
     inputs: Inputs | None
     snapshots: tuple[StoredSnapshot, ...]
+    owner: Owner
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,20 +97,21 @@ class BalanceService:
 
     # ---- loading ----
 
-    def _load(self, namespace: str, subject_key: str, id_or_feature_key: str, snapshots_before: datetime) -> Loaded:
+    def _load(self, namespace: str, owner: OwnerRef, id_or_feature_key: str, snapshots_before: datetime) -> Loaded:
         with self.d.db.read() as s:
-            ent = find_entitlement(EntitlementRepository(s, lock_rows=False), namespace, subject_key, id_or_feature_key)
+            ent = find_entitlement(EntitlementRepository(s, lock_rows=False), namespace, owner, id_or_feature_key)
             if ent is None:
-                raise EntitlementNotFound(id_or_feature_key, subject_key)
+                raise EntitlementNotFound(id_or_feature_key, owner)
             feature = FeatureRepository(s).get(namespace, ent.feature_id)
             if feature is None:
-                raise EntitlementNotFound(id_or_feature_key, subject_key)
+                raise EntitlementNotFound(id_or_feature_key, owner)
+            owned_by = owner_of(s, ent)
             if ent.type is not EntitlementType.METERED:
-                return Loaded(ent, feature, None, ())
+                return Loaded(ent, feature, None, (), owned_by)
             grants = GrantRepository(s).for_entitlement(ent.id)
             resets = ResetRepository(s).for_entitlement(ent.id)
             snaps = SnapshotRepository(s).latest_at_or_before(ent.id, snapshots_before, limit=SNAPSHOT_CANDIDATES)
-            return Loaded(ent, feature, Inputs.of(ent, grants, resets), tuple(snaps))
+            return Loaded(ent, feature, Inputs.of(ent, grants, resets), tuple(snaps), owned_by)
 
     def _candidates(self, loaded: Loaded) -> tuple[list[tuple[StoredSnapshot, engine.Snapshot]], list[datetime]]:
         """Stored snapshots whose inputs are unchanged (newest first), and the instants of those that changed."""
@@ -127,10 +134,12 @@ class BalanceService:
     async def _usage(self, loaded: Loaded, bounds: Sequence[datetime]) -> list[Decimal]:
         if len(bounds) < 2:
             return []
+        if not loaded.owner.subjects:  # a customer with no subjects has no usage
+            return [ZERO] * (len(bounds) - 1)
         return await self.d.usage.usage_windows(
             loaded.entitlement.namespace,
             loaded.feature.meter_slug or "",
-            loaded.entitlement.subject_key,
+            loaded.owner.subjects,
             loaded.feature.meter_group_by_filters,
             bounds,
         )
@@ -140,8 +149,10 @@ class BalanceService:
         ns, meter, subject = (
             loaded.entitlement.namespace,
             loaded.feature.meter_slug or "",
-            loaded.entitlement.subject_key,
+            loaded.owner.subjects,
         )
+        if not subject:
+            return False
         probe = self.d.late_events or (self.d.usage if isinstance(self.d.usage, StoredAfterProbe) else None)
         if probe is not None:
             # The narrower question stops at the first late event instead of scanning the whole history.
@@ -204,15 +215,15 @@ class BalanceService:
 
     # ---- API ----
 
-    async def value(self, namespace: str, subject_key: str, id_or_feature_key: str, at: datetime | None) -> Value:
+    async def value(self, namespace: str, owner: OwnerRef, id_or_feature_key: str, at: datetime | None) -> Value:
         target = at or self.d.clock.now()
-        return (await self.value_detail(namespace, subject_key, id_or_feature_key, target))[0]
+        return (await self.value_detail(namespace, owner, id_or_feature_key, target))[0]
 
     async def value_detail(
-        self, namespace: str, subject_key: str, id_or_feature_key: str, target: datetime
+        self, namespace: str, owner: OwnerRef, id_or_feature_key: str, target: datetime
     ) -> tuple[Value, Loaded, Computed | None]:
         """The value at `target` with what it was computed from (the balance cache keeps both)."""
-        loaded = await self.d.in_thread(lambda: self._load(namespace, subject_key, id_or_feature_key, target))
+        loaded = await self.d.in_thread(lambda: self._load(namespace, owner, id_or_feature_key, target))
         ent = loaded.entitlement
         active = _active_at(ent, target)
         if ent.type is EntitlementType.BOOLEAN:
@@ -244,7 +255,7 @@ class BalanceService:
     async def reset(
         self,
         namespace: str,
-        subject_key: str,
+        owner_ref: OwnerRef,
         entitlement_id: str,
         *,
         effective_at: datetime | None,
@@ -256,12 +267,15 @@ class BalanceService:
         if at > now:
             raise InvalidInput("a reset cannot be in the future", field="effectiveAt")
 
+        owners: list[Owner] = []
+
         def tx() -> Reset:
             with self.d.db.write() as s:
                 ents = EntitlementRepository(s, lock_rows=self.d.db.locks_rows)
-                ent = find_entitlement(ents, namespace, subject_key, entitlement_id, for_update=True)
+                ent = find_entitlement(ents, namespace, owner_ref, entitlement_id, for_update=True)
                 if ent is None or ent.deleted_at is not None:
-                    raise EntitlementNotFound(entitlement_id, subject_key)
+                    raise EntitlementNotFound(entitlement_id, owner_ref)
+                owners.append(owner_of(s, ent))
                 if ent.type is not EntitlementType.METERED:
                     raise NotMetered(ent.id, "usage to reset")
                 assert ent.measure_usage_from is not None
@@ -288,12 +302,12 @@ class BalanceService:
                 return reset
 
         reset = await self.d.in_thread(tx)
-        self.d.changed(namespace, subject_key)
+        self.d.changed_owner(namespace, owners[-1])
         log.info("usage_reset", entitlement_id=reset.entitlement_id, at=reset.effective_at.isoformat())
         return reset
 
-    async def load_metered(self, namespace: str, subject_key: str, entitlement_id: str, before: datetime) -> Loaded:
-        loaded = await self.d.in_thread(lambda: self._load(namespace, subject_key, entitlement_id, before))
+    async def load_metered(self, namespace: str, owner: OwnerRef, entitlement_id: str, before: datetime) -> Loaded:
+        loaded = await self.d.in_thread(lambda: self._load(namespace, owner, entitlement_id, before))
         if loaded.inputs is None:
             raise NotMetered(loaded.entitlement.id, "balance history")
         return loaded

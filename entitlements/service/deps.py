@@ -9,8 +9,9 @@ from datetime import datetime
 from typing import Protocol, TypeVar, runtime_checkable
 
 from common.clock import Clock, SystemClock
-from common.usage import MeterCatalog, UsageReader
+from common.usage import MeterCatalog, Subjects, UsageReader
 from entitlements.db.session import Database
+from entitlements.domain import Owner
 from entitlements.quotas import QuotaSettings
 
 T = TypeVar("T")
@@ -21,7 +22,7 @@ class StoredAfterProbe(Protocol):
     """Optional on a UsageReader: the late-event question asked directly (cheaper than last_stored_at)."""
 
     async def stored_after(
-        self, namespace: str, meter_slug: str, subject: str, *, before: datetime, after: datetime
+        self, namespace: str, meter_slug: str, subject: Subjects, *, before: datetime, after: datetime
     ) -> bool:
         """Whether an event of the meter's type for the subject with time < before was stored after `after`."""
         ...
@@ -47,6 +48,11 @@ class Deps:
     def changed(self, namespace: str, subject_key: str) -> None:
         for listener in self.change_listeners:
             listener(namespace, subject_key)
+
+    def changed_owner(self, namespace: str, owner: Owner) -> None:
+        """A change of an owner's entitlements: its key (a subject, or a customer's id) and its subjects."""
+        for key in dict.fromkeys((owner.key, *owner.subjects)):
+            self.changed(namespace, key)
 
     async def in_thread(self, fn: Callable[[], T]) -> T:
         """Run a synchronous transaction off the event loop."""

@@ -17,6 +17,7 @@ from zoneinfo import ZoneInfo
 from common.errors import InvalidInput
 from common.timezones import known_zone
 from entitlements import engine
+from entitlements.domain import OwnerRef
 from entitlements.service.balance import BalanceService
 
 ZERO = Decimal(0)
@@ -99,7 +100,7 @@ def window_edges(start: datetime, end: datetime, size: WindowSize, tz: ZoneInfo)
 async def balance_history(
     balances: BalanceService,
     namespace: str,
-    subject_key: str,
+    owner: OwnerRef,
     entitlement_id: str,
     *,
     start: datetime | None,
@@ -109,7 +110,7 @@ async def balance_history(
 ) -> History:
     now = balances.d.clock.now()
     end = end or now
-    loaded = await balances.load_metered(namespace, subject_key, entitlement_id, start or end)
+    loaded = await balances.load_metered(namespace, owner, entitlement_id, start or end)
     assert loaded.inputs is not None
     measure_from = loaded.inputs.terms.measure_usage_from
     if start is None:

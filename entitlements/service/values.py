@@ -20,7 +20,7 @@ import structlog
 from common.errors import Unavailable
 from entitlements import engine
 from entitlements.cache.store import AliasKey, BalanceCache, Entry
-from entitlements.domain import EntitlementType
+from entitlements.domain import EntitlementType, OwnerRef
 from entitlements.service.balance import BalanceService, Computed, Loaded, Value
 from entitlements.service.terms import Inputs
 
@@ -66,7 +66,13 @@ class CachedBalances:
             self.d.change_listeners.append(cache.invalidate_subject)
 
     async def value(
-        self, namespace: str, subject: str, id_or_feature_key: str, at: datetime | None = None, *, fresh: bool = False
+        self,
+        namespace: str,
+        subject: OwnerRef,
+        id_or_feature_key: str,
+        at: datetime | None = None,
+        *,
+        fresh: bool = False,
     ) -> FreshValue:
         if at is not None:
             as_of = self.d.wall_clock.now()
@@ -86,14 +92,14 @@ class CachedBalances:
             log.warning("value_answered_from_cache", entitlement_id=entry.entitlement_id, as_of=entry.as_of.isoformat())
             return FreshValue(entry.value, entry.as_of, True)
 
-    def warm(self, namespace: str, subject: str, id_or_feature_key: str) -> FreshValue | None:
+    def warm(self, namespace: str, subject: OwnerRef, id_or_feature_key: str) -> FreshValue | None:
         """The cached value at "now", or None (no await: bulk reads answer their warm items in one pass)."""
         if self.cache is None:
             return None
         entry = self.cache.get(namespace, subject, id_or_feature_key, self.d.clock.now())
         return None if entry is None else FreshValue(entry.value, entry.as_of, True)
 
-    async def compute(self, namespace: str, subject: str, id_or_feature_key: str, now: datetime) -> FreshValue:
+    async def compute(self, namespace: str, subject: OwnerRef, id_or_feature_key: str, now: datetime) -> FreshValue:
         """Compute from scratch at `now` and store the result (unless a change raced with it)."""
         assert self.cache is not None
         token = self.cache.token()
@@ -106,7 +112,10 @@ class CachedBalances:
             if meter is None:
                 return FreshValue(value, as_of, False)
             event_type = meter.event_type
-        entry = Entry(namespace, ent.subject_key, ent.id, event_type, value, now, valid_until(loaded, computed), as_of)
+        # Dropped when the owner, one of its subjects (usage, or a customer joined) or the subject asked changes.
+        depends = tuple(dict.fromkeys([*loaded.owner.subjects, *([subject] if isinstance(subject, str) else [])]))
+        until = valid_until(loaded, computed)
+        entry = Entry(namespace, ent.subject_key, ent.id, event_type, value, now, until, as_of, depends)
         aliases: list[AliasKey] = [(namespace, subject, id_or_feature_key)]
         if ent.deleted_at is None:
             aliases += [(namespace, subject, ent.id), (namespace, subject, loaded.feature.key)]

@@ -16,7 +16,7 @@ from fastapi.responses import Response
 
 from common.errors import MetergateError
 from common.http import problem_for
-from common.usage import MeterRef
+from common.usage import MeterRef, Subjects, subject_list
 from entitlements.http import router
 from entitlements.service import Entitlements
 
@@ -56,7 +56,7 @@ class FakeUsage:
     def add(
         self,
         meter: str,
-        subject: str,
+        subject: Subjects,
         time: datetime,
         value: Decimal | int | str,
         *,
@@ -67,14 +67,18 @@ class FakeUsage:
             FakeEvent(meter, subject, time, Decimal(value), stored_at or datetime.now(UTC), dict(groups))
         )
 
-    def _match(self, e: FakeEvent, meter: str, subject: str, filters: Mapping[str, str]) -> bool:
-        return e.meter == meter and e.subject == subject and all(e.groups.get(k) == v for k, v in filters.items())
+    def _match(self, e: FakeEvent, meter: str, subject: Subjects, filters: Mapping[str, str]) -> bool:
+        return (
+            e.meter == meter
+            and e.subject in subject_list(subject)
+            and all(e.groups.get(k) == v for k, v in filters.items())
+        )
 
     async def usage(
         self,
         namespace: str,
         meter_slug: str,
-        subject: str,
+        subject: Subjects,
         group_by_filters: Mapping[str, str],
         start: datetime,
         end: datetime,
@@ -85,7 +89,7 @@ class FakeUsage:
         self,
         namespace: str,
         meter_slug: str,
-        subject: str,
+        subject: Subjects,
         group_by_filters: Mapping[str, str],
         boundaries: Sequence[datetime],
     ) -> list[Decimal]:
@@ -105,8 +109,13 @@ class FakeUsage:
             )
         return out
 
-    async def last_stored_at(self, namespace: str, meter_slug: str, subject: str, before: datetime) -> datetime | None:
-        times = [e.stored_at for e in self.events if e.meter == meter_slug and e.subject == subject and e.time < before]
+    async def last_stored_at(
+        self, namespace: str, meter_slug: str, subject: Subjects, before: datetime
+    ) -> datetime | None:
+        subjects = subject_list(subject)
+        times = [
+            e.stored_at for e in self.events if e.meter == meter_slug and e.subject in subjects and e.time < before
+        ]
         return max(times, default=None)
 
 
@@ -134,10 +143,10 @@ class FakeUsageWithProbe(FakeUsage):
     probes: int = 0
 
     async def stored_after(
-        self, namespace: str, meter_slug: str, subject: str, *, before: datetime, after: datetime
+        self, namespace: str, meter_slug: str, subject: Subjects, *, before: datetime, after: datetime
     ) -> bool:
         self.probes += 1
         return any(
-            e.meter == meter_slug and e.subject == subject and e.time < before and e.stored_at > after
+            e.meter == meter_slug and e.subject in subject_list(subject) and e.time < before and e.stored_at > after
             for e in self.events
         )
