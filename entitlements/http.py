@@ -22,6 +22,7 @@ from entitlements.schemas import (
     EntitlementCreateBody,
     FeatureCreateBody,
     GrantCreateBody,
+    GrantV2CreateBody,
     ResetBody,
     encode,
     page_of,
@@ -32,7 +33,14 @@ from entitlements.service.entitlements import EntitlementInput
 from entitlements.service.features import FeatureInput
 from entitlements.service.grants import GrantInput
 from entitlements.service.history import WindowSize, balance_history, zone
-from entitlements.views import entitlement_view, feature_view, grant_view, history_view, value_view
+from entitlements.views import (
+    entitlement_v2_view,
+    entitlement_view,
+    feature_view,
+    grant_view,
+    history_view,
+    value_view,
+)
 
 router = APIRouter(tags=["entitlements"])
 
@@ -55,11 +63,11 @@ def json_response(body: Any, status: int = 200) -> Response:
     return Response(encode(body), status_code=status, media_type="application/json")
 
 
-def _time(value: str | None, field: str) -> datetime | None:
+def parse_instant(value: str | None, field: str) -> datetime | None:
     return None if value is None else parse_time(value, field=field)
 
 
-def _paging(page: int | None, page_size: int | None, offset: int, limit: int | None) -> tuple[int, int]:
+def paging(page: int | None, page_size: int | None, offset: int, limit: int | None) -> tuple[int, int]:
     if page is not None or page_size is not None:
         size = min(page_size or 100, MAX_LIMIT)
         return size, ((page or 1) - 1) * size
@@ -86,7 +94,7 @@ async def list_features(
     offset: Offset = 0,
     limit: Limit = None,
 ) -> Response:
-    n, skip = _paging(page, page_size, offset, limit)
+    n, skip = paging(page, page_size, offset, limit)
     svc = ents.features
     items = await svc.search(
         namespace, include_archived=include_archived, meter_slugs=meter_slug or (), limit=n, offset=skip
@@ -129,7 +137,7 @@ async def archive_feature(namespace: Namespace, ents: Ents, featureId: str) -> R
 # ---- entitlements ----
 
 
-def _entitlement_input(body: EntitlementCreateBody) -> EntitlementInput:
+def entitlement_input(body: EntitlementCreateBody) -> EntitlementInput:
     if body.isUnlimited:
         raise InvalidInput("isUnlimited is deprecated and not supported: use isSoftLimit", field="isUnlimited")
     return EntitlementInput(
@@ -148,17 +156,22 @@ def _entitlement_input(body: EntitlementCreateBody) -> EntitlementInput:
     )
 
 
-async def _entitlement_views(svc: Entitlements, entitlements: list[Any]) -> list[dict[str, Any]]:
+async def entitlement_views(svc: Entitlements, entitlements: list[Any], *, v2: bool = False) -> list[dict[str, Any]]:
+    """v1 (subjectKey) or v2 (customerId, customerKey) views, with current periods and owners loaded in bulk."""
     periods = await svc.balances.periods(entitlements, svc.deps.clock.now())
-    return [entitlement_view(e, periods.get(e.id)) for e in entitlements]
+    ids = [e.customer_id for e in entitlements if e.customer_id is not None]
+    namespace = entitlements[0].namespace if entitlements else ""
+    customers = await svc.customers.by_ids(namespace, ids) if ids else {}
+    view = entitlement_v2_view if v2 else entitlement_view
+    return [view(e, periods.get(e.id), customers.get(e.customer_id or "")) for e in entitlements]
 
 
 @router.post(ENT, status_code=201)
 async def create_entitlement(request: Request, namespace: Namespace, ents: Ents, subjectIdOrKey: str) -> Response:  # noqa: N803
     svc = ents
-    spec = _entitlement_input(parse_body(EntitlementCreateBody, await request.body()))
+    spec = entitlement_input(parse_body(EntitlementCreateBody, await request.body()))
     created = await svc.entitlements.create(namespace, subjectIdOrKey, spec)
-    return json_response((await _entitlement_views(svc, [created]))[0], 201)
+    return json_response((await entitlement_views(svc, [created]))[0], 201)
 
 
 @router.get(ENT)
@@ -170,7 +183,7 @@ async def list_subject_entitlements(
 ) -> Response:
     svc = ents
     items = await svc.entitlements.search(namespace, subject_keys=[subjectIdOrKey], include_deleted=include_deleted)
-    return json_response(await _entitlement_views(svc, items))
+    return json_response(await entitlement_views(svc, items))
 
 
 @router.get("/api/v1/entitlements")
@@ -186,7 +199,7 @@ async def list_entitlements(
     limit: Limit = None,
 ) -> Response:
     svc = ents
-    n, skip = _paging(page, page_size, offset, limit)
+    n, skip = paging(page, page_size, offset, limit)
     filters: dict[str, Any] = {
         "subject_keys": subject or (),
         "feature_keys": feature or (),
@@ -196,14 +209,14 @@ async def list_entitlements(
     total = len(items)
     if page is not None or page_size is not None:
         total = await svc.entitlements.count(namespace, **filters)
-    return json_response(page_of(await _entitlement_views(svc, items), page, page_size, total))
+    return json_response(page_of(await entitlement_views(svc, items), page, page_size, total))
 
 
 @router.get("/api/v1/entitlements/{entitlementId}")
 async def get_entitlement_by_id(namespace: Namespace, ents: Ents, entitlementId: str) -> Response:  # noqa: N803
     svc = ents
     found = await svc.entitlements.get(namespace, None, entitlementId)
-    return json_response((await _entitlement_views(svc, [found]))[0])
+    return json_response((await entitlement_views(svc, [found]))[0])
 
 
 @router.get(ENT + "/{entitlementId}")
@@ -215,7 +228,7 @@ async def get_entitlement(
 ) -> Response:
     svc = ents
     found = await svc.entitlements.get(namespace, subjectIdOrKey, entitlementId)
-    return json_response((await _entitlement_views(svc, [found]))[0])
+    return json_response((await entitlement_views(svc, [found]))[0])
 
 
 @router.delete(ENT + "/{entitlementId}", status_code=204)
@@ -238,9 +251,9 @@ async def override_entitlement(
     entitlementIdOrFeatureKey: str,  # noqa: N803
 ) -> Response:
     svc = ents
-    spec = _entitlement_input(parse_body(EntitlementCreateBody, await request.body()))
+    spec = entitlement_input(parse_body(EntitlementCreateBody, await request.body()))
     created = await svc.entitlements.override(namespace, subjectIdOrKey, entitlementIdOrFeatureKey, spec)
-    return json_response((await _entitlement_views(svc, [created]))[0], 201)
+    return json_response((await entitlement_views(svc, [created]))[0], 201)
 
 
 # ---- grants ----
@@ -256,23 +269,26 @@ async def create_grant(
 ) -> Response:
     svc = ents
     body = parse_body(GrantCreateBody, await request.body())
-    grant = await svc.grants.create(
-        namespace,
-        subjectIdOrKey,
-        entitlementIdOrFeatureKey,
-        GrantInput(
-            amount=body.amount,
-            effective_at=body.effectiveAt,
-            expiration=Expiration(ExpirationDuration(body.expiration.duration), body.expiration.count),
-            priority=body.priority,
-            min_rollover_amount=body.minRolloverAmount,
-            max_rollover_amount=body.maxRolloverAmount,
-            recurrence_interval=body.recurrence.interval if body.recurrence else None,
-            recurrence_anchor=body.recurrence.anchor if body.recurrence else None,
-            metadata=body.metadata or {},
-        ),
-    )
+    grant = await svc.grants.create(namespace, subjectIdOrKey, entitlementIdOrFeatureKey, grant_input(body))
     return json_response(grant_view(grant, svc.deps.clock.now()), 201)
+
+
+def grant_input(body: GrantCreateBody | GrantV2CreateBody) -> GrantInput:
+    return GrantInput(
+        amount=body.amount,
+        effective_at=body.effectiveAt,
+        expiration=(
+            None
+            if body.expiration is None
+            else Expiration(ExpirationDuration(body.expiration.duration), body.expiration.count)
+        ),
+        priority=body.priority,
+        min_rollover_amount=body.minRolloverAmount,
+        max_rollover_amount=body.maxRolloverAmount,
+        recurrence_interval=body.recurrence.interval if body.recurrence else None,
+        recurrence_anchor=body.recurrence.anchor if body.recurrence else None,
+        metadata=body.metadata or {},
+    )
 
 
 @router.get(ENT + "/{entitlementIdOrFeatureKey}/grants")
@@ -304,7 +320,7 @@ async def list_grants(
     limit: Limit = None,
 ) -> Response:
     svc = ents
-    n, skip = _paging(page, page_size, offset, limit)
+    n, skip = paging(page, page_size, offset, limit)
     filters: dict[str, Any] = {
         "subject_keys": subject or (),
         "feature_keys": feature or (),
@@ -348,7 +364,11 @@ async def entitlement_value(
     ingest notifications and the engine's next change instant; `Cache-Control: no-cache` forces a fresh
     computation."""
     fresh = await ents.values.value(
-        namespace, subjectIdOrKey, entitlementIdOrFeatureKey, _time(time, "time"), fresh=wants_fresh(cache_control)
+        namespace,
+        subjectIdOrKey,
+        entitlementIdOrFeatureKey,
+        parse_instant(time, "time"),
+        fresh=wants_fresh(cache_control),
     )
     return json_response({**value_view(fresh.value), "asOf": fresh.as_of})
 
@@ -373,8 +393,8 @@ async def entitlement_history(
         namespace,
         subjectIdOrKey,
         entitlementId,
-        start=_time(from_, "from"),
-        end=_time(to, "to"),
+        start=parse_instant(from_, "from"),
+        end=parse_instant(to, "to"),
         size=size,
         tz=zone(window_time_zone),
     )

@@ -175,6 +175,47 @@ class GrantCreateBody(_In):
     metadata: dict[str, str] | None = None
 
 
+class UsageAttributionBody(_In):
+    subjectKeys: list[str] = Field(default_factory=list, max_length=100_000)  # noqa: N815
+
+
+class CustomerBody(_In):
+    """OpenMeter's CustomerCreate / CustomerReplaceUpdate (billingAddress is accepted and not stored)."""
+
+    name: str = Field(min_length=1, max_length=256)
+    key: str | None = Field(default=None, min_length=1, max_length=256)
+    description: str | None = Field(default=None, max_length=4096)
+    metadata: dict[str, str] | None = None
+    usageAttribution: UsageAttributionBody | None = None  # noqa: N815
+    primaryEmail: str | None = None  # noqa: N815
+    currency: str | None = None
+
+
+class IssueBody(_In):
+    amount: Decimal
+    priority: int = 1
+
+
+class GrantV2CreateBody(_In):
+    """OpenMeter's EntitlementGrantCreateInputV2: `expiration` is optional (no expiration: the grant never expires)."""
+
+    amount: Decimal
+    priority: int = 1
+    effectiveAt: AwareDatetime  # noqa: N815
+    expiration: ExpirationBody | None = None
+    minRolloverAmount: Decimal = Decimal(0)  # noqa: N815
+    maxRolloverAmount: Decimal = Decimal(0)  # noqa: N815
+    recurrence: UsagePeriodBody | None = None
+    metadata: dict[str, str] | None = None
+
+
+class EntitlementV2CreateBody(EntitlementCreateBody):
+    """OpenMeter's EntitlementV2CreateInputs: v1's fields plus `issue` and initial `grants` (metered)."""
+
+    issue: IssueBody | None = None
+    grants: list[GrantV2CreateBody] | None = Field(default=None, max_length=100)
+
+
 class ResetBody(_In):
     effectiveAt: AwareDatetime | None = None  # noqa: N815
     retainAnchor: bool = False  # noqa: N815

@@ -200,9 +200,19 @@ class EntitlementRepository:
         """Ids of every entitlement a customer owns (deleted ones too)."""
         return list(self.s.scalars(select(EntitlementRow.id).where(EntitlementRow.customer_id == customer_id)))
 
-    def search(self, namespace: str, f: EntitlementFilters, *, limit: int, offset: int) -> list[Entitlement]:
+    def search(
+        self,
+        namespace: str,
+        f: EntitlementFilters,
+        *,
+        limit: int,
+        offset: int,
+        order_by: str = "createdAt",
+        descending: bool = False,
+    ) -> list[Entitlement]:
+        column = EntitlementRow.updated_at if order_by == "updatedAt" else EntitlementRow.created_at
         q = _matching_entitlements(namespace, f)
-        q = q.order_by(EntitlementRow.created_at, EntitlementRow.id).limit(limit).offset(offset)
+        q = q.order_by(column.desc() if descending else column, EntitlementRow.id).limit(limit).offset(offset)
         return [_entitlement(r) for r in self.s.scalars(q)]
 
     def count(self, namespace: str, f: EntitlementFilters) -> int:
@@ -240,6 +250,8 @@ class EntitlementFilters:
     feature_keys: Sequence[str] = ()
     include_deleted: bool = False
     owners_given: bool = False
+    customers_only: bool = False
+    types: Sequence[str] = ()
 
 
 def _matching_entitlements(namespace: str, f: EntitlementFilters) -> Select[EntitlementRow]:
@@ -253,8 +265,12 @@ def _matching_entitlements(namespace: str, f: EntitlementFilters) -> Select[Enti
         q = q.where(or_(*owners))
     elif f.owners_given:
         q = q.where(false())
+    if f.customers_only:
+        q = q.where(EntitlementRow.customer_id.is_not(None))
     if f.feature_keys:
         q = q.where(EntitlementRow.feature_key.in_(list(f.feature_keys)))
+    if f.types:
+        q = q.where(EntitlementRow.type.in_(list(f.types)))
     if not f.include_deleted:
         q = q.where(EntitlementRow.deleted_at.is_(None))
     return q

@@ -11,6 +11,7 @@ from entitlements.db.session import Database
 from entitlements.quotas import QuotaSettings
 from entitlements.service.access import AccessService
 from entitlements.service.balance import BalanceService
+from entitlements.service.customers import CustomerService
 from entitlements.service.deps import Deps, StoredAfterProbe
 from entitlements.service.entitlements import EntitlementService
 from entitlements.service.features import FeatureService
@@ -29,6 +30,7 @@ class Entitlements:
     balances: BalanceService
     values: CachedBalances  # value reads at "now" through the balance cache (entitlements/cache)
     access: AccessService  # many (subject, entitlement) values in one call
+    customers: CustomerService
 
     def close(self) -> None:
         self.deps.db.dispose()
@@ -70,4 +72,5 @@ def build_entitlements(
         balances=balances,
         values=values,
         access=AccessService(values, entitlements),
+        customers=CustomerService(deps),
     )

@@ -234,14 +234,20 @@ class EntitlementService:
         include_deleted: bool = False,
         limit: int = MAX_PAGE,
         offset: int = 0,
+        customers_only: bool = False,
+        types: Sequence[str] = (),
+        order_by: str = "createdAt",
+        descending: bool = False,
     ) -> list[Entitlement]:
-        """Filtered by owner: a subject's entitlements are its own and its customer's; `customer_ids` are ids."""
+        """Filtered by owner: a subject's entitlements are its own and its customer's; `customer_ids` are ids.
+        `customers_only`: customers' entitlements only (the v2 lists)."""
 
         def tx() -> list[Entitlement]:
             with self.d.db.read() as s:
                 f = owner_filters(s, namespace, subject_keys, customer_ids, feature_keys, include_deleted)
+                f = replace(f, customers_only=customers_only, types=tuple(types))
                 return EntitlementRepository(s, lock_rows=False).search(
-                    namespace, f, limit=min(limit, MAX_PAGE), offset=offset
+                    namespace, f, limit=min(limit, MAX_PAGE), offset=offset, order_by=order_by, descending=descending
                 )
 
         return await self.d.in_thread(tx)
@@ -254,12 +260,15 @@ class EntitlementService:
         customer_ids: Sequence[str] = (),
         feature_keys: Sequence[str] = (),
         include_deleted: bool = False,
+        customers_only: bool = False,
+        types: Sequence[str] = (),
     ) -> int:
         """How many entitlements `search` pages through with these filters."""
 
         def tx() -> int:
             with self.d.db.read() as s:
                 f = owner_filters(s, namespace, subject_keys, customer_ids, feature_keys, include_deleted)
+                f = replace(f, customers_only=customers_only, types=tuple(types))
                 return EntitlementRepository(s, lock_rows=False).count(namespace, f)
 
         return await self.d.in_thread(tx)

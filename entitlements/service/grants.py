@@ -5,7 +5,7 @@ per entitlement and bumps its version, so a balance read never mixes states and 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from decimal import Decimal
 
@@ -79,6 +79,10 @@ class GrantService:
     def __init__(self, deps: Deps) -> None:
         self.d = deps
 
+    def validate(self, spec: GrantInput) -> None:
+        """The checks `create` makes before it writes anything (a 400 naming the field)."""
+        _validate(spec)
+
     async def create(self, namespace: str, owner_ref: OwnerRef, id_or_feature_key: str, spec: GrantInput) -> Grant:
         _validate(spec)
         now = self.d.clock.now()
@@ -150,13 +154,16 @@ class GrantService:
         include_voided: bool = False,
         limit: int = MAX_PAGE,
         offset: int = 0,
+        customers_only: bool = False,
     ) -> list[Grant]:
         def tx() -> list[Grant]:
             with self.d.db.read() as s:
                 return GrantRepository(s).search(
                     namespace,
                     include_voided=include_voided,
-                    entitlement_ids=_entitlement_ids(s, namespace, subject_keys, customer_ids, feature_keys),
+                    entitlement_ids=_entitlement_ids(
+                        s, namespace, subject_keys, customer_ids, feature_keys, customers_only
+                    ),
                     limit=min(limit, MAX_PAGE),
                     offset=offset,
                 )
@@ -171,6 +178,7 @@ class GrantService:
         customer_ids: Sequence[str] = (),
         feature_keys: Sequence[str] = (),
         include_voided: bool = False,
+        customers_only: bool = False,
     ) -> int:
         """How many grants `search` pages through with these filters."""
 
@@ -179,7 +187,9 @@ class GrantService:
                 return GrantRepository(s).count(
                     namespace,
                     include_voided=include_voided,
-                    entitlement_ids=_entitlement_ids(s, namespace, subject_keys, customer_ids, feature_keys),
+                    entitlement_ids=_entitlement_ids(
+                        s, namespace, subject_keys, customer_ids, feature_keys, customers_only
+                    ),
                 )
 
         return await self.d.in_thread(tx)
@@ -218,12 +228,18 @@ class GrantService:
 
 
 def _entitlement_ids(
-    s: Session, namespace: str, subject_keys: Sequence[str], customer_ids: Sequence[str], feature_keys: Sequence[str]
+    s: Session,
+    namespace: str,
+    subject_keys: Sequence[str],
+    customer_ids: Sequence[str],
+    feature_keys: Sequence[str],
+    customers_only: bool = False,
 ) -> list[str] | None:
     """The entitlements (deleted ones too) a grant filter on owners or features means; None: no filter."""
-    if not (subject_keys or customer_ids or feature_keys):
+    if not (subject_keys or customer_ids or feature_keys or customers_only):
         return None
     f = owner_filters(s, namespace, subject_keys, customer_ids, feature_keys, include_deleted=True)
+    f = replace(f, customers_only=customers_only)
     return [e.id for e in EntitlementRepository(s, lock_rows=False).search(namespace, f, limit=100_000, offset=0)]
 
 

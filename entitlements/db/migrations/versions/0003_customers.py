@@ -75,7 +75,6 @@ def upgrade() -> None:
             postgresql_where=sa.text("deleted_at IS NULL AND customer_id IS NOT NULL"),
         )
 
-
     with op.batch_alter_table("grants", schema=None) as batch_op:  # v2 grants may never expire
         batch_op.alter_column("expiration_duration", existing_type=sa.String(length=8), nullable=True)
         batch_op.alter_column("expiration_count", existing_type=sa.Integer(), nullable=True)
