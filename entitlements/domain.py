@@ -147,6 +147,11 @@ class Entitlement:
     version: int = 0
     customer_id: str | None = None
 
+    @property
+    def owner_ref(self) -> OwnerRef:
+        """How to name this entitlement's owner to the services (a subject key, or the customer)."""
+        return self.subject_key if self.customer_id is None else CustomerRef(self.customer_id)
+
 
 @dataclass(frozen=True, slots=True)
 class Expiration:

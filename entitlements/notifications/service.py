@@ -338,7 +338,7 @@ class NotificationService:
             return created
         now = self.deps.clock.now()
         try:
-            value = await self.ent.balances.value(namespace, entitlement.subject_key, entitlement.id, now)
+            value = await self.ent.balances.value(namespace, entitlement.owner_ref, entitlement.id, now)
         except NotFound:
             return 0
         period = (await self.ent.balances.periods([entitlement], now)).get(entitlement.id)
@@ -376,6 +376,7 @@ class NotificationService:
                         },
                         "feature": {"id": entitlement.feature_id, "key": entitlement.feature_key},
                         "subject": {"key": entitlement.subject_key},
+                        **_customer(entitlement),
                         "threshold": threshold.to_api(),
                         "value": {
                             "hasAccess": value.has_access,
@@ -428,6 +429,7 @@ class NotificationService:
                     "entitlement": {"id": entitlement.id, "featureKey": entitlement.feature_key},
                     "feature": {"id": entitlement.feature_id, "key": entitlement.feature_key},
                     "subject": {"key": entitlement.subject_key},
+                    **_customer(entitlement),
                     "resetAt": effective_at,
                 },
             }
@@ -447,3 +449,8 @@ class NotificationService:
             if await self._record_async(namespace, rule, row):
                 created += 1
         return created
+
+
+def _customer(entitlement: Entitlement) -> dict[str, Any]:
+    """A customer's entitlement names its customer (its `subject.key` is then the customer's id)."""
+    return {} if entitlement.customer_id is None else {"customer": {"id": entitlement.customer_id}}

@@ -157,7 +157,7 @@ class NotificationWatcher:
         if ent.type is not EntitlementType.METERED or ent.deleted_at is not None:
             return
         now = self.deps.clock.now()
-        grants = await self.service.ent.grants.list_for_entitlement(namespace, ent.subject_key, ent.id)
+        grants = await self.service.ent.grants.list_for_entitlement(namespace, ent.owner_ref, ent.id)
         period = (await self.service.ent.balances.periods([ent], now)).get(ent.id)
         at = next_change(grants, period.end if period else None, now)
         if at is not None:
