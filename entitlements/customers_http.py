@@ -29,17 +29,18 @@ from entitlements.http import (
     entitlement_input,
     entitlement_views,
     grant_input,
+    history_response,
     json_response,
     paging,
-    parse_instant,
+    reset_response,
+    value_response,
     wants_fresh,
 )
-from entitlements.schemas import CustomerBody, EntitlementV2CreateBody, GrantV2CreateBody, ResetBody, parse_body
+from entitlements.schemas import CustomerBody, EntitlementV2CreateBody, GrantV2CreateBody, parse_body
 from entitlements.service import Entitlements
 from entitlements.service.customers import CustomerInput
 from entitlements.service.entitlements import EntitlementInput
-from entitlements.service.history import WindowSize, balance_history, zone
-from entitlements.views import customer_view, grant_view, history_view, value_view
+from entitlements.views import customer_view, grant_view
 
 router = APIRouter(tags=["customers"])
 
@@ -145,14 +146,7 @@ async def customer_value(
     cache_control: Annotated[str | None, Header(alias="Cache-Control")] = None,
 ) -> Response:
     """The customer's entitlement value for the feature, plus `asOf` (the subject value route's fast path)."""
-    fresh = await ents.values.value(
-        namespace,
-        CustomerRef(customerIdOrKey),
-        featureKey,
-        parse_instant(time, "time"),
-        fresh=wants_fresh(cache_control),
-    )
-    return json_response({**value_view(fresh.value), "asOf": fresh.as_of})
+    return await value_response(ents, namespace, CustomerRef(customerIdOrKey), featureKey, time, cache_control)
 
 
 # ---- v2 entitlements on customers ----
@@ -297,14 +291,8 @@ async def customer_entitlement_value(
     time: str | None = None,
     cache_control: Annotated[str | None, Header(alias="Cache-Control")] = None,
 ) -> Response:
-    fresh = await ents.values.value(
-        namespace,
-        CustomerRef(customerIdOrKey),
-        entitlementIdOrFeatureKey,
-        parse_instant(time, "time"),
-        fresh=wants_fresh(cache_control),
-    )
-    return json_response({**value_view(fresh.value), "asOf": fresh.as_of})
+    ref = CustomerRef(customerIdOrKey)
+    return await value_response(ents, namespace, ref, entitlementIdOrFeatureKey, time, cache_control)
 
 
 @router.get(V2 + "/{entitlementIdOrFeatureKey}/history")
@@ -318,21 +306,10 @@ async def customer_entitlement_history(
     to: str | None = None,
     window_time_zone: Annotated[str, Query(alias="windowTimeZone")] = "UTC",
 ) -> Response:
-    try:
-        size = WindowSize(window_size.upper())
-    except ValueError:
-        raise InvalidInput("windowSize must be MINUTE, HOUR, DAY or MONTH", field="windowSize") from None
-    history = await balance_history(
-        ents.balances,
-        namespace,
-        CustomerRef(customerIdOrKey),
-        entitlementIdOrFeatureKey,
-        start=parse_instant(from_, "from"),
-        end=parse_instant(to, "to"),
-        size=size,
-        tz=zone(window_time_zone),
+    ref = CustomerRef(customerIdOrKey)
+    return await history_response(
+        ents, namespace, ref, entitlementIdOrFeatureKey, window_size, from_, to, window_time_zone
     )
-    return json_response(history_view(history))
 
 
 @router.post(V2 + "/{entitlementIdOrFeatureKey}/reset", status_code=204)
@@ -343,16 +320,7 @@ async def reset_customer_entitlement(
     customerIdOrKey: str,  # noqa: N803
     entitlementIdOrFeatureKey: str,  # noqa: N803
 ) -> Response:
-    body = parse_body(ResetBody, await request.body())
-    await ents.balances.reset(
-        namespace,
-        CustomerRef(customerIdOrKey),
-        entitlementIdOrFeatureKey,
-        effective_at=body.effectiveAt,
-        retain_anchor=body.retainAnchor,
-        preserve_overage=body.preserveOverage,
-    )
-    return Response(status_code=204)
+    return await reset_response(request, ents, namespace, CustomerRef(customerIdOrKey), entitlementIdOrFeatureKey)
 
 
 # ---- v2 lists across customers ----

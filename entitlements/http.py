@@ -17,7 +17,7 @@ from fastapi.responses import Response
 from common.cloudevents import parse_time
 from common.errors import InvalidInput, Unavailable
 from common.http import Namespace
-from entitlements.domain import EntitlementType, Expiration, ExpirationDuration
+from entitlements.domain import EntitlementType, Expiration, ExpirationDuration, OwnerRef
 from entitlements.schemas import (
     EntitlementCreateBody,
     FeatureCreateBody,
@@ -363,14 +363,65 @@ async def entitlement_value(
     At "now" (no `time`) the answer may come from the balance cache, which is kept exact by state changes,
     ingest notifications and the engine's next change instant; `Cache-Control: no-cache` forces a fresh
     computation."""
+    return await value_response(ents, namespace, subjectIdOrKey, entitlementIdOrFeatureKey, time, cache_control)
+
+
+async def value_response(
+    ents: Entitlements,
+    namespace: str,
+    owner: OwnerRef,
+    id_or_feature_key: str,
+    time: str | None,
+    cache_control: str | None,
+) -> Response:
+    """A value read's answer (subject and customer routes): OpenMeter's fields plus `asOf`."""
     fresh = await ents.values.value(
-        namespace,
-        subjectIdOrKey,
-        entitlementIdOrFeatureKey,
-        parse_instant(time, "time"),
-        fresh=wants_fresh(cache_control),
+        namespace, owner, id_or_feature_key, parse_instant(time, "time"), fresh=wants_fresh(cache_control)
     )
     return json_response({**value_view(fresh.value), "asOf": fresh.as_of})
+
+
+async def history_response(
+    ents: Entitlements,
+    namespace: str,
+    owner: OwnerRef,
+    id_or_feature_key: str,
+    window_size: str,
+    from_: str | None,
+    to: str | None,
+    window_time_zone: str,
+) -> Response:
+    """A history read's answer (subject and customer routes): windowed history and burn-down segments."""
+    try:
+        size = WindowSize(window_size.upper())
+    except ValueError:
+        raise InvalidInput("windowSize must be MINUTE, HOUR, DAY or MONTH", field="windowSize") from None
+    history = await balance_history(
+        ents.balances,
+        namespace,
+        owner,
+        id_or_feature_key,
+        start=parse_instant(from_, "from"),
+        end=parse_instant(to, "to"),
+        size=size,
+        tz=zone(window_time_zone),
+    )
+    return json_response(history_view(history))
+
+
+async def reset_response(
+    request: Request, ents: Entitlements, namespace: str, owner: OwnerRef, id_or_feature_key: str
+) -> Response:
+    body = parse_body(ResetBody, await request.body())
+    await ents.balances.reset(
+        namespace,
+        owner,
+        id_or_feature_key,
+        effective_at=body.effectiveAt,
+        retain_anchor=body.retainAnchor,
+        preserve_overage=body.preserveOverage,
+    )
+    return Response(status_code=204)
 
 
 @router.get(ENT + "/{entitlementId}/history")
@@ -384,21 +435,9 @@ async def entitlement_history(
     to: str | None = None,
     window_time_zone: Annotated[str, Query(alias="windowTimeZone")] = "UTC",
 ) -> Response:
-    try:
-        size = WindowSize(window_size.upper())
-    except ValueError:
-        raise InvalidInput("windowSize must be MINUTE, HOUR, DAY or MONTH", field="windowSize") from None
-    history = await balance_history(
-        ents.balances,
-        namespace,
-        subjectIdOrKey,
-        entitlementId,
-        start=parse_instant(from_, "from"),
-        end=parse_instant(to, "to"),
-        size=size,
-        tz=zone(window_time_zone),
+    return await history_response(
+        ents, namespace, subjectIdOrKey, entitlementId, window_size, from_, to, window_time_zone
     )
-    return json_response(history_view(history))
 
 
 @router.post(ENT + "/{entitlementId}/reset", status_code=204)
@@ -409,13 +448,4 @@ async def reset_usage(
     subjectIdOrKey: str,  # noqa: N803
     entitlementId: str,  # noqa: N803
 ) -> Response:
-    body = parse_body(ResetBody, await request.body())
-    await ents.balances.reset(
-        namespace,
-        subjectIdOrKey,
-        entitlementId,
-        effective_at=body.effectiveAt,
-        retain_anchor=body.retainAnchor,
-        preserve_overage=body.preserveOverage,
-    )
-    return Response(status_code=204)
+    return await reset_response(request, ents, namespace, subjectIdOrKey, entitlementId)

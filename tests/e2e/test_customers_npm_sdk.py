@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import shutil
 import subprocess
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -19,26 +18,12 @@ from typing import Any
 import pytest
 
 from tests.e2e.test_dev_server import DevServer, running_dev_server
+from tests.support.npm_sdk import npm_package
 
 pytestmark = pytest.mark.e2e
 
 SDK = "@openmeter/sdk@1.0.0-beta.232"
 SCRIPT = Path(__file__).parents[1] / "support" / "npm_openmeter_customer_flow.mjs"
-
-
-def _sdk_folder() -> Path:
-    if shutil.which("node") is None or shutil.which("npm") is None:
-        pytest.skip("node and npm are needed to run OpenMeter's JavaScript SDK")
-    folder = Path(tempfile.gettempdir()) / "metergate-npm-openmeter-sdk-1.0.0-beta.232"
-    if not (folder / "node_modules" / "@openmeter" / "sdk").is_dir():
-        folder.mkdir(parents=True, exist_ok=True)
-        subprocess.run(
-            ["npm", "install", "--silent", "--no-audit", "--no-fund", "--prefix", str(folder), SDK],
-            check=True,
-            timeout=300,
-            capture_output=True,
-        )
-    return folder
 
 
 @pytest.fixture
@@ -48,7 +33,7 @@ def dev(tmp_path: Path) -> Iterator[DevServer]:
 
 
 def test_openmeter_js_sdk_customer_flow(dev: DevServer, tmp_path: Path) -> None:
-    folder = _sdk_folder()
+    folder = npm_package(SDK)
     # An ES module resolves packages from its own folder upwards: run a copy placed beside node_modules.
     script = folder / SCRIPT.name
     shutil.copyfile(SCRIPT, script)
