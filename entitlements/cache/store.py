@@ -4,12 +4,14 @@ An entry is the value of one entitlement at "now", answered without SQL or Click
 the value a computation from scratch would give. Three things can change that value; each is covered:
 
 - **State** (entitlement, grants, voids, resets, overrides, deletion): every write calls
-  `invalidate_subject` for the subject it touched, before its response is sent (and other replicas learn of
-  it through `entitlements.cache.replicas`).
+  `invalidate_subject` for the subject it touched, before its response is sent (other API processes learn of
+  it through the notification topic: `on_changes`).
 - **Usage**: ingest notifications (`common.ingest_notifications`) drop the entries of the (namespace, subject) whose
-  meter's event type got events. A gap or a restart in the notification sequence drops every entry;
-  a duplicate only drops again. Events whose time is still ahead of "now" when they are stored (future
-  event times) are remembered as spans; an entry is never valid past the start of such a span.
+  meter's event type got events. A gap or a new publisher (a restart) in the notification sequences drops
+  every entry; a duplicate only drops again. With Kafka, other API processes' state changes arrive on the
+  same topic (`on_changes`), and while the topic cannot be followed the cache is suspended (stores nothing).
+  Events whose time is still ahead of "now" when they are stored (future event times) are remembered as
+  spans; an entry is never valid past the start of such a span.
 - **Time**: an entry is valid on `[computed_for, valid_until)`, where `valid_until` is the next instant
   the engine knows changes the value (period end, grant activation, expiry, void, recurrence).
 
@@ -33,6 +35,8 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING
+
+from common.ingest_notifications import Seen, StreamTracker
 
 if TYPE_CHECKING:
     from common.ingest_notifications import IngestNotification
@@ -129,8 +133,8 @@ class BalanceCache:
         self._floor = 0
         self._future: dict[tuple[str, str, str], _Spans] = {}
         self._high_water: datetime | None = None
-        self._stream: str | None = None
-        self._sequence = 0
+        self._streams = StreamTracker()
+        self._suspended = False
 
     # ---- reads ----
 
@@ -147,6 +151,9 @@ class BalanceCache:
 
     def get(self, namespace: str, subject: str | CustomerRef, id_or_feature_key: str, now: datetime) -> Entry | None:
         self._observe(now)
+        if self._suspended:
+            self.stats.misses += 1
+            return None
         key = self._aliases.get((namespace, subject, id_or_feature_key))
         entry = None if key is None else self._entries.get(key)
         if entry is None or not entry.valid_at(now):
@@ -162,6 +169,8 @@ class BalanceCache:
         """Store `entry` (found under every alias) unless one of its keys changed since `token` was taken."""
         subjects = [(entry.namespace, k) for k in entry.keys]
         self._observe(entry.computed_for)
+        if self._suspended:
+            return False
         if token < self._floor or any(self._invalidated.get(subject, -1) > token for subject in subjects):
             self.stats.refused += 1
             return False
@@ -204,24 +213,40 @@ class BalanceCache:
         self.stats.invalidations += 1
 
     def on_ingest(self, notes: Sequence[IngestNotification]) -> None:
-        """Follow the ingest notification stream (common.ingest_notifications)."""
+        """Follow the ingest notification stream (common.ingest_notifications), from one or more publishers."""
         for note in notes:
-            if note.stream != self._stream:
-                # A new stream (a restart, or the first notification this cache sees): unless it starts at
-                # 1 before anything else was seen, some notification may have been missed.
-                if self._stream is not None or note.sequence != 1:
-                    self.stats.gaps += 1
-                    self.clear()
-                self._stream, self._sequence = note.stream, 0
-            elif note.sequence > self._sequence + 1:
+            if self._streams.observe(note.stream, note.sequence) is Seen.GAP:
+                # A new publisher (a restart) or a skipped sequence: some notification may have been missed.
                 self.stats.gaps += 1
                 self.clear()
-            self._sequence = max(self._sequence, note.sequence)
             mark = self._mark()
             if mark is None or note.latest_event_time >= mark:
                 spans = self._future.setdefault((note.namespace, note.subject, note.event_type), _Spans())
                 spans.add(note.earliest_event_time, note.latest_event_time)
             self._invalidate_usage(note.namespace, note.subject, note.event_type)
+
+    def on_changes(self, stream: str, sequence: int, changes: Sequence[tuple[str, str]]) -> None:
+        """State changes another API process committed (its writes invalidate its own cache directly)."""
+        if self._streams.observe(stream, sequence) is Seen.GAP:
+            self.stats.gaps += 1
+            self.clear()
+        for namespace, key in changes:
+            self.invalidate_subject(namespace, key)
+
+    def suspend(self) -> None:
+        """The notification stream cannot be followed (broker unreachable): drop everything, store nothing."""
+        self._suspended = True
+        self.clear()
+
+    def resume(self) -> None:
+        """Following again from the stream's end: what happened meanwhile is unknown, so start empty."""
+        self._streams.forget()
+        self.clear()
+        self._suspended = False
+
+    @property
+    def suspended(self) -> bool:
+        return self._suspended
 
     def clear(self) -> None:
         """Drop everything and refuse every computation in flight."""

@@ -17,6 +17,7 @@ import time
 from collections import deque
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 
 import structlog
@@ -25,7 +26,9 @@ from aiokafka.errors import KafkaError
 
 from common.clickhouse import ClickHouse, connect_clickhouse
 from common.clock import Clock, SystemClock
+from common.ingest_notifications import group_events
 from common.settings import ClickHouseSettings, KafkaSettings
+from ingest.notification_stream import KafkaNotificationPublisher
 from ingest.settings import SinkSettings
 from ingest.sink.consumer import PartitionState, batch_from_records, conflict_letters
 from ingest.sink.dlq import DeadLetter, DeadLetterSink, KafkaDeadLetters
@@ -75,11 +78,13 @@ class SinkWorker:
         processor: BatchProcessor,
         dead_letters: DeadLetterSink,
         settings: SinkSettings,
+        notifications: KafkaNotificationPublisher | None = None,
     ) -> None:
         self.consumer = consumer
         self.processor = processor
         self.dead_letters = dead_letters
         self.settings = settings
+        self.notifications = notifications
         self.counters = SinkCounters()
         self.partitions: dict[TopicPartition, PartitionState] = {}
         self._write_lock = asyncio.Lock()
@@ -279,6 +284,12 @@ class SinkWorker:
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, self.settings.retry_backoff_max_ms / 1000)
         self._resume_all()
+        if self.notifications is not None and rec is not None:
+            # Stored and visible: followers (API caches, webhooks) learn whose usage changed before the commit.
+            events = ((i.decoded.namespace, i.decoded.event.subject, i.decoded.event.type, i.decoded.event.time)
+                      for i in batch.items)  # fmt: skip
+            stored_at = datetime.fromtimestamp(rec.stored_at_ms / 1000, UTC)
+            await self.notifications.publish_usage(group_events(events), stored_at)
         self.counters.add(batch, result)
         for conflict in result.conflicts:
             log.warning(
@@ -349,7 +360,8 @@ async def open_worker(
         enable_idempotence=False,
     )
     await producer.start()
-    worker = SinkWorker(consumer, processor, KafkaDeadLetters(producer, kafka.dead_letter_topic), sink)
+    notifications = KafkaNotificationPublisher(producer, kafka.notifications_topic)
+    worker = SinkWorker(consumer, processor, KafkaDeadLetters(producer, kafka.dead_letter_topic), sink, notifications)
     try:
         consumer.subscribe([kafka.events_topic], listener=worker.listener())
         await consumer.start()
