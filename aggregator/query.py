@@ -35,6 +35,27 @@ class QueryParams:
     subjects: tuple[str, ...] = ()
     filter_group_by: tuple[tuple[str, str], ...] = ()
     group_by: tuple[str, ...] = ()
+    customers: tuple[str, ...] = ()  # filterCustomerId: ids (or keys)
+
+
+MAX_CUSTOMERS = 100
+CUSTOMER_ID = "customer_id"
+
+#: customer as asked -> (customer id, its attributed subject keys)
+Attributions = Mapping[str, tuple[str, tuple[str, ...]]]
+
+
+def check_customers(params: QueryParams) -> None:
+    """OpenMeter's rules (streaming/query_params.go): a customer_id group-by needs a customer filter, and several
+    customers need the customer_id group-by (else the answer would be ambiguous); at most 100 customers."""
+    if len(params.customers) > MAX_CUSTOMERS:
+        raise InvalidQuery(f"at most {MAX_CUSTOMERS} customers per query", field="filterCustomerId")
+    if CUSTOMER_ID in params.group_by and not params.customers:
+        raise InvalidQuery("customer filter is required with customer_id group by", field="groupBy")
+    if len(set(params.customers)) > 1 and CUSTOMER_ID not in params.group_by:
+        raise InvalidQuery(
+            "multiple customer filters are only allowed with customer_id group by", field="filterCustomerId"
+        )
 
 
 def check_time_zone(name: str) -> str:
@@ -45,7 +66,10 @@ def check_time_zone(name: str) -> str:
     return name
 
 
-def to_query(meter: Meter, namespace: str, params: QueryParams, *, now: datetime) -> Query:
+def to_query(
+    meter: Meter, namespace: str, params: QueryParams, *, now: datetime, customers: Attributions | None = None
+) -> Query:
+    """`customers`: the attributions of `params.customers`, resolved by the caller (every one must be there)."""
     start = MIN_EVENT_TIME if params.start is None else _instant(params.start, "from")
     end = now.astimezone(UTC) if params.end is None else _instant(params.end, "to")
     if not start < end:
@@ -62,10 +86,13 @@ def to_query(meter: Meter, namespace: str, params: QueryParams, *, now: datetime
         raise InvalidQuery(f"more than {MAX_WINDOWS} MINUTE windows: narrow from/to", field="windowSize")
     known = set(meter.group_by)
     group_subject = False
+    group_customer = False
     group_by: list[str] = []
     for key in params.group_by:
         if key == "subject":
             group_subject = True
+        elif key == CUSTOMER_ID and key not in known:
+            group_customer = True
         elif key not in known:
             raise InvalidQuery(_unknown_key(meter, key), field="groupBy")
         elif key not in group_by:
@@ -74,6 +101,19 @@ def to_query(meter: Meter, namespace: str, params: QueryParams, *, now: datetime
         if key not in known:
             raise InvalidQuery(_unknown_key(meter, key), field=f"filterGroupBy[{key}]")
     subjects = tuple(dict.fromkeys(s for s in params.subjects if s))
+    subject_groups: tuple[tuple[str, str], ...] = ()
+    check_customers(params)
+    if params.customers:
+        found = customers or {}
+        missing = [c for c in params.customers if c not in found]
+        if missing:
+            raise InvalidQuery(f"customer {missing[0]!r} not found", field="filterCustomerId")
+        pairs = {s: cid for c in dict.fromkeys(params.customers) for cid, subs in [found[c]] for s in subs}
+        if subjects:  # both filters: the subjects given that belong to these customers
+            pairs = {s: cid for s, cid in pairs.items() if s in subjects}
+        subjects = tuple(pairs) or (NO_SUBJECT,)
+        if group_customer and not group_subject:
+            subject_groups = tuple(pairs.items())
     return Query(
         meter=meter,
         namespace=namespace,
@@ -84,8 +124,14 @@ def to_query(meter: Meter, namespace: str, params: QueryParams, *, now: datetime
         subjects=subjects,
         filters=tuple(sorted(dict(params.filter_group_by).items())),
         group_by=tuple(group_by),
-        group_subject=group_subject or bool(subjects),
+        group_subject=group_subject or group_customer or bool(params.subjects),
+        subject_groups=subject_groups,
     )
+
+
+#: Stands for "no subject at all" in a subject filter (customers with no subjects): never a subject key, since
+#: subjects are non-empty.
+NO_SUBJECT = ""
 
 
 def _unknown_key(meter: Meter, key: str) -> str:
@@ -119,6 +165,7 @@ class Row:
     subject: str | None
     group_by: dict[str, str]
     value: Decimal
+    customer_id: str | None = None
 
 
 def shape_rows(q: Query, rows: Sequence[Sequence[Any]]) -> list[Row]:
@@ -136,7 +183,10 @@ def shape_rows(q: Query, rows: Sequence[Sequence[Any]]) -> list[Row]:
         else:
             ws = max(datetime.fromtimestamp(bucket, UTC), q.start)
             we = min(datetime.fromtimestamp(bucket_end, UTC), q.end)
-        out.append(Row(ws, we, subject if q.group_subject else None, groups, value))
+        if q.subject_groups:  # grouped by customer: the key is the customer's id
+            out.append(Row(ws, we, None, groups, value, subject))
+        else:
+            out.append(Row(ws, we, subject if q.group_subject else None, groups, value))
     return out
 
 
@@ -153,6 +203,7 @@ def result_body(q: Query, rows: list[Row], *, explicit_from: bool) -> dict[str, 
                 "windowStart": format_time(r.window_start),
                 "windowEnd": format_time(r.window_end),
                 "subject": r.subject,
+                **({"customerId": r.customer_id} if r.customer_id is not None else {}),
                 "groupBy": r.group_by,
             }
             for r in rows
@@ -168,11 +219,14 @@ def params_from_mapping(items: Mapping[str, Any] | Sequence[tuple[str, str]]) ->
     pairs: list[tuple[str, Any]] = list(items.items()) if isinstance(items, Mapping) else list(items)
     values: dict[str, Any] = {}
     subjects: list[str] = []
+    customers: list[str] = []
     group_by: list[str] = []
     filters: list[tuple[str, str]] = []
     for key, value in pairs:
         if key == "subject":
             subjects.extend(_strings(value, key))
+        elif key == "filterCustomerId":
+            customers.extend(_strings(value, key))
         elif key == "groupBy":
             group_by.extend(_strings(value, key))
         elif key == "filterGroupBy" and isinstance(value, dict):
@@ -191,6 +245,7 @@ def params_from_mapping(items: Mapping[str, Any] | Sequence[tuple[str, str]]) ->
         subjects=tuple(subjects),
         filter_group_by=tuple(filters),
         group_by=tuple(group_by),
+        customers=tuple(customers),
     )
 
 

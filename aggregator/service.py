@@ -16,12 +16,12 @@ import structlog
 
 from aggregator import sql
 from aggregator.meter import Meter, new_meter_id, parse_meter, validation_error
-from aggregator.query import QueryParams, Row, shape_rows, to_query
+from aggregator.query import NO_SUBJECT, InvalidQuery, QueryParams, Row, check_customers, shape_rows, to_query
 from aggregator.repository import ClickHouseMeterRepository
 from common.clock import Clock, SystemClock
 from common.cloudevents import CloudEvent
 from common.errors import Conflict, NotFound
-from common.usage import MeterRef, MeterUseGuard
+from common.usage import CustomerDirectory, MeterRef, MeterUseGuard
 
 log = structlog.get_logger(__name__)
 
@@ -87,10 +87,15 @@ class MeterService:
         self._meters: list[Meter] = []
         self._loaded_at = float("-inf")
         self._tier_stats: dict[str, tuple[float, sql.TierStats]] = {}
+        self.customers: CustomerDirectory | None = None
 
     def set_guard(self, guard: MeterUseGuard) -> None:
         """Entitlements register who uses meters (DELETE of a used meter: 409)."""
         self.guard = guard
+
+    def set_customers(self, customers: CustomerDirectory) -> None:
+        """Entitlements provide customers' usage attribution (`filterCustomerId`, `groupBy=customer_id`)."""
+        self.customers = customers
 
     async def load(self) -> None:
         """Read the live meters (the API process; `metergate migrate` builds the rollups)."""
@@ -151,7 +156,15 @@ class MeterService:
 
     async def query(self, namespace: str, id_or_slug: str, params: QueryParams) -> tuple[sql.Query, list[Row]]:
         meter = await self.get(namespace, id_or_slug)
-        q = to_query(meter, namespace, params, now=self.clock.now())
+        found = None
+        if params.customers:
+            check_customers(params)
+            if self.customers is None:
+                raise InvalidQuery("customer filters need the entitlement service", field="filterCustomerId")
+            found = await self.customers.attributions(namespace, params.customers)
+        q = to_query(meter, namespace, params, now=self.clock.now(), customers=found)
+        if q.subjects == (NO_SUBJECT,):
+            return q, []  # the customers asked for have no subjects: no usage
         return q, await self.run(q)
 
     async def run(self, q: sql.Query) -> list[Row]:

@@ -75,6 +75,15 @@ class UsageReader(Protocol):
         ...
 
 
+class CustomerDirectory(Protocol):
+    """Customers' usage attribution, for meter queries filtered or grouped by customer (entitlements implements it)."""
+
+    async def attributions(self, namespace: str, customers: Sequence[str]) -> dict[str, tuple[str, tuple[str, ...]]]:
+        """Customer id or key as asked -> (customer id, the subject keys whose usage is the customer's);
+        customers not found are absent."""
+        ...
+
+
 class MeterUseGuard(Protocol):
     """Asked before a meter is deleted: a meter that a feature uses cannot be (409)."""
 

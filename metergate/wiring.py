@@ -229,6 +229,7 @@ async def _build_entitlements(services: Services, settings: ApiServiceSettings, 
     if services.notification_publisher is not None:
         entitlements.deps.change_listeners.append(services.notification_publisher.change)
     meters.set_guard(entitlements.features)
+    meters.set_customers(entitlements.customers)
     services.entitlements = entitlements
     services.on_close(lambda: asyncio.to_thread(entitlements.close))
 

@@ -168,6 +168,17 @@ class CustomerService:
             raise CustomerNotFound(id_or_key)
         return found
 
+    async def attributions(self, namespace: str, customers: Sequence[str]) -> dict[str, tuple[str, tuple[str, ...]]]:
+        """CustomerDirectory (common.usage) for meter queries: id or key -> (id, attributed subject keys)."""
+
+        def tx() -> dict[str, tuple[str, tuple[str, ...]]]:
+            with self.d.db.read() as s:
+                repo = CustomerRepository(s)
+                found = {ref: repo.get(namespace, ref) for ref in dict.fromkeys(customers)}
+                return {ref: (c.id, attribution(c)) for ref, c in found.items() if c is not None}
+
+        return await self.d.in_thread(tx)
+
     async def by_ids(self, namespace: str, ids: Sequence[str]) -> dict[str, Customer]:
         def tx() -> dict[str, Customer]:
             with self.d.db.read() as s:
