@@ -26,6 +26,8 @@ from common.cloudevents import (
     MIN_EVENT_TIME,
     CloudEvent,
     EventValidationError,
+    decode_document,
+    event_from_document,
     parse_time,
     validate_event,
 )
@@ -269,6 +271,19 @@ class Decoder:
                 declared = text.lower().startswith(STRUCTURED_CONTENT_TYPE)
             if not value:
                 return Malformed("empty value")
+            # The compiled schema first: an event it passes is decoded and validated in C. Anything else
+            # is decoded again below and checked attribute by attribute, which names the reason.
+            doc = decode_document(value)
+            if doc is not None:
+                if doc.time is None:
+                    kafka_time = kafka_time or self._timestamp(timestamp_ms)
+                    if kafka_time is None:
+                        return Malformed("event has no time and the Kafka timestamp is unusable")
+                    event = event_from_document(doc, kafka_time)
+                else:
+                    event = event_from_document(doc, ingested_at)
+                if event is not None:
+                    return Decoded(namespace, event, ingested_at)
             try:
                 obj = exactjson.loads(value)
             except orjson.JSONDecodeError as exc:
