@@ -213,6 +213,8 @@ _ATTRIBUTE_FIELDS = tuple(f for f in msgspec.structs.fields(_Attributes))
 _DOCUMENT = msgspec.json.Decoder(EventDocument, float_hook=Decimal)
 _DOCUMENTS = msgspec.json.Decoder(list[EventDocument], float_hook=Decimal)
 _DOCUMENT_OR_LIST = msgspec.json.Decoder(EventDocument | list[EventDocument], float_hook=Decimal)
+_DATA = msgspec.json.Decoder(dict[str, Any] | None, float_hook=Decimal)
+ATTRIBUTE_NAMES = frozenset(field.name for field in msgspec.structs.fields(_Attributes))
 _convert = msgspec.convert
 _SORT_KEYS = orjson.OPT_SORT_KEYS
 _dumps = orjson.dumps
@@ -232,19 +234,36 @@ def _exact_float(value: object) -> float:
     raise _InexactFloat
 
 
-def event_from_document(doc: EventDocument, default_time: datetime) -> CloudEvent | None:
-    """The event of a decoded document, or None when a rule outside the compiled schema refuses it (the
-    caller then takes the general path, which names the field)."""
+def event_from_document(doc: EventDocument, default_time: datetime | None) -> CloudEvent | None:
+    """The event of a decoded document, or None when a rule outside the compiled schema refuses it, or it
+    has no time and `default_time` is None (the caller then takes the general path, which says why)."""
     event_id, source, event_type, subject = doc.id, doc.source, doc.type, doc.subject
     if event_id.isspace() or source.isspace() or event_type.isspace() or subject.isspace():
         return None
     raw_time = doc.time
     try:
-        time = truncate_to_millis(default_time.astimezone(UTC)) if raw_time is None else parse_time(raw_time)
+        if raw_time is not None:
+            time = parse_time(raw_time)
+        elif default_time is not None:
+            time = truncate_to_millis(default_time.astimezone(UTC))
+        else:
+            return None
         data = "null" if doc.data is None else _dumps(doc.data, default=_exact_float, option=_SORT_KEYS).decode()
     except (EventValidationError, orjson.JSONEncodeError):
         return None
     return CloudEvent(event_id, source, event_type, subject, time, data)
+
+
+def event_from_binary(attributes: bytes, value: bytes | None, default_time: datetime | None) -> CloudEvent | None:
+    """Binary mode by the same schema: `attributes` is the JSON object of the ce_ headers, `value` the
+    data (a JSON object, or empty for none). None: take the general path."""
+    try:
+        doc = _DOCUMENT.decode(attributes)
+        if value:
+            doc.data = _DATA.decode(value)
+    except (msgspec.DecodeError, RecursionError):
+        return None
+    return event_from_document(doc, default_time)
 
 
 def decode_document(raw: bytes) -> EventDocument | None:
