@@ -571,3 +571,19 @@ def decode_message(
 ) -> Decoded | Malformed:
     """Decode one message of the events topic. Never raises."""
     return Decoder(default_namespace).decode(value, headers, timestamp_ms)
+
+
+# --- HTTP ingest's body handling (ingest/http.py's POST as it was) ------------------------------------------
+
+
+def legacy_events_from_body(kind: str, body: bytes, received_at: datetime) -> list[Any]:
+    """The POST route's body handling before the compiled schema: orjson (exactjson) into Python values,
+    then the hand-written validation of every event. Raises the route's InvalidInput."""
+    from ingest.http import BATCH, _invalid, events_of
+
+    document = decode_json(body)
+    values = events_of(kind, document)
+    try:
+        return validate_batch(values, default_time=received_at)
+    except EventValidationError as exc:
+        raise _invalid(exc, batch=kind == BATCH or isinstance(document, list)) from None  # type: ignore[arg-type]

@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 
 from common.cloudevents import EventValidationError, decode_event, decode_json, validate_event
 from common.errors import InvalidInput
-from ingest.http import BATCH, JSON, SINGLE, _invalid, events_from_body, events_of
+from ingest.http import BATCH, JSON, SINGLE, events_from_body
 from ingest.sink.decode import Decoded, Decoder, Malformed
 from tests.support import legacy_decoder as legacy
 
@@ -243,16 +243,6 @@ def test_the_bytes_of_one_event_are_validated_like_before(raw: bytes) -> None:
     assert outcome(new_event_from_bytes, raw) == outcome(old_event_from_bytes, raw)
 
 
-def old_events_from_body(kind: str, body: bytes) -> list[Any]:
-    """ingest/http.py's POST before the compiled schema."""
-    document = legacy.decode_json(body)
-    values = events_of(kind, document)
-    try:
-        return legacy.validate_batch(values, default_time=RECEIVED)
-    except legacy.EventValidationError as exc:
-        raise _invalid(exc, batch=kind == BATCH or isinstance(document, list)) from None  # type: ignore[arg-type]
-
-
 @st.composite
 def bodies(draw: st.DrawFn) -> tuple[str, bytes]:
     kind = draw(st.sampled_from([SINGLE, BATCH, JSON]))
@@ -268,7 +258,9 @@ def bodies(draw: st.DrawFn) -> tuple[str, bytes]:
 @given(bodies())
 def test_http_bodies_are_validated_like_before(body: tuple[str, bytes]) -> None:
     kind, raw = body
-    assert outcome(events_from_body, kind, raw, RECEIVED) == outcome(old_events_from_body, kind, raw)
+    assert outcome(events_from_body, kind, raw, RECEIVED) == outcome(
+        legacy.legacy_events_from_body, kind, raw, RECEIVED
+    )
 
 
 GOOD_BINARY = [
