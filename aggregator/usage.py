@@ -81,6 +81,42 @@ class ClickHouseUsageReader:
             out[window_at[row.window_start]] = row.value
         return out
 
+    async def usage_by_subject(
+        self,
+        namespace: str,
+        meter_slug: str,
+        subjects: Sequence[str],
+        group_by_filters: Mapping[str, str],
+        boundaries: Sequence[datetime],
+    ) -> dict[str, list[Decimal]]:
+        bounds = tuple(ceil_to_millisecond(b.astimezone(UTC)) for b in boundaries)
+        wanted = tuple(dict.fromkeys(subjects))
+        if len(bounds) < 2 or not wanted or bounds[0] == bounds[-1]:
+            return {}
+        if any(a > b for a, b in itertools.pairwise(bounds)):
+            raise InvalidQuery("usage window boundaries must not decrease", field="boundaries")
+        meter = await self.meters.get(namespace, meter_slug)
+        unknown = sorted(set(group_by_filters) - set(meter.group_by))
+        if unknown:
+            raise InvalidQuery(f"unknown group-by key(s) {', '.join(unknown)} for meter {meter.slug}", field="filters")
+        q = sql.Query(
+            meter=meter,
+            namespace=namespace,
+            start=bounds[0],
+            end=bounds[-1],
+            boundaries=bounds,
+            subjects=wanted,
+            filters=tuple(sorted(group_by_filters.items())),
+            group_subject=True,
+        )
+        window_at = {b: i for i, b in enumerate(bounds[:-1])}
+        out: dict[str, list[Decimal]] = {}
+        for row in await self.meters.run(q):
+            assert row.subject is not None
+            windows = out.setdefault(row.subject, [Decimal(0)] * (len(bounds) - 1))
+            windows[window_at[row.window_start]] = row.value
+        return out
+
     async def last_stored_at(
         self, namespace: str, meter_slug: str, subject: Subjects, before: datetime
     ) -> datetime | None:

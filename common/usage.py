@@ -60,6 +60,18 @@ class UsageReader(Protocol):
         """Usage in each consecutive window [boundaries[i], boundaries[i+1]) in one round trip."""
         ...
 
+    async def usage_by_subject(
+        self,
+        namespace: str,
+        meter_slug: str,
+        subjects: Sequence[str],
+        group_by_filters: Mapping[str, str],
+        boundaries: Sequence[datetime],
+    ) -> dict[str, list[Decimal]]:
+        """Each subject's usage in each window [boundaries[i], boundaries[i+1]), in one round trip (many
+        entitlements read at once); subjects with no usage may be absent."""
+        ...
+
     async def last_stored_at(
         self,
         namespace: str,

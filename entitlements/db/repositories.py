@@ -58,6 +58,12 @@ class FeatureRepository:
         )
         self.s.flush()
 
+    def by_ids(self, namespace: str, ids: Sequence[str]) -> dict[str, Feature]:
+        if not ids:
+            return {}
+        q = select(FeatureRow).where(FeatureRow.namespace == namespace, FeatureRow.id.in_(list(set(ids))))
+        return {r.id: _feature(r) for r in self.s.scalars(q)}
+
     def get(self, namespace: str, id_or_key: str) -> Feature | None:
         """By id, else the active feature with that key."""
         row = self.s.scalars(select(FeatureRow).where(FeatureRow.namespace == namespace, FeatureRow.id == id_or_key))
@@ -501,6 +507,20 @@ class GrantRepository:
     def for_entitlement(self, entitlement_id: str) -> list[Grant]:
         q = select(GrantRow).where(GrantRow.entitlement_id == entitlement_id).order_by(GrantRow.created_at, GrantRow.id)
         return [_grant(r) for r in self.s.scalars(q)]
+
+    def for_entitlements(self, entitlement_ids: Sequence[str]) -> dict[str, list[Grant]]:
+        """Each entitlement's grants (as `for_entitlement` orders them), in one query; none: absent."""
+        out: dict[str, list[Grant]] = {}
+        if not entitlement_ids:
+            return out
+        q = (
+            select(GrantRow)
+            .where(GrantRow.entitlement_id.in_(list(entitlement_ids)))
+            .order_by(GrantRow.created_at, GrantRow.id)
+        )
+        for r in self.s.scalars(q):
+            out.setdefault(r.entitlement_id, []).append(_grant(r))
+        return out
 
     def search(
         self, namespace: str, *, include_voided: bool, entitlement_ids: Sequence[str] | None, limit: int, offset: int

@@ -91,6 +91,40 @@ def _active_at(e: Entitlement, at: datetime) -> bool:
     return e.deleted_at is None or at < e.deleted_at
 
 
+def needs_usage(loaded: Loaded, target: datetime) -> bool:
+    """A metered entitlement read at or after measureUsageFrom: its value needs the engine and usage."""
+    inputs = loaded.inputs
+    return inputs is not None and target >= inputs.terms.measure_usage_from
+
+
+def value_of(loaded: Loaded, target: datetime, computed: Computed | None) -> Value:
+    """The value at `target` (OpenMeter's fields); `computed` is the engine's run when `needs_usage`."""
+    ent = loaded.entitlement
+    active = _active_at(ent, target)
+    if ent.type is EntitlementType.BOOLEAN:
+        return Value(has_access=active)
+    if ent.type is EntitlementType.STATIC:
+        return Value(has_access=active, config=ent.config)
+    inputs = loaded.inputs
+    assert inputs is not None
+    if computed is None:  # before measure_usage_from
+        return Value(
+            has_access=active and inputs.terms.is_soft_limit,
+            balance=ZERO,
+            usage=ZERO,
+            overage=ZERO,
+            total_available_grant_amount=ZERO,
+        )
+    r = computed.result
+    return Value(
+        has_access=active and r.has_access,
+        balance=r.balance,
+        usage=r.usage,
+        overage=r.overage,
+        total_available_grant_amount=r.total_available_grant_amount,
+    )
+
+
 class BalanceService:
     def __init__(self, deps: Deps) -> None:
         self.d = deps
@@ -224,33 +258,8 @@ class BalanceService:
     ) -> tuple[Value, Loaded, Computed | None]:
         """The value at `target` with what it was computed from (the balance cache keeps both)."""
         loaded = await self.d.in_thread(lambda: self._load(namespace, owner, id_or_feature_key, target))
-        ent = loaded.entitlement
-        active = _active_at(ent, target)
-        if ent.type is EntitlementType.BOOLEAN:
-            return Value(has_access=active), loaded, None
-        if ent.type is EntitlementType.STATIC:
-            return Value(has_access=active, config=ent.config), loaded, None
-        inputs = loaded.inputs
-        assert inputs is not None
-        if target < inputs.terms.measure_usage_from:
-            zero = Value(
-                has_access=active and inputs.terms.is_soft_limit,
-                balance=ZERO,
-                usage=ZERO,
-                overage=ZERO,
-                total_available_grant_amount=ZERO,
-            )
-            return zero, loaded, None
-        computed = await self._compute(loaded, target)
-        r = computed.result
-        value = Value(
-            has_access=active and r.has_access,
-            balance=r.balance,
-            usage=r.usage,
-            overage=r.overage,
-            total_available_grant_amount=r.total_available_grant_amount,
-        )
-        return value, loaded, computed
+        computed = await self._compute(loaded, target) if needs_usage(loaded, target) else None
+        return value_of(loaded, target, computed), loaded, computed
 
     async def reset(
         self,

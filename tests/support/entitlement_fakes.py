@@ -51,6 +51,7 @@ class FakeUsage:
     events: list[FakeEvent] = field(default_factory=list)
     calls: int = 0
     windows: int = 0
+    bulk_calls: int = 0
     stored_clock: Any = None
 
     def add(
@@ -107,6 +108,21 @@ class FakeUsage:
                     Decimal(0),
                 )
             )
+        return out
+
+    async def usage_by_subject(
+        self,
+        namespace: str,
+        meter_slug: str,
+        subjects: Sequence[str],
+        group_by_filters: Mapping[str, str],
+        boundaries: Sequence[datetime],
+    ) -> dict[str, list[Decimal]]:
+        self.bulk_calls += 1
+        out = {}
+        for subject in dict.fromkeys(subjects):
+            self.calls -= 1  # counted as one bulk call, not one per subject
+            out[subject] = await self.usage_windows(namespace, meter_slug, subject, group_by_filters, boundaries)
         return out
 
     async def last_stored_at(
