@@ -9,29 +9,22 @@ Values are written as exact JSON numbers from Decimal (never through float).
 
 from __future__ import annotations
 
-from decimal import Decimal
 from typing import Annotated, Any
 
-import orjson
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import Response
 
-from aggregator.query import InvalidQuery, decimal_text, params_from_mapping, result_body
+from aggregator.query import InvalidQuery, params_from_mapping, result_body
 from aggregator.service import MeterService
+from common import exactjson
 from common.cloudevents import decode_json
 from common.errors import Unavailable
 from common.http import Namespace
 
 
 def render(value: Any) -> bytes:
-    """JSON with Decimals as exact numbers (orjson would need float)."""
-    if isinstance(value, Decimal):
-        return decimal_text(value).encode()
-    if isinstance(value, dict):
-        return b"{" + b",".join(orjson.dumps(str(k)) + b":" + render(v) for k, v in value.items()) + b"}"
-    if isinstance(value, list | tuple):
-        return b"[" + b",".join(render(v) for v in value) + b"]"
-    return orjson.dumps(value)
+    """JSON with Decimals as exact numbers: the one encoding of every route (common.exactjson)."""
+    return exactjson.dumps(value)
 
 
 def json_response(value: Any, status_code: int = 200) -> Response:

@@ -13,7 +13,8 @@ from typing import Any
 from aggregator.meter import Aggregation, Meter, WindowSize
 from aggregator.sql import Query
 from common import exactjson
-from common.cloudevents import MIN_EVENT_TIME, format_time, parse_time
+from common.clock import format_time
+from common.cloudevents import MIN_EVENT_TIME, parse_time
 from common.errors import InvalidInput
 from common.timezones import known_zone
 

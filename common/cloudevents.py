@@ -22,6 +22,7 @@ import msgspec
 import orjson
 
 from common import exactjson
+from common.clock import format_time
 from common.errors import InvalidInput
 
 SPEC_VERSION = "1.0"
@@ -102,11 +103,6 @@ class CloudEvent(NamedTuple):
 
     def to_json(self) -> bytes:
         return orjson.dumps(self.to_json_dict())
-
-
-def format_time(t: datetime) -> str:
-    """RFC 3339 in UTC with milliseconds, the form Metergate writes everywhere."""
-    return t.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.") + f"{t.microsecond // 1000:03d}Z"
 
 
 def truncate_to_millis(t: datetime) -> datetime:

@@ -7,16 +7,13 @@ Decimals as JSON numbers digit for digit, so amounts never pass through a float.
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping, Sequence
-from datetime import datetime
+from collections.abc import Sequence
 from decimal import Decimal
 from typing import Any, Literal, TypeVar
 
-import orjson
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, ValidationError
 
 from common import exactjson
-from common.cloudevents import format_time
 from common.errors import InvalidInput
 
 # ---- JSON with exact decimals ----
@@ -94,34 +91,8 @@ decimal_text = exactjson.decimal_text  # the one exact rendering (common/exactjs
 
 
 def encode(value: Any) -> bytes:
-    """JSON bytes; Decimal becomes a number with exactly its digits, datetimes RFC 3339 UTC."""
-    return "".join(_encode(value)).encode()
-
-
-def _encode(value: Any) -> list[str]:
-    if isinstance(value, Decimal):
-        return [decimal_text(value)]
-    if isinstance(value, datetime):
-        return ['"', format_time(value), '"']
-    if isinstance(value, Mapping):
-        out = ["{"]
-        for i, (k, v) in enumerate(value.items()):
-            if i:
-                out.append(",")
-            out.append(orjson.dumps(str(k)).decode())
-            out.append(":")
-            out.extend(_encode(v))
-        out.append("}")
-        return out
-    if isinstance(value, list | tuple):
-        out = ["["]
-        for i, v in enumerate(value):
-            if i:
-                out.append(",")
-            out.extend(_encode(v))
-        out.append("]")
-        return out
-    return [orjson.dumps(value).decode()]
+    """JSON bytes; Decimal becomes a number with exactly its digits, datetimes RFC 3339 UTC (common.exactjson)."""
+    return exactjson.dumps(value)
 
 
 # ---- request bodies ----

@@ -17,13 +17,12 @@ import orjson
 from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import Response
 
-from common.clock import Clock
+from common.clock import Clock, format_time
 from common.cloudevents import (
     CloudEvent,
     EventValidationError,
     decode_events,
     decode_json,
-    format_time,
     parse_time,
     validate_batch,
 )
