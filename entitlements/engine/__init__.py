@@ -3,7 +3,7 @@
 Plan the windows -> the shell fetches their usage -> compute. See README.md for every semantic rule.
 """
 
-from entitlements.engine.burn import current_period, initial_snapshot, run
+from entitlements.engine.burn import initial_snapshot, run
 from entitlements.engine.history import HistoryWindow, burndown, windowed_history
 from entitlements.engine.model import (
     ISSUE_AFTER_RESET_GRANT_ID,
@@ -48,7 +48,6 @@ __all__ = [
     "add_months",
     "burn_order_key",
     "burndown",
-    "current_period",
     "initial_snapshot",
     "inputs_digest",
     "period_containing",

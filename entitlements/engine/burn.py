@@ -287,10 +287,3 @@ def _period_end(period: Recurrence, at: datetime, resets: Mapping[datetime, Rese
     auto = period.after(at)
     manual = [t for t in resets if at < t < auto]
     return min(manual, default=auto)
-
-
-def current_period(
-    snapshot: Snapshot, terms: EntitlementTerms, resets: Sequence[ManualReset]
-) -> tuple[datetime, datetime]:
-    """[start, end) of the usage period containing snapshot.at, given the manual resets known now."""
-    return snapshot.period_start, _period_end(snapshot.period, snapshot.at, merged_resets(terms, resets))
