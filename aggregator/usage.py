@@ -14,7 +14,7 @@ from decimal import Decimal
 
 from aggregator import sql
 from aggregator.query import InvalidQuery
-from aggregator.service import MeterService
+from aggregator.service import MeterNotFound, MeterService
 from common.usage import Subjects, subject_list
 
 
@@ -117,11 +117,14 @@ class ClickHouseUsageReader:
             windows[window_at[row.window_start]] = row.value
         return out
 
-    async def last_stored_at(
-        self, namespace: str, meter_slug: str, subject: Subjects, before: datetime
-    ) -> datetime | None:
+    async def stored_after(
+        self, namespace: str, meter_slug: str, subject: Subjects, *, before: datetime, after: datetime
+    ) -> bool:
         subjects = subject_list(subject)
         if not subjects:
-            return None
-        meter = await self.meters.get(namespace, meter_slug)
-        return await asyncio.to_thread(self.meters.repository.last_stored_at, meter, namespace, subjects, before)
+            return False
+        try:
+            meter = await self.meters.get(namespace, meter_slug)
+        except MeterNotFound:
+            return True  # cannot tell: treat the snapshot as stale (a recomputation is always correct)
+        return await asyncio.to_thread(self.meters.repository.stored_after, meter, namespace, subjects, before, after)

@@ -72,18 +72,14 @@ class UsageReader(Protocol):
         entitlements read at once); subjects with no usage may be absent."""
         ...
 
-    async def last_stored_at(
-        self,
-        namespace: str,
-        meter_slug: str,
-        subject: Subjects,
-        before: datetime,
-    ) -> datetime | None:
-        """The latest storage time among the subject(s)' events of this meter's type with time < before.
+    async def stored_after(
+        self, namespace: str, meter_slug: str, subject: Subjects, *, before: datetime, after: datetime
+    ) -> bool:
+        """Whether an event of the meter's type for the subject(s) with time < before was stored after `after`.
 
-        A balance snapshot taken at wall time W for instant T is stale when this is later than W: an
-        event older than T arrived after the snapshot (a late event).
-        """
+        A balance snapshot taken at wall time W for instant T is stale when this is true for (T, W): an event
+        older than T arrived after the snapshot (a late event). An unknown meter answers True (cannot tell:
+        recomputing is always correct)."""
         ...
 
 

@@ -195,7 +195,6 @@ async def _build_entitlements(services: Services, settings: ApiServiceSettings, 
     """
     from aggregator.usage import ClickHouseUsageReader
     from entitlements.cache.store import BalanceCache
-    from entitlements.late_events import ClickHouseLateEventProbe
     from entitlements.service import build_entitlements
 
     # The balance cache needs every state change and every committed batch: in-process when the sink and chdb
@@ -220,7 +219,6 @@ async def _build_entitlements(services: Services, settings: ApiServiceSettings, 
         meters=meters,
         usage=ClickHouseUsageReader(meters),
         clock=services.clock,
-        late_events=ClickHouseLateEventProbe(services.clickhouse, meters),
         cache=cache,
         quotas=settings.quotas,
     )

@@ -12,7 +12,7 @@ from entitlements.quotas import QuotaSettings
 from entitlements.service.access import AccessService
 from entitlements.service.balance import BalanceService
 from entitlements.service.customers import CustomerService
-from entitlements.service.deps import Deps, StoredAfterProbe
+from entitlements.service.deps import Deps
 from entitlements.service.entitlements import EntitlementService
 from entitlements.service.features import FeatureService
 from entitlements.service.grants import GrantService
@@ -43,7 +43,6 @@ def build_entitlements(
     usage: UsageReader,
     clock: Clock,
     wall_clock: Clock | None = None,
-    late_events: StoredAfterProbe | None = None,
     cache: BalanceCache | None = None,
     quotas: QuotaSettings | None = None,
 ) -> Entitlements:
@@ -58,7 +57,6 @@ def build_entitlements(
         usage=usage,
         clock=clock,
         wall_clock=wall_clock or SystemClock(),
-        late_events=late_events,
         quotas=quotas or QuotaSettings(),
     )
     balances = BalanceService(deps)

@@ -9,7 +9,7 @@ Snapshots are a cache, never the truth. One is unusable when
 - an input before its instant changed (backdated grant, void, reset): the engine's inputs digest differs,
   and the writes also delete snapshots from the change's instant on;
 - a late event arrived: an event older than the snapshot's instant was stored after the snapshot was
-  taken (UsageReader.last_stored_at later than its wall-clock creation time).
+  taken (UsageReader.stored_after its wall-clock creation time).
 """
 
 from __future__ import annotations
@@ -43,7 +43,7 @@ from entitlements.domain import (
     StoredSnapshot,
     new_id,
 )
-from entitlements.service.deps import Deps, StoredAfterProbe
+from entitlements.service.deps import Deps
 from entitlements.service.entitlements import find_entitlement
 from entitlements.service.owners import owner_of
 from entitlements.service.terms import Inputs, PeriodView, period_at
@@ -187,12 +187,8 @@ class BalanceService:
         )
         if not subject:
             return False
-        probe = self.d.late_events or (self.d.usage if isinstance(self.d.usage, StoredAfterProbe) else None)
-        if probe is not None:
-            # The narrower question stops at the first late event instead of scanning the whole history.
-            return await probe.stored_after(ns, meter, subject, before=stored.at, after=stored.created_at)
-        last = await self.d.usage.last_stored_at(ns, meter, subject, before=stored.at)
-        return last is not None and last > stored.created_at
+        # The narrow question stops at the first late event instead of scanning the whole history.
+        return await self.d.usage.stored_after(ns, meter, subject, before=stored.at, after=stored.created_at)
 
     async def _compute(self, loaded: Loaded, target: datetime, extra: Sequence[datetime] = ()) -> Computed:
         inputs = loaded.inputs

@@ -5,11 +5,10 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import datetime
-from typing import Protocol, TypeVar, runtime_checkable
+from typing import TypeVar
 
 from common.clock import Clock, SystemClock
-from common.usage import MeterCatalog, Subjects, UsageReader
+from common.usage import MeterCatalog, UsageReader
 from entitlements.db.session import Database
 from entitlements.domain import Owner
 from entitlements.quotas import QuotaSettings
@@ -17,29 +16,17 @@ from entitlements.quotas import QuotaSettings
 T = TypeVar("T")
 
 
-@runtime_checkable
-class StoredAfterProbe(Protocol):
-    """Optional on a UsageReader: the late-event question asked directly (cheaper than last_stored_at)."""
-
-    async def stored_after(
-        self, namespace: str, meter_slug: str, subject: Subjects, *, before: datetime, after: datetime
-    ) -> bool:
-        """Whether an event of the meter's type for the subject with time < before was stored after `after`."""
-        ...
-
-
 @dataclass(frozen=True)
 class Deps:
     """`clock` is the service's now (a frozen test clock in replays); `wall_clock` is real time, used only
     to stamp snapshots so they compare with event storage times (which never follow the test clock).
-    `late_events` answers the late-event question directly; without it the usage reader is asked."""
+    The usage reader also answers the late-event question (`UsageReader.stored_after`)."""
 
     db: Database
     meters: MeterCatalog
     usage: UsageReader
     clock: Clock
     wall_clock: Clock = SystemClock()  # noqa: RUF009 - stateless and immutable
-    late_events: StoredAfterProbe | None = None
     quotas: QuotaSettings = field(default_factory=QuotaSettings)
     # Called with (namespace, subject key) after every committed state change of the subject's entitlements,
     # before the write's response is sent (the balance cache drops what the change made wrong).

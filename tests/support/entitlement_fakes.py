@@ -52,6 +52,7 @@ class FakeUsage:
     calls: int = 0
     windows: int = 0
     bulk_calls: int = 0
+    probes: int = 0
     stored_clock: Any = None
 
     def add(
@@ -125,14 +126,14 @@ class FakeUsage:
             out[subject] = await self.usage_windows(namespace, meter_slug, subject, group_by_filters, boundaries)
         return out
 
-    async def last_stored_at(
-        self, namespace: str, meter_slug: str, subject: Subjects, before: datetime
-    ) -> datetime | None:
-        subjects = subject_list(subject)
-        times = [
-            e.stored_at for e in self.events if e.meter == meter_slug and e.subject in subjects and e.time < before
-        ]
-        return max(times, default=None)
+    async def stored_after(
+        self, namespace: str, meter_slug: str, subject: Subjects, *, before: datetime, after: datetime
+    ) -> bool:
+        self.probes += 1
+        return any(
+            e.meter == meter_slug and e.subject in subject_list(subject) and e.time < before and e.stored_at > after
+            for e in self.events
+        )
 
 
 def entitlements_app(entitlements: Entitlements, namespace: str = "default") -> FastAPI:
@@ -150,19 +151,3 @@ def entitlements_app(entitlements: Entitlements, namespace: str = "default") -> 
 
     app.include_router(router)
     return app
-
-
-@dataclass
-class FakeUsageWithProbe(FakeUsage):
-    """A reader that also answers the late-event question directly (entitlements' StoredAfterProbe)."""
-
-    probes: int = 0
-
-    async def stored_after(
-        self, namespace: str, meter_slug: str, subject: Subjects, *, before: datetime, after: datetime
-    ) -> bool:
-        self.probes += 1
-        return any(
-            e.meter == meter_slug and e.subject in subject_list(subject) and e.time < before and e.stored_at > after
-            for e in self.events
-        )
