@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import replace
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Header, Query, Request
+from fastapi import APIRouter, Header, Path, Query, Request
 from fastapi.responses import Response
 
 from common.errors import InvalidInput
@@ -59,8 +59,8 @@ def _customer_input(body: CustomerBody) -> CustomerInput:
         key=body.key,
         description=body.description,
         metadata=body.metadata or {},
-        subject_keys=body.usageAttribution.subjectKeys if body.usageAttribution else (),
-        primary_email=body.primaryEmail,
+        subject_keys=body.usage_attribution.subject_keys if body.usage_attribution else (),
+        primary_email=body.primary_email,
         currency=body.currency,
     )
 
@@ -103,19 +103,25 @@ async def list_customers(
 
 
 @router.get(CUSTOMER)
-async def get_customer(namespace: Namespace, ents: Ents, customerIdOrKey: str) -> Response:  # noqa: N803
-    return json_response(customer_view(await ents.customers.get(namespace, customerIdOrKey)))
+async def get_customer(
+    namespace: Namespace, ents: Ents, customer: Annotated[str, Path(alias="customerIdOrKey")]
+) -> Response:
+    return json_response(customer_view(await ents.customers.get(namespace, customer)))
 
 
 @router.put(CUSTOMER)
-async def update_customer(request: Request, namespace: Namespace, ents: Ents, customerIdOrKey: str) -> Response:  # noqa: N803
+async def update_customer(
+    request: Request, namespace: Namespace, ents: Ents, customer: Annotated[str, Path(alias="customerIdOrKey")]
+) -> Response:
     spec = _customer_input(parse_body(CustomerBody, await request.body()))
-    return json_response(customer_view(await ents.customers.update(namespace, customerIdOrKey, spec)))
+    return json_response(customer_view(await ents.customers.update(namespace, customer, spec)))
 
 
 @router.delete(CUSTOMER, status_code=204)
-async def delete_customer(namespace: Namespace, ents: Ents, customerIdOrKey: str) -> Response:  # noqa: N803
-    await ents.customers.delete(namespace, customerIdOrKey)
+async def delete_customer(
+    namespace: Namespace, ents: Ents, customer: Annotated[str, Path(alias="customerIdOrKey")]
+) -> Response:
+    await ents.customers.delete(namespace, customer)
     return Response(status_code=204)
 
 
@@ -126,12 +132,12 @@ async def delete_customer(namespace: Namespace, ents: Ents, customerIdOrKey: str
 async def customer_access(
     namespace: Namespace,
     ents: Ents,
-    customerIdOrKey: str,  # noqa: N803
+    customer: Annotated[str, Path(alias="customerIdOrKey")],
     cache_control: Annotated[str | None, Header(alias="Cache-Control")] = None,
 ) -> Response:
     """Every active entitlement of the customer keyed by feature key (OpenMeter's CustomerAccess), each with
     the value read's fields plus `asOf`, from the balance cache when warm (as the subject access route)."""
-    ref = CustomerRef(customerIdOrKey)
+    ref = CustomerRef(customer)
     found = await ents.access.for_subjects(namespace, [ref], fresh=wants_fresh(cache_control))
     return json_response({"entitlements": {e.feature_key: result_view(r) for e, r in found.get(ref, [])}})
 
@@ -140,13 +146,13 @@ async def customer_access(
 async def customer_value(
     namespace: Namespace,
     ents: Ents,
-    customerIdOrKey: str,  # noqa: N803
-    featureKey: str,  # noqa: N803
+    customer: Annotated[str, Path(alias="customerIdOrKey")],
+    feature_key: Annotated[str, Path(alias="featureKey")],
     time: str | None = None,
     cache_control: Annotated[str | None, Header(alias="Cache-Control")] = None,
 ) -> Response:
     """The customer's entitlement value for the feature, plus `asOf` (the subject value route's fast path)."""
-    return await value_response(ents, namespace, CustomerRef(customerIdOrKey), featureKey, time, cache_control)
+    return await value_response(ents, namespace, CustomerRef(customer), feature_key, time, cache_control)
 
 
 # ---- v2 entitlements on customers ----
@@ -157,7 +163,7 @@ def _with_issue(body: EntitlementV2CreateBody) -> EntitlementInput:
     spec = entitlement_input(body)
     if body.issue is None:
         return spec
-    if body.issueAfterReset is not None:
+    if body.issue_after_reset is not None:
         raise InvalidInput("give either issue or issueAfterReset, not both", field="issue")
     return replace(spec, issue_after_reset=body.issue.amount, issue_after_reset_priority=body.issue.priority)
 
@@ -167,7 +173,7 @@ async def create_customer_entitlement(
     request: Request,
     namespace: Namespace,
     ents: Ents,
-    customerIdOrKey: str,  # noqa: N803
+    customer: Annotated[str, Path(alias="customerIdOrKey")],
 ) -> Response:
     body = parse_body(EntitlementV2CreateBody, await request.body())
     spec = entitlement_input(body)
@@ -177,7 +183,7 @@ async def create_customer_entitlement(
         raise InvalidInput("only a metered entitlement has grants", field="grants")
     for g in grants:
         ents.grants.validate(g)  # every grant is checked before anything is written
-    ref = CustomerRef(customerIdOrKey)
+    ref = CustomerRef(customer)
     created = await ents.entitlements.create(namespace, ref, spec)
     for g in grants:
         await ents.grants.create(namespace, ref, created.id, g)
@@ -188,17 +194,17 @@ async def create_customer_entitlement(
 async def list_customer_entitlements(
     namespace: Namespace,
     ents: Ents,
-    customerIdOrKey: str,  # noqa: N803
+    customer: Annotated[str, Path(alias="customerIdOrKey")],
     include_deleted: Annotated[bool, Query(alias="includeDeleted")] = False,
     page: Annotated[int, Query(ge=1, le=100_000)] = 1,
     page_size: Annotated[int, Query(alias="pageSize", ge=1, le=1000)] = 100,
     order: Order = "ASC",
     order_by: Annotated[str, Query(alias="orderBy", pattern="^(createdAt|updatedAt)$")] = "createdAt",
 ) -> Response:
-    customer = await ents.customers.get(namespace, customerIdOrKey)
-    if customer.deleted_at is not None:
-        raise CustomerNotFound(customerIdOrKey)
-    filters: dict[str, Any] = {"customer_ids": [customer.id], "include_deleted": include_deleted}
+    found = await ents.customers.get(namespace, customer)
+    if found.deleted_at is not None:
+        raise CustomerNotFound(customer)
+    filters: dict[str, Any] = {"customer_ids": [found.id], "include_deleted": include_deleted}
     items = await ents.entitlements.search(
         namespace,
         limit=page_size,
@@ -215,10 +221,10 @@ async def list_customer_entitlements(
 async def get_customer_entitlement(
     namespace: Namespace,
     ents: Ents,
-    customerIdOrKey: str,  # noqa: N803
-    entitlementIdOrFeatureKey: str,  # noqa: N803
+    customer: Annotated[str, Path(alias="customerIdOrKey")],
+    id_or_feature_key: Annotated[str, Path(alias="entitlementIdOrFeatureKey")],
 ) -> Response:
-    found = await ents.entitlements.get(namespace, CustomerRef(customerIdOrKey), entitlementIdOrFeatureKey)
+    found = await ents.entitlements.get(namespace, CustomerRef(customer), id_or_feature_key)
     return json_response((await entitlement_views(ents, [found], v2=True))[0])
 
 
@@ -226,10 +232,10 @@ async def get_customer_entitlement(
 async def delete_customer_entitlement(
     namespace: Namespace,
     ents: Ents,
-    customerIdOrKey: str,  # noqa: N803
-    entitlementIdOrFeatureKey: str,  # noqa: N803
+    customer: Annotated[str, Path(alias="customerIdOrKey")],
+    id_or_feature_key: Annotated[str, Path(alias="entitlementIdOrFeatureKey")],
 ) -> Response:
-    await ents.entitlements.delete(namespace, CustomerRef(customerIdOrKey), entitlementIdOrFeatureKey)
+    await ents.entitlements.delete(namespace, CustomerRef(customer), id_or_feature_key)
     return Response(status_code=204)
 
 
@@ -238,11 +244,11 @@ async def override_customer_entitlement(
     request: Request,
     namespace: Namespace,
     ents: Ents,
-    customerIdOrKey: str,  # noqa: N803
-    entitlementIdOrFeatureKey: str,  # noqa: N803
+    customer: Annotated[str, Path(alias="customerIdOrKey")],
+    id_or_feature_key: Annotated[str, Path(alias="entitlementIdOrFeatureKey")],
 ) -> Response:
     spec = _with_issue(parse_body(EntitlementV2CreateBody, await request.body()))
-    created = await ents.entitlements.override(namespace, CustomerRef(customerIdOrKey), entitlementIdOrFeatureKey, spec)
+    created = await ents.entitlements.override(namespace, CustomerRef(customer), id_or_feature_key, spec)
     return json_response((await entitlement_views(ents, [created], v2=True))[0], 201)
 
 
@@ -251,13 +257,11 @@ async def create_customer_grant(
     request: Request,
     namespace: Namespace,
     ents: Ents,
-    customerIdOrKey: str,  # noqa: N803
-    entitlementIdOrFeatureKey: str,  # noqa: N803
+    customer: Annotated[str, Path(alias="customerIdOrKey")],
+    id_or_feature_key: Annotated[str, Path(alias="entitlementIdOrFeatureKey")],
 ) -> Response:
     body = parse_body(GrantV2CreateBody, await request.body())
-    grant = await ents.grants.create(
-        namespace, CustomerRef(customerIdOrKey), entitlementIdOrFeatureKey, grant_input(body)
-    )
+    grant = await ents.grants.create(namespace, CustomerRef(customer), id_or_feature_key, grant_input(body))
     return json_response(grant_view(grant, ents.deps.clock.now()), 201)
 
 
@@ -265,8 +269,8 @@ async def create_customer_grant(
 async def list_customer_grants(
     namespace: Namespace,
     ents: Ents,
-    customerIdOrKey: str,  # noqa: N803
-    entitlementIdOrFeatureKey: str,  # noqa: N803
+    customer: Annotated[str, Path(alias="customerIdOrKey")],
+    id_or_feature_key: Annotated[str, Path(alias="entitlementIdOrFeatureKey")],
     include_deleted: Annotated[bool, Query(alias="includeDeleted")] = False,
     page: Page = None,
     page_size: PageSize = None,
@@ -274,7 +278,7 @@ async def list_customer_grants(
     limit: Limit = None,
 ) -> Response:
     grants = await ents.grants.list_for_entitlement(
-        namespace, CustomerRef(customerIdOrKey), entitlementIdOrFeatureKey, include_voided=include_deleted
+        namespace, CustomerRef(customer), id_or_feature_key, include_voided=include_deleted
     )
     n, skip = paging(page, page_size, offset, limit)
     now = ents.deps.clock.now()
@@ -286,30 +290,28 @@ async def list_customer_grants(
 async def customer_entitlement_value(
     namespace: Namespace,
     ents: Ents,
-    customerIdOrKey: str,  # noqa: N803
-    entitlementIdOrFeatureKey: str,  # noqa: N803
+    customer: Annotated[str, Path(alias="customerIdOrKey")],
+    id_or_feature_key: Annotated[str, Path(alias="entitlementIdOrFeatureKey")],
     time: str | None = None,
     cache_control: Annotated[str | None, Header(alias="Cache-Control")] = None,
 ) -> Response:
-    ref = CustomerRef(customerIdOrKey)
-    return await value_response(ents, namespace, ref, entitlementIdOrFeatureKey, time, cache_control)
+    ref = CustomerRef(customer)
+    return await value_response(ents, namespace, ref, id_or_feature_key, time, cache_control)
 
 
 @router.get(V2 + "/{entitlementIdOrFeatureKey}/history")
 async def customer_entitlement_history(
     namespace: Namespace,
     ents: Ents,
-    customerIdOrKey: str,  # noqa: N803
-    entitlementIdOrFeatureKey: str,  # noqa: N803
+    customer: Annotated[str, Path(alias="customerIdOrKey")],
+    id_or_feature_key: Annotated[str, Path(alias="entitlementIdOrFeatureKey")],
     window_size: Annotated[str, Query(alias="windowSize")],
     from_: Annotated[str | None, Query(alias="from")] = None,
     to: str | None = None,
     window_time_zone: Annotated[str, Query(alias="windowTimeZone")] = "UTC",
 ) -> Response:
-    ref = CustomerRef(customerIdOrKey)
-    return await history_response(
-        ents, namespace, ref, entitlementIdOrFeatureKey, window_size, from_, to, window_time_zone
-    )
+    ref = CustomerRef(customer)
+    return await history_response(ents, namespace, ref, id_or_feature_key, window_size, from_, to, window_time_zone)
 
 
 @router.post(V2 + "/{entitlementIdOrFeatureKey}/reset", status_code=204)
@@ -317,10 +319,10 @@ async def reset_customer_entitlement(
     request: Request,
     namespace: Namespace,
     ents: Ents,
-    customerIdOrKey: str,  # noqa: N803
-    entitlementIdOrFeatureKey: str,  # noqa: N803
+    customer: Annotated[str, Path(alias="customerIdOrKey")],
+    id_or_feature_key: Annotated[str, Path(alias="entitlementIdOrFeatureKey")],
 ) -> Response:
-    return await reset_response(request, ents, namespace, CustomerRef(customerIdOrKey), entitlementIdOrFeatureKey)
+    return await reset_response(request, ents, namespace, CustomerRef(customer), id_or_feature_key)
 
 
 # ---- v2 lists across customers ----
@@ -378,8 +380,10 @@ async def list_entitlements_v2(
 
 
 @router.get("/api/v2/entitlements/{entitlementId}")
-async def get_entitlement_v2(namespace: Namespace, ents: Ents, entitlementId: str) -> Response:  # noqa: N803
-    found = await ents.entitlements.get(namespace, None, entitlementId)
+async def get_entitlement_v2(
+    namespace: Namespace, ents: Ents, entitlement_id: Annotated[str, Path(alias="entitlementId")]
+) -> Response:
+    found = await ents.entitlements.get(namespace, None, entitlement_id)
     return json_response((await entitlement_views(ents, [found], v2=True))[0])
 
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Header, Query, Request
+from fastapi import APIRouter, Depends, Header, Path, Query, Request
 from fastapi.responses import Response
 
 from common.cloudevents import parse_time
@@ -115,8 +115,8 @@ async def create_feature(request: Request, namespace: Namespace, ents: Ents) -> 
         FeatureInput(
             key=body.key,
             name=body.name,
-            meter_slug=body.meterSlug,
-            meter_group_by_filters=body.meterGroupByFilters or {},
+            meter_slug=body.meter_slug,
+            meter_group_by_filters=body.meter_group_by_filters or {},
             metadata=body.metadata or {},
         ),
     )
@@ -124,13 +124,17 @@ async def create_feature(request: Request, namespace: Namespace, ents: Ents) -> 
 
 
 @router.get("/api/v1/features/{featureId}")
-async def get_feature(namespace: Namespace, ents: Ents, featureId: str) -> Response:  # noqa: N803
-    return json_response(feature_view(await ents.features.get(namespace, featureId)))
+async def get_feature(
+    namespace: Namespace, ents: Ents, feature_id: Annotated[str, Path(alias="featureId")]
+) -> Response:
+    return json_response(feature_view(await ents.features.get(namespace, feature_id)))
 
 
 @router.delete("/api/v1/features/{featureId}", status_code=204)
-async def archive_feature(namespace: Namespace, ents: Ents, featureId: str) -> Response:  # noqa: N803
-    await ents.features.archive(namespace, featureId)
+async def archive_feature(
+    namespace: Namespace, ents: Ents, feature_id: Annotated[str, Path(alias="featureId")]
+) -> Response:
+    await ents.features.archive(namespace, feature_id)
     return Response(status_code=204)
 
 
@@ -138,21 +142,21 @@ async def archive_feature(namespace: Namespace, ents: Ents, featureId: str) -> R
 
 
 def entitlement_input(body: EntitlementCreateBody) -> EntitlementInput:
-    if body.isUnlimited:
+    if body.is_unlimited:
         raise InvalidInput("isUnlimited is deprecated and not supported: use isSoftLimit", field="isUnlimited")
     return EntitlementInput(
         type=EntitlementType(body.type),
-        feature_id=body.featureId,
-        feature_key=body.featureKey,
+        feature_id=body.feature_id,
+        feature_key=body.feature_key,
         metadata=body.metadata or {},
         config=body.config,
-        usage_period_interval=body.usagePeriod.interval if body.usagePeriod else None,
-        usage_period_anchor=body.usagePeriod.anchor if body.usagePeriod else None,
-        measure_usage_from=body.measureUsageFrom,
-        is_soft_limit=body.isSoftLimit,
-        issue_after_reset=body.issueAfterReset,
-        issue_after_reset_priority=body.issueAfterResetPriority,
-        preserve_overage_at_reset=body.preserveOverageAtReset,
+        usage_period_interval=body.usage_period.interval if body.usage_period else None,
+        usage_period_anchor=body.usage_period.anchor if body.usage_period else None,
+        measure_usage_from=body.measure_usage_from,
+        is_soft_limit=body.is_soft_limit,
+        issue_after_reset=body.issue_after_reset,
+        issue_after_reset_priority=body.issue_after_reset_priority,
+        preserve_overage_at_reset=body.preserve_overage_at_reset,
     )
 
 
@@ -167,10 +171,12 @@ async def entitlement_views(svc: Entitlements, entitlements: list[Any], *, v2: b
 
 
 @router.post(ENT, status_code=201)
-async def create_entitlement(request: Request, namespace: Namespace, ents: Ents, subjectIdOrKey: str) -> Response:  # noqa: N803
+async def create_entitlement(
+    request: Request, namespace: Namespace, ents: Ents, subject: Annotated[str, Path(alias="subjectIdOrKey")]
+) -> Response:
     svc = ents
     spec = entitlement_input(parse_body(EntitlementCreateBody, await request.body()))
-    created = await svc.entitlements.create(namespace, subjectIdOrKey, spec)
+    created = await svc.entitlements.create(namespace, subject, spec)
     return json_response((await entitlement_views(svc, [created]))[0], 201)
 
 
@@ -178,11 +184,11 @@ async def create_entitlement(request: Request, namespace: Namespace, ents: Ents,
 async def list_subject_entitlements(
     namespace: Namespace,
     ents: Ents,
-    subjectIdOrKey: str,  # noqa: N803
+    subject: Annotated[str, Path(alias="subjectIdOrKey")],
     include_deleted: Annotated[bool, Query(alias="includeDeleted")] = False,
 ) -> Response:
     svc = ents
-    items = await svc.entitlements.search(namespace, subject_keys=[subjectIdOrKey], include_deleted=include_deleted)
+    items = await svc.entitlements.search(namespace, subject_keys=[subject], include_deleted=include_deleted)
     return json_response(await entitlement_views(svc, items))
 
 
@@ -213,9 +219,11 @@ async def list_entitlements(
 
 
 @router.get("/api/v1/entitlements/{entitlementId}")
-async def get_entitlement_by_id(namespace: Namespace, ents: Ents, entitlementId: str) -> Response:  # noqa: N803
+async def get_entitlement_by_id(
+    namespace: Namespace, ents: Ents, entitlement_id: Annotated[str, Path(alias="entitlementId")]
+) -> Response:
     svc = ents
-    found = await svc.entitlements.get(namespace, None, entitlementId)
+    found = await svc.entitlements.get(namespace, None, entitlement_id)
     return json_response((await entitlement_views(svc, [found]))[0])
 
 
@@ -223,11 +231,11 @@ async def get_entitlement_by_id(namespace: Namespace, ents: Ents, entitlementId:
 async def get_entitlement(
     namespace: Namespace,
     ents: Ents,
-    subjectIdOrKey: str,  # noqa: N803
-    entitlementId: str,  # noqa: N803
+    subject: Annotated[str, Path(alias="subjectIdOrKey")],
+    entitlement_id: Annotated[str, Path(alias="entitlementId")],
 ) -> Response:
     svc = ents
-    found = await svc.entitlements.get(namespace, subjectIdOrKey, entitlementId)
+    found = await svc.entitlements.get(namespace, subject, entitlement_id)
     return json_response((await entitlement_views(svc, [found]))[0])
 
 
@@ -235,10 +243,10 @@ async def get_entitlement(
 async def delete_entitlement(
     namespace: Namespace,
     ents: Ents,
-    subjectIdOrKey: str,  # noqa: N803
-    entitlementId: str,  # noqa: N803
+    subject: Annotated[str, Path(alias="subjectIdOrKey")],
+    entitlement_id: Annotated[str, Path(alias="entitlementId")],
 ) -> Response:
-    await ents.entitlements.delete(namespace, subjectIdOrKey, entitlementId)
+    await ents.entitlements.delete(namespace, subject, entitlement_id)
     return Response(status_code=204)
 
 
@@ -247,12 +255,12 @@ async def override_entitlement(
     request: Request,
     namespace: Namespace,
     ents: Ents,
-    subjectIdOrKey: str,  # noqa: N803
-    entitlementIdOrFeatureKey: str,  # noqa: N803
+    subject: Annotated[str, Path(alias="subjectIdOrKey")],
+    id_or_feature_key: Annotated[str, Path(alias="entitlementIdOrFeatureKey")],
 ) -> Response:
     svc = ents
     spec = entitlement_input(parse_body(EntitlementCreateBody, await request.body()))
-    created = await svc.entitlements.override(namespace, subjectIdOrKey, entitlementIdOrFeatureKey, spec)
+    created = await svc.entitlements.override(namespace, subject, id_or_feature_key, spec)
     return json_response((await entitlement_views(svc, [created]))[0], 201)
 
 
@@ -264,27 +272,27 @@ async def create_grant(
     request: Request,
     namespace: Namespace,
     ents: Ents,
-    subjectIdOrKey: str,  # noqa: N803
-    entitlementIdOrFeatureKey: str,  # noqa: N803
+    subject: Annotated[str, Path(alias="subjectIdOrKey")],
+    id_or_feature_key: Annotated[str, Path(alias="entitlementIdOrFeatureKey")],
 ) -> Response:
     svc = ents
     body = parse_body(GrantCreateBody, await request.body())
-    grant = await svc.grants.create(namespace, subjectIdOrKey, entitlementIdOrFeatureKey, grant_input(body))
+    grant = await svc.grants.create(namespace, subject, id_or_feature_key, grant_input(body))
     return json_response(grant_view(grant, svc.deps.clock.now()), 201)
 
 
 def grant_input(body: GrantCreateBody | GrantV2CreateBody) -> GrantInput:
     return GrantInput(
         amount=body.amount,
-        effective_at=body.effectiveAt,
+        effective_at=body.effective_at,
         expiration=(
             None
             if body.expiration is None
             else Expiration(ExpirationDuration(body.expiration.duration), body.expiration.count)
         ),
         priority=body.priority,
-        min_rollover_amount=body.minRolloverAmount,
-        max_rollover_amount=body.maxRolloverAmount,
+        min_rollover_amount=body.min_rollover_amount,
+        max_rollover_amount=body.max_rollover_amount,
         recurrence_interval=body.recurrence.interval if body.recurrence else None,
         recurrence_anchor=body.recurrence.anchor if body.recurrence else None,
         metadata=body.metadata or {},
@@ -295,13 +303,13 @@ def grant_input(body: GrantCreateBody | GrantV2CreateBody) -> GrantInput:
 async def list_entitlement_grants(
     namespace: Namespace,
     ents: Ents,
-    subjectIdOrKey: str,  # noqa: N803
-    entitlementIdOrFeatureKey: str,  # noqa: N803
+    subject: Annotated[str, Path(alias="subjectIdOrKey")],
+    id_or_feature_key: Annotated[str, Path(alias="entitlementIdOrFeatureKey")],
     include_deleted: Annotated[bool, Query(alias="includeDeleted")] = False,
 ) -> Response:
     svc = ents
     grants = await svc.grants.list_for_entitlement(
-        namespace, subjectIdOrKey, entitlementIdOrFeatureKey, include_voided=include_deleted
+        namespace, subject, id_or_feature_key, include_voided=include_deleted
     )
     now = svc.deps.clock.now()
     return json_response([grant_view(g, now) for g in grants])
@@ -335,8 +343,8 @@ async def list_grants(
 
 
 @router.delete("/api/v1/grants/{grantId}", status_code=204)
-async def void_grant(namespace: Namespace, ents: Ents, grantId: str) -> Response:  # noqa: N803
-    await ents.grants.void(namespace, grantId)
+async def void_grant(namespace: Namespace, ents: Ents, grant_id: Annotated[str, Path(alias="grantId")]) -> Response:
+    await ents.grants.void(namespace, grant_id)
     return Response(status_code=204)
 
 
@@ -353,8 +361,8 @@ def wants_fresh(cache_control: str | None) -> bool:
 async def entitlement_value(
     namespace: Namespace,
     ents: Ents,
-    subjectIdOrKey: str,  # noqa: N803
-    entitlementIdOrFeatureKey: str,  # noqa: N803
+    subject: Annotated[str, Path(alias="subjectIdOrKey")],
+    id_or_feature_key: Annotated[str, Path(alias="entitlementIdOrFeatureKey")],
     time: str | None = None,
     cache_control: Annotated[str | None, Header(alias="Cache-Control")] = None,
 ) -> Response:
@@ -363,7 +371,7 @@ async def entitlement_value(
     At "now" (no `time`) the answer may come from the balance cache, which is kept exact by state changes,
     ingest notifications and the engine's next change instant; `Cache-Control: no-cache` forces a fresh
     computation."""
-    return await value_response(ents, namespace, subjectIdOrKey, entitlementIdOrFeatureKey, time, cache_control)
+    return await value_response(ents, namespace, subject, id_or_feature_key, time, cache_control)
 
 
 async def value_response(
@@ -417,9 +425,9 @@ async def reset_response(
         namespace,
         owner,
         id_or_feature_key,
-        effective_at=body.effectiveAt,
-        retain_anchor=body.retainAnchor,
-        preserve_overage=body.preserveOverage,
+        effective_at=body.effective_at,
+        retain_anchor=body.retain_anchor,
+        preserve_overage=body.preserve_overage,
     )
     return Response(status_code=204)
 
@@ -428,16 +436,14 @@ async def reset_response(
 async def entitlement_history(
     namespace: Namespace,
     ents: Ents,
-    subjectIdOrKey: str,  # noqa: N803
-    entitlementId: str,  # noqa: N803
+    subject: Annotated[str, Path(alias="subjectIdOrKey")],
+    entitlement_id: Annotated[str, Path(alias="entitlementId")],
     window_size: Annotated[str, Query(alias="windowSize")],
     from_: Annotated[str | None, Query(alias="from")] = None,
     to: str | None = None,
     window_time_zone: Annotated[str, Query(alias="windowTimeZone")] = "UTC",
 ) -> Response:
-    return await history_response(
-        ents, namespace, subjectIdOrKey, entitlementId, window_size, from_, to, window_time_zone
-    )
+    return await history_response(ents, namespace, subject, entitlement_id, window_size, from_, to, window_time_zone)
 
 
 @router.post(ENT + "/{entitlementId}/reset", status_code=204)
@@ -445,7 +451,7 @@ async def reset_usage(
     request: Request,
     namespace: Namespace,
     ents: Ents,
-    subjectIdOrKey: str,  # noqa: N803
-    entitlementId: str,  # noqa: N803
+    subject: Annotated[str, Path(alias="subjectIdOrKey")],
+    entitlement_id: Annotated[str, Path(alias="entitlementId")],
 ) -> Response:
-    return await reset_response(request, ents, namespace, subjectIdOrKey, entitlementId)
+    return await reset_response(request, ents, namespace, subject, entitlement_id)

@@ -12,6 +12,7 @@ from decimal import Decimal
 from typing import Any, Literal, TypeVar
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, ValidationError
+from pydantic.alias_generators import to_camel
 
 from common import exactjson
 from common.errors import InvalidInput
@@ -99,14 +100,16 @@ def encode(value: Any) -> bytes:
 
 
 class _In(BaseModel):
-    model_config = ConfigDict(extra="ignore", frozen=True)
+    """Request bodies: snake_case attributes, OpenMeter's camelCase names on the wire (errors name those)."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True, alias_generator=to_camel, populate_by_name=True)
 
 
 class FeatureCreateBody(_In):
     key: str = Field(min_length=1, max_length=64)
     name: str = Field(min_length=1, max_length=256)
-    meterSlug: str | None = None  # noqa: N815 - OpenMeter's field name
-    meterGroupByFilters: dict[str, str] | None = None  # noqa: N815
+    meter_slug: str | None = None
+    meter_group_by_filters: dict[str, str] | None = None
     metadata: dict[str, str] | None = None
 
 
@@ -117,17 +120,17 @@ class UsagePeriodBody(_In):
 
 class EntitlementCreateBody(_In):
     type: Literal["boolean", "static", "metered"]
-    featureKey: str | None = None  # noqa: N815
-    featureId: str | None = None  # noqa: N815
+    feature_key: str | None = None
+    feature_id: str | None = None
     metadata: dict[str, str] | None = None
     config: Any = None
-    usagePeriod: UsagePeriodBody | None = None  # noqa: N815
-    measureUsageFrom: AwareDatetime | Literal["CURRENT_PERIOD_START", "NOW"] | None = None  # noqa: N815
-    isSoftLimit: bool = False  # noqa: N815
-    isUnlimited: bool = False  # noqa: N815
-    issueAfterReset: Decimal | None = None  # noqa: N815
-    issueAfterResetPriority: int = 1  # noqa: N815
-    preserveOverageAtReset: bool = False  # noqa: N815
+    usage_period: UsagePeriodBody | None = None
+    measure_usage_from: AwareDatetime | Literal["CURRENT_PERIOD_START", "NOW"] | None = None
+    is_soft_limit: bool = False
+    is_unlimited: bool = False
+    issue_after_reset: Decimal | None = None
+    issue_after_reset_priority: int = 1
+    preserve_overage_at_reset: bool = False
 
 
 class ExpirationBody(_In):
@@ -138,16 +141,16 @@ class ExpirationBody(_In):
 class GrantCreateBody(_In):
     amount: Decimal
     priority: int = 1
-    effectiveAt: AwareDatetime  # noqa: N815
+    effective_at: AwareDatetime
     expiration: ExpirationBody
-    minRolloverAmount: Decimal = Decimal(0)  # noqa: N815
-    maxRolloverAmount: Decimal = Decimal(0)  # noqa: N815
+    min_rollover_amount: Decimal = Decimal(0)
+    max_rollover_amount: Decimal = Decimal(0)
     recurrence: UsagePeriodBody | None = None
     metadata: dict[str, str] | None = None
 
 
 class UsageAttributionBody(_In):
-    subjectKeys: list[str] = Field(default_factory=list, max_length=100_000)  # noqa: N815
+    subject_keys: list[str] = Field(default_factory=list, max_length=100_000)
 
 
 class CustomerBody(_In):
@@ -157,8 +160,8 @@ class CustomerBody(_In):
     key: str | None = Field(default=None, min_length=1, max_length=256)
     description: str | None = Field(default=None, max_length=4096)
     metadata: dict[str, str] | None = None
-    usageAttribution: UsageAttributionBody | None = None  # noqa: N815
-    primaryEmail: str | None = None  # noqa: N815
+    usage_attribution: UsageAttributionBody | None = None
+    primary_email: str | None = None
     currency: str | None = None
 
 
@@ -172,10 +175,10 @@ class GrantV2CreateBody(_In):
 
     amount: Decimal
     priority: int = 1
-    effectiveAt: AwareDatetime  # noqa: N815
+    effective_at: AwareDatetime
     expiration: ExpirationBody | None = None
-    minRolloverAmount: Decimal = Decimal(0)  # noqa: N815
-    maxRolloverAmount: Decimal = Decimal(0)  # noqa: N815
+    min_rollover_amount: Decimal = Decimal(0)
+    max_rollover_amount: Decimal = Decimal(0)
     recurrence: UsagePeriodBody | None = None
     metadata: dict[str, str] | None = None
 
@@ -188,9 +191,9 @@ class EntitlementV2CreateBody(EntitlementCreateBody):
 
 
 class ResetBody(_In):
-    effectiveAt: AwareDatetime | None = None  # noqa: N815
-    retainAnchor: bool = False  # noqa: N815
-    preserveOverage: bool | None = None  # noqa: N815
+    effective_at: AwareDatetime | None = None
+    retain_anchor: bool = False
+    preserve_overage: bool | None = None
 
 
 M = TypeVar("M", bound=BaseModel)
