@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
+import orjson
 from fastapi import APIRouter, Body, Depends, Header, Path, Request
 from fastapi.responses import Response
 from pydantic import BaseModel, ConfigDict, Field
@@ -52,10 +53,12 @@ def _error(exc: MetergateError) -> dict[str, Any]:
     return {"status": status_for(exc), "title": exc.title, "detail": exc.message}
 
 
-def result_view(result: AccessResult) -> dict[str, Any]:
+def result_view(result: AccessResult) -> Any:
     if result.value is None:
         assert result.error is not None
         return {"error": _error(result.error)}
+    if result.value.body:  # from the cache: inserted as it was encoded when stored
+        return orjson.Fragment(result.value.body)
     return {**value_view(result.value.value), "asOf": result.value.as_of}
 
 

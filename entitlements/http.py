@@ -386,6 +386,8 @@ async def value_response(
     fresh = await ents.values.value(
         namespace, owner, id_or_feature_key, parse_instant(time, "time"), fresh=wants_fresh(cache_control)
     )
+    if fresh.body:  # from the cache: encoded when it was stored
+        return Response(fresh.body, media_type="application/json")
     return json_response({**value_view(fresh.value), "asOf": fresh.as_of})
 
 

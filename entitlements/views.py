@@ -7,7 +7,7 @@ from typing import Any
 
 from entitlements import engine
 from entitlements.domain import Customer, Entitlement, EntitlementType, Feature, Grant
-from entitlements.service.balance import Value
+from entitlements.service.balance import value_fields
 from entitlements.service.history import History
 from entitlements.service.owners import attribution
 from entitlements.service.terms import PeriodView, recurrence_of
@@ -143,20 +143,7 @@ def grant_view(g: Grant, now: datetime) -> dict[str, Any]:
     }
 
 
-def value_view(v: Value) -> dict[str, Any]:
-    out: dict[str, Any] = {"hasAccess": v.has_access}
-    if v.balance is not None:
-        out.update(
-            {
-                "balance": v.balance,
-                "usage": v.usage,
-                "overage": v.overage,
-                "totalAvailableGrantAmount": v.total_available_grant_amount,
-            }
-        )
-    if v.config is not None:
-        out["config"] = v.config
-    return out
+value_view = value_fields  # OpenMeter's EntitlementValue fields (entitlements.service.balance)
 
 
 def history_view(h: History) -> dict[str, Any]:

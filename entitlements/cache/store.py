@@ -70,6 +70,7 @@ class Entry:
     as_of: datetime  # wall time when the computation began: every event stored before it is counted
     depends_on: tuple[str, ...] = ()
     size: int = 0
+    body: bytes = b""  # the value route's JSON body (OpenMeter's fields and asOf), encoded once when stored
 
     def valid_at(self, now: datetime) -> bool:
         return self.computed_for <= now and (self.valid_until is None or now < self.valid_until)
@@ -186,6 +187,7 @@ class BalanceCache:
                     return False
                 entry = replace(entry, valid_until=nxt)
         sized = estimate_size(entry.namespace, entry.subject_key, entry.entitlement_id, entry.value, *entry.depends_on)
+        sized += len(entry.body) + 33 if entry.body else 0  # the encoded answer (bytes object overhead: 33)
         entry = replace(entry, size=sized)
         key = (entry.namespace, entry.entitlement_id)
         self._drop(key)

@@ -19,6 +19,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from decimal import Decimal
+from typing import Any
 
 import structlog
 
@@ -66,6 +67,23 @@ class Value:
     overage: Decimal | None = None
     total_available_grant_amount: Decimal | None = None
     config: str | None = None
+
+
+def value_fields(v: Value) -> dict[str, Any]:
+    """OpenMeter's EntitlementValue fields of a value (the value routes' body, without `asOf`)."""
+    out: dict[str, Any] = {"hasAccess": v.has_access}
+    if v.balance is not None:
+        out.update(
+            {
+                "balance": v.balance,
+                "usage": v.usage,
+                "overage": v.overage,
+                "totalAvailableGrantAmount": v.total_available_grant_amount,
+            }
+        )
+    if v.config is not None:
+        out["config"] = v.config
+    return out
 
 
 @dataclass(frozen=True, slots=True)

@@ -18,12 +18,21 @@ from datetime import datetime, timedelta
 
 import structlog
 
+from common import exactjson
 from common.errors import MetergateError, Unavailable
 from entitlements import engine
 from entitlements.cache.store import AliasKey, BalanceCache, Entry
 from entitlements.domain import EntitlementType, OwnerRef
 from entitlements.service import bulk
-from entitlements.service.balance import BalanceService, Computed, Loaded, Value, needs_usage, value_of
+from entitlements.service.balance import (
+    BalanceService,
+    Computed,
+    Loaded,
+    Value,
+    needs_usage,
+    value_fields,
+    value_of,
+)
 from entitlements.service.terms import Inputs
 
 log = structlog.get_logger(__name__)
@@ -35,9 +44,16 @@ HORIZON = timedelta(days=1)
 
 @dataclass(frozen=True, slots=True)
 class FreshValue:
+    """`body`: the JSON answer already encoded (OpenMeter's fields and `asOf`), for values from the cache."""
+
     value: Value
     as_of: datetime
     cached: bool
+    body: bytes = b""
+
+
+def value_body(value: Value, as_of: datetime) -> bytes:
+    return exactjson.dumps({**value_fields(value), "asOf": as_of})
 
 
 def next_change(inputs: Inputs, final: engine.Snapshot) -> datetime:
@@ -85,14 +101,14 @@ class CachedBalances:
             return FreshValue(value, self.d.wall_clock.now(), False)
         entry = self.cache.get(namespace, subject, id_or_feature_key, now)
         if entry is not None and not fresh:
-            return FreshValue(entry.value, entry.as_of, True)
+            return FreshValue(entry.value, entry.as_of, True, entry.body)
         try:
             return await self.compute(namespace, subject, id_or_feature_key, now)
         except Unavailable:
             if entry is None:
                 raise
             log.warning("value_answered_from_cache", entitlement_id=entry.entitlement_id, as_of=entry.as_of.isoformat())
-            return FreshValue(entry.value, entry.as_of, True)
+            return FreshValue(entry.value, entry.as_of, True, entry.body)
 
     def warm(self, namespace: str, subject: OwnerRef, id_or_feature_key: str) -> FreshValue | None:
         """The cached value at "now", or None (no await: bulk reads answer their warm items in one pass)."""
@@ -167,7 +183,8 @@ class CachedBalances:
         # Dropped when the owner, one of its subjects (usage, or a customer joined) or the subject asked changes.
         depends = tuple(dict.fromkeys([*loaded.owner.subjects, *([subject] if isinstance(subject, str) else [])]))
         until = valid_until(loaded, computed)
-        entry = Entry(namespace, ent.subject_key, ent.id, event_type, value, now, until, as_of, depends)
+        body = value_body(value, as_of)
+        entry = Entry(namespace, ent.subject_key, ent.id, event_type, value, now, until, as_of, depends, body=body)
         aliases: list[AliasKey] = [(namespace, subject, id_or_feature_key)]
         if ent.deleted_at is None:
             aliases += [(namespace, subject, ent.id), (namespace, subject, loaded.feature.key)]
