@@ -1,7 +1,8 @@
 """REST API of meters (OpenMeter v1 paths and field names).
 
-GET/POST /api/v1/meters, GET/DELETE /api/v1/meters/{meterIdOrSlug},
-GET/POST /api/v1/meters/{meterIdOrSlug}/query, GET /api/v1/meters/{meterIdOrSlug}/subjects.
+GET/POST /api/v1/meters, GET/PUT/DELETE /api/v1/meters/{meterIdOrSlug},
+GET/POST /api/v1/meters/{meterIdOrSlug}/query (JSON, or CSV with `Accept: text/csv`),
+GET /api/v1/meters/{meterIdOrSlug}/subjects, GET /api/v1/meters/{meterIdOrSlug}/group-by/{groupByKey}/values.
 The service comes from `app.state.services.meters`. Errors are MetergateError subclasses; the app's
 handler renders them as problem+json (common.http).
 Values are written as exact JSON numbers from Decimal (never through float).
@@ -14,8 +15,9 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import Response
 
-from aggregator.query import InvalidQuery, params_from_mapping, result_body
+from aggregator.query import InvalidQuery, Row, csv_text, params_from_mapping, result_body
 from aggregator.service import MeterService
+from aggregator.sql import Query
 from common import exactjson
 from common.cloudevents import decode_json
 from common.errors import Unavailable
@@ -63,17 +65,45 @@ async def get_meter(meterIdOrSlug: str, namespace: Namespace, service: Meters) -
     return json_response((await service.get(namespace, meterIdOrSlug)).to_api())
 
 
+@router.put("/{meterIdOrSlug}")
+async def update_meter(meterIdOrSlug: str, request: Request, namespace: Namespace, service: Meters) -> Response:  # noqa: N803
+    """OpenMeter's MeterUpdate: `name` (default: the slug), `description`, `metadata`, `groupBy` (default:
+    none) replace the meter's; slug, aggregation, eventType, valueProperty and eventFrom cannot change. New
+    or changed group-by keys rebuild the rollup (backfilled from every stored event) before answering."""
+    body = decode_json(await request.body())
+    meter = await service.update(namespace, meterIdOrSlug, body)
+    return json_response(meter.to_api())
+
+
 @router.delete("/{meterIdOrSlug}", status_code=204)
 async def delete_meter(meterIdOrSlug: str, namespace: Namespace, service: Meters) -> Response:  # noqa: N803
     await service.delete(namespace, meterIdOrSlug)
     return Response(status_code=204)
 
 
+def wants_csv(request: Request) -> bool:
+    """`Accept: text/csv` (as OpenMeter: the header's media type, parameters aside); JSON otherwise."""
+    first = request.headers.get("accept", "").split(",")[0]
+    return first.split(";")[0].strip().lower() == "text/csv"
+
+
+def query_response(request: Request, q: Query, rows: list[Row]) -> Response:
+    if wants_csv(request):
+        return Response(
+            csv_text(q, rows),
+            media_type="text/csv",
+            headers={"content-disposition": f"attachment; filename={q.meter.slug}.csv"},
+        )
+    return json_response(result_body(q, rows))
+
+
 @router.get("/{meterIdOrSlug}/query")
 async def query_meter(meterIdOrSlug: str, request: Request, namespace: Namespace, service: Meters) -> Response:  # noqa: N803
+    """Usage in windows. `Accept: text/csv` answers OpenMeter's CSV (window_start, window_end, [subject],
+    group-by keys, value) instead of JSON."""
     params = params_from_mapping(list(request.query_params.multi_items()))
     q, rows = await service.query(namespace, meterIdOrSlug, params)
-    return json_response(result_body(q, rows, explicit_from=params.start is not None))
+    return query_response(request, q, rows)
 
 
 @router.post("/{meterIdOrSlug}/query")
@@ -89,9 +119,27 @@ async def query_meter_post(
         raise InvalidQuery("the query body must be a JSON object", field=None)
     params = params_from_mapping(body)
     q, rows = await service.query(namespace, meterIdOrSlug, params)
-    return json_response(result_body(q, rows, explicit_from=params.start is not None))
+    return query_response(request, q, rows)
 
 
 @router.get("/{meterIdOrSlug}/subjects")
 async def meter_subjects(meterIdOrSlug: str, namespace: Namespace, service: Meters) -> Response:  # noqa: N803
     return json_response(await service.subjects(namespace, meterIdOrSlug))
+
+
+@router.get("/{meterIdOrSlug}/group-by/{groupByKey}/values")
+async def group_by_values(
+    meterIdOrSlug: str,  # noqa: N803
+    groupByKey: str,  # noqa: N803
+    request: Request,
+    namespace: Namespace,
+    service: Meters,
+) -> Response:
+    """Distinct values of a group-by key among the meter's events in [from, to) (dashboard filters). Without
+    `from` and `to`: the last 24 hours."""
+    query = dict(request.query_params)
+    unknown = sorted(set(query) - {"from", "to"})
+    if unknown:
+        raise InvalidQuery(f"unknown query parameter {unknown[0]!r}", field=unknown[0])
+    values = await service.group_by_values(namespace, meterIdOrSlug, groupByKey, query.get("from"), query.get("to"))
+    return json_response(values)

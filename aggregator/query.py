@@ -4,6 +4,8 @@ OpenMeter's MeterQueryResult. Clear InvalidInput errors for bad ranges, group-by
 
 from __future__ import annotations
 
+import csv
+import io
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -14,7 +16,7 @@ from aggregator.meter import Aggregation, Meter, WindowSize
 from aggregator.sql import Query
 from common import exactjson
 from common.clock import format_time
-from common.cloudevents import MIN_EVENT_TIME, parse_time
+from common.cloudevents import MAX_EVENT_TIME, MIN_EVENT_TIME, parse_time
 from common.errors import InvalidInput
 from common.timezones import known_zone
 
@@ -67,12 +69,12 @@ def check_time_zone(name: str) -> str:
     return name
 
 
-def to_query(
-    meter: Meter, namespace: str, params: QueryParams, *, now: datetime, customers: Attributions | None = None
-) -> Query:
-    """`customers`: the attributions of `params.customers`, resolved by the caller (every one must be there)."""
+def to_query(meter: Meter, namespace: str, params: QueryParams, *, customers: Attributions | None = None) -> Query:
+    """Without `from`/`to` a query has no time bound, as in OpenMeter: it reads every stored event (from the
+    meter's eventFrom) and its windows are not cut at 1970 or at now (see `Query.from_given`).
+    `customers`: the attributions of `params.customers`, resolved by the caller (every one must be there)."""
     start = MIN_EVENT_TIME if params.start is None else _instant(params.start, "from")
-    end = now.astimezone(UTC) if params.end is None else _instant(params.end, "to")
+    end = MAX_EVENT_TIME if params.end is None else _instant(params.end, "to")
     if not start < end:
         raise InvalidQuery(f"from ({format_time(start)}) must be before to ({format_time(end)})", field="from")
     window: WindowSize | None = None
@@ -83,7 +85,8 @@ def to_query(
             allowed = ", ".join(w.value for w in WindowSize)
             raise InvalidQuery(f"windowSize must be one of {allowed}", field="windowSize") from None
     tz = check_time_zone(params.window_time_zone or "UTC")
-    if window is WindowSize.MINUTE and (end - start).total_seconds() / 60 > MAX_WINDOWS:
+    bounded = params.start is not None and params.end is not None
+    if bounded and window is WindowSize.MINUTE and (end - start).total_seconds() / 60 > MAX_WINDOWS:
         raise InvalidQuery(f"more than {MAX_WINDOWS} MINUTE windows: narrow from/to", field="windowSize")
     known = set(meter.group_by)
     group_subject = False
@@ -95,12 +98,12 @@ def to_query(
         elif key == CUSTOMER_ID and key not in known:
             group_customer = True
         elif key not in known:
-            raise InvalidQuery(_unknown_key(meter, key), field="groupBy")
+            raise InvalidQuery(unknown_key(meter, key), field="groupBy")
         elif key not in group_by:
             group_by.append(key)
     for key, _ in params.filter_group_by:
         if key not in known:
-            raise InvalidQuery(_unknown_key(meter, key), field=f"filterGroupBy[{key}]")
+            raise InvalidQuery(unknown_key(meter, key), field=f"filterGroupBy[{key}]")
     subjects = tuple(dict.fromkeys(s for s in params.subjects if s))
     subject_groups: tuple[tuple[str, str], ...] = ()
     check_customers(params)
@@ -127,6 +130,8 @@ def to_query(
         group_by=tuple(group_by),
         group_subject=group_subject or group_customer or bool(params.subjects),
         subject_groups=subject_groups,
+        from_given=params.start is not None,
+        to_given=params.end is not None,
     )
 
 
@@ -135,7 +140,7 @@ def to_query(
 NO_SUBJECT = ""
 
 
-def _unknown_key(meter: Meter, key: str) -> str:
+def unknown_key(meter: Meter, key: str) -> str:
     known = ", ".join(sorted(meter.group_by)) or "none"
     return f"unknown group-by key {key!r} for meter {meter.slug} (its keys: {known}; or subject)"
 
@@ -170,7 +175,9 @@ class Row:
 
 
 def shape_rows(q: Query, rows: Sequence[Sequence[Any]]) -> list[Row]:
-    """Clip each bucket to [start, end): a window never reaches outside the query range."""
+    """Window bounds per row. A given `from`/`to` clips the windows it cuts (exact partial windows, our
+    documented choice); without them, windows are whole and an unwindowed row spans its events' minutes
+    [minute of the first, minute of the last + 1 minute), as OpenMeter answers."""
     out: list[Row] = []
     ngroups = len(q.group_by)
     for row in rows:
@@ -179,11 +186,13 @@ def shape_rows(q: Query, rows: Sequence[Sequence[Any]]) -> list[Row]:
         value = merged_value(q.meter, row[3 + ngroups :])
         if q.boundaries is not None:
             ws, we = q.boundaries[bucket], q.boundaries[bucket + 1]
-        elif q.window is None:
-            ws, we = q.start, q.end
         else:
-            ws = max(datetime.fromtimestamp(bucket, UTC), q.start)
-            we = min(datetime.fromtimestamp(bucket_end, UTC), q.end)
+            ws = datetime.fromtimestamp(bucket, UTC)
+            we = datetime.fromtimestamp(bucket_end, UTC)
+            if q.from_given:
+                ws = q.start if q.window is None else max(ws, q.start)
+            if q.to_given:
+                we = q.end if q.window is None else min(we, q.end)
         if q.subject_groups:  # grouped by customer: the key is the customer's id
             out.append(Row(ws, we, None, groups, value, subject))
         else:
@@ -194,25 +203,47 @@ def shape_rows(q: Query, rows: Sequence[Sequence[Any]]) -> list[Row]:
 decimal_text = exactjson.decimal_text  # the one exact rendering (common/exactjson.py)
 
 
-def result_body(q: Query, rows: list[Row], *, explicit_from: bool) -> dict[str, Any]:
-    body: dict[str, Any] = {
-        "to": format_time(q.end),
-        "windowSize": None if q.window is None else q.window.value,
-        "data": [
-            {
-                "value": r.value,
-                "windowStart": format_time(r.window_start),
-                "windowEnd": format_time(r.window_end),
-                "subject": r.subject,
-                **({"customerId": r.customer_id} if r.customer_id is not None else {}),
-                "groupBy": r.group_by,
-            }
-            for r in rows
-        ],
-    }
-    if explicit_from:
-        body = {"from": format_time(q.start), **body}
+def result_body(q: Query, rows: list[Row]) -> dict[str, Any]:
+    """OpenMeter's MeterQueryResult: `from`/`to` only when the request gave them."""
+    body: dict[str, Any] = {}
+    if q.from_given:
+        body["from"] = format_time(q.start)
+    if q.to_given:
+        body["to"] = format_time(q.end)
+    body["windowSize"] = None if q.window is None else q.window.value
+    body["data"] = [
+        {
+            "value": r.value,
+            "windowStart": format_time(r.window_start),
+            "windowEnd": format_time(r.window_end),
+            "subject": r.subject,
+            **({"customerId": r.customer_id} if r.customer_id is not None else {}),
+            "groupBy": r.group_by,
+        }
+        for r in rows
+    ]
     return body
+
+
+def _csv_time(t: datetime) -> str:
+    """RFC 3339 as OpenMeter's CSV writes it (whole seconds), with milliseconds only when there are some."""
+    text = format_time(t)
+    return text[:-5] + "Z" if text.endswith(".000Z") else text
+
+
+def csv_text(q: Query, rows: list[Row]) -> str:
+    """The query result as OpenMeter's CSV: window_start, window_end, [subject], group-by keys..., value.
+
+    Values are exact (decimal_text), where OpenMeter prints a float with 6 decimals."""
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\n")
+    header = ["window_start", "window_end", *(["subject"] if q.group_subject else []), *q.group_by, "value"]
+    writer.writerow(header)
+    for r in rows:
+        subject = [r.subject or ""] if q.group_subject else []
+        groups = [r.group_by.get(k, "") for k in q.group_by]
+        writer.writerow([_csv_time(r.window_start), _csv_time(r.window_end), *subject, *groups, decimal_text(r.value)])
+    return out.getvalue()
 
 
 def params_from_mapping(items: Mapping[str, Any] | Sequence[tuple[str, str]]) -> QueryParams:

@@ -18,7 +18,7 @@ import orjson
 import structlog
 from clickhouse_connect.driver.exceptions import DatabaseError
 
-from aggregator import sql
+from aggregator import routing, sql
 from aggregator.meter import InvalidMeter, Meter, parse_meter
 from common.clickhouse import ClickHouse
 from common.clock import utc_from_storage
@@ -58,6 +58,10 @@ class ClickHouseMeterRepository:
         self.ch.command(events_table_ddl(self.db))
         self.ch.command(sql.meters_table_ddl(self.db))
         self.ch.command(sql.inserted_at_ddl(self.db))
+        # One shared rollup table fed by one routing view, whatever the number of meters (README).
+        self.ch.command(routing.rollups_table_ddl(self.db))
+        self.ch.command(routing.routes_table_ddl(self.db))
+        self.ch.command(routing.router_view_ddl(self.db))
         # Parts written before the column existed would compute DEFAULT now64() at read time (always
         # "after" any cutover); materialise it once so old rows carry a fixed, earlier insert time.
         rows = self.ch.rows(
@@ -76,23 +80,30 @@ class ClickHouseMeterRepository:
     # --- meter rows ----------------------------------------------------------------------------
 
     def _write(self, meter: Meter, state: str, cutover: datetime) -> None:
-        body = meter.to_api()
-        body.pop("createdAt", None)
-        body.pop("updatedAt", None)
-        row = [
-            meter.namespace or "",
-            meter.slug,
-            meter.id,
-            orjson.dumps(body).decode(),
-            state,
-            cutover,
-            meter.created_at or datetime.now(UTC),
-            time.time_ns(),
-        ]
+        self._write_many([meter], state, cutover)
+
+    def _write_many(self, meters: list[Meter], state: str, cutover: datetime) -> None:
+        rows = []
+        for meter in meters:
+            body = meter.to_api()
+            body.pop("createdAt", None)
+            body.pop("updatedAt", None)
+            rows.append(
+                [
+                    meter.namespace or "",
+                    meter.slug,
+                    meter.id,
+                    orjson.dumps(body).decode(),
+                    state,
+                    cutover,
+                    meter.created_at or datetime.now(UTC),
+                    time.time_ns(),
+                ]
+            )
         self.ch.call(
             lambda c: c.insert(
                 sql.qualified(self.db, sql.METERS_TABLE),
-                [row],
+                rows,
                 column_names=["namespace", "slug", "id", "definition", "state", "cutover", "created_at", "version"],
                 settings=self.ch.supported({"insert_deduplicate": 0, "deduplicate_insert": "disable"}),
             )
@@ -148,33 +159,72 @@ class ClickHouseMeterRepository:
             log.warning("meter_create_failed", slug=meter.slug, id=meter.id, reason=reason)
             raise MeterBuildFailed(f"ClickHouse cannot build meter {meter.slug!r}: {reason}", field=None) from None
 
-    def build(self, meter: Meter) -> None:
-        self._drop_rollups(meter)
-        for tier in sql.TIERS:
-            self.ch.command(sql.rollup_table_ddl(self.db, meter, tier))
+    def build(self, meter: Meter, *, replace: bool = False) -> None:
+        """Route the meter from a cutover on, backfill what was stored before it, point its views at the
+        new rollup, mark it ready. `replace`: an earlier build stays live (its views answer) until then."""
+        if not replace:
+            self._drop_rollups(meter)
         cutover = self._server_now() + CUTOVER_MARGIN
-        for tier in sql.TIERS:
-            self.ch.command(sql.materialized_view_ddl(self.db, meter, cutover, tier))
+        rid = routing.rollup_id(meter, cutover)
+        self._insert_routes([routing.route_row(meter, cutover)])
         if self._server_now() >= cutover:
-            # The view may have been created after the cutover: rows in between would be missed.
+            # The route may have been added after the cutover: rows in between would be missed.
             log.warning("meter_cutover_missed_retrying", slug=meter.slug)
-            self.build(meter)
+            self.ch.command(routing.delete_routes_sql(self.db, meter, only=rid), settings={"mutations_sync": 2})
+            self.build(meter, replace=replace)
             return
         self._write(meter, CREATING, cutover)
         self._settle(cutover)
         started = time.monotonic()
-        # Month by month (event-time partitions), so a long backfill shows its progress and each insert
-        # stays bounded; the months are disjoint and cover every row stored before the cutover.
+        self._backfill(meter, cutover)
+        for tier in sql.TIERS:
+            self.ch.command(routing.meter_view_ddl(self.db, meter, rid, tier))
+        self._write(meter, READY, cutover)
+        if replace:
+            self._drop_rollups(meter, keep=rid)
+        log.info("meter_backfilled", slug=meter.slug, id=meter.id, seconds=round(time.monotonic() - started, 3))
+
+    def create_many(self, meters: list[Meter]) -> None:
+        """Build new meters under one cutover, with one wait for older inserts (bulk creation: the
+        benchmark's 10,000 meters). A failure leaves them `creating`, rebuilt one by one at the next start."""
+        if not meters:
+            return
+        self._write_many(meters, CREATING, datetime.fromtimestamp(0, UTC))
+        # Adding the routes takes longer with their number: the cutover leaves room for it.
+        cutover = self._server_now() + CUTOVER_MARGIN + timedelta(milliseconds=len(meters) // 5)
+        self._insert_routes([routing.route_row(m, cutover) for m in meters])
+        if self._server_now() >= cutover:
+            log.warning("meter_cutover_missed_retrying", meters=len(meters))
+            routes = sql.qualified(self.db, routing.ROUTES_TABLE)
+            self.ch.command(
+                f"ALTER TABLE {routes} DELETE WHERE cutover = {{c:DateTime64(3, 'UTC')}}",
+                parameters={"c": cutover},
+                settings={"mutations_sync": 2},
+            )
+            self.create_many(meters)
+            return
+        self._write_many(meters, CREATING, cutover)
+        self._settle(cutover)
+        for meter in meters:
+            self._backfill(meter, cutover)
+            for tier in sql.TIERS:
+                self.ch.command(routing.meter_view_ddl(self.db, meter, routing.rollup_id(meter, cutover), tier))
+        self._write_many(meters, READY, cutover)
+
+    def _backfill(self, meter: Meter, cutover: datetime) -> None:
+        """Roll up the meter's events stored before the cutover, month by month (event-time partitions), so
+        a long backfill shows its progress and each insert stays bounded; the months are disjoint and cover
+        every row stored before the cutover. One dedupe token per month and tier: a retry counts once."""
+        rid = routing.rollup_id(meter, cutover)
+        started = time.monotonic()
         months = [(int(m), int(n)) for m, n in self.ch.rows(sql.backfill_months_sql(self.db, meter, cutover))]
         total = sum(n for _, n in months)
         done = 0
         for month, events in months:
             for tier in sql.TIERS:
                 self.ch.command(
-                    sql.backfill_sql(self.db, meter, cutover, tier, month),
-                    settings={
-                        "insert_deduplication_token": f"backfill:{meter.id}:{tier.column}:{cutover.timestamp()}:{month}"
-                    },
+                    routing.backfill_sql(self.db, meter, cutover, tier, month),
+                    settings={"insert_deduplication_token": f"backfill:{rid}:{tier.column}:{month}"},
                 )
             done += events
             log.info(
@@ -185,30 +235,66 @@ class ClickHouseMeterRepository:
                 of_events=total,
                 seconds=round(time.monotonic() - started, 3),
             )
-        for tier in sql.TIERS:
-            # The backfill leaves a part per insert block, merged later in the background (and competing
-            # with queries meanwhile). Merge now: one part per month and tier makes a subject's read one
-            # range per table (one subject's month: p50 ~6.8 -> ~5.2 ms on chdb). Merging states is exact.
-            self.ch.command(sql.optimize_sql(self.db, meter, tier))
-        self._write(meter, READY, cutover)
-        log.info("meter_backfilled", slug=meter.slug, id=meter.id, seconds=round(time.monotonic() - started, 3))
+
+    def _insert_routes(self, rows: list[list[object]]) -> None:
+        self.ch.call(
+            lambda c: c.insert(sql.qualified(self.db, routing.ROUTES_TABLE), rows, column_names=routing.ROUTE_COLUMNS)
+        )
+
+    def update_definition(self, meter: Meter) -> None:
+        """A new name, description or metadata: the definition row changes, the rollup does not."""
+        for stored, state, cutover in self.all_rows():
+            if stored.id == meter.id and state == READY:
+                self._write(meter, READY, cutover)
+                return
+        raise MeterBuildFailed(f"meter {meter.slug!r} is not ready", field=None)
+
+    def rebuild(self, meter: Meter) -> None:
+        """New group-by keys: a new build behind the live one, switched when complete. If ClickHouse refuses,
+        the new build is removed and the live one is restored as it was (definition, views, rows)."""
+        live = [(m, c) for m, state, c in self.all_rows() if m.id == meter.id and state == READY]
+        if not live:
+            raise MeterBuildFailed(f"meter {meter.slug!r} is not ready", field=None)
+        old, cutover = live[0]
+        try:
+            self.build(meter, replace=True)
+        except DatabaseError as exc:
+            keep = routing.rollup_id(old, cutover)
+            self.ch.command(routing.delete_routes_sql(self.db, old, keep=keep), settings={"mutations_sync": 2})
+            self.ch.command(routing.delete_rows_sql(self.db, old, keep=keep))
+            for tier in sql.TIERS:
+                self.ch.command(routing.meter_view_ddl(self.db, old, keep, tier))
+            self._write(old, READY, cutover)
+            reason = str(exc).strip().splitlines()[0][:300]
+            log.warning("meter_rebuild_failed", slug=meter.slug, id=meter.id, reason=reason)
+            raise MeterBuildFailed(f"ClickHouse cannot rebuild meter {meter.slug!r}: {reason}", field=None) from None
 
     def drop(self, meter: Meter) -> None:
         self._write(meter, DELETED, datetime.fromtimestamp(0, UTC))
         self._drop_rollups(meter)
         log.info("meter_dropped", slug=meter.slug, id=meter.id)
 
-    def _drop_rollups(self, meter: Meter) -> None:
-        for stmt in sql.drop_sql(self.db, meter):
-            self.ch.command(stmt)
+    def _drop_rollups(self, meter: Meter, keep: str | None = None) -> None:
+        """Stop routing the meter's builds (all, or all but `keep`) and forget their rows; without `keep`,
+        drop its views too (and the per-meter tables of the earlier design)."""
+        self.ch.command(routing.delete_routes_sql(self.db, meter, keep=keep), settings={"mutations_sync": 2})
+        self.ch.command(routing.delete_rows_sql(self.db, meter, keep=keep))
+        if keep is None:
+            for stmt in routing.drop_views_sql(self.db, meter):
+                self.ch.command(stmt)
 
     def reconcile(self, wanted_config: list[Meter]) -> None:
         """Make the rollups match: config meters exist, half-built ones are rebuilt, deleted ones dropped."""
         rows = self.all_rows()
         wanted_ids = {m.id for m in wanted_config}
         known = {m.id: state for m, state, _ in rows}
+        legacy = self._legacy_tables()
         for meter, state, _ in rows:
-            if meter.namespace is None and meter.id not in wanted_ids and state != DELETED:
+            if state == READY and meter.rollup_table in legacy:
+                # Built by the per-meter design (a table and two views per meter): rebuild on the router.
+                log.info("meter_moving_to_router", slug=meter.slug, id=meter.id)
+                self._build_or_mark_failed(meter)
+            elif meter.namespace is None and meter.id not in wanted_ids and state != DELETED:
                 self.drop(meter)  # removed from (or changed in) the config file
             elif state == DELETED:
                 self._drop_rollups(meter)
@@ -219,6 +305,14 @@ class ClickHouseMeterRepository:
             if known.get(meter.id) != READY:
                 self._write(meter, CREATING, datetime.fromtimestamp(0, UTC))
                 self._build_or_mark_failed(meter)
+
+    def _legacy_tables(self) -> set[str]:
+        rows = self.ch.rows(
+            "SELECT name FROM system.tables WHERE database = {db:String} AND startsWith(name, 'meter_rollup_') "
+            "AND engine != 'View'",
+            parameters={"db": self.db},
+        )
+        return {str(r[0]) for r in rows}
 
     def _build_or_mark_failed(self, meter: Meter) -> None:
         """Start-up never fails because of one meter: one ClickHouse refuses is skipped, logged and marked
@@ -253,23 +347,17 @@ class ClickHouseMeterRepository:
         return [str(r[0]) for r in rows]
 
     def tier_stats(self, meter: Meter) -> sql.TierStats:
-        """Row counts of the rollup tables (from part metadata) and the number of subjects (hour table)."""
-        tables = {t.column: sql.tier_table(meter, t) for t in sql.TIERS}
-        rows: dict[str, int] = {
-            str(name): int(n)
-            for name, n in self.ch.rows(
-                "SELECT table, sum(rows) FROM system.parts WHERE active AND database = {db:String} "
-                "AND table IN {t:Array(String)} GROUP BY table",
-                parameters={"db": self.db, "t": list(tables.values())},
-            )
-        }
+        """Row counts of the meter's minute and hour rows (unmerged parts count: an estimate) and its number
+        of subjects."""
+        counts = {}
+        for tier in sql.TIERS:
+            view = sql.qualified(self.db, sql.tier_table(meter, tier))
+            counts[tier.column] = int(self.ch.rows(f"SELECT count() FROM {view}")[0][0])
         subjects = self.ch.rows(
-            f"SELECT uniq(namespace, subject) FROM {sql.qualified(self.db, tables[sql.HOUR.column])}"
+            f"SELECT uniq(namespace, subject) FROM {sql.qualified(self.db, sql.tier_table(meter, sql.HOUR))}"
         )[0][0]
         return sql.TierStats(
-            minute_rows=rows.get(tables[sql.MINUTE.column], 0),
-            hour_rows=rows.get(tables[sql.HOUR.column], 0),
-            subjects=int(subjects),
+            minute_rows=counts[sql.MINUTE.column], hour_rows=counts[sql.HOUR.column], subjects=int(subjects)
         )
 
     def stored_after(

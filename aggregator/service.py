@@ -10,15 +10,25 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import time
+from datetime import timedelta
 from typing import Any
 
 import structlog
 
 from aggregator import sql
-from aggregator.meter import Meter, new_meter_id, parse_meter, validation_error
-from aggregator.query import NO_SUBJECT, InvalidQuery, QueryParams, Row, check_customers, shape_rows, to_query
+from aggregator.meter import InvalidMeter, Meter, new_meter_id, parse_meter, validation_error
+from aggregator.query import (
+    NO_SUBJECT,
+    InvalidQuery,
+    QueryParams,
+    Row,
+    check_customers,
+    shape_rows,
+    to_query,
+    unknown_key,
+)
 from aggregator.repository import ClickHouseMeterRepository
-from common.clock import Clock, SystemClock
+from common.clock import Clock, SystemClock, format_time
 from common.cloudevents import CloudEvent
 from common.errors import Conflict, NotFound
 from common.usage import CustomerDirectory, MeterRef, MeterUseGuard
@@ -54,6 +64,20 @@ class MeterQuotaExceeded(Conflict):
             quota="meters_per_namespace",
             limit=limit,
         )
+
+
+class GroupByInUse(Conflict):
+    def __init__(self, slug: str, keys: list[str], features: list[str]) -> None:
+        super().__init__(
+            f"meter {slug}: group-by key(s) {', '.join(keys)} cannot be removed or changed while feature(s) "
+            f"{', '.join(features)} use the meter (adding keys is always possible)",
+            meter=slug,
+            keys=keys,
+            features=features,
+        )
+
+
+UPDATABLE = frozenset({"name", "description", "metadata", "groupBy"})
 
 
 class ConfigMeterReadOnly(Conflict):
@@ -141,6 +165,48 @@ class MeterService:
         log.info("meter_created", namespace=namespace, slug=meter.slug, id=meter.id)
         return meter
 
+    async def update(self, namespace: str, id_or_slug: str, body: Any) -> Meter:
+        """PUT as OpenMeter: name (default: the slug), description, metadata and groupBy (default: none) are
+        replaced; the rest cannot change. New or changed group-by keys rebuild the meter's rollup behind the
+        live one (backfilled, then switched); removing or changing a key a feature may filter on is refused
+        while features use the meter."""
+        if not isinstance(body, dict):
+            raise InvalidMeter("a meter update must be a JSON object", field=None)
+        unknown = sorted(set(body) - UPDATABLE)
+        if unknown:
+            raise InvalidMeter(
+                f"field(s) {', '.join(unknown)} cannot be updated (only {', '.join(sorted(UPDATABLE))})",
+                field=unknown[0],
+            )
+        async with self._lock:
+            await self._refresh()
+            current = await self.get(namespace, id_or_slug)
+            if current.namespace is None:
+                raise ConfigMeterReadOnly(current.slug)
+            merged = {**current.to_api(), "name": current.slug, "description": None, "metadata": {}, "groupBy": {}}
+            merged.update({k: v for k, v in body.items() if v is not None})
+            merged.pop("createdAt", None)
+            merged.pop("updatedAt", None)
+            meter = parse_meter(merged, meter_id=current.id, namespace=namespace, created_at=current.created_at)
+            dropped = sorted(k for k, path in current.group_by.items() if meter.group_by.get(k) != path)
+            if dropped:
+                features = await self.guard.features_using_meter(namespace, current.slug)
+                if features:
+                    raise GroupByInUse(current.slug, dropped, features)
+            if meter.group_by == current.group_by:
+                await asyncio.to_thread(self.repository.update_definition, meter)
+            else:
+                await asyncio.to_thread(self.repository.rebuild, meter)
+            await self._refresh()
+        log.info(
+            "meter_updated",
+            namespace=namespace,
+            slug=meter.slug,
+            id=meter.id,
+            rebuilt=bool(meter.group_by != current.group_by),
+        )
+        return meter
+
     async def delete(self, namespace: str, id_or_slug: str) -> None:
         async with self._lock:
             await self._refresh()
@@ -162,7 +228,7 @@ class MeterService:
             if self.customers is None:
                 raise InvalidQuery("customer filters need the entitlement service", field="filterCustomerId")
             found = await self.customers.attributions(namespace, params.customers)
-        q = to_query(meter, namespace, params, now=self.clock.now(), customers=found)
+        q = to_query(meter, namespace, params, customers=found)
         if q.subjects == (NO_SUBJECT,):
             return q, []  # the customers asked for have no subjects: no usage
         return q, await self.run(q)
@@ -183,6 +249,21 @@ class MeterService:
             cached = (time.monotonic(), await asyncio.to_thread(self.repository.tier_stats, meter))
             self._tier_stats[meter.id] = cached
         return cached[1]
+
+    async def group_by_values(
+        self, namespace: str, id_or_slug: str, key: str, start: str | None, end: str | None
+    ) -> list[str]:
+        """Distinct values of a group-by key among the meter's counted events in [from, to) (OpenMeter: from
+        defaults to 24 hours ago when neither bound is given). Read from the rollups, exact at the edges."""
+        meter = await self.get(namespace, id_or_slug)
+        if key not in meter.group_by:
+            raise InvalidQuery(unknown_key(meter, key), field="groupByKey")
+        if start is None and end is None:
+            start = format_time(self.clock.now() - timedelta(hours=24))
+        q = to_query(meter, namespace, QueryParams(start=start, end=end, group_by=(key,)))
+        # Only the group values matter: bounds "given" keep the cheapest plan (no per-row event minutes).
+        rows = await self.run(dataclasses.replace(q, from_given=True, to_given=True))
+        return sorted({r.group_by[key] for r in rows})
 
     async def subjects(self, namespace: str, id_or_slug: str) -> list[str]:
         meter = await self.get(namespace, id_or_slug)

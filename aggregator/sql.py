@@ -28,8 +28,8 @@ INSERTED_AT = "inserted_at"
 ROLLUP_DEDUPLICATION_WINDOW = 10_000
 METERS_TABLE = "meters"
 _NUMBER_RE = r"^[+-]?([0-9]+\.?[0-9]*|\.[0-9]+)([eE][+-]?[0-9]+)?$"
-_DEC = f"Decimal(38, {VALUE_SCALE})"
-_LATEST_KEY = "Tuple(DateTime64(3, 'UTC'), String, String)"
+DEC_TYPE = f"Decimal(38, {VALUE_SCALE})"
+LATEST_KEY_TYPE = "Tuple(DateTime64(3, 'UTC'), String, String)"
 
 
 def literal(value: str) -> str:
@@ -57,12 +57,6 @@ def _raw(segments: tuple[Segment, ...]) -> str:
     return f"JSONExtractRaw(data, {clickhouse_args(segments)})"
 
 
-def _json_text(segments: tuple[Segment, ...]) -> str:
-    """A string's content, or any other JSON value's text (numbers as written, true, null, '' if missing)."""
-    raw = _raw(segments)
-    return f"if(startsWith({raw}, '\"'), JSONExtractString({raw}), {raw})"
-
-
 def group_expr(segments: tuple[Segment, ...]) -> str:
     """A group-by value: strings as is, other JSON as its text, '' when missing or null."""
     raw = _raw(segments)
@@ -78,9 +72,14 @@ def value_exprs(meter: Meter) -> tuple[str | None, str]:
     segments = meter.value_segments
     if segments is None:
         return None, "1"
-    text = _json_text(segments)
-    if meter.aggregation is Aggregation.UNIQUE_COUNT:
-        raw = _raw(segments)
+    return raw_value_rule(meter.aggregation, _raw(segments))
+
+
+def raw_value_rule(aggregation: Aggregation, raw: str) -> tuple[str, str]:
+    """(value expression, validity predicate) over `raw`, the JSON text at the value path ('' if missing):
+    the one value rule, used with a static path (`value_exprs`) and by the router (`routing`)."""
+    text = f"if(startsWith({raw}, '\"'), JSONExtractString({raw}), {raw})"
+    if aggregation is Aggregation.UNIQUE_COUNT:
         return text, f"(startsWith({raw}, '\"') OR match({raw}, {_NUMBER_SQL}))"
     dec = f"toDecimal128OrNull({text}, {VALUE_SCALE})"
     # A value that converts to 0 must be written as a zero (0, 0.0, 0e5): `1e-400` underflows every
@@ -99,16 +98,16 @@ def state_columns(meter: Meter) -> list[tuple[str, str, str]]:
         case Aggregation.COUNT:
             return [("value", "AggregateFunction(count)", "countState()")]
         case Aggregation.SUM:
-            return [("value", f"AggregateFunction(sum, {_DEC})", f"sumState({value})")]
+            return [("value", f"AggregateFunction(sum, {DEC_TYPE})", f"sumState({value})")]
         case Aggregation.AVG:
             return [
-                ("value", f"AggregateFunction(sum, {_DEC})", f"sumState({value})"),
+                ("value", f"AggregateFunction(sum, {DEC_TYPE})", f"sumState({value})"),
                 ("value_count", "AggregateFunction(count)", "countState()"),
             ]
         case Aggregation.MIN:
-            return [("value", f"AggregateFunction(min, {_DEC})", f"minState({value})")]
+            return [("value", f"AggregateFunction(min, {DEC_TYPE})", f"minState({value})")]
         case Aggregation.MAX:
-            return [("value", f"AggregateFunction(max, {_DEC})", f"maxState({value})")]
+            return [("value", f"AggregateFunction(max, {DEC_TYPE})", f"maxState({value})")]
         case Aggregation.UNIQUE_COUNT:
             return [("value", "AggregateFunction(uniqExact, String)", f"uniqExactState({value})")]
         case Aggregation.LATEST:
@@ -116,7 +115,7 @@ def state_columns(meter: Meter) -> list[tuple[str, str, str]]:
             return [
                 (
                     "value",
-                    f"AggregateFunction(argMax, {_DEC}, {_LATEST_KEY})",
+                    f"AggregateFunction(argMax, {DEC_TYPE}, {LATEST_KEY_TYPE})",
                     f"argMaxState({value}, tuple(time, source, id))",
                 )
             ]
@@ -206,64 +205,8 @@ def tier_table(meter: Meter, tier: Tier) -> str:
     return meter.rollup_table + tier.suffix
 
 
-def tier_view(meter: Meter, tier: Tier) -> str:
-    return meter.rollup_table + tier.suffix + "_mv"
-
-
-def rollup_table_ddl(database: str, meter: Meter, tier: Tier = MINUTE) -> str:
-    groups = "".join(f"    {ident(group_column(k))} String,\n" for k in sorted(meter.group_by))
-    states = ",\n".join(f"    {ident(name)} {typ}" for name, typ, _ in state_columns(meter))
-    order = ", ".join(["namespace", "subject", tier.column, *(ident(group_column(k)) for k in sorted(meter.group_by))])
-    return f"""
-CREATE TABLE IF NOT EXISTS {qualified(database, tier_table(meter, tier))}
-(
-    namespace LowCardinality(String),
-    {tier.column} DateTime('UTC') COMMENT 'start of the {tier.column} (UTC) of the events',
-    subject String,
-{groups}{states}
-)
-ENGINE = AggregatingMergeTree
-PARTITION BY toYYYYMM({tier.column})
-ORDER BY ({order})
-SETTINGS non_replicated_deduplication_window = {ROLLUP_DEDUPLICATION_WINDOW}
-COMMENT {literal(tier.column + " rollup of meter " + meter.slug)}
-"""
-
-
-def rollup_select(database: str, meter: Meter, extra_where: str, tier: Tier = MINUTE) -> str:
-    keys = ["namespace", f"{tier.truncate}(time) AS {tier.column}", "subject"]
-    group_names = []
-    for key, segments in meter.group_segments().items():
-        keys.append(f"{group_expr(segments)} AS {ident(group_column(key))}")
-        group_names.append(ident(group_column(key)))
-    states = [f"{expr} AS {ident(name)}" for name, _, expr in state_columns(meter)]
-    return (
-        f"SELECT {', '.join(keys + states)} FROM {qualified(database, EVENTS_TABLE)} "
-        f"WHERE {meter_filter(meter)} AND {extra_where} "
-        f"GROUP BY {', '.join(['namespace', tier.column, 'subject', *group_names])}"
-    )
-
-
-def _cutover_literal(cutover: datetime) -> str:
+def cutover_literal(cutover: datetime) -> str:
     return f"toDateTime64({literal(_ch_time(cutover))}, 3, 'UTC')"
-
-
-def materialized_view_ddl(database: str, meter: Meter, cutover: datetime, tier: Tier = MINUTE) -> str:
-    select = rollup_select(database, meter, f"{INSERTED_AT} >= {_cutover_literal(cutover)}", tier)
-    return (
-        f"CREATE MATERIALIZED VIEW IF NOT EXISTS {qualified(database, tier_view(meter, tier))} "
-        f"TO {qualified(database, tier_table(meter, tier))} AS {select}"
-    )
-
-
-def backfill_sql(database: str, meter: Meter, cutover: datetime, tier: Tier = MINUTE, month: int | None = None) -> str:
-    """Rows stored before the cutover, all of them or one month (YYYYMM) of event time: months are disjoint
-    and together cover every row, so a backfill month by month adds up to the same states."""
-    where = f"{INSERTED_AT} < {_cutover_literal(cutover)}"
-    if month is not None:
-        where += f" AND toYYYYMM(time) = {int(month)}"
-    select = rollup_select(database, meter, where, tier)
-    return f"INSERT INTO {qualified(database, tier_table(meter, tier))} {select}"
 
 
 def backfill_months_sql(database: str, meter: Meter, cutover: datetime) -> str:
@@ -273,20 +216,9 @@ def backfill_months_sql(database: str, meter: Meter, cutover: datetime) -> str:
     invalid just backfills nothing."""
     return (
         f"SELECT toYYYYMM(time) AS month, count() FROM {qualified(database, EVENTS_TABLE)} "
-        f"WHERE {meter_scope(meter)} AND {INSERTED_AT} < {_cutover_literal(cutover)} "
+        f"WHERE {meter_scope(meter)} AND {INSERTED_AT} < {cutover_literal(cutover)} "
         "GROUP BY month ORDER BY month"
     )
-
-
-def optimize_sql(database: str, meter: Meter, tier: Tier) -> str:
-    """Merge a rollup table to one part per partition (after a backfill)."""
-    return f"OPTIMIZE TABLE {qualified(database, tier_table(meter, tier))} FINAL"
-
-
-def drop_sql(database: str, meter: Meter) -> list[str]:
-    views = [f"DROP VIEW IF EXISTS {qualified(database, tier_view(meter, t))} SYNC" for t in TIERS]
-    tables = [f"DROP TABLE IF EXISTS {qualified(database, tier_table(meter, t))} SYNC" for t in TIERS]
-    return views + tables
 
 
 # --- window queries --------------------------------------------------------------------------------
@@ -311,6 +243,16 @@ class Query:
     # (subject, customer id) pairs: with group_subject, rows group by customer instead of subject (exact for
     # every aggregation: the states of a customer's subjects merge in the engine).
     subject_groups: tuple[tuple[str, str], ...] = ()
+    # Whether the request gave `from` / `to`. Without them the range is the whole event range, windows
+    # are not clipped, and an unwindowed row spans the minutes of its events (`spans_events`).
+    from_given: bool = True
+    to_given: bool = True
+
+
+def spans_events(q: Query) -> bool:
+    """An unwindowed query missing `from` or `to`: each row's window is [minute of its first event,
+    minute of its last event + 1 minute) (OpenMeter), so rows carry minutes, merged by min/max."""
+    return q.window is None and q.boundaries is None and not (q.from_given and q.to_given)
 
 
 def _one_window(q: Query) -> bool:
@@ -328,12 +270,12 @@ def _bucket(q: Query, ts: str) -> tuple[str, str]:
         # arrayFirstIndex is 1-based: the first boundary after ts is window k-2's end (0-based).
         idx = f"toInt64(arrayFirstIndex(b -> b > {ts}, {{bounds:Array(DateTime64(3, 'UTC'))}}) - 2)"
         return idx, idx
+    if spans_events(q) or q.window is WindowSize.MINUTE:
+        s = f"toInt64(toUnixTimestamp(toStartOfMinute({ts})))"
+        return s, f"{s} + 60"
     match q.window:
         case None:
             return "toInt64(0)", "toInt64(0)"
-        case WindowSize.MINUTE:
-            s = f"toInt64(toUnixTimestamp(toStartOfMinute({ts})))"
-            return s, f"{s} + 60"
         case WindowSize.HOUR:
             s = f"toInt64(toUnixTimestamp(toStartOfHour({ts}, {tz})))"
             return s, f"toInt64(toUnixTimestamp(toStartOfHour(toStartOfHour({ts}, {tz}) + INTERVAL 90 MINUTE, {tz})))"
@@ -441,6 +383,16 @@ def _single_row(q: Query) -> bool:
 
 def _outer(q: Query, inner: str) -> str:
     merges = ", ".join(merge_exprs(q.meter))
+    spans = spans_events(q)
+    if spans:
+        keys = "min(bucket) AS span_start, max(bucket_end) AS span_end"
+        if _single_row(q):
+            return f"SELECT {keys}, '' AS subject_key, {merges} FROM ({inner}) HAVING count() > 0"
+        groups = "".join(", " + ident(group_column(k)) for k in q.group_by)
+        return (
+            f"SELECT {keys}, subject_key{groups}, {merges} FROM ({inner}) "
+            f"GROUP BY subject_key{groups} ORDER BY subject_key{groups}"
+        )
     if _single_row(q):
         # Every inner row has the same constant keys: merge without GROUP BY / ORDER BY (~1-3 ms less on
         # chdb). HAVING keeps "only windows with data": no inner row, no result row, as with GROUP BY.
@@ -466,6 +418,8 @@ def hour_tier_allowed(q: Query) -> bool:
     """Hour rows may serve a query only if no window boundary falls inside a UTC hour."""
     if q.boundaries is not None:
         return all(b == _floor_hour(b) for b in q.boundaries[1:-1])
+    if spans_events(q):
+        return False  # the first and last event's minutes are known only to the minute table
     if q.window is None:
         return True
     if q.window is WindowSize.MINUTE:

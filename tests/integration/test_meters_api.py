@@ -3,99 +3,27 @@ sets the namespace the way metergate.app's auth middleware does."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Callable
-from datetime import UTC, datetime, timedelta
+from collections.abc import AsyncIterator
+from datetime import timedelta
 from decimal import Decimal
 from types import SimpleNamespace
-from typing import Any
 
-import httpx
 import pytest
-from fastapi import FastAPI, Request
-from fastapi.responses import Response
 
-from aggregator.config import parse_config
-from aggregator.http import router
 from aggregator.meter import parse_meter
-from aggregator.repository import ClickHouseMeterRepository
-from aggregator.service import MeterService
 from aggregator.usage import ClickHouseUsageReader
 from common.clickhouse import ClickHouse
-from common.clock import FrozenClock
 from common.cloudevents import CloudEvent
-from common.errors import MetergateError
-from common.http import problem_for
 from tests.support.meter_events import insert
+from tests.support.meters_app import T0, TOKENS, meters_app
 
 pytestmark = pytest.mark.integration
-
-T0 = datetime(2024, 3, 30, 20, 0, tzinfo=UTC)
-TOKENS = {
-    "slug": "tokens",
-    "aggregation": "SUM",
-    "eventType": "prompt",
-    "valueProperty": "$.tokens",
-    "groupBy": {"model": "$.model"},
-}
-
-
-class FeatureGuard:
-    def __init__(self) -> None:
-        self.used: dict[str, list[str]] = {}
-
-    async def features_using_meter(self, namespace: str, meter_slug: str) -> list[str]:
-        return self.used.get(f"{namespace}/{meter_slug}", [])
 
 
 @pytest.fixture
 async def env(clickhouse: ClickHouse) -> AsyncIterator[SimpleNamespace]:
-    guard = FeatureGuard()
-    config = parse_config({"meters": [{"slug": "calls", "aggregation": "COUNT", "eventType": "prompt"}]})
-    service = MeterService(
-        ClickHouseMeterRepository(clickhouse),
-        config_meters=config,
-        guard=guard,
-        clock=FrozenClock(T0 + timedelta(days=5)),
-        cache_seconds=0,
-    )
-    await service.start()
-    app = FastAPI()
-    app.state.services = SimpleNamespace(meters=service)
-    app.include_router(router)
-
-    @app.middleware("http")
-    async def namespace(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
-        request.state.namespace = request.headers.get("x-ns", "ns1")
-        return await call_next(request)
-
-    async def on_error(_: Request, exc: Exception) -> Response:
-        assert isinstance(exc, MetergateError)
-        return problem_for(exc)
-
-    app.add_exception_handler(MetergateError, on_error)
-    events: list[dict[str, Any]] = [
-        # Europe/Berlin switches to summer time at 2024-03-31T01:00Z.
-        {"id": "1", "time": T0, "subject": "alice", "type": "prompt", "data": {"tokens": 10, "model": "a"}},
-        {
-            "id": "2",
-            "time": T0 + timedelta(hours=3, seconds=5),
-            "subject": "alice",
-            "type": "prompt",
-            "data": {"tokens": "2.5", "model": "b"},
-        },
-        {
-            "id": "3",
-            "time": T0 + timedelta(hours=30),
-            "subject": "bob",
-            "type": "prompt",
-            "data": {"tokens": 4, "model": "a"},
-        },
-        {"id": "4", "time": T0 + timedelta(hours=30), "subject": "bob", "type": "prompt", "data": {"tokens": "NaN"}},
-    ]
-    insert(clickhouse, "ns1", events, "before-meter")
-    transport = httpx.ASGITransport(app=app)
-    async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
-        yield SimpleNamespace(client=client, service=service, guard=guard, ch=clickhouse)
+    async with meters_app(clickhouse) as e:
+        yield e
 
 
 async def test_create_backfills_and_queries_windows_across_dst(env: SimpleNamespace) -> None:
@@ -182,10 +110,15 @@ async def test_delete_rules(env: SimpleNamespace) -> None:
     assert (await c.delete("/api/v1/meters/tokens")).status_code == 204
     assert (await c.get("/api/v1/meters/tokens")).status_code == 404
     tables = env.ch.rows(
-        "SELECT count() FROM system.tables WHERE database = {db:String} AND name LIKE 'meter_rollup_%'",
+        "SELECT name, engine FROM system.tables WHERE database = {db:String} AND startsWith(name, 'meter_rollup_') "
+        "ORDER BY name",
         parameters={"db": env.ch.database},
     )
-    assert tables[0][0] == 4  # only the config meter's two tables (minute, hour) and their views remain
+    calls = (await env.service.get("ns1", "calls")).rollup_table
+    assert [tuple(t) for t in tables] == [(calls, "View"), (calls + "_hour", "View")]  # only the config meter's
+    # The router no longer routes the deleted meter's events; its rows are deleted (a background mutation).
+    routes = env.ch.rows(f"SELECT rollup_id FROM `{env.ch.database}`.meter_routes")
+    assert [r[0].split("_")[0] for r in routes] == [calls.removeprefix("meter_rollup_")]
 
 
 async def test_usage_reader_and_validation_hook(env: SimpleNamespace) -> None:
@@ -260,10 +193,10 @@ async def test_an_unbuildable_path_is_a_400_and_leaves_nothing(env: SimpleNamesp
 async def test_a_create_clickhouse_refuses_is_all_or_nothing(
     env: SimpleNamespace, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from aggregator import sql
+    from aggregator import routing
 
-    real = sql.materialized_view_ddl
-    monkeypatch.setattr(sql, "materialized_view_ddl", lambda *a, **k: real(*a, **k).replace("SELECT", "SELEKT", 1))
+    real = routing.meter_view_ddl
+    monkeypatch.setattr(routing, "meter_view_ddl", lambda *a, **k: real(*a, **k).replace("SELECT", "SELEKT", 1))
     r = await env.client.post("/api/v1/meters", json={**TOKENS, "slug": "refused"})
     assert r.status_code == 400, r.text
     assert "ClickHouse cannot build meter 'refused'" in r.json()["detail"]
@@ -302,13 +235,13 @@ async def test_start_up_skips_a_meter_it_cannot_build_and_lists_it_failed(env: S
 async def test_a_meter_clickhouse_refuses_at_start_is_failed_then_retried(
     env: SimpleNamespace, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from aggregator import sql
+    from aggregator import routing
 
     repo = env.service.repository
     meter = parse_meter({**TOKENS, "slug": "later"}, meter_id="later1", namespace="ns1", created_at=T0)
     repo._write(meter, "creating", T0)  # half-created (e.g. killed mid-create)
-    real = sql.materialized_view_ddl
-    monkeypatch.setattr(sql, "materialized_view_ddl", lambda *a, **k: real(*a, **k).replace("SELECT", "SELEKT", 1))
+    real = routing.meter_view_ddl
+    monkeypatch.setattr(routing, "meter_view_ddl", lambda *a, **k: real(*a, **k).replace("SELECT", "SELEKT", 1))
     await env.service.start()  # does not raise
     failed = [m for m in (await env.client.get("/api/v1/meters")).json() if m.get("status") == "FAILED"]
     assert [m["slug"] for m in failed] == ["later"]

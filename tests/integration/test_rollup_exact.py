@@ -23,6 +23,7 @@ from aggregator.query import shape_rows
 from aggregator.repository import ClickHouseMeterRepository
 from aggregator.usage import ceil_to_millisecond
 from common.clickhouse import ClickHouse
+from common.cloudevents import MAX_EVENT_TIME, MIN_EVENT_TIME
 from tests.support.meter_events import insert
 
 pytestmark = pytest.mark.integration
@@ -98,6 +99,34 @@ def answer(ch: ClickHouse, q: sql.Query, *, raw: bool) -> list[tuple[Any, ...]]:
     return [(r.window_start, r.window_end, r.subject, tuple(sorted(r.group_by.items())), r.value) for r in rows]
 
 
+def _minute(t: datetime) -> datetime:
+    return t.replace(second=0, microsecond=0)
+
+
+def span_reference(meter: Meter, stream: list[dict[str, Any]], q: sql.Query) -> list[tuple[Any, ...]]:
+    """Unwindowed rows of a SUM meter per subject as OpenMeter answers them: a given bound is echoed, a
+    missing one is the minute of the subject's first event / the minute after its last event."""
+    out = []
+    for subject in sorted({e["subject"] for e in stream}):
+        mine = [
+            e
+            for e in stream
+            if e["type"] == meter.event_type
+            and e["subject"] == subject
+            and q.start <= e["time"] < q.end
+            and value_error(meter, e["data"]) is None
+        ]
+        if not mine:
+            continue
+        with localcontext() as ctx:
+            ctx.prec = 80
+            total = sum((parse_number(e["data"]["v"]) for e in mine), Decimal(0))
+        ws = q.start if q.from_given else _minute(min(e["time"] for e in mine))
+        we = q.end if q.to_given else _minute(max(e["time"] for e in mine)) + timedelta(minutes=1)
+        out.append((ws, we, subject, (), total))
+    return out
+
+
 @pytest.fixture
 def repo(clickhouse: ClickHouse) -> ClickHouseMeterRepository:
     r = ClickHouseMeterRepository(clickhouse)
@@ -123,6 +152,7 @@ def make_meters(repo: ClickHouseMeterRepository) -> list[Meter]:
             st.sampled_from([None, *WindowSize]),
             st.sampled_from(["UTC", "Europe/Berlin", "America/New_York", "Asia/Kolkata"]),
             st.booleans(),
+            st.sampled_from([(True, True), (True, True), (True, False), (False, True), (False, False)]),
         ),
         min_size=1,
         max_size=4,
@@ -147,21 +177,30 @@ def test_rollup_answer_equals_raw_answer(
     for r in retries:  # a retried insert: same rows, same token -> dropped by the raw table AND the rollups
         if r < len(chunks) and chunks[r]:
             insert(clickhouse, namespace, chunks[r], f"{namespace}:{r}")
-    for a, b, window, tz, by_group in windows:
+    for a, b, window, tz, by_group, (from_given, to_given) in windows:
         start, end = min(a, b), max(a, b) + timedelta(milliseconds=1)
+        # A bound not given is the whole event range (OpenMeter): whole windows, rows spanning their events.
+        q_start = start if from_given else MIN_EVENT_TIME
+        q_end = end if to_given else MAX_EVENT_TIME
         for meter in meters:
             group_by = ("g",) if by_group and "g" in meter.group_by else ()
             q = sql.Query(
                 meter=meter,
                 namespace=namespace,
-                start=start,
-                end=end,
+                start=q_start,
+                end=q_end,
                 window=window,
                 tz=tz,
                 group_by=group_by,
                 group_subject=True,
+                from_given=from_given,
+                to_given=to_given,
             )
-            assert answer(clickhouse, q, raw=False) == answer(clickhouse, q, raw=True), (meter.slug, window, tz)
+            got_rows = answer(clickhouse, q, raw=False)
+            assert got_rows == answer(clickhouse, q, raw=True), (meter.slug, window, tz)
+            if meter is meters[0] and sql.spans_events(q) and not group_by:
+                # Python reference: a row per subject, spanning the minutes of its counted events.
+                assert got_rows == span_reference(meter, stream, q), (from_given, to_given)
             # One subject's total takes the flat single-row SQL (no GROUP BY): it must agree with the
             # grouped shape of the same query, for every aggregation, and be absent when there is no data.
             one = sql.Query(meter=meter, namespace=namespace, start=start, end=end, subjects=("s1",))

@@ -8,9 +8,10 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from aggregator import sql
+from aggregator import routing, sql
 from aggregator.meter import WindowSize, parse_meter
 from aggregator.query import InvalidQuery, QueryParams, decimal_text, params_from_mapping, to_query
+from common.cloudevents import MAX_EVENT_TIME, MIN_EVENT_TIME
 
 M = parse_meter(
     {"slug": "t", "aggregation": "SUM", "eventType": "e", "valueProperty": "$.v", "groupBy": {"g": "$.g"}},
@@ -18,7 +19,6 @@ M = parse_meter(
     namespace="ns",
 )
 T0 = datetime(2024, 1, 1, tzinfo=UTC)
-NOW = datetime(2024, 2, 1, tzinfo=UTC)
 
 
 def q(start: datetime, end: datetime, boundaries: tuple[datetime, ...] | None = None) -> sql.Query:
@@ -62,17 +62,32 @@ def test_edges_partition_the_range(points: list[int]) -> None:
 
 
 def test_rollup_ddl_keeps_dedupe_window_and_exact_types() -> None:
-    ddl = sql.rollup_table_ddl("db", M)
+    ddl = routing.rollups_table_ddl("db")
     assert "non_replicated_deduplication_window" in ddl
     assert "Decimal(38, 9)" in ddl
     assert "Float" not in ddl
-    assert "`group_g` String" in ddl
+    view = routing.meter_view_ddl("db", M, "abc_1", sql.MINUTE)
+    assert "groups[1] AS `group_g`" in view
+    assert "value_sum AS `value`" in view
+    assert "rollup_id = 'abc_1' AND tier = 0" in view
+    assert "Float" not in routing.router_view_ddl("db")
 
 
-def test_view_and_backfill_split_on_the_cutover() -> None:
+def test_router_and_backfill_split_on_the_cutover() -> None:
     cut = datetime(2024, 1, 1, 0, 0, 1, 500000, tzinfo=UTC)
-    assert "inserted_at >= toDateTime64('2024-01-01 00:00:01.500', 3, 'UTC')" in sql.materialized_view_ddl("db", M, cut)
-    assert "inserted_at < toDateTime64('2024-01-01 00:00:01.500', 3, 'UTC')" in sql.backfill_sql("db", M, cut)
+    assert "e.inserted_at >= r.cutover" in routing.router_view_ddl("db")
+    route = dict(zip(routing.ROUTE_COLUMNS, routing.route_row(M, cut), strict=True))
+    assert route["cutover"] == cut
+    assert route["rollup_id"] == routing.rollup_id(M, cut) == "abc_1704067201500"
+    assert route["value_path"] == ["kv"]
+    assert route["group_paths"] == [["kg"]]
+    backfill = routing.backfill_sql("db", M, cut, sql.MINUTE)
+    assert "inserted_at < toDateTime64('2024-01-01 00:00:01.500', 3, 'UTC')" in backfill
+    assert "'abc_1704067201500' AS rollup_id" in backfill
+
+
+def test_router_paths_are_the_static_paths() -> None:
+    assert routing.encode_path(("a", 0, -1, "b")) == ["ka", "i1", "i-1", "kb"]
 
 
 def test_literals_are_escaped() -> None:
@@ -93,7 +108,7 @@ def test_literals_are_escaped() -> None:
 )
 def test_bad_queries_are_clear_400s(params: QueryParams, field: str) -> None:
     with pytest.raises(InvalidQuery) as exc:
-        to_query(M, "ns", params, now=NOW)
+        to_query(M, "ns", params)
     assert exc.value.fields["field"] == field
 
 
@@ -111,10 +126,13 @@ def test_query_string_parsing_keeps_repeats() -> None:
     assert p.subjects == ("a", "b")
     assert p.group_by == ("g",)
     assert p.filter_group_by == (("g", "x"),)
-    query = to_query(M, "ns", p, now=NOW)
+    query = to_query(M, "ns", p)
     assert query.group_subject
     assert query.tz == "Europe/Berlin"
-    assert query.end == NOW
+    # No from/to: the whole event range, as OpenMeter (no 1970 start in the answer, no cut at now).
+    assert (query.start, query.end) == (MIN_EVENT_TIME, MAX_EVENT_TIME)
+    assert not query.from_given
+    assert not query.to_given
 
 
 def test_decimal_text() -> None:

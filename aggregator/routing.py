@@ -1,0 +1,283 @@
+"""SQL for the shared rollup (pure): one routing view feeds every meter, so an insert costs the same
+whatever the number of meters (see README "Ingest cost independent of the number of meters").
+
+- `meter_routes` (Join engine, in memory, persisted): one row per live meter rollup, keyed by
+  (namespace, event type) (`''` = a config meter, every namespace), with the meter's aggregation, its
+  JSONPaths as segment arrays, its cutover and eventFrom.
+- `meter_router`, the one materialized view on `events`: joins each inserted event to its routes (a hash
+  lookup; an event of a type no meter counts drops out there), extracts the value and group values along
+  the route's paths (the same value rule as `sql.value_exprs`, over the same raw JSON text), and writes
+  states for the minute and the hour tier into
+- `meter_rollups` (AggregatingMergeTree): rows keyed by (rollup_id, tier, namespace, subject, time,
+  groups), one state column per aggregation kind (only the meter's own ones are non-empty).
+- `meter_rollup_<id>` / `meter_rollup_<id>_hour`: plain views (no insert cost), one pair per meter, with
+  the per-meter columns dashboards and `sql.build_query` read (`minute`|`hour`, `group_<key>`, `value`).
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+from aggregator.jsonpath import Segment
+from aggregator.meter import Aggregation, Meter
+from aggregator.sql import (
+    DEC_TYPE,
+    INSERTED_AT,
+    LATEST_KEY_TYPE,
+    ROLLUP_DEDUPLICATION_WINDOW,
+    TIERS,
+    Tier,
+    cutover_literal,
+    group_column,
+    group_expr,
+    ident,
+    literal,
+    meter_filter,
+    qualified,
+    raw_value_rule,
+    state_columns,
+    tier_table,
+)
+from common.events_table import EVENTS_TABLE
+
+ROLLUPS_TABLE = "meter_rollups"
+ROUTES_TABLE = "meter_routes"
+ROUTER_VIEW = "meter_router"
+TIER_CODE = {"minute": 0, "hour": 1}
+AGG_CODE = {
+    Aggregation.COUNT: 1,
+    Aggregation.SUM: 2,
+    Aggregation.AVG: 3,
+    Aggregation.MIN: 4,
+    Aggregation.MAX: 5,
+    Aggregation.UNIQUE_COUNT: 6,
+    Aggregation.LATEST: 7,
+}
+# The shared state column holding each per-meter state column ("value", "value_count") per aggregation.
+_SHARED = {
+    Aggregation.COUNT: {"value": "value_count"},
+    Aggregation.SUM: {"value": "value_sum"},
+    Aggregation.AVG: {"value": "value_sum", "value_count": "value_count"},
+    Aggregation.MIN: {"value": "value_min"},
+    Aggregation.MAX: {"value": "value_max"},
+    Aggregation.UNIQUE_COUNT: {"value": "value_unique"},
+    Aggregation.LATEST: {"value": "value_latest"},
+}
+_STATES = [
+    ("value_sum", f"AggregateFunction(sum, {DEC_TYPE})"),
+    ("value_count", "AggregateFunction(count)"),
+    ("value_min", f"AggregateFunction(min, {DEC_TYPE})"),
+    ("value_max", f"AggregateFunction(max, {DEC_TYPE})"),
+    ("value_unique", "AggregateFunction(uniqExact, String)"),
+    ("value_latest", f"AggregateFunction(argMax, {DEC_TYPE}, {LATEST_KEY_TYPE})"),
+]
+NO_EVENT_FROM = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+def rollup_id(meter: Meter, cutover: datetime) -> str:
+    """A meter's rollup identity: one per build (a rebuild never mixes with rows of an earlier build)."""
+    return f"{meter.id}_{int(cutover.timestamp() * 1000)}"
+
+
+def rollups_table_ddl(database: str) -> str:
+    states = ",\n".join(f"    {name} {typ}" for name, typ in _STATES)
+    return f"""
+CREATE TABLE IF NOT EXISTS {qualified(database, ROLLUPS_TABLE)}
+(
+    rollup_id String COMMENT 'meter id _ cutover (ms): one per build of a meter',
+    tier UInt8 COMMENT '0 = minute rows, 1 = hour rows',
+    namespace LowCardinality(String),
+    time DateTime('UTC') COMMENT 'start of the minute or hour (UTC)',
+    subject String,
+    groups Array(String) COMMENT 'group-by values in the order of the sorted keys',
+{states}
+)
+ENGINE = AggregatingMergeTree
+PARTITION BY toYYYYMM(time)
+ORDER BY (rollup_id, tier, namespace, subject, time, groups)
+SETTINGS non_replicated_deduplication_window = {ROLLUP_DEDUPLICATION_WINDOW}
+COMMENT 'minute and hour rollups of every meter (read through the meter_rollup_<id> views)'
+"""
+
+
+def routes_table_ddl(database: str) -> str:
+    return f"""
+CREATE TABLE IF NOT EXISTS {qualified(database, ROUTES_TABLE)}
+(
+    route_key UInt64 DEFAULT cityHash64(route_namespace, route_type) COMMENT 'a number key keeps rows deletable',
+    route_namespace String COMMENT 'the meter namespace; empty for a config meter (every namespace)',
+    route_type String,
+    rollup_id String,
+    agg UInt8,
+    value_path Array(String) COMMENT 'segments: k<key> or i<1-based or negative index>',
+    group_paths Array(Array(String)) COMMENT 'one path per group-by key, keys sorted',
+    cutover DateTime64(3, 'UTC') COMMENT 'events inserted from then on are counted by the router',
+    event_from DateTime64(3, 'UTC')
+)
+ENGINE = Join(ALL, INNER, route_key)
+"""
+
+
+def encode_path(segments: tuple[Segment, ...]) -> list[str]:
+    """Segments as strings for the router's fold: keys `k<key>`, indexes `i<n>` (JSONExtract's 1-based
+    or negative index, as `jsonpath.clickhouse_args` writes it)."""
+    out = []
+    for seg in segments:
+        if isinstance(seg, str):
+            out.append("k" + seg)
+        else:
+            out.append(f"i{seg + 1 if seg >= 0 else seg}")
+    return out
+
+
+ROUTE_COLUMNS = [
+    "route_namespace",
+    "route_type",
+    "rollup_id",
+    "agg",
+    "value_path",
+    "group_paths",
+    "cutover",
+    "event_from",
+]
+
+
+def route_row(meter: Meter, cutover: datetime) -> list[object]:
+    """The meter's route (its key is the table's DEFAULT, hashed by ClickHouse as the router hashes)."""
+    value = () if meter.value_segments is None else meter.value_segments
+    return [
+        meter.namespace or "",
+        meter.event_type,
+        rollup_id(meter, cutover),
+        AGG_CODE[meter.aggregation],
+        encode_path(value),
+        [encode_path(segs) for segs in meter.group_segments().values()],
+        cutover,
+        meter.event_from or NO_EVENT_FROM,
+    ]
+
+
+def _fold(path: str) -> str:
+    """The raw JSON text at a segment path ('' when missing), one JSONExtractRaw per segment. Equal to the
+    static `JSONExtractRaw(data, 'a', 2)` of `sql`: each step parses the text the previous one returned."""
+    step = (
+        "(acc, s) -> if(startsWith(s, 'i'), JSONExtractRaw(acc, toInt64OrZero(substring(s, 2))), "
+        "JSONExtractRaw(acc, substring(s, 2)))"
+    )
+    return f"arrayFold({step}, {path}, data)"
+
+
+def router_view_ddl(database: str) -> str:
+    events, routes = qualified(database, EVENTS_TABLE), qualified(database, ROUTES_TABLE)
+    # 1. every event twice (its namespace, and '' for config meters), joined to its routes: a hash lookup.
+    joined = (
+        f"SELECT namespace, subject, time, source, id, data, rollup_id, agg, value_path, group_paths "
+        f"FROM (SELECT namespace, subject, time, source, id, data, {INSERTED_AT}, type, route_namespace, "
+        f"cityHash64(route_namespace, type) AS route_key "
+        f"FROM {events} ARRAY JOIN [namespace, ''] AS route_namespace) AS e "
+        f"ALL INNER JOIN {routes} AS r USING (route_key) "
+        f"WHERE e.route_namespace = r.route_namespace AND e.type = r.route_type "
+        f"AND e.{INSERTED_AT} >= r.cutover AND e.time >= r.event_from"
+    )
+    # 2. the value and group values along the route's paths, once per (event, meter).
+    group_value = group_expr_over("g")
+    extracted = (
+        f"SELECT rollup_id, agg, namespace, subject, time, source, id, {_fold('value_path')} AS raw, "
+        f"arrayMap(g -> {group_value}, arrayMap(p -> {_fold('p')}, group_paths)) AS groups FROM ({joined})"
+    )
+    # 3. the meter's value rule (the same SQL as sql.value_exprs, over the same raw text).
+    num_value, num_valid = raw_value_rule(Aggregation.SUM, "raw")
+    text, unique_valid = raw_value_rule(Aggregation.UNIQUE_COUNT, "raw")
+    count, unique = AGG_CODE[Aggregation.COUNT], AGG_CODE[Aggregation.UNIQUE_COUNT]
+    valid = f"multiIf(agg = {count}, 1, agg = {unique}, {unique_valid}, {num_valid})"
+    values = (
+        f"SELECT rollup_id, agg, namespace, subject, time, source, id, groups, "
+        f"if(agg IN ({count}, {unique}), toDecimal128(0, 9), {num_value}) AS v, {text} AS text "
+        f"FROM ({extracted}) WHERE {valid}"
+    )
+    a = AGG_CODE
+    states = (
+        f"sumStateIf(v, agg IN ({a[Aggregation.SUM]}, {a[Aggregation.AVG]})) AS value_sum, "
+        f"countStateIf(agg IN ({a[Aggregation.COUNT]}, {a[Aggregation.AVG]})) AS value_count, "
+        f"minStateIf(v, agg = {a[Aggregation.MIN]}) AS value_min, "
+        f"maxStateIf(v, agg = {a[Aggregation.MAX]}) AS value_max, "
+        f"uniqExactStateIf(text, agg = {a[Aggregation.UNIQUE_COUNT]}) AS value_unique, "
+        f"argMaxStateIf(v, tuple(time, source, id), agg = {a[Aggregation.LATEST]}) AS value_latest"
+    )
+    # 4. both tiers from the same rows (ARRAY JOIN after the extraction: the JSON is parsed once).
+    grouped = (
+        f"SELECT rollup_id, tier, namespace, if(tier = 0, toStartOfMinute(time), toStartOfHour(time)) AS bucket, "
+        f"subject, groups, {states} FROM ({values}) ARRAY JOIN [0, 1] AS tier "
+        f"GROUP BY rollup_id, tier, namespace, bucket, subject, groups"
+    )
+    columns = ", ".join(name for name, _ in _STATES)
+    return (
+        f"CREATE MATERIALIZED VIEW IF NOT EXISTS {qualified(database, ROUTER_VIEW)} "
+        f"TO {qualified(database, ROLLUPS_TABLE)} AS "
+        f"SELECT rollup_id, tier, namespace, bucket AS time, subject, groups, {columns} FROM ({grouped})"
+    )
+
+
+def group_expr_over(raw: str) -> str:
+    """sql.group_expr over a raw-text column instead of a static path."""
+    return f"multiIf(startsWith({raw}, '\"'), JSONExtractString({raw}), {raw} = 'null', '', {raw})"
+
+
+def meter_view_ddl(database: str, meter: Meter, rid: str, tier: Tier) -> str:
+    """The per-meter view dashboards and queries read: the columns a per-meter table used to have."""
+    groups = [f"groups[{i + 1}] AS {ident(group_column(key))}" for i, key in enumerate(sorted(meter.group_by))]
+    states = [f"{_SHARED[meter.aggregation][name]} AS {ident(name)}" for name, _, _ in state_columns(meter)]
+    cols = ", ".join(["namespace", f"time AS {tier.column}", "subject", *groups, *states])
+    return (
+        f"CREATE OR REPLACE VIEW {qualified(database, tier_table(meter, tier))} AS SELECT {cols} "
+        f"FROM {qualified(database, ROLLUPS_TABLE)} WHERE rollup_id = {literal(rid)} "
+        f"AND tier = {TIER_CODE[tier.column]}"
+    )
+
+
+def backfill_sql(database: str, meter: Meter, cutover: datetime, tier: Tier, month: int | None = None) -> str:
+    """The meter's rows stored before the cutover (all, or one month of event time), into its rollup id."""
+    where = f"{meter_filter(meter)} AND {INSERTED_AT} < {cutover_literal(cutover)}"
+    if month is not None:
+        where += f" AND toYYYYMM(time) = {int(month)}"
+    groups = [group_expr(segs) for segs in meter.group_segments().values()]
+    states = [f"{expr} AS {_SHARED[meter.aggregation][name]}" for name, _, expr in state_columns(meter)]
+    keys = [
+        f"{literal(rollup_id(meter, cutover))} AS rollup_id",
+        f"{TIER_CODE[tier.column]} AS tier",
+        "namespace",
+        f"{tier.truncate}(time) AS bucket",
+        "subject",
+        f"[{', '.join(groups)}] AS grp" if groups else "CAST([], 'Array(String)') AS grp",
+    ]
+    target = ["rollup_id", "tier", "namespace", "time", "subject", "groups", *_SHARED[meter.aggregation].values()]
+    return (
+        f"INSERT INTO {qualified(database, ROLLUPS_TABLE)} ({', '.join(target)}) "
+        f"SELECT {', '.join(keys + states)} FROM {qualified(database, EVENTS_TABLE)} WHERE {where} "
+        "GROUP BY namespace, bucket, subject, grp"
+    )
+
+
+def delete_routes_sql(database: str, meter: Meter, keep: str | None = None, only: str | None = None) -> str:
+    """Remove the meter's routes (all builds, all but `keep`, or `only` one): the router stops counting them."""
+    where = f"startsWith(rollup_id, {literal(meter.id + '_')})"
+    if keep is not None:
+        where += f" AND rollup_id != {literal(keep)}"
+    if only is not None:
+        where += f" AND rollup_id = {literal(only)}"
+    return f"ALTER TABLE {qualified(database, ROUTES_TABLE)} DELETE WHERE {where}"
+
+
+def delete_rows_sql(database: str, meter: Meter, keep: str | None = None) -> str:
+    """Forget the rows of the meter's builds (all, or all but `keep`). Nothing reads them once their
+    routes and views are gone, so the mutation may run in the background."""
+    where = f"startsWith(rollup_id, {literal(meter.id + '_')})"
+    if keep is not None:
+        where += f" AND rollup_id != {literal(keep)}"
+    return f"ALTER TABLE {qualified(database, ROLLUPS_TABLE)} DELETE WHERE {where}"
+
+
+def drop_views_sql(database: str, meter: Meter) -> list[str]:
+    """The meter's views, and the per-meter tables and views of the earlier design (one per meter)."""
+    stmts = [f"DROP VIEW IF EXISTS {qualified(database, tier_table(meter, t) + '_mv')} SYNC" for t in TIERS]
+    return stmts + [f"DROP TABLE IF EXISTS {qualified(database, tier_table(meter, t))} SYNC" for t in TIERS]
