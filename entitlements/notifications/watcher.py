@@ -21,6 +21,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 import structlog
+from sqlalchemy.orm import Session
 
 from common.errors import NotFound
 from common.ingest_notifications import IngestNotification
@@ -230,11 +231,10 @@ class NotificationWatcher:
     async def sweep(self) -> None:
         """Queue every metered entitlement of every namespace that has an active threshold rule."""
 
-        def namespaces() -> list[str]:
-            with self.deps.db.read() as session:
-                return NotificationRepository(session).namespaces_with_rules(RuleType.BALANCE_THRESHOLD)
+        def namespaces(session: Session) -> list[str]:
+            return NotificationRepository(session).namespaces_with_rules(RuleType.BALANCE_THRESHOLD)
 
-        for namespace in await self.deps.in_thread(namespaces):
+        for namespace in await self.deps.reading(namespaces):
             offset = 0
             while True:
                 page = await self.service.ent.entitlements.search(namespace, limit=1000, offset=offset)

@@ -22,6 +22,7 @@ from decimal import Decimal
 from typing import Any
 
 import structlog
+from sqlalchemy.orm import Session
 
 from common.errors import InvalidInput
 from entitlements import engine
@@ -245,20 +246,19 @@ class BalanceService:
         if not fresh and not stale:
             return
 
-        def tx() -> bool:
-            with self.d.db.write() as s:
-                current = EntitlementRepository(s, lock_rows=self.d.db.locks_rows).get(
-                    ent.namespace, ent.id, for_update=True
-                )
-                if current is None or current.version != ent.version:
-                    return False  # a grant, void or reset landed meanwhile: these states may be wrong now
-                snaps = SnapshotRepository(s)
-                if stale:
-                    snaps.delete_from(ent.id, min(stale))
-                snaps.put(fresh)
-                return True
+        def tx(s: Session) -> bool:
+            current = EntitlementRepository(s, lock_rows=self.d.db.locks_rows).get(
+                ent.namespace, ent.id, for_update=True
+            )
+            if current is None or current.version != ent.version:
+                return False  # a grant, void or reset landed meanwhile: these states may be wrong now
+            snaps = SnapshotRepository(s)
+            if stale:
+                snaps.delete_from(ent.id, min(stale))
+            snaps.put(fresh)
+            return True
 
-        stored = await self.d.in_thread(tx)
+        stored = await self.d.writing(tx)
         log.debug("snapshots_stored", entitlement_id=ent.id, count=len(fresh), stored=stored, dropped=len(stale))
 
     # ---- API ----
@@ -292,39 +292,38 @@ class BalanceService:
 
         owners: list[Owner] = []
 
-        def tx() -> Reset:
-            with self.d.db.write() as s:
-                ents = EntitlementRepository(s, lock_rows=self.d.db.locks_rows)
-                ent = find_entitlement(ents, namespace, owner_ref, entitlement_id, for_update=True)
-                if ent is None or ent.deleted_at is not None:
-                    raise EntitlementNotFound(entitlement_id, owner_ref)
-                owners.append(owner_of(s, ent))
-                if ent.type is not EntitlementType.METERED:
-                    raise NotMetered(ent.id, "usage to reset")
-                assert ent.measure_usage_from is not None
-                resets = ResetRepository(s)
-                # OpenMeter's rule: a reset must be strictly after the last reset, which is the latest manual
-                # reset or, before any, measureUsageFrom (entitlement/metered/reset.go).
-                last = max((r.effective_at for r in resets.for_entitlement(ent.id)), default=ent.measure_usage_from)
-                if at <= last:
-                    raise InvalidInput(
-                        f"a reset must be after last reset ({last.isoformat().replace('+00:00', 'Z')})",
-                        field="effectiveAt",
-                    )
-                reset = Reset(
-                    id=new_id(),
-                    entitlement_id=ent.id,
-                    effective_at=at,
-                    retain_anchor=retain_anchor,
-                    preserve_overage=(ent.preserve_overage_at_reset if preserve_overage is None else preserve_overage),
-                    created_at=now,
+        def tx(s: Session) -> Reset:
+            ents = EntitlementRepository(s, lock_rows=self.d.db.locks_rows)
+            ent = find_entitlement(ents, namespace, owner_ref, entitlement_id, for_update=True)
+            if ent is None or ent.deleted_at is not None:
+                raise EntitlementNotFound(entitlement_id, owner_ref)
+            owners.append(owner_of(s, ent))
+            if ent.type is not EntitlementType.METERED:
+                raise NotMetered(ent.id, "usage to reset")
+            assert ent.measure_usage_from is not None
+            resets = ResetRepository(s)
+            # OpenMeter's rule: a reset must be strictly after the last reset, which is the latest manual
+            # reset or, before any, measureUsageFrom (entitlement/metered/reset.go).
+            last = max((r.effective_at for r in resets.for_entitlement(ent.id)), default=ent.measure_usage_from)
+            if at <= last:
+                raise InvalidInput(
+                    f"a reset must be after last reset ({last.isoformat().replace('+00:00', 'Z')})",
+                    field="effectiveAt",
                 )
-                resets.add(reset)
-                ents.bump_version(ent.id, now)
-                SnapshotRepository(s).delete_from(ent.id, at)
-                return reset
+            reset = Reset(
+                id=new_id(),
+                entitlement_id=ent.id,
+                effective_at=at,
+                retain_anchor=retain_anchor,
+                preserve_overage=(ent.preserve_overage_at_reset if preserve_overage is None else preserve_overage),
+                created_at=now,
+            )
+            resets.add(reset)
+            ents.bump_version(ent.id, now)
+            SnapshotRepository(s).delete_from(ent.id, at)
+            return reset
 
-        reset = await self.d.in_thread(tx)
+        reset = await self.d.writing(tx)
         self.d.changed_owner(namespace, owners[-1])
         log.info("usage_reset", entitlement_id=reset.entitlement_id, at=reset.effective_at.isoformat())
         return reset
@@ -344,9 +343,8 @@ class BalanceService:
         if not metered:
             return {}
 
-        def tx() -> dict[str, list[Reset]]:
-            with self.d.db.read() as s:
-                return ResetRepository(s).for_entitlements([e.id for e in metered])
+        def tx(s: Session) -> dict[str, list[Reset]]:
+            return ResetRepository(s).for_entitlements([e.id for e in metered])
 
-        resets = await self.d.in_thread(tx)
+        resets = await self.d.reading(tx)
         return {e.id: period_at(Inputs.of(e, (), resets.get(e.id, [])), at) for e in metered}

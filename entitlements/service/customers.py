@@ -82,13 +82,12 @@ class CustomerService:
             subject_keys=subjects,
         )
 
-        def tx() -> Customer:
-            with self.d.db.write() as s:
-                quotas.check_customers(s, self.d.quotas, namespace)
-                _check_claims(s, namespace, customer)
-                CustomerRepository(s).add(customer)
-                _adopt(s, namespace, customer, attribution(customer))
-                return customer
+        def tx(s: Session) -> Customer:
+            quotas.check_customers(s, self.d.quotas, namespace)
+            _check_claims(s, namespace, customer)
+            CustomerRepository(s).add(customer)
+            _adopt(s, namespace, customer, attribution(customer))
+            return customer
 
         created = await self._claiming(namespace, customer, tx)
         self._changed(namespace, created, attribution(created))
@@ -101,31 +100,30 @@ class CustomerService:
         now = self.d.clock.now()
         before: list[Customer] = []
 
-        def tx() -> Customer:
-            with self.d.db.write() as s:
-                customers = CustomerRepository(s)
-                current = customers.get(namespace, id_or_key)
-                if current is None:
-                    raise CustomerNotFound(id_or_key)
-                before.append(current)
-                updated = replace(
-                    current,
-                    name=spec.name,
-                    key=spec.key,
-                    description=spec.description,
-                    metadata=dict(spec.metadata),
-                    primary_email=spec.primary_email,
-                    currency=spec.currency,
-                    subject_keys=subjects,
-                    updated_at=now,
-                )
-                _check_claims(s, namespace, updated)
-                customers.replace(updated)
-                old, new = attribution(current), attribution(updated)
-                if old != new:
-                    _recount(s, current.id, now)
-                    _adopt(s, namespace, updated, [k for k in new if k not in old])
-                return updated
+        def tx(s: Session) -> Customer:
+            customers = CustomerRepository(s)
+            current = customers.get(namespace, id_or_key)
+            if current is None:
+                raise CustomerNotFound(id_or_key)
+            before.append(current)
+            updated = replace(
+                current,
+                name=spec.name,
+                key=spec.key,
+                description=spec.description,
+                metadata=dict(spec.metadata),
+                primary_email=spec.primary_email,
+                currency=spec.currency,
+                subject_keys=subjects,
+                updated_at=now,
+            )
+            _check_claims(s, namespace, updated)
+            customers.replace(updated)
+            old, new = attribution(current), attribution(updated)
+            if old != new:
+                _recount(s, current.id, now)
+                _adopt(s, namespace, updated, [k for k in new if k not in old])
+            return updated
 
         known = await self.get(namespace, id_or_key)  # names the winner if a concurrent claim wins
         wanted = replace(known, key=spec.key, subject_keys=subjects)
@@ -138,32 +136,30 @@ class CustomerService:
         """OpenMeter's rule: a customer with active entitlements cannot be deleted (400). Frees its subjects."""
         now = self.d.clock.now()
 
-        def tx() -> Customer:
-            with self.d.db.write() as s:
-                customers = CustomerRepository(s)
-                current = customers.get(namespace, id_or_key)
-                if current is None:
-                    raise CustomerNotFound(id_or_key)
-                active = EntitlementRepository(s, lock_rows=False).count(
-                    namespace, EntitlementFilters(customer_ids=(current.id,), owners_given=True)
-                )
-                if active:
-                    raise CustomerHasEntitlements(current.id, active)
-                customers.mark_deleted(current.id, now)
-                return current
+        def tx(s: Session) -> Customer:
+            customers = CustomerRepository(s)
+            current = customers.get(namespace, id_or_key)
+            if current is None:
+                raise CustomerNotFound(id_or_key)
+            active = EntitlementRepository(s, lock_rows=False).count(
+                namespace, EntitlementFilters(customer_ids=(current.id,), owners_given=True)
+            )
+            if active:
+                raise CustomerHasEntitlements(current.id, active)
+            customers.mark_deleted(current.id, now)
+            return current
 
-        deleted = await self.d.in_thread(tx)
+        deleted = await self.d.writing(tx)
         self._changed(namespace, deleted, attribution(deleted))
         log.info("customer_deleted", customer_id=deleted.id)
 
     async def get(self, namespace: str, id_or_key: str) -> Customer:
         """By id (deleted ones too) or by the key of an active customer."""
 
-        def tx() -> Customer | None:
-            with self.d.db.read() as s:
-                return CustomerRepository(s).get(namespace, id_or_key, include_deleted=True)
+        def tx(s: Session) -> Customer | None:
+            return CustomerRepository(s).get(namespace, id_or_key, include_deleted=True)
 
-        found = await self.d.in_thread(tx)
+        found = await self.d.reading(tx)
         if found is None:
             raise CustomerNotFound(id_or_key)
         return found
@@ -171,20 +167,18 @@ class CustomerService:
     async def attributions(self, namespace: str, customers: Sequence[str]) -> dict[str, tuple[str, tuple[str, ...]]]:
         """CustomerDirectory (common.usage) for meter queries: id or key -> (id, attributed subject keys)."""
 
-        def tx() -> dict[str, tuple[str, tuple[str, ...]]]:
-            with self.d.db.read() as s:
-                repo = CustomerRepository(s)
-                found = {ref: repo.get(namespace, ref) for ref in dict.fromkeys(customers)}
-                return {ref: (c.id, attribution(c)) for ref, c in found.items() if c is not None}
+        def tx(s: Session) -> dict[str, tuple[str, tuple[str, ...]]]:
+            repo = CustomerRepository(s)
+            found = {ref: repo.get(namespace, ref) for ref in dict.fromkeys(customers)}
+            return {ref: (c.id, attribution(c)) for ref, c in found.items() if c is not None}
 
-        return await self.d.in_thread(tx)
+        return await self.d.reading(tx)
 
     async def by_ids(self, namespace: str, ids: Sequence[str]) -> dict[str, Customer]:
-        def tx() -> dict[str, Customer]:
-            with self.d.db.read() as s:
-                return CustomerRepository(s).by_ids(namespace, ids)
+        def tx(s: Session) -> dict[str, Customer]:
+            return CustomerRepository(s).by_ids(namespace, ids)
 
-        return await self.d.in_thread(tx)
+        return await self.d.reading(tx)
 
     async def search(
         self,
@@ -200,20 +194,19 @@ class CustomerService:
         if order_by not in ORDER_BY:
             raise InvalidInput(f"orderBy must be one of {', '.join(ORDER_BY)}", field="orderBy")
 
-        def tx() -> tuple[list[Customer], int]:
-            with self.d.db.read() as s:
-                repo = CustomerRepository(s)
-                page = repo.search(
-                    namespace,
-                    filters,
-                    order_by=order_by,
-                    descending=descending,
-                    limit=min(limit, MAX_PAGE),
-                    offset=offset,
-                )
-                return page, repo.count(namespace, filters)
+        def tx(s: Session) -> tuple[list[Customer], int]:
+            repo = CustomerRepository(s)
+            page = repo.search(
+                namespace,
+                filters,
+                order_by=order_by,
+                descending=descending,
+                limit=min(limit, MAX_PAGE),
+                offset=offset,
+            )
+            return page, repo.count(namespace, filters)
 
-        return await self.d.in_thread(tx)
+        return await self.d.reading(tx)
 
     # ---- internals ----
 
@@ -240,17 +233,16 @@ class CustomerService:
             raise InvalidInput("currency must be an ISO 4217 code such as USD", field="currency")
         return subjects
 
-    async def _claiming(self, namespace: str, wanted: Customer, tx: Callable[[], Customer]) -> Customer:
+    async def _claiming(self, namespace: str, wanted: Customer, tx: Callable[[Session], Customer]) -> Customer:
         """Run a claiming transaction; a lost race on a subject or key becomes the 409 naming the winner."""
         try:
-            result = await self.d.in_thread(tx)
+            result = await self.d.writing(tx)
         except IntegrityError:
 
-            def check() -> None:
-                with self.d.db.read() as s:
-                    _check_claims(s, namespace, wanted)
+            def check(s: Session) -> None:
+                _check_claims(s, namespace, wanted)
 
-            await self.d.in_thread(check)
+            await self.d.reading(check)
             raise Conflict("a concurrent request claimed one of these subjects or this key: retry") from None
         return result
 

@@ -7,6 +7,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TypeVar
 
+from sqlalchemy.orm import Session
+
 from common.clock import Clock, SystemClock
 from common.usage import MeterCatalog, UsageReader
 from entitlements.db.session import Database
@@ -42,5 +44,23 @@ class Deps:
             self.changed(namespace, key)
 
     async def in_thread(self, fn: Callable[[], T]) -> T:
-        """Run a synchronous transaction off the event loop."""
+        """Run a synchronous function off the event loop."""
         return await asyncio.to_thread(fn)
+
+    async def reading(self, fn: Callable[[Session], T]) -> T:
+        """`fn` in one read transaction, off the event loop."""
+
+        def run() -> T:
+            with self.db.read() as session:
+                return fn(session)
+
+        return await asyncio.to_thread(run)
+
+    async def writing(self, fn: Callable[[Session], T]) -> T:
+        """`fn` in one write transaction (committed when it returns), off the event loop."""
+
+        def run() -> T:
+            with self.db.write() as session:
+                return fn(session)
+
+        return await asyncio.to_thread(run)

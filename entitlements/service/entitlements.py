@@ -84,31 +84,30 @@ class EntitlementService:
             raise InvalidInput("featureId or featureKey is required", field="featureKey")
         owners: list[Owner] = []
 
-        def tx() -> Entitlement:
-            with self.d.db.write() as s:
-                owner = resolve_owner(s, namespace, owner_ref)
-                owners.append(owner)
-                features = FeatureRepository(s)
-                feature = (
-                    features.get(namespace, spec.feature_id)
-                    if spec.feature_id is not None
-                    else features.active_by_key(namespace, spec.feature_key or "")
-                )
-                if feature is None:
-                    raise FeatureNotFound(spec.feature_id or spec.feature_key or "")
-                if spec.feature_key is not None and feature.key != spec.feature_key:
-                    raise InvalidInput("featureId and featureKey name different features", field="featureKey")
-                entitlement = self._build(namespace, owner, feature, spec, now)
-                repo = EntitlementRepository(s, lock_rows=self.d.db.locks_rows)
-                existing = repo.active_for(namespace, owner.key, feature.id, owner.customer_id)
-                if existing is not None:
-                    raise EntitlementExists(owner, feature.key, existing.id)
-                quotas.check_entitlements(s, self.d.quotas, namespace, owner.key)
-                repo.add(entitlement)
-                return entitlement
+        def tx(s: Session) -> Entitlement:
+            owner = resolve_owner(s, namespace, owner_ref)
+            owners.append(owner)
+            features = FeatureRepository(s)
+            feature = (
+                features.get(namespace, spec.feature_id)
+                if spec.feature_id is not None
+                else features.active_by_key(namespace, spec.feature_key or "")
+            )
+            if feature is None:
+                raise FeatureNotFound(spec.feature_id or spec.feature_key or "")
+            if spec.feature_key is not None and feature.key != spec.feature_key:
+                raise InvalidInput("featureId and featureKey name different features", field="featureKey")
+            entitlement = self._build(namespace, owner, feature, spec, now)
+            repo = EntitlementRepository(s, lock_rows=self.d.db.locks_rows)
+            existing = repo.active_for(namespace, owner.key, feature.id, owner.customer_id)
+            if existing is not None:
+                raise EntitlementExists(owner, feature.key, existing.id)
+            quotas.check_entitlements(s, self.d.quotas, namespace, owner.key)
+            repo.add(entitlement)
+            return entitlement
 
         try:
-            created = await self.d.in_thread(tx)
+            created = await self.d.writing(tx)
         except IntegrityError:
             # A concurrent create won the unique index on active (namespace, owner, feature).
             winner = await self._active_for_key(namespace, owners[-1], spec)
@@ -120,14 +119,13 @@ class EntitlementService:
         return created
 
     async def _active_for_key(self, namespace: str, owner: Owner, spec: EntitlementInput) -> Entitlement | None:
-        def tx() -> Entitlement | None:
-            with self.d.db.read() as s:
-                repo = EntitlementRepository(s, lock_rows=False)
-                if spec.feature_key is not None:
-                    return repo.active_for_feature_key(namespace, owner.key, spec.feature_key, owner.customer_id)
-                return repo.active_for(namespace, owner.key, spec.feature_id or "", owner.customer_id)
+        def tx(s: Session) -> Entitlement | None:
+            repo = EntitlementRepository(s, lock_rows=False)
+            if spec.feature_key is not None:
+                return repo.active_for_feature_key(namespace, owner.key, spec.feature_key, owner.customer_id)
+            return repo.active_for(namespace, owner.key, spec.feature_id or "", owner.customer_id)
 
-        return await self.d.in_thread(tx)
+        return await self.d.reading(tx)
 
     def _build(
         self, namespace: str, owner: Owner, feature: Feature, spec: EntitlementInput, now: datetime
@@ -187,26 +185,25 @@ class EntitlementService:
         now = self.d.clock.now()
         owners: list[Owner] = []
 
-        def tx() -> Entitlement:
-            with self.d.db.write() as s:
-                owner = resolve_owner(s, namespace, owner_ref)
-                owners.append(owner)
-                repo = EntitlementRepository(s, lock_rows=self.d.db.locks_rows)
-                current = find_entitlement(repo, namespace, owner_ref, id_or_feature_key, for_update=True)
-                if current is None or current.deleted_at is not None:
-                    raise EntitlementNotFound(id_or_feature_key, owner_ref)
-                feature = FeatureRepository(s).get(namespace, spec.feature_id or spec.feature_key or current.feature_id)
-                if feature is None:
-                    raise FeatureNotFound(spec.feature_id or spec.feature_key or current.feature_id)
-                if feature.id != current.feature_id:
-                    raise InvalidInput("an override must keep the feature of the entitlement it replaces")
-                replacement = self._build(namespace, owner, feature, spec, now)
-                repo.mark_deleted(namespace, current.id, now)
-                s.flush()
-                repo.add(replacement)
-                return replacement
+        def tx(s: Session) -> Entitlement:
+            owner = resolve_owner(s, namespace, owner_ref)
+            owners.append(owner)
+            repo = EntitlementRepository(s, lock_rows=self.d.db.locks_rows)
+            current = find_entitlement(repo, namespace, owner_ref, id_or_feature_key, for_update=True)
+            if current is None or current.deleted_at is not None:
+                raise EntitlementNotFound(id_or_feature_key, owner_ref)
+            feature = FeatureRepository(s).get(namespace, spec.feature_id or spec.feature_key or current.feature_id)
+            if feature is None:
+                raise FeatureNotFound(spec.feature_id or spec.feature_key or current.feature_id)
+            if feature.id != current.feature_id:
+                raise InvalidInput("an override must keep the feature of the entitlement it replaces")
+            replacement = self._build(namespace, owner, feature, spec, now)
+            repo.mark_deleted(namespace, current.id, now)
+            s.flush()
+            repo.add(replacement)
+            return replacement
 
-        created = await self.d.in_thread(tx)
+        created = await self.d.writing(tx)
         self.d.changed_owner(namespace, owners[-1])
         log.info("entitlement_overridden", entitlement_id=created.id, owner=owners[-1].key)
         return created
@@ -214,12 +211,11 @@ class EntitlementService:
     async def get(
         self, namespace: str, owner_ref: OwnerRef | None, id_or_feature_key: str, *, include_deleted: bool = True
     ) -> Entitlement:
-        def tx() -> Entitlement | None:
-            with self.d.db.read() as s:
-                repo = EntitlementRepository(s, lock_rows=False)
-                return find_entitlement(repo, namespace, owner_ref, id_or_feature_key)
+        def tx(s: Session) -> Entitlement | None:
+            repo = EntitlementRepository(s, lock_rows=False)
+            return find_entitlement(repo, namespace, owner_ref, id_or_feature_key)
 
-        found = await self.d.in_thread(tx)
+        found = await self.d.reading(tx)
         if found is None or (not include_deleted and found.deleted_at is not None):
             raise EntitlementNotFound(id_or_feature_key, owner_ref)
         return found
@@ -242,15 +238,14 @@ class EntitlementService:
         """Filtered by owner: a subject's entitlements are its own and its customer's; `customer_ids` are ids.
         `customers_only`: customers' entitlements only (the v2 lists)."""
 
-        def tx() -> list[Entitlement]:
-            with self.d.db.read() as s:
-                f = owner_filters(s, namespace, subject_keys, customer_ids, feature_keys, include_deleted)
-                f = replace(f, customers_only=customers_only, types=tuple(types))
-                return EntitlementRepository(s, lock_rows=False).search(
-                    namespace, f, limit=min(limit, MAX_PAGE), offset=offset, order_by=order_by, descending=descending
-                )
+        def tx(s: Session) -> list[Entitlement]:
+            f = owner_filters(s, namespace, subject_keys, customer_ids, feature_keys, include_deleted)
+            f = replace(f, customers_only=customers_only, types=tuple(types))
+            return EntitlementRepository(s, lock_rows=False).search(
+                namespace, f, limit=min(limit, MAX_PAGE), offset=offset, order_by=order_by, descending=descending
+            )
 
-        return await self.d.in_thread(tx)
+        return await self.d.reading(tx)
 
     async def count(
         self,
@@ -265,55 +260,52 @@ class EntitlementService:
     ) -> int:
         """How many entitlements `search` pages through with these filters."""
 
-        def tx() -> int:
-            with self.d.db.read() as s:
-                f = owner_filters(s, namespace, subject_keys, customer_ids, feature_keys, include_deleted)
-                f = replace(f, customers_only=customers_only, types=tuple(types))
-                return EntitlementRepository(s, lock_rows=False).count(namespace, f)
+        def tx(s: Session) -> int:
+            f = owner_filters(s, namespace, subject_keys, customer_ids, feature_keys, include_deleted)
+            f = replace(f, customers_only=customers_only, types=tuple(types))
+            return EntitlementRepository(s, lock_rows=False).count(namespace, f)
 
-        return await self.d.in_thread(tx)
+        return await self.d.reading(tx)
 
     async def active_of_owners(self, namespace: str, owners: Sequence[OwnerRef]) -> dict[OwnerRef, list[Entitlement]]:
         """Every active entitlement of each owner as asked (a subject's are its customer's), in one transaction."""
 
-        def tx() -> dict[OwnerRef, list[Entitlement]]:
-            with self.d.db.read() as s:
-                repo = EntitlementRepository(s, lock_rows=False)
-                out: dict[OwnerRef, list[Entitlement]] = {}
-                resolved = {ref: resolve_owner(s, namespace, ref) for ref in dict.fromkeys(owners)}
-                subject_keys = [o.key for o in resolved.values() if o.customer is None]
-                customer_ids = [o.key for o in resolved.values() if o.customer is not None]
-                found: list[Entitlement] = []
-                while True:
-                    f = EntitlementFilters(subject_keys=subject_keys, customer_ids=customer_ids, owners_given=True)
-                    page = repo.search(namespace, f, limit=MAX_PAGE, offset=len(found))
-                    found += page
-                    if len(page) < MAX_PAGE:
-                        break
-                for ref, owner in resolved.items():
-                    out[ref] = [e for e in found if owns(owner, e)]
-                return out
+        def tx(s: Session) -> dict[OwnerRef, list[Entitlement]]:
+            repo = EntitlementRepository(s, lock_rows=False)
+            out: dict[OwnerRef, list[Entitlement]] = {}
+            resolved = {ref: resolve_owner(s, namespace, ref) for ref in dict.fromkeys(owners)}
+            subject_keys = [o.key for o in resolved.values() if o.customer is None]
+            customer_ids = [o.key for o in resolved.values() if o.customer is not None]
+            found: list[Entitlement] = []
+            while True:
+                f = EntitlementFilters(subject_keys=subject_keys, customer_ids=customer_ids, owners_given=True)
+                page = repo.search(namespace, f, limit=MAX_PAGE, offset=len(found))
+                found += page
+                if len(page) < MAX_PAGE:
+                    break
+            for ref, owner in resolved.items():
+                out[ref] = [e for e in found if owns(owner, e)]
+            return out
 
-        return await self.d.in_thread(tx)
+        return await self.d.reading(tx)
 
     async def delete(self, namespace: str, owner_ref: OwnerRef, id_or_feature_key: str) -> None:
         """Delete the owner's entitlement, named by id (or, on the customer routes, by feature key)."""
         now = self.d.clock.now()
         owners: list[Owner] = []
 
-        def tx() -> str | None:
-            with self.d.db.write() as s:
-                owner = resolve_owner(s, namespace, owner_ref)
-                owners.append(owner)
-                repo = EntitlementRepository(s, lock_rows=self.d.db.locks_rows)
-                found = find_entitlement(repo, namespace, owner_ref, id_or_feature_key, for_update=True)
-                if found is None or not owns(owner, found) or found.deleted_at is not None:
-                    return None
-                repo.mark_deleted(namespace, found.id, now)
-                SnapshotRepository(s).delete_all(found.id)
-                return found.id
+        def tx(s: Session) -> str | None:
+            owner = resolve_owner(s, namespace, owner_ref)
+            owners.append(owner)
+            repo = EntitlementRepository(s, lock_rows=self.d.db.locks_rows)
+            found = find_entitlement(repo, namespace, owner_ref, id_or_feature_key, for_update=True)
+            if found is None or not owns(owner, found) or found.deleted_at is not None:
+                return None
+            repo.mark_deleted(namespace, found.id, now)
+            SnapshotRepository(s).delete_all(found.id)
+            return found.id
 
-        deleted = await self.d.in_thread(tx)
+        deleted = await self.d.writing(tx)
         if deleted is None:
             raise EntitlementNotFound(id_or_feature_key, owner_ref)
         self.d.changed_owner(namespace, owners[-1])

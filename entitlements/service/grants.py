@@ -94,37 +94,36 @@ class GrantService:
 
         owners: list[Owner] = []
 
-        def tx() -> Grant:
-            with self.d.db.write() as s:
-                ents = EntitlementRepository(s, lock_rows=self.d.db.locks_rows)
-                ent = find_entitlement(ents, namespace, owner_ref, id_or_feature_key, for_update=True)
-                _require_metered(ent, id_or_feature_key, owner_ref)
-                assert ent is not None
-                owners.append(owner_of(s, ent))
-                quotas.check_grants(s, self.d.quotas, ent.id)
-                grant = Grant(
-                    id=new_id(),
-                    namespace=namespace,
-                    entitlement_id=ent.id,
-                    amount=spec.amount,
-                    priority=spec.priority,
-                    effective_at=spec.effective_at,
-                    expiration=spec.expiration,
-                    expires_at=expires_at(spec.effective_at, spec.expiration),
-                    created_at=now,
-                    updated_at=now,
-                    min_rollover_amount=spec.min_rollover_amount,
-                    max_rollover_amount=spec.max_rollover_amount,
-                    recurrence=recurrence,
-                    metadata=dict(spec.metadata),
-                )
-                GrantRepository(s).add(grant)
-                ents.bump_version(ent.id, now)
-                # A backdated grant changes every state from its effective time on.
-                SnapshotRepository(s).delete_from(ent.id, grant.effective_at)
-                return grant
+        def tx(s: Session) -> Grant:
+            ents = EntitlementRepository(s, lock_rows=self.d.db.locks_rows)
+            ent = find_entitlement(ents, namespace, owner_ref, id_or_feature_key, for_update=True)
+            _require_metered(ent, id_or_feature_key, owner_ref)
+            assert ent is not None
+            owners.append(owner_of(s, ent))
+            quotas.check_grants(s, self.d.quotas, ent.id)
+            grant = Grant(
+                id=new_id(),
+                namespace=namespace,
+                entitlement_id=ent.id,
+                amount=spec.amount,
+                priority=spec.priority,
+                effective_at=spec.effective_at,
+                expiration=spec.expiration,
+                expires_at=expires_at(spec.effective_at, spec.expiration),
+                created_at=now,
+                updated_at=now,
+                min_rollover_amount=spec.min_rollover_amount,
+                max_rollover_amount=spec.max_rollover_amount,
+                recurrence=recurrence,
+                metadata=dict(spec.metadata),
+            )
+            GrantRepository(s).add(grant)
+            ents.bump_version(ent.id, now)
+            # A backdated grant changes every state from its effective time on.
+            SnapshotRepository(s).delete_from(ent.id, grant.effective_at)
+            return grant
 
-        grant = await self.d.in_thread(tx)
+        grant = await self.d.writing(tx)
         self.d.changed_owner(namespace, owners[-1])
         log.info("grant_created", grant_id=grant.id, entitlement_id=grant.entitlement_id, amount=str(grant.amount))
         return grant
@@ -132,17 +131,14 @@ class GrantService:
     async def list_for_entitlement(
         self, namespace: str, owner_ref: OwnerRef, id_or_feature_key: str, *, include_voided: bool = False
     ) -> list[Grant]:
-        def tx() -> list[Grant]:
-            with self.d.db.read() as s:
-                ent = find_entitlement(
-                    EntitlementRepository(s, lock_rows=False), namespace, owner_ref, id_or_feature_key
-                )
-                if ent is None:
-                    raise EntitlementNotFound(id_or_feature_key, owner_ref)
-                grants = GrantRepository(s).for_entitlement(ent.id)
-                return [g for g in grants if include_voided or g.voided_at is None]
+        def tx(s: Session) -> list[Grant]:
+            ent = find_entitlement(EntitlementRepository(s, lock_rows=False), namespace, owner_ref, id_or_feature_key)
+            if ent is None:
+                raise EntitlementNotFound(id_or_feature_key, owner_ref)
+            grants = GrantRepository(s).for_entitlement(ent.id)
+            return [g for g in grants if include_voided or g.voided_at is None]
 
-        return await self.d.in_thread(tx)
+        return await self.d.reading(tx)
 
     async def search(
         self,
@@ -156,19 +152,18 @@ class GrantService:
         offset: int = 0,
         customers_only: bool = False,
     ) -> list[Grant]:
-        def tx() -> list[Grant]:
-            with self.d.db.read() as s:
-                return GrantRepository(s).search(
-                    namespace,
-                    include_voided=include_voided,
-                    entitlement_ids=_entitlement_ids(
-                        s, namespace, subject_keys, customer_ids, feature_keys, customers_only
-                    ),
-                    limit=min(limit, MAX_PAGE),
-                    offset=offset,
-                )
+        def tx(s: Session) -> list[Grant]:
+            return GrantRepository(s).search(
+                namespace,
+                include_voided=include_voided,
+                entitlement_ids=_entitlement_ids(
+                    s, namespace, subject_keys, customer_ids, feature_keys, customers_only
+                ),
+                limit=min(limit, MAX_PAGE),
+                offset=offset,
+            )
 
-        return await self.d.in_thread(tx)
+        return await self.d.reading(tx)
 
     async def count(
         self,
@@ -182,17 +177,16 @@ class GrantService:
     ) -> int:
         """How many grants `search` pages through with these filters."""
 
-        def tx() -> int:
-            with self.d.db.read() as s:
-                return GrantRepository(s).count(
-                    namespace,
-                    include_voided=include_voided,
-                    entitlement_ids=_entitlement_ids(
-                        s, namespace, subject_keys, customer_ids, feature_keys, customers_only
-                    ),
-                )
+        def tx(s: Session) -> int:
+            return GrantRepository(s).count(
+                namespace,
+                include_voided=include_voided,
+                entitlement_ids=_entitlement_ids(
+                    s, namespace, subject_keys, customer_ids, feature_keys, customers_only
+                ),
+            )
 
-        return await self.d.in_thread(tx)
+        return await self.d.reading(tx)
 
     async def void(self, namespace: str, grant_id: str) -> Grant:
         """The grant's balance ends now; usage already burnt from it stays burnt."""
@@ -200,27 +194,26 @@ class GrantService:
 
         owners: list[Owner] = []
 
-        def tx() -> Grant:
-            with self.d.db.write() as s:
-                grants = GrantRepository(s)
-                found = grants.get(namespace, grant_id)
-                if found is None:
-                    raise GrantNotFound(grant_id)
-                ents = EntitlementRepository(s, lock_rows=self.d.db.locks_rows)
-                ent = ents.get(namespace, found.entitlement_id, for_update=True)
-                owners.extend(() if ent is None else (owner_of(s, ent),))
-                found = grants.get(namespace, grant_id)  # re-read under the entitlement lock
-                assert found is not None
-                if found.voided_at is not None:
-                    raise GrantAlreadyVoided(grant_id)
-                grants.void(grant_id, now)
-                ents.bump_version(found.entitlement_id, now)
-                SnapshotRepository(s).delete_from(found.entitlement_id, now)
-                voided = grants.get(namespace, grant_id)
-                assert voided is not None
-                return voided
+        def tx(s: Session) -> Grant:
+            grants = GrantRepository(s)
+            found = grants.get(namespace, grant_id)
+            if found is None:
+                raise GrantNotFound(grant_id)
+            ents = EntitlementRepository(s, lock_rows=self.d.db.locks_rows)
+            ent = ents.get(namespace, found.entitlement_id, for_update=True)
+            owners.extend(() if ent is None else (owner_of(s, ent),))
+            found = grants.get(namespace, grant_id)  # re-read under the entitlement lock
+            assert found is not None
+            if found.voided_at is not None:
+                raise GrantAlreadyVoided(grant_id)
+            grants.void(grant_id, now)
+            ents.bump_version(found.entitlement_id, now)
+            SnapshotRepository(s).delete_from(found.entitlement_id, now)
+            voided = grants.get(namespace, grant_id)
+            assert voided is not None
+            return voided
 
-        voided = await self.d.in_thread(tx)
+        voided = await self.d.writing(tx)
         for owner in owners:
             self.d.changed_owner(namespace, owner)
         log.info("grant_voided", grant_id=grant_id, entitlement_id=voided.entitlement_id)
