@@ -33,6 +33,7 @@ from ingest.settings import SinkSettings
 from ingest.sink.consumer import PartitionState, batch_from_records, conflict_letters
 from ingest.sink.dlq import DeadLetter, DeadLetterSink, KafkaDeadLetters
 from ingest.sink.ledger import LedgerRecord
+from ingest.sink.metrics import SinkMetrics
 from ingest.sink.migrations import migrate_clickhouse
 from ingest.sink.processor import Batch, BatchProcessor, BatchResult, SinkCounters
 from ingest.sink.tuning import tuned_interpreter
@@ -92,6 +93,8 @@ class SinkWorker:
         self.dead_letters = dead_letters
         self.settings = settings
         self.notifications = notifications
+        self.metrics: SinkMetrics | None = None
+        self._committed: dict[TopicPartition, int] = {}
         self.counters = SinkCounters()
         self.partitions: dict[TopicPartition, PartitionState] = {}
         self._write_lock = asyncio.Lock()
@@ -140,6 +143,7 @@ class SinkWorker:
                 continue
             committed = await self.consumer.committed(tp)
             if committed is not None and committed >= 0:
+                self._committed[tp] = committed
                 beginning = (await self.consumer.beginning_offsets([tp])).get(tp, 0)
                 lost = lost_to_retention(committed, beginning)
                 if lost:
@@ -236,13 +240,18 @@ class SinkWorker:
         """One batch, in the order it must happen: (1) record its range and write it, with its dead letters,
         until it sticks; (2) tell followers whose usage changed; (3) count it; (4) commit its offsets.
         False when abandoned (revoked, or shutdown) or when the commit lost the partition."""
+        started = time.monotonic()
         written = await self._write_until_stored(job)
         if written is None:
             return False
         result, rec = written
         await self._announce(job.batch, rec)
         self._account(job, result)
-        return await self._commit(job, result)
+        committed = await self._commit(job, result)
+        if committed and self.metrics is not None:
+            self.metrics.batch_events.observe(len(job.records))
+            self.metrics.write_seconds.observe(time.monotonic() - started)
+        return committed
 
     def _known_record(self, job: _Job) -> LedgerRecord | None:
         """The batch's ledger record if it exists already: found at assignment (a replay), or made ahead of
@@ -343,6 +352,7 @@ class SinkWorker:
         except KafkaError as exc:
             log.warning("sink_commit_failed", partition=tp.partition, end=offsets.end, error=str(exc))
             return False
+        self._committed[tp] = offsets.end + 1
         log.debug(
             "sink_batch_committed",
             partition=tp.partition,
@@ -353,6 +363,15 @@ class SinkWorker:
             malformed=len(job.batch.malformed),
         )
         return True
+
+    def lag(self) -> dict[int, int]:
+        """Per assigned partition: its high watermark (as of the last fetch) minus the committed offset."""
+        out: dict[int, int] = {}
+        for tp in self.partitions:
+            high = self.consumer.highwater(tp)
+            if high is not None:
+                out[tp.partition] = max(0, high - self._committed.get(tp, 0))
+        return out
 
     def _pause_all(self) -> None:
         if not self._paused:
@@ -401,6 +420,10 @@ async def open_worker(
     await producer.start()
     notifications = KafkaNotificationPublisher(producer, kafka.notifications_topic)
     worker = SinkWorker(consumer, processor, KafkaDeadLetters(producer, kafka.dead_letter_topic), sink, notifications)
+    if sink.metrics_port:
+        worker.metrics = SinkMetrics(lambda: worker.counters, worker.lag)
+        worker.metrics.serve(sink.metrics_port)
+        log.info("sink_metrics_serving", port=sink.metrics_port)
     try:
         consumer.subscribe([kafka.events_topic], listener=worker.listener())
         await consumer.start()
