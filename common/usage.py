@@ -8,6 +8,7 @@ half-open [start, end). Amounts are Decimal, never float.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 from datetime import datetime
 from decimal import Decimal
@@ -90,6 +91,12 @@ class CustomerDirectory(Protocol):
         """Customer id or key as asked -> (customer id, the subject keys whose usage is the customer's);
         customers not found are absent."""
         ...
+
+
+class CatalogLock(Protocol):
+    """Serialises changes to the meter catalogue across every API process (the state database provides it)."""
+
+    def hold(self, key: str) -> AbstractAsyncContextManager[None]: ...
 
 
 class MeterUseGuard(Protocol):

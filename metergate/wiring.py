@@ -228,6 +228,7 @@ async def _build_entitlements(services: Services, settings: ApiServiceSettings, 
         entitlements.deps.change_listeners.append(services.notification_publisher.change)
     meters.set_guard(entitlements.features)
     meters.set_customers(entitlements.customers)
+    meters.set_catalog_lock(entitlements.deps.db)  # API replicas on one PostgreSQL change meters one at a time
     services.entitlements = entitlements
     services.on_close(lambda: asyncio.to_thread(entitlements.close))
 
