@@ -1,14 +1,17 @@
 """Insert cost against the number of meters (prints JSON), on the embedded engine.
 
-One run, one database: the insert of a 10,000-event batch the way the sink writes it (one JSONCompactColumns
-block, its pinned dedupe settings and a token), timed with 0 meters, then again after meters were added up
-to 100, 1,000 and 10,000, spread over 1,000 namespaces (meter k: namespace ns<k % 1000>, event type
-t<k // 1000>, SUM of $.tokens grouped by $.model). Every event of a batch matches exactly one meter (event i
-is for meter i % meters); with 0 meters the same namespaces and a type no meter counts. Each figure is the
-median of `--batches` inserts (fresh ids and tokens) after `--warmup` unmeasured ones. The rollups are
-checked against the events at the end (the SUM over every meter equals the sum of the values).
+The insert of a 10,000-event batch the way the sink writes it (one JSONCompactColumns block, its pinned
+dedupe settings and a token), into two databases of one embedded engine: `bench`, where meters are added
+stage by stage (0, 100, 1,000, 10,000, spread over 1,000 namespaces; meter k: namespace ns<k % 1000>, event
+type t<k // 1000>, SUM of $.tokens grouped by $.model), and `bench_empty`, which never has a meter. Every
+event of a `bench` batch matches exactly one meter (event i is for meter i % meters; with 0 meters a type
+no meter counts); `bench_empty` gets the same shape of events. At each stage the two inserts alternate
+(A B, B A, ...), so the load of a shared machine weighs on both alike, and the ratio of their medians is
+the cost of the meters. Each figure is the median of `--batches` inserts (fresh ids and tokens) after
+`--warmup` unmeasured ones. The rollups are checked against the events at the end (the SUM over every
+meter equals the sum of the values).
 
-    python bench/meter_ingest.py [--meters 0,100,1000,10000] [--events 10000] [--batches 15]
+    python bench/meter_ingest.py [--meters 0,100,1000,10000] [--events 10000] [--batches 30]
 """
 
 from __future__ import annotations
@@ -31,7 +34,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from aggregator import routing, sql
 from aggregator.meter import parse_meter
 from aggregator.repository import ClickHouseMeterRepository
-from common.clickhouse import connect_clickhouse
+from common.clickhouse import ClickHouse, connect_clickhouse
 from common.events_table import EVENT_COLUMNS, EVENTS_TABLE
 from common.settings import ClickHouseSettings
 from ingest.sink.processor import PINNED_INSERT_SETTINGS
@@ -77,17 +80,33 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--meters", default="0,100,1000,10000")
     parser.add_argument("--events", type=int, default=10_000)
-    parser.add_argument("--batches", type=int, default=15)
+    parser.add_argument("--batches", type=int, default=30)
     parser.add_argument("--warmup", type=int, default=3)
     args = parser.parse_args()
     counts = [int(x) for x in args.meters.split(",")]
     folder = tempfile.mkdtemp(prefix="metergate-bench-ingest-")
     try:
         ch = connect_clickhouse(ClickHouseSettings(path=Path(folder), database="bench"))
+        ch.command("CREATE DATABASE IF NOT EXISTS bench_empty")
+        empty = ClickHouse(ch.client, "bench_empty", embedded=ch.embedded)
         repo = ClickHouseMeterRepository(ch)
         repo.migrate()
+        ClickHouseMeterRepository(empty).migrate()
         settings = ch.supported(PINNED_INSERT_SETTINGS)
-        table = ch.table(EVENTS_TABLE)
+
+        def insert(target: ClickHouse, data: bytes, token: str) -> float:
+            t = time.perf_counter()
+            target.call(
+                lambda c: c.raw_insert(
+                    target.table(EVENTS_TABLE),
+                    list(EVENT_COLUMNS),
+                    data,
+                    settings={**settings, "insert_deduplication_token": token},
+                    fmt="JSONCompactColumns",
+                )
+            )
+            return (time.perf_counter() - t) * 1000
+
         results: list[dict[str, Any]] = []
         meters: list[Any] = []
         metered_total = 0
@@ -101,39 +120,36 @@ def main() -> None:
             repo.create_many(new)
             meters.extend(new)
             created_s = time.perf_counter() - started
-            times = []
+            with_meters, without = [], []
             for b in range(args.warmup + args.batches):
                 data, total = block(run, args.events, count)
+                data0, _ = block(run, args.events, 0)
                 token = f"bench-{run}"
                 run += 1
-                t = time.perf_counter()
-                ch.call(
-                    lambda c, data=data, token=token: c.raw_insert(
-                        table,
-                        list(EVENT_COLUMNS),
-                        data,
-                        settings={**settings, "insert_deduplication_token": token},
-                        fmt="JSONCompactColumns",
-                    )
-                )
+                if b % 2:
+                    t1, t0 = insert(ch, data, token), insert(empty, data0, token)
+                else:
+                    t0, t1 = insert(empty, data0, token), insert(ch, data, token)
                 if b >= args.warmup:
-                    times.append((time.perf_counter() - t) * 1000)
+                    with_meters.append(t1)
+                    without.append(t0)
                 if count:
                     metered_total += total
             results.append(
                 {
                     "meters": count,
                     "create_new_meters_s": round(created_s, 1),
-                    "insert_ms_p50": round(statistics.median(times), 1),
-                    "insert_ms_min": round(min(times), 1),
-                    "insert_ms_max": round(max(times), 1),
+                    "insert_ms_p50": round(statistics.median(with_meters), 1),
+                    "insert_ms_min": round(min(with_meters), 1),
+                    "no_meters_ms_p50": round(statistics.median(without), 1),
+                    "no_meters_ms_min": round(min(without), 1),
+                    "ratio_p50": round(statistics.median(with_meters) / statistics.median(without), 2),
                 }
             )
             print(json.dumps(results[-1]), file=sys.stderr)
         rolled = ch.rows(
             f"SELECT sumMerge(value_sum) FROM {sql.qualified(ch.database, routing.ROLLUPS_TABLE)} WHERE tier = 0"
         )[0][0]
-        base = results[0]["insert_ms_p50"]
         print(
             json.dumps(
                 {
@@ -141,7 +157,7 @@ def main() -> None:
                     "namespaces": NAMESPACES,
                     "batches_per_figure": args.batches,
                     "results": results,
-                    "ratio_to_first": {str(r["meters"]): round(r["insert_ms_p50"] / base, 2) for r in results},
+                    "ratio_p50": {str(r["meters"]): r["ratio_p50"] for r in results},
                     "rollups_equal_events": int(rolled or 0) == metered_total,
                 },
                 indent=2,

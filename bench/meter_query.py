@@ -24,7 +24,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from aggregator import sql
+from aggregator import routing, sql
 from aggregator.meter import WindowSize, parse_meter
 from aggregator.repository import ClickHouseMeterRepository
 from common.clickhouse import connect_clickhouse
@@ -114,7 +114,7 @@ def main() -> None:
             for name, n in ch.rows(
                 "SELECT table, count() FROM system.parts WHERE active AND database = {db:String} "
                 "AND table IN {t:Array(String)} GROUP BY table",
-                parameters={"db": ch.database, "t": [EVENTS_TABLE, *(sql.tier_table(meter, t) for t in sql.TIERS)]},
+                parameters={"db": ch.database, "t": [EVENTS_TABLE, routing.ROLLUPS_TABLE]},
             )
         }
         end = START + timedelta(days=args.days)

@@ -261,3 +261,26 @@ async def test_meters_per_namespace_quota(env: SimpleNamespace) -> None:
     # config-file meters do not count, and another namespace has its own room
     r = await env.client.post("/api/v1/meters", json={**TOKENS, "slug": "second"}, headers={"x-ns": "other"})
     assert r.status_code == 201
+
+
+async def test_migrate_moves_a_meter_of_the_per_meter_design_to_the_router(env: SimpleNamespace) -> None:
+    """A meter built before the router: a table and a materialized view per tier, marked ready."""
+    repo = env.service.repository
+    meter = parse_meter({**TOKENS, "slug": "old"}, meter_id="old1", namespace="ns1", created_at=T0)
+    db = env.ch.database
+    for suffix in ("", "_hour"):
+        env.ch.command(f"CREATE TABLE `{db}`.meter_rollup_old1{suffix} (x UInt8) ENGINE = MergeTree ORDER BY x")
+        env.ch.command(
+            f"CREATE MATERIALIZED VIEW `{db}`.meter_rollup_old1{suffix}_mv TO `{db}`.meter_rollup_old1{suffix} "
+            f"AS SELECT 1 AS x FROM `{db}`.events"
+        )
+    repo._write(meter, "ready", T0)
+    await env.service.start()  # migrate + reconcile
+    engines = env.ch.rows(
+        "SELECT name, engine FROM system.tables WHERE database = {db:String} AND startsWith(name, 'meter_rollup_old1') "
+        "ORDER BY name",
+        parameters={"db": db},
+    )
+    assert [tuple(r) for r in engines] == [("meter_rollup_old1", "View"), ("meter_rollup_old1_hour", "View")]
+    r = await env.client.get("/api/v1/meters/old/query", params={"groupBy": "subject"})
+    assert sorted((d["subject"], d["value"]) for d in r.json()["data"]) == [("alice", 12.5), ("bob", 4)]
