@@ -18,6 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from common.errors import MetergateError
 from common.http import Namespace, status_for
 from entitlements.http import json_response, services, wants_fresh
+from entitlements.openapi import ACCESS, BULK_ACCESS
 from entitlements.service import Entitlements
 from entitlements.service.access import AccessItem, AccessResult, AccessService
 from entitlements.views import value_view
@@ -78,7 +79,11 @@ class BulkAccessBody(BaseModel):
 
 @router.get(
     "/api/v1/subjects/{subjectIdOrKey}/access",
-    responses={200: {"content": {"application/json": {"example": {"entitlements": {"gpt4": _VALUE_EXAMPLE}}}}}},
+    responses={
+        200: {
+            "content": {"application/json": {"schema": ACCESS, "example": {"entitlements": {"gpt4": _VALUE_EXAMPLE}}}}
+        }
+    },
 )
 async def subject_access(
     access: Access,
@@ -97,6 +102,7 @@ async def subject_access(
         200: {
             "content": {
                 "application/json": {
+                    "schema": BULK_ACCESS,
                     "example": {
                         "subjects": {
                             "customer-1": {"entitlements": {"gpt4": _VALUE_EXAMPLE, "sso": {"hasAccess": True}}},
@@ -108,7 +114,7 @@ async def subject_access(
                                 }
                             },
                         }
-                    }
+                    },
                 }
             }
         }

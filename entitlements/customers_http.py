@@ -36,6 +36,7 @@ from entitlements.http import (
     value_response,
     wants_fresh,
 )
+from entitlements.openapi import ACCESS, CUSTOMER_BODY, ENTITLEMENT_V2, GRANT, HISTORY, VALUE, ok, page
 from entitlements.schemas import CustomerBody, EntitlementV2CreateBody, GrantV2CreateBody, parse_body
 from entitlements.service import Entitlements
 from entitlements.service.customers import CustomerInput
@@ -68,13 +69,13 @@ def _customer_input(body: CustomerBody) -> CustomerInput:
 # ---- customers ----
 
 
-@router.post("/api/v1/customers", status_code=201)
+@router.post("/api/v1/customers", status_code=201, responses=ok(CUSTOMER_BODY, 201))
 async def create_customer(request: Request, namespace: Namespace, ents: Ents) -> Response:
     created = await ents.customers.create(namespace, _customer_input(parse_body(CustomerBody, await request.body())))
     return json_response(customer_view(created), 201)
 
 
-@router.get("/api/v1/customers")
+@router.get("/api/v1/customers", responses=ok(page(CUSTOMER_BODY)))
 async def list_customers(
     namespace: Namespace,
     ents: Ents,
@@ -102,14 +103,14 @@ async def list_customers(
     return json_response(_paginated([customer_view(c) for c in found], page, page_size, total))
 
 
-@router.get(CUSTOMER)
+@router.get(CUSTOMER, responses=ok(CUSTOMER_BODY))
 async def get_customer(
     namespace: Namespace, ents: Ents, customer: Annotated[str, Path(alias="customerIdOrKey")]
 ) -> Response:
     return json_response(customer_view(await ents.customers.get(namespace, customer)))
 
 
-@router.put(CUSTOMER)
+@router.put(CUSTOMER, responses=ok(CUSTOMER_BODY))
 async def update_customer(
     request: Request, namespace: Namespace, ents: Ents, customer: Annotated[str, Path(alias="customerIdOrKey")]
 ) -> Response:
@@ -128,7 +129,7 @@ async def delete_customer(
 # ---- the gateway's calls ----
 
 
-@router.get(CUSTOMER + "/access")
+@router.get(CUSTOMER + "/access", responses=ok(ACCESS))
 async def customer_access(
     namespace: Namespace,
     ents: Ents,
@@ -142,7 +143,7 @@ async def customer_access(
     return json_response({"entitlements": {e.feature_key: result_view(r) for e, r in found.get(ref, [])}})
 
 
-@router.get(CUSTOMER + "/entitlements/{featureKey}/value")
+@router.get(CUSTOMER + "/entitlements/{featureKey}/value", responses=ok(VALUE))
 async def customer_value(
     namespace: Namespace,
     ents: Ents,
@@ -168,7 +169,7 @@ def _with_issue(body: EntitlementV2CreateBody) -> EntitlementInput:
     return replace(spec, issue_after_reset=body.issue.amount, issue_after_reset_priority=body.issue.priority)
 
 
-@router.post(V2, status_code=201)
+@router.post(V2, status_code=201, responses=ok(ENTITLEMENT_V2, 201))
 async def create_customer_entitlement(
     request: Request,
     namespace: Namespace,
@@ -190,7 +191,7 @@ async def create_customer_entitlement(
     return json_response((await entitlement_views(ents, [created], v2=True))[0], 201)
 
 
-@router.get(V2)
+@router.get(V2, responses=ok(page(ENTITLEMENT_V2)))
 async def list_customer_entitlements(
     namespace: Namespace,
     ents: Ents,
@@ -217,7 +218,7 @@ async def list_customer_entitlements(
     return json_response(_paginated(await entitlement_views(ents, items, v2=True), page, page_size, total))
 
 
-@router.get(V2 + "/{entitlementIdOrFeatureKey}")
+@router.get(V2 + "/{entitlementIdOrFeatureKey}", responses=ok(ENTITLEMENT_V2))
 async def get_customer_entitlement(
     namespace: Namespace,
     ents: Ents,
@@ -239,7 +240,7 @@ async def delete_customer_entitlement(
     return Response(status_code=204)
 
 
-@router.put(V2 + "/{entitlementIdOrFeatureKey}/override", status_code=201)
+@router.put(V2 + "/{entitlementIdOrFeatureKey}/override", status_code=201, responses=ok(ENTITLEMENT_V2, 201))
 async def override_customer_entitlement(
     request: Request,
     namespace: Namespace,
@@ -252,7 +253,7 @@ async def override_customer_entitlement(
     return json_response((await entitlement_views(ents, [created], v2=True))[0], 201)
 
 
-@router.post(V2 + "/{entitlementIdOrFeatureKey}/grants", status_code=201)
+@router.post(V2 + "/{entitlementIdOrFeatureKey}/grants", status_code=201, responses=ok(GRANT, 201))
 async def create_customer_grant(
     request: Request,
     namespace: Namespace,
@@ -265,7 +266,7 @@ async def create_customer_grant(
     return json_response(grant_view(grant, ents.deps.clock.now()), 201)
 
 
-@router.get(V2 + "/{entitlementIdOrFeatureKey}/grants")
+@router.get(V2 + "/{entitlementIdOrFeatureKey}/grants", responses=ok(page(GRANT)))
 async def list_customer_grants(
     namespace: Namespace,
     ents: Ents,
@@ -286,7 +287,7 @@ async def list_customer_grants(
     return json_response(_paginated(items, page or 1, page_size or n, len(grants)))
 
 
-@router.get(V2 + "/{entitlementIdOrFeatureKey}/value")
+@router.get(V2 + "/{entitlementIdOrFeatureKey}/value", responses=ok(VALUE))
 async def customer_entitlement_value(
     namespace: Namespace,
     ents: Ents,
@@ -299,7 +300,7 @@ async def customer_entitlement_value(
     return await value_response(ents, namespace, ref, id_or_feature_key, time, cache_control)
 
 
-@router.get(V2 + "/{entitlementIdOrFeatureKey}/history")
+@router.get(V2 + "/{entitlementIdOrFeatureKey}/history", responses=ok(HISTORY))
 async def customer_entitlement_history(
     namespace: Namespace,
     ents: Ents,
@@ -343,7 +344,7 @@ async def _customer_ids(
     return out
 
 
-@router.get("/api/v2/entitlements")
+@router.get("/api/v2/entitlements", responses=ok(page(ENTITLEMENT_V2)))
 async def list_entitlements_v2(
     namespace: Namespace,
     ents: Ents,
@@ -379,7 +380,7 @@ async def list_entitlements_v2(
     return json_response(_paginated(await entitlement_views(ents, items, v2=True), page or 1, n, total))
 
 
-@router.get("/api/v2/entitlements/{entitlementId}")
+@router.get("/api/v2/entitlements/{entitlementId}", responses=ok(ENTITLEMENT_V2))
 async def get_entitlement_v2(
     namespace: Namespace, ents: Ents, entitlement_id: Annotated[str, Path(alias="entitlementId")]
 ) -> Response:
@@ -387,7 +388,7 @@ async def get_entitlement_v2(
     return json_response((await entitlement_views(ents, [found], v2=True))[0])
 
 
-@router.get("/api/v2/grants")
+@router.get("/api/v2/grants", responses=ok(page(GRANT)))
 async def list_grants_v2(
     namespace: Namespace,
     ents: Ents,

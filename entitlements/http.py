@@ -18,6 +18,7 @@ from common.cloudevents import parse_time
 from common.errors import InvalidInput, Unavailable
 from common.http import Namespace
 from entitlements.domain import EntitlementType, Expiration, ExpirationDuration, OwnerRef
+from entitlements.openapi import ENTITLEMENT, FEATURE, GRANT, HISTORY, VALUE, array_or_page, ok
 from entitlements.schemas import (
     EntitlementCreateBody,
     FeatureCreateBody,
@@ -83,7 +84,7 @@ Limit = Annotated[int | None, Query(ge=1, le=MAX_LIMIT)]
 # ---- features ----
 
 
-@router.get("/api/v1/features")
+@router.get("/api/v1/features", responses=ok(array_or_page(FEATURE)))
 async def list_features(
     namespace: Namespace,
     ents: Ents,
@@ -107,7 +108,7 @@ async def list_features(
     return json_response(page_of([feature_view(f) for f in items], page, page_size, total))
 
 
-@router.post("/api/v1/features", status_code=201)
+@router.post("/api/v1/features", status_code=201, responses=ok(FEATURE, 201))
 async def create_feature(request: Request, namespace: Namespace, ents: Ents) -> Response:
     body = parse_body(FeatureCreateBody, await request.body())
     feature = await ents.features.create(
@@ -123,7 +124,7 @@ async def create_feature(request: Request, namespace: Namespace, ents: Ents) -> 
     return json_response(feature_view(feature), 201)
 
 
-@router.get("/api/v1/features/{featureId}")
+@router.get("/api/v1/features/{featureId}", responses=ok(FEATURE))
 async def get_feature(
     namespace: Namespace, ents: Ents, feature_id: Annotated[str, Path(alias="featureId")]
 ) -> Response:
@@ -170,7 +171,7 @@ async def entitlement_views(svc: Entitlements, entitlements: list[Any], *, v2: b
     return [view(e, periods.get(e.id), customers.get(e.customer_id or "")) for e in entitlements]
 
 
-@router.post(ENT, status_code=201)
+@router.post(ENT, status_code=201, responses=ok(ENTITLEMENT, 201))
 async def create_entitlement(
     request: Request, namespace: Namespace, ents: Ents, subject: Annotated[str, Path(alias="subjectIdOrKey")]
 ) -> Response:
@@ -180,7 +181,7 @@ async def create_entitlement(
     return json_response((await entitlement_views(svc, [created]))[0], 201)
 
 
-@router.get(ENT)
+@router.get(ENT, responses=ok({"type": "array", "items": ENTITLEMENT}))
 async def list_subject_entitlements(
     namespace: Namespace,
     ents: Ents,
@@ -192,7 +193,7 @@ async def list_subject_entitlements(
     return json_response(await entitlement_views(svc, items))
 
 
-@router.get("/api/v1/entitlements")
+@router.get("/api/v1/entitlements", responses=ok(array_or_page(ENTITLEMENT)))
 async def list_entitlements(
     namespace: Namespace,
     ents: Ents,
@@ -218,7 +219,7 @@ async def list_entitlements(
     return json_response(page_of(await entitlement_views(svc, items), page, page_size, total))
 
 
-@router.get("/api/v1/entitlements/{entitlementId}")
+@router.get("/api/v1/entitlements/{entitlementId}", responses=ok(ENTITLEMENT))
 async def get_entitlement_by_id(
     namespace: Namespace, ents: Ents, entitlement_id: Annotated[str, Path(alias="entitlementId")]
 ) -> Response:
@@ -227,7 +228,7 @@ async def get_entitlement_by_id(
     return json_response((await entitlement_views(svc, [found]))[0])
 
 
-@router.get(ENT + "/{entitlementId}")
+@router.get(ENT + "/{entitlementId}", responses=ok(ENTITLEMENT))
 async def get_entitlement(
     namespace: Namespace,
     ents: Ents,
@@ -250,7 +251,7 @@ async def delete_entitlement(
     return Response(status_code=204)
 
 
-@router.put(ENT + "/{entitlementIdOrFeatureKey}/override", status_code=201)
+@router.put(ENT + "/{entitlementIdOrFeatureKey}/override", status_code=201, responses=ok(ENTITLEMENT, 201))
 async def override_entitlement(
     request: Request,
     namespace: Namespace,
@@ -267,7 +268,7 @@ async def override_entitlement(
 # ---- grants ----
 
 
-@router.post(ENT + "/{entitlementIdOrFeatureKey}/grants", status_code=201)
+@router.post(ENT + "/{entitlementIdOrFeatureKey}/grants", status_code=201, responses=ok(GRANT, 201))
 async def create_grant(
     request: Request,
     namespace: Namespace,
@@ -299,7 +300,7 @@ def grant_input(body: GrantCreateBody | GrantV2CreateBody) -> GrantInput:
     )
 
 
-@router.get(ENT + "/{entitlementIdOrFeatureKey}/grants")
+@router.get(ENT + "/{entitlementIdOrFeatureKey}/grants", responses=ok({"type": "array", "items": GRANT}))
 async def list_entitlement_grants(
     namespace: Namespace,
     ents: Ents,
@@ -315,7 +316,7 @@ async def list_entitlement_grants(
     return json_response([grant_view(g, now) for g in grants])
 
 
-@router.get("/api/v1/grants")
+@router.get("/api/v1/grants", responses=ok(array_or_page(GRANT)))
 async def list_grants(
     namespace: Namespace,
     ents: Ents,
@@ -357,7 +358,7 @@ def wants_fresh(cache_control: str | None) -> bool:
     return bool(directives & {"no-cache", "no-store", "max-age=0"})
 
 
-@router.get(ENT + "/{entitlementIdOrFeatureKey}/value")
+@router.get(ENT + "/{entitlementIdOrFeatureKey}/value", responses=ok(VALUE))
 async def entitlement_value(
     namespace: Namespace,
     ents: Ents,
@@ -434,7 +435,7 @@ async def reset_response(
     return Response(status_code=204)
 
 
-@router.get(ENT + "/{entitlementId}/history")
+@router.get(ENT + "/{entitlementId}/history", responses=ok(HISTORY))
 async def entitlement_history(
     namespace: Namespace,
     ents: Ents,

@@ -1,0 +1,172 @@
+"""The response bodies the entitlement routes publish in the OpenAPI document (JSON Schema, OpenMeter's shapes).
+
+The routes answer with pre-encoded JSON (exact decimals), so FastAPI cannot infer these: they are declared
+here, and the fuzz test (tests/e2e/test_api_fuzz.py) holds every response it gets to them. Decimal amounts
+are JSON numbers; instants are RFC 3339 strings; fields Metergate adds (`asOf`) are declared too.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+Schema = dict[str, Any]
+
+STRING: Schema = {"type": "string"}
+INSTANT: Schema = {"type": "string", "format": "date-time"}
+MAYBE_INSTANT: Schema = {"type": ["string", "null"], "format": "date-time"}
+NUMBER: Schema = {"type": "number"}
+MAYBE_NUMBER: Schema = {"type": ["number", "null"]}
+METADATA: Schema = {"type": ["object", "null"], "additionalProperties": {"type": "string"}}
+PERIOD: Schema = {"type": "object", "required": ["from", "to"], "properties": {"from": INSTANT, "to": INSTANT}}
+
+
+def obj(required: list[str], **properties: Schema) -> Schema:
+    return {"type": "object", "required": required, "properties": properties}
+
+
+def page(item: Schema) -> Schema:
+    """OpenMeter's paginated list."""
+    return obj(
+        ["items", "page", "pageSize", "totalCount"],
+        items={"type": "array", "items": item},
+        page={"type": "integer"},
+        pageSize={"type": "integer"},
+        totalCount={"type": "integer"},
+    )
+
+
+def array_or_page(item: Schema) -> Schema:
+    """OpenMeter's v1 lists: a bare array, or the paginated object when page/pageSize is given."""
+    return {"anyOf": [{"type": "array", "items": item}, page(item)]}
+
+
+def ok(schema: Schema, status: int = 200) -> dict[int | str, dict[str, Any]]:
+    """`responses=` for a route whose success body is `schema`."""
+    return {status: {"description": "OK", "content": {"application/json": {"schema": schema}}}}
+
+
+FEATURE = obj(
+    ["id", "key", "name", "createdAt", "updatedAt"],
+    id=STRING,
+    key=STRING,
+    name=STRING,
+    meterSlug={"type": ["string", "null"]},
+    meterGroupByFilters=METADATA,
+    metadata=METADATA,
+    createdAt=INSTANT,
+    updatedAt=INSTANT,
+    archivedAt=MAYBE_INSTANT,
+    deletedAt=MAYBE_INSTANT,
+)
+
+_ENTITLEMENT_FIELDS: dict[str, Schema] = {
+    "id": STRING,
+    "type": {"type": "string", "enum": ["metered", "static", "boolean"]},
+    "featureId": STRING,
+    "featureKey": STRING,
+    "metadata": METADATA,
+    "createdAt": INSTANT,
+    "updatedAt": INSTANT,
+    "deletedAt": MAYBE_INSTANT,
+    "activeFrom": INSTANT,
+    "activeTo": MAYBE_INSTANT,
+    "config": {"type": ["string", "null"]},
+    "isSoftLimit": {"type": "boolean"},
+    "issueAfterReset": MAYBE_NUMBER,
+    "issueAfterResetPriority": {"type": "integer"},
+    "preserveOverageAtReset": {"type": "boolean"},
+    "measureUsageFrom": INSTANT,
+    "usagePeriod": obj(["interval", "anchor"], interval=STRING, intervalISO=STRING, anchor=INSTANT),
+    "currentUsagePeriod": PERIOD,
+    "lastReset": INSTANT,
+}
+ENTITLEMENT = obj(
+    ["id", "type", "featureId", "featureKey", "subjectKey", "createdAt", "updatedAt"],
+    subjectKey=STRING,
+    **_ENTITLEMENT_FIELDS,
+)
+ENTITLEMENT_V2 = obj(
+    ["id", "type", "featureId", "featureKey", "customerId", "createdAt", "updatedAt"],
+    customerId=STRING,
+    customerKey={"type": ["string", "null"]},
+    issue={"type": "object", "properties": {"amount": NUMBER, "priority": {"type": "integer"}}},
+    **_ENTITLEMENT_FIELDS,
+)
+
+GRANT = obj(
+    ["id", "entitlementId", "amount", "effectiveAt", "createdAt", "updatedAt"],
+    id=STRING,
+    entitlementId=STRING,
+    amount=NUMBER,
+    priority={"type": "integer"},
+    effectiveAt=INSTANT,
+    expiration={"type": ["object", "null"]},
+    expiresAt=MAYBE_INSTANT,
+    minRolloverAmount=NUMBER,
+    maxRolloverAmount=NUMBER,
+    recurrence={"type": ["object", "null"]},
+    nextRecurrence=MAYBE_INSTANT,
+    metadata=METADATA,
+    createdAt=INSTANT,
+    updatedAt=INSTANT,
+    voidedAt=MAYBE_INSTANT,
+    deletedAt=MAYBE_INSTANT,
+)
+
+VALUE = obj(
+    ["hasAccess", "asOf"],
+    hasAccess={"type": "boolean"},
+    balance=NUMBER,
+    usage=NUMBER,
+    overage=NUMBER,
+    totalAvailableGrantAmount=NUMBER,
+    config=STRING,
+    asOf=INSTANT,
+)
+ACCESS_ITEM: Schema = {
+    "anyOf": [
+        VALUE,
+        obj(
+            ["error"], error=obj(["status", "title", "detail"], status={"type": "integer"}, title=STRING, detail=STRING)
+        ),
+    ]
+}
+ACCESS = obj(["entitlements"], entitlements={"type": "object", "additionalProperties": ACCESS_ITEM})
+BULK_ACCESS = obj(["subjects"], subjects={"type": "object", "additionalProperties": ACCESS})
+
+HISTORY = obj(
+    ["windowedHistory", "burndownHistory"],
+    windowedHistory={
+        "type": "array",
+        "items": obj(["period", "usage", "balanceAtStart"], period=PERIOD, usage=NUMBER, balanceAtStart=NUMBER),
+    },
+    burndownHistory={
+        "type": "array",
+        "items": obj(
+            ["period", "usage", "overage", "balanceAtStart", "balanceAtEnd", "grantUsages"],
+            period=PERIOD,
+            usage=NUMBER,
+            overage=NUMBER,
+            balanceAtStart=NUMBER,
+            grantBalancesAtStart={"type": "object", "additionalProperties": NUMBER},
+            balanceAtEnd=NUMBER,
+            grantBalancesAtEnd={"type": "object", "additionalProperties": NUMBER},
+            grantUsages={"type": "array", "items": obj(["grantId", "usage"], grantId=STRING, usage=NUMBER)},
+        ),
+    },
+)
+
+CUSTOMER_BODY = obj(
+    ["id", "name", "usageAttribution", "createdAt", "updatedAt"],
+    id=STRING,
+    key={"type": ["string", "null"]},
+    name=STRING,
+    description={"type": ["string", "null"]},
+    metadata=METADATA,
+    usageAttribution=obj(["subjectKeys"], subjectKeys={"type": "array", "items": STRING}),
+    primaryEmail={"type": ["string", "null"]},
+    currency={"type": ["string", "null"]},
+    createdAt=INSTANT,
+    updatedAt=INSTANT,
+    deletedAt=MAYBE_INSTANT,
+)
