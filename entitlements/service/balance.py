@@ -146,12 +146,12 @@ def value_of(loaded: Loaded, target: datetime, computed: Computed | None) -> Val
 
 class BalanceService:
     def __init__(self, deps: Deps) -> None:
-        self.d = deps
+        self.deps = deps
 
     # ---- loading ----
 
     def _load(self, namespace: str, owner: OwnerRef, id_or_feature_key: str, snapshots_before: datetime) -> Loaded:
-        with self.d.db.read() as s:
+        with self.deps.db.read() as s:
             ent = find_entitlement(EntitlementRepository(s, lock_rows=False), namespace, owner, id_or_feature_key)
             if ent is None:
                 raise EntitlementNotFound(id_or_feature_key, owner)
@@ -189,7 +189,7 @@ class BalanceService:
             return []
         if not loaded.owner.subjects:  # a customer with no subjects has no usage
             return [ZERO] * (len(bounds) - 1)
-        return await self.d.usage.usage_windows(
+        return await self.deps.usage.usage_windows(
             loaded.entitlement.namespace,
             loaded.feature.meter_slug or "",
             loaded.owner.subjects,
@@ -207,14 +207,14 @@ class BalanceService:
         if not subject:
             return False
         # The narrow question stops at the first late event instead of scanning the whole history.
-        return await self.d.usage.stored_after(ns, meter, subject, before=stored.at, after=stored.created_at)
+        return await self.deps.usage.stored_after(ns, meter, subject, before=stored.at, after=stored.created_at)
 
     async def _compute(self, loaded: Loaded, target: datetime, extra: Sequence[datetime] = ()) -> Computed:
         inputs = loaded.inputs
         assert inputs is not None
         terms, grants, resets = inputs.terms, inputs.grants, inputs.resets
         usable, stale = self._candidates(loaded)
-        wall = self.d.wall_clock.now() - VISIBILITY_MARGIN
+        wall = self.deps.wall_clock.now() - VISIBILITY_MARGIN
         for stored, snap in usable:
             bounds = engine.plan_windows(snap, grants, resets, terms, target, extra)
             # Optimistic: fetch the usage after the snapshot while checking it for late events (one round
@@ -236,7 +236,7 @@ class BalanceService:
 
     async def _persist(self, loaded: Loaded, result: engine.Result, wall: datetime, stale: list[datetime]) -> None:
         """Store the period-start snapshots this run passed (not future ones), if the inputs did not change."""
-        now = self.d.clock.now()
+        now = self.deps.clock.now()
         ent = loaded.entitlement
         fresh = [
             StoredSnapshot(ent.id, snap.at, wall, ent.version, snap.to_dict())
@@ -247,7 +247,7 @@ class BalanceService:
             return
 
         def tx(s: Session) -> bool:
-            current = EntitlementRepository(s, lock_rows=self.d.db.locks_rows).get(
+            current = EntitlementRepository(s, lock_rows=self.deps.db.locks_rows).get(
                 ent.namespace, ent.id, for_update=True
             )
             if current is None or current.version != ent.version:
@@ -258,20 +258,20 @@ class BalanceService:
             snaps.put(fresh)
             return True
 
-        stored = await self.d.writing(tx)
+        stored = await self.deps.writing(tx)
         log.debug("snapshots_stored", entitlement_id=ent.id, count=len(fresh), stored=stored, dropped=len(stale))
 
     # ---- API ----
 
     async def value(self, namespace: str, owner: OwnerRef, id_or_feature_key: str, at: datetime | None) -> Value:
-        target = at or self.d.clock.now()
+        target = at or self.deps.clock.now()
         return (await self.value_detail(namespace, owner, id_or_feature_key, target))[0]
 
     async def value_detail(
         self, namespace: str, owner: OwnerRef, id_or_feature_key: str, target: datetime
     ) -> tuple[Value, Loaded, Computed | None]:
         """The value at `target` with what it was computed from (the balance cache keeps both)."""
-        loaded = await self.d.in_thread(lambda: self._load(namespace, owner, id_or_feature_key, target))
+        loaded = await self.deps.in_thread(lambda: self._load(namespace, owner, id_or_feature_key, target))
         computed = await self._compute(loaded, target) if needs_usage(loaded, target) else None
         return value_of(loaded, target, computed), loaded, computed
 
@@ -285,7 +285,7 @@ class BalanceService:
         retain_anchor: bool,
         preserve_overage: bool | None,
     ) -> Reset:
-        now = self.d.clock.now()
+        now = self.deps.clock.now()
         at = effective_at or now
         if at > now:
             raise InvalidInput("a reset cannot be in the future", field="effectiveAt")
@@ -293,7 +293,7 @@ class BalanceService:
         owners: list[Owner] = []
 
         def tx(s: Session) -> Reset:
-            ents = EntitlementRepository(s, lock_rows=self.d.db.locks_rows)
+            ents = EntitlementRepository(s, lock_rows=self.deps.db.locks_rows)
             ent = find_entitlement(ents, namespace, owner_ref, entitlement_id, for_update=True)
             if ent is None or ent.deleted_at is not None:
                 raise EntitlementNotFound(entitlement_id, owner_ref)
@@ -323,13 +323,13 @@ class BalanceService:
             SnapshotRepository(s).delete_from(ent.id, at)
             return reset
 
-        reset = await self.d.writing(tx)
-        self.d.changed_owner(namespace, owners[-1])
+        reset = await self.deps.writing(tx)
+        self.deps.changed_owner(namespace, owners[-1])
         log.info("usage_reset", entitlement_id=reset.entitlement_id, at=reset.effective_at.isoformat())
         return reset
 
     async def load_metered(self, namespace: str, owner: OwnerRef, entitlement_id: str, before: datetime) -> Loaded:
-        loaded = await self.d.in_thread(lambda: self._load(namespace, owner, entitlement_id, before))
+        loaded = await self.deps.in_thread(lambda: self._load(namespace, owner, entitlement_id, before))
         if loaded.inputs is None:
             raise NotMetered(loaded.entitlement.id, "balance history")
         return loaded
@@ -346,5 +346,5 @@ class BalanceService:
         def tx(s: Session) -> dict[str, list[Reset]]:
             return ResetRepository(s).for_entitlements([e.id for e in metered])
 
-        resets = await self.d.reading(tx)
+        resets = await self.deps.reading(tx)
         return {e.id: period_at(Inputs.of(e, (), resets.get(e.id, [])), at) for e in metered}

@@ -63,11 +63,11 @@ class CustomerHasEntitlements(InvalidInput):
 
 class CustomerService:
     def __init__(self, deps: Deps) -> None:
-        self.d = deps
+        self.deps = deps
 
     async def create(self, namespace: str, spec: CustomerInput) -> Customer:
         subjects = self._validate(spec)
-        now = self.d.clock.now()
+        now = self.deps.clock.now()
         customer = Customer(
             id=new_id(),
             namespace=namespace,
@@ -83,7 +83,7 @@ class CustomerService:
         )
 
         def tx(s: Session) -> Customer:
-            quotas.check_customers(s, self.d.quotas, namespace)
+            quotas.check_customers(s, self.deps.quotas, namespace)
             _check_claims(s, namespace, customer)
             CustomerRepository(s).add(customer)
             _adopt(s, namespace, customer, attribution(customer))
@@ -97,7 +97,7 @@ class CustomerService:
     async def update(self, namespace: str, id_or_key: str, spec: CustomerInput) -> Customer:
         """PUT: every field is replaced; subjects added are claimed (their entitlements adopted), removed ones freed."""
         subjects = self._validate(spec)
-        now = self.d.clock.now()
+        now = self.deps.clock.now()
         before: list[Customer] = []
 
         def tx(s: Session) -> Customer:
@@ -134,7 +134,7 @@ class CustomerService:
 
     async def delete(self, namespace: str, id_or_key: str) -> None:
         """OpenMeter's rule: a customer with active entitlements cannot be deleted (400). Frees its subjects."""
-        now = self.d.clock.now()
+        now = self.deps.clock.now()
 
         def tx(s: Session) -> Customer:
             customers = CustomerRepository(s)
@@ -149,7 +149,7 @@ class CustomerService:
             customers.mark_deleted(current.id, now)
             return current
 
-        deleted = await self.d.writing(tx)
+        deleted = await self.deps.writing(tx)
         self._changed(namespace, deleted, attribution(deleted))
         log.info("customer_deleted", customer_id=deleted.id)
 
@@ -159,7 +159,7 @@ class CustomerService:
         def tx(s: Session) -> Customer | None:
             return CustomerRepository(s).get(namespace, id_or_key, include_deleted=True)
 
-        found = await self.d.reading(tx)
+        found = await self.deps.reading(tx)
         if found is None:
             raise CustomerNotFound(id_or_key)
         return found
@@ -172,13 +172,13 @@ class CustomerService:
             found = {ref: repo.get(namespace, ref) for ref in dict.fromkeys(customers)}
             return {ref: (c.id, attribution(c)) for ref, c in found.items() if c is not None}
 
-        return await self.d.reading(tx)
+        return await self.deps.reading(tx)
 
     async def by_ids(self, namespace: str, ids: Sequence[str]) -> dict[str, Customer]:
         def tx(s: Session) -> dict[str, Customer]:
             return CustomerRepository(s).by_ids(namespace, ids)
 
-        return await self.d.reading(tx)
+        return await self.deps.reading(tx)
 
     async def search(
         self,
@@ -206,7 +206,7 @@ class CustomerService:
             )
             return page, repo.count(namespace, filters)
 
-        return await self.d.reading(tx)
+        return await self.deps.reading(tx)
 
     # ---- internals ----
 
@@ -219,9 +219,9 @@ class CustomerService:
         for k in subjects:
             if not 1 <= len(k) <= 1024:
                 raise InvalidInput("subject keys must be 1 to 1024 characters", field="usageAttribution.subjectKeys")
-        if len(subjects) > self.d.quotas.subjects_per_customer:
+        if len(subjects) > self.deps.quotas.subjects_per_customer:
             raise InvalidInput(
-                f"at most {self.d.quotas.subjects_per_customer} subject keys per customer "
+                f"at most {self.deps.quotas.subjects_per_customer} subject keys per customer "
                 "(METERGATE_QUOTAS__SUBJECTS_PER_CUSTOMER)",
                 field="usageAttribution.subjectKeys",
             )
@@ -236,19 +236,19 @@ class CustomerService:
     async def _claiming(self, namespace: str, wanted: Customer, tx: Callable[[Session], Customer]) -> Customer:
         """Run a claiming transaction; a lost race on a subject or key becomes the 409 naming the winner."""
         try:
-            result = await self.d.writing(tx)
+            result = await self.deps.writing(tx)
         except IntegrityError:
 
             def check(s: Session) -> None:
                 _check_claims(s, namespace, wanted)
 
-            await self.d.reading(check)
+            await self.deps.reading(check)
             raise Conflict("a concurrent request claimed one of these subjects or this key: retry") from None
         return result
 
     def _changed(self, namespace: str, customer: Customer, subjects: Sequence[str]) -> None:
         for key in dict.fromkeys((customer.id, *subjects)):
-            self.d.changed(namespace, key)
+            self.deps.changed(namespace, key)
 
 
 def _check_claims(s: Session, namespace: str, customer: Customer) -> None:

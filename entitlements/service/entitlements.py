@@ -75,11 +75,11 @@ def normalise_config(config: object) -> str:
 
 class EntitlementService:
     def __init__(self, deps: Deps) -> None:
-        self.d = deps
+        self.deps = deps
 
     async def create(self, namespace: str, owner_ref: OwnerRef, spec: EntitlementInput) -> Entitlement:
         """A subject's entitlement (its customer's, if it has one) or a customer's."""
-        now = self.d.clock.now()
+        now = self.deps.clock.now()
         if spec.feature_id is None and spec.feature_key is None:
             raise InvalidInput("featureId or featureKey is required", field="featureKey")
         owners: list[Owner] = []
@@ -98,23 +98,23 @@ class EntitlementService:
             if spec.feature_key is not None and feature.key != spec.feature_key:
                 raise InvalidInput("featureId and featureKey name different features", field="featureKey")
             entitlement = self._build(namespace, owner, feature, spec, now)
-            repo = EntitlementRepository(s, lock_rows=self.d.db.locks_rows)
+            repo = EntitlementRepository(s, lock_rows=self.deps.db.locks_rows)
             existing = repo.active_for(namespace, owner.key, feature.id, owner.customer_id)
             if existing is not None:
                 raise EntitlementExists(owner, feature.key, existing.id)
-            quotas.check_entitlements(s, self.d.quotas, namespace, owner.key)
+            quotas.check_entitlements(s, self.deps.quotas, namespace, owner.key)
             repo.add(entitlement)
             return entitlement
 
         try:
-            created = await self.d.writing(tx)
+            created = await self.deps.writing(tx)
         except IntegrityError:
             # A concurrent create won the unique index on active (namespace, owner, feature).
             winner = await self._active_for_key(namespace, owners[-1], spec)
             raise EntitlementExists(
                 owners[-1], spec.feature_key or spec.feature_id or "", winner.id if winner else "?"
             ) from None
-        self.d.changed_owner(namespace, owners[-1])
+        self.deps.changed_owner(namespace, owners[-1])
         log.info("entitlement_created", entitlement_id=created.id, owner=owners[-1].key, feature=created.feature_key)
         return created
 
@@ -125,7 +125,7 @@ class EntitlementService:
                 return repo.active_for_feature_key(namespace, owner.key, spec.feature_key, owner.customer_id)
             return repo.active_for(namespace, owner.key, spec.feature_id or "", owner.customer_id)
 
-        return await self.d.reading(tx)
+        return await self.deps.reading(tx)
 
     def _build(
         self, namespace: str, owner: Owner, feature: Feature, spec: EntitlementInput, now: datetime
@@ -182,13 +182,13 @@ class EntitlementService:
         self, namespace: str, owner_ref: OwnerRef, id_or_feature_key: str, spec: EntitlementInput
     ) -> Entitlement:
         """PUT .../override: replace the owner's active entitlement for the feature in one transaction."""
-        now = self.d.clock.now()
+        now = self.deps.clock.now()
         owners: list[Owner] = []
 
         def tx(s: Session) -> Entitlement:
             owner = resolve_owner(s, namespace, owner_ref)
             owners.append(owner)
-            repo = EntitlementRepository(s, lock_rows=self.d.db.locks_rows)
+            repo = EntitlementRepository(s, lock_rows=self.deps.db.locks_rows)
             current = find_entitlement(repo, namespace, owner_ref, id_or_feature_key, for_update=True)
             if current is None or current.deleted_at is not None:
                 raise EntitlementNotFound(id_or_feature_key, owner_ref)
@@ -203,8 +203,8 @@ class EntitlementService:
             repo.add(replacement)
             return replacement
 
-        created = await self.d.writing(tx)
-        self.d.changed_owner(namespace, owners[-1])
+        created = await self.deps.writing(tx)
+        self.deps.changed_owner(namespace, owners[-1])
         log.info("entitlement_overridden", entitlement_id=created.id, owner=owners[-1].key)
         return created
 
@@ -215,7 +215,7 @@ class EntitlementService:
             repo = EntitlementRepository(s, lock_rows=False)
             return find_entitlement(repo, namespace, owner_ref, id_or_feature_key)
 
-        found = await self.d.reading(tx)
+        found = await self.deps.reading(tx)
         if found is None or (not include_deleted and found.deleted_at is not None):
             raise EntitlementNotFound(id_or_feature_key, owner_ref)
         return found
@@ -245,7 +245,7 @@ class EntitlementService:
                 namespace, f, limit=min(limit, MAX_PAGE), offset=offset, order_by=order_by, descending=descending
             )
 
-        return await self.d.reading(tx)
+        return await self.deps.reading(tx)
 
     async def count(
         self,
@@ -265,7 +265,7 @@ class EntitlementService:
             f = replace(f, customers_only=customers_only, types=tuple(types))
             return EntitlementRepository(s, lock_rows=False).count(namespace, f)
 
-        return await self.d.reading(tx)
+        return await self.deps.reading(tx)
 
     async def active_of_owners(self, namespace: str, owners: Sequence[OwnerRef]) -> dict[OwnerRef, list[Entitlement]]:
         """Every active entitlement of each owner as asked (a subject's are its customer's), in one transaction."""
@@ -287,17 +287,17 @@ class EntitlementService:
                 out[ref] = [e for e in found if owns(owner, e)]
             return out
 
-        return await self.d.reading(tx)
+        return await self.deps.reading(tx)
 
     async def delete(self, namespace: str, owner_ref: OwnerRef, id_or_feature_key: str) -> None:
         """Delete the owner's entitlement, named by id (or, on the customer routes, by feature key)."""
-        now = self.d.clock.now()
+        now = self.deps.clock.now()
         owners: list[Owner] = []
 
         def tx(s: Session) -> str | None:
             owner = resolve_owner(s, namespace, owner_ref)
             owners.append(owner)
-            repo = EntitlementRepository(s, lock_rows=self.d.db.locks_rows)
+            repo = EntitlementRepository(s, lock_rows=self.deps.db.locks_rows)
             found = find_entitlement(repo, namespace, owner_ref, id_or_feature_key, for_update=True)
             if found is None or not owns(owner, found) or found.deleted_at is not None:
                 return None
@@ -305,10 +305,10 @@ class EntitlementService:
             SnapshotRepository(s).delete_all(found.id)
             return found.id
 
-        deleted = await self.d.writing(tx)
+        deleted = await self.deps.writing(tx)
         if deleted is None:
             raise EntitlementNotFound(id_or_feature_key, owner_ref)
-        self.d.changed_owner(namespace, owners[-1])
+        self.deps.changed_owner(namespace, owners[-1])
         log.info("entitlement_deleted", entitlement_id=deleted, owner=owners[-1].key)
 
 

@@ -77,7 +77,7 @@ def _validate(spec: GrantInput) -> None:
 
 class GrantService:
     def __init__(self, deps: Deps) -> None:
-        self.d = deps
+        self.deps = deps
 
     def validate(self, spec: GrantInput) -> None:
         """The checks `create` makes before it writes anything (a 400 naming the field)."""
@@ -85,7 +85,7 @@ class GrantService:
 
     async def create(self, namespace: str, owner_ref: OwnerRef, id_or_feature_key: str, spec: GrantInput) -> Grant:
         _validate(spec)
-        now = self.d.clock.now()
+        now = self.deps.clock.now()
         recurrence = (
             UsagePeriod(spec.recurrence_interval, spec.recurrence_anchor or spec.effective_at)
             if spec.recurrence_interval is not None
@@ -95,12 +95,12 @@ class GrantService:
         owners: list[Owner] = []
 
         def tx(s: Session) -> Grant:
-            ents = EntitlementRepository(s, lock_rows=self.d.db.locks_rows)
+            ents = EntitlementRepository(s, lock_rows=self.deps.db.locks_rows)
             ent = find_entitlement(ents, namespace, owner_ref, id_or_feature_key, for_update=True)
             _require_metered(ent, id_or_feature_key, owner_ref)
             assert ent is not None
             owners.append(owner_of(s, ent))
-            quotas.check_grants(s, self.d.quotas, ent.id)
+            quotas.check_grants(s, self.deps.quotas, ent.id)
             grant = Grant(
                 id=new_id(),
                 namespace=namespace,
@@ -123,8 +123,8 @@ class GrantService:
             SnapshotRepository(s).delete_from(ent.id, grant.effective_at)
             return grant
 
-        grant = await self.d.writing(tx)
-        self.d.changed_owner(namespace, owners[-1])
+        grant = await self.deps.writing(tx)
+        self.deps.changed_owner(namespace, owners[-1])
         log.info("grant_created", grant_id=grant.id, entitlement_id=grant.entitlement_id, amount=str(grant.amount))
         return grant
 
@@ -138,7 +138,7 @@ class GrantService:
             grants = GrantRepository(s).for_entitlement(ent.id)
             return [g for g in grants if include_voided or g.voided_at is None]
 
-        return await self.d.reading(tx)
+        return await self.deps.reading(tx)
 
     async def search(
         self,
@@ -163,7 +163,7 @@ class GrantService:
                 offset=offset,
             )
 
-        return await self.d.reading(tx)
+        return await self.deps.reading(tx)
 
     async def count(
         self,
@@ -186,11 +186,11 @@ class GrantService:
                 ),
             )
 
-        return await self.d.reading(tx)
+        return await self.deps.reading(tx)
 
     async def void(self, namespace: str, grant_id: str) -> Grant:
         """The grant's balance ends now; usage already burnt from it stays burnt."""
-        now = self.d.clock.now()
+        now = self.deps.clock.now()
 
         owners: list[Owner] = []
 
@@ -199,7 +199,7 @@ class GrantService:
             found = grants.get(namespace, grant_id)
             if found is None:
                 raise GrantNotFound(grant_id)
-            ents = EntitlementRepository(s, lock_rows=self.d.db.locks_rows)
+            ents = EntitlementRepository(s, lock_rows=self.deps.db.locks_rows)
             ent = ents.get(namespace, found.entitlement_id, for_update=True)
             owners.extend(() if ent is None else (owner_of(s, ent),))
             found = grants.get(namespace, grant_id)  # re-read under the entitlement lock
@@ -213,9 +213,9 @@ class GrantService:
             assert voided is not None
             return voided
 
-        voided = await self.d.writing(tx)
+        voided = await self.deps.writing(tx)
         for owner in owners:
-            self.d.changed_owner(namespace, owner)
+            self.deps.changed_owner(namespace, owner)
         log.info("grant_voided", grant_id=grant_id, entitlement_id=voided.entitlement_id)
         return voided
 

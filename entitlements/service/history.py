@@ -108,7 +108,7 @@ async def balance_history(
     size: WindowSize,
     tz: ZoneInfo,
 ) -> History:
-    now = balances.d.clock.now()
+    now = balances.deps.clock.now()
     end = end or now
     loaded = await balances.load_metered(namespace, owner, entitlement_id, start or end)
     assert loaded.inputs is not None

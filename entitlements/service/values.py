@@ -79,9 +79,9 @@ class CachedBalances:
     def __init__(self, balances: BalanceService, cache: BalanceCache | None) -> None:
         self.balances = balances
         self.cache = cache
-        self.d = balances.d
+        self.deps = balances.deps
         if cache is not None:
-            self.d.change_listeners.append(cache.invalidate_subject)
+            self.deps.change_listeners.append(cache.invalidate_subject)
 
     async def value(
         self,
@@ -93,12 +93,12 @@ class CachedBalances:
         fresh: bool = False,
     ) -> FreshValue:
         if at is not None:
-            as_of = self.d.wall_clock.now()
+            as_of = self.deps.wall_clock.now()
             return FreshValue(await self.balances.value(namespace, subject, id_or_feature_key, at), as_of, False)
-        now = self.d.clock.now()
+        now = self.deps.clock.now()
         if self.cache is None:
             value = await self.balances.value(namespace, subject, id_or_feature_key, now)
-            return FreshValue(value, self.d.wall_clock.now(), False)
+            return FreshValue(value, self.deps.wall_clock.now(), False)
         entry = self.cache.get(namespace, subject, id_or_feature_key, now)
         if entry is not None and not fresh:
             return FreshValue(entry.value, entry.as_of, True, entry.body)
@@ -114,14 +114,14 @@ class CachedBalances:
         """The cached value at "now", or None (no await: bulk reads answer their warm items in one pass)."""
         if self.cache is None:
             return None
-        entry = self.cache.get(namespace, subject, id_or_feature_key, self.d.clock.now())
+        entry = self.cache.get(namespace, subject, id_or_feature_key, self.deps.clock.now())
         return None if entry is None else FreshValue(entry.value, entry.as_of, True)
 
     async def compute(self, namespace: str, subject: OwnerRef, id_or_feature_key: str, now: datetime) -> FreshValue:
         """Compute from scratch at `now` and store the result (unless a change raced with it)."""
         assert self.cache is not None
         token = self.cache.token()
-        as_of = self.d.wall_clock.now()
+        as_of = self.deps.wall_clock.now()
         value, loaded, computed = await self.balances.value_detail(namespace, subject, id_or_feature_key, now)
         await self._store(namespace, subject, id_or_feature_key, loaded, computed, value, now, as_of, token)
         return FreshValue(value, as_of, False)
@@ -131,13 +131,13 @@ class CachedBalances:
     ) -> list[FreshValue | MetergateError]:
         """Values at "now" for many items in a few queries (entitlements.service.bulk), stored in the cache;
         an item the bulk path cannot answer goes through the single read (which names its error)."""
-        now = self.d.clock.now()
+        now = self.deps.clock.now()
         token = None if self.cache is None else self.cache.token()
-        as_of = self.d.wall_clock.now()
-        loaded = await self.d.in_thread(lambda: bulk.load_many(self.d, namespace, items))
+        as_of = self.deps.wall_clock.now()
+        loaded = await self.deps.in_thread(lambda: bulk.load_many(self.deps, namespace, items))
         ready = [x for x in loaded if isinstance(x, Loaded)]
         try:
-            computed = dict(zip(map(id, ready), await bulk.compute_many(self.d, ready, now), strict=True))
+            computed = dict(zip(map(id, ready), await bulk.compute_many(self.deps, ready, now), strict=True))
         except Unavailable:
             # ClickHouse is down: item by item, each may still answer from the cache with its own asOf.
             loaded = [None if isinstance(x, Loaded) and needs_usage(x, now) else x for x in loaded]
@@ -176,7 +176,7 @@ class CachedBalances:
         ent = loaded.entitlement
         event_type = None
         if ent.type is EntitlementType.METERED:
-            meter = await self.d.meters.get_meter(namespace, loaded.feature.meter_slug or "")
+            meter = await self.deps.meters.get_meter(namespace, loaded.feature.meter_slug or "")
             if meter is None:
                 return
             event_type = meter.event_type
