@@ -170,3 +170,51 @@ CUSTOMER_BODY = obj(
     updatedAt=INSTANT,
     deletedAt=MAYBE_INSTANT,
 )
+
+CHANNEL = obj(
+    ["id", "type", "name", "url", "disabled", "createdAt", "updatedAt"],
+    id=STRING,
+    type={"type": "string", "enum": ["WEBHOOK"]},
+    name=STRING,
+    url=STRING,
+    customHeaders={"type": "object", "additionalProperties": STRING},
+    disabled={"type": "boolean"},
+    signingSecret=STRING,
+    createdAt=INSTANT,
+    updatedAt=INSTANT,
+    deletedAt=MAYBE_INSTANT,
+)
+RULE = obj(
+    ["id", "type", "name", "disabled", "channels", "features", "createdAt", "updatedAt"],
+    id=STRING,
+    type={"type": "string", "enum": ["entitlements.balance.threshold", "entitlements.reset"]},
+    name=STRING,
+    disabled={"type": "boolean"},
+    channels={"type": "array", "items": obj(["id", "type"], id=STRING, type=STRING, name=STRING)},
+    features={"type": "array", "items": obj(["id"], id=STRING)},
+    thresholds={"type": "array", "items": obj(["type", "value"], type=STRING, value=NUMBER)},
+    createdAt=INSTANT,
+    updatedAt=INSTANT,
+    deletedAt=MAYBE_INSTANT,
+)
+NOTIFICATION_EVENT = obj(
+    ["id", "type", "createdAt", "rule", "deliveryStatus", "payload"],
+    id=STRING,
+    type=STRING,
+    createdAt=INSTANT,
+    rule=obj(["id"], id=STRING),
+    deliveryStatus={
+        "type": "array",
+        "items": obj(
+            ["channel", "state", "reason", "updatedAt", "attempts"],
+            channel=obj(["id", "type"], id=STRING, type=STRING),
+            state={"type": "string", "enum": ["PENDING", "SENDING", "SUCCESS", "FAILED"]},
+            reason=STRING,
+            updatedAt=INSTANT,
+            attempts={"type": "integer"},
+            nextAttemptAt=INSTANT,
+            history={"type": "array"},
+        ),
+    },
+    payload={"type": "object"},
+)

@@ -16,6 +16,7 @@ from common.usage import MeterRef
 from entitlements.db.migrate import upgrade_database
 from entitlements.service import Entitlements, build_entitlements
 from tests.support.entitlement_fakes import FakeMeters, FakeUsage, entitlements_app
+from tests.support.openapi_check import validating_hook
 
 T0 = datetime(2024, 1, 1, tzinfo=UTC)
 
@@ -63,8 +64,11 @@ async def env(tmp_path: Path) -> AsyncIterator[Env]:
     clock = FrozenClock(T0)
     usage = FakeUsage()
     ents = build_entitlements(url, meters=FakeMeters(), usage=usage, clock=clock)
-    transport = httpx.ASGITransport(app=entitlements_app(ents))
-    async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+    app = entitlements_app(ents)
+    hooks = {"response": [validating_hook(app)]}  # every success body against its published schema
+    async with httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=app), base_url="http://test", event_hooks=hooks
+    ) as client:
         yield Env(ents, client, clock, usage)
     ents.close()
 
