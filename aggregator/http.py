@@ -18,7 +18,7 @@ from fastapi.responses import Response
 from aggregator.query import InvalidQuery, Row, csv_text, params_from_mapping, result_body
 from aggregator.service import MeterService
 from aggregator.sql import Query
-from common import exactjson
+from common import exactjson, http
 from common.cloudevents import decode_json
 from common.errors import Unavailable
 from common.http import Namespace
@@ -30,7 +30,7 @@ def render(value: Any) -> bytes:
 
 
 def json_response(value: Any, status_code: int = 200) -> Response:
-    return Response(render(value), status_code=status_code, media_type="application/json")
+    return http.json_response(value, status_code)
 
 
 def meter_service(request: Request) -> MeterService:

@@ -14,6 +14,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, Header, Path, Query, Request
 from fastapi.responses import Response
 
+from common import http
 from common.cloudevents import parse_time
 from common.errors import InvalidInput, Unavailable
 from common.http import Namespace
@@ -25,7 +26,6 @@ from entitlements.schemas import (
     GrantCreateBody,
     GrantV2CreateBody,
     ResetBody,
-    encode,
     page_of,
     parse_body,
 )
@@ -60,8 +60,7 @@ def services(request: Request) -> Entitlements:
 Ents = Annotated[Entitlements, Depends(services)]
 
 
-def json_response(body: Any, status: int = 200) -> Response:
-    return Response(encode(body), status_code=status, media_type="application/json")
+json_response = http.json_response  # the one JSON answer (common.http)
 
 
 def parse_instant(value: str | None, field: str) -> datetime | None:

@@ -6,7 +6,6 @@ Decimals as JSON numbers digit for digit, so amounts never pass through a float.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from decimal import Decimal
 from typing import Any, Literal, TypeVar
@@ -20,72 +19,8 @@ from common.errors import InvalidInput
 # ---- JSON with exact decimals ----
 
 
-MAX_JSON_DEPTH = 32
-
-
-def decode_body(body: bytes) -> Any:
-    """JSON with every number a Decimal; refuses NaN/Infinity, non-UTF-8 and nesting past MAX_JSON_DEPTH
-    (checked before parsing: the recursive parser would otherwise fail deep inside itself)."""
-    check_depth(body, MAX_JSON_DEPTH)
-    try:
-        value = json.loads(body, parse_float=Decimal, parse_constant=_no_constant)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise InvalidInput(f"malformed JSON: {exc}") from None
-    except RecursionError:
-        raise InvalidInput(f"JSON nested deeper than {MAX_JSON_DEPTH} levels") from None
-    check_strings(value)
-    return value
-
-
-def check_strings(value: Any) -> None:
-    """No string (or key) may hold a NUL or a lone surrogate (`"\\ud800"`): neither database stores them
-    faithfully (PostgreSQL refuses both), so they are a 400 here rather than a 500 at the insert."""
-    if isinstance(value, str):
-        if "\x00" in value:
-            raise InvalidInput("strings must not contain NUL characters")
-        try:
-            value.encode("utf-8")
-        except UnicodeEncodeError:
-            raise InvalidInput("strings must be valid Unicode (a lone surrogate escape was sent)") from None
-    elif isinstance(value, dict):
-        for key, item in value.items():
-            check_strings(key)
-            check_strings(item)
-    elif isinstance(value, list):
-        for item in value:
-            check_strings(item)
-
-
-_OPENERS = frozenset(b"[{")
-_CLOSERS = frozenset(b"]}")
-
-
-def check_depth(body: bytes, limit: int) -> None:
-    """Raise InvalidInput if arrays/objects nest deeper than `limit` (string contents are skipped)."""
-    if body.count(b"[") + body.count(b"{") <= limit:
-        return
-    depth = 0
-    in_string = escaped = False
-    for byte in body:
-        if in_string:
-            if escaped:
-                escaped = False
-            elif byte == 0x5C:  # backslash
-                escaped = True
-            elif byte == 0x22:  # quote
-                in_string = False
-        elif byte == 0x22:
-            in_string = True
-        elif byte in _OPENERS:
-            depth += 1
-            if depth > limit:
-                raise InvalidInput(f"JSON nested deeper than {limit} levels")
-        elif byte in _CLOSERS:
-            depth -= 1
-
-
-def _no_constant(name: str) -> Any:
-    raise ValueError(f"{name} is not a number")
+MAX_JSON_DEPTH = exactjson.MAX_JSON_DEPTH
+decode_body = exactjson.loads_decimal  # the request bodies' decoder (common/exactjson.py)
 
 
 decimal_text = exactjson.decimal_text  # the one exact rendering (common/exactjson.py)

@@ -13,6 +13,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, Path, Query, Request
 from fastapi.responses import Response
 
+from common import http
 from common.cloudevents import parse_time
 from common.errors import Unavailable
 from common.http import Namespace
@@ -21,7 +22,7 @@ from entitlements.notifications.domain import ChannelInput, DeliveryState, Event
 from entitlements.notifications.service import NotificationService, Page
 from entitlements.notifications.watcher import NotificationWatcher
 from entitlements.openapi import CHANNEL, NOTIFICATION_EVENT, RULE, ok, page
-from entitlements.schemas import decode_body, encode
+from entitlements.schemas import decode_body
 
 MAX_PAGE_SIZE = 1000
 
@@ -52,8 +53,7 @@ EventId = Annotated[str, Path(alias="eventId", max_length=64)]
 router = APIRouter(prefix="/api/v1/notification", tags=["notifications"])
 
 
-def json_response(body: Any, status: int = 200) -> Response:
-    return Response(encode(body), status_code=status, media_type="application/json")
+json_response = http.json_response  # the one JSON answer (common.http)
 
 
 def paged(page: Page, page_no: int, page_size: int, render: Any) -> Response:
