@@ -52,15 +52,44 @@ class ClickHouseUsageReader:
         group_by_filters: Mapping[str, str],
         boundaries: Sequence[datetime],
     ) -> list[Decimal]:
-        bounds = tuple(ceil_to_millisecond(b.astimezone(UTC)) for b in boundaries)
-        if len(bounds) < 2:
-            return []
-        if any(a > b for a, b in itertools.pairwise(bounds)):
-            raise InvalidQuery("usage window boundaries must not decrease", field="boundaries")
-        out = [Decimal(0)] * (len(bounds) - 1)
-        subjects = tuple(subject_list(subject))
-        if bounds[0] == bounds[-1] or not subjects:  # no subjects: no usage (never "every subject")
-            return out
+        bounds = _bounds(boundaries)
+        out = [Decimal(0)] * max(0, len(bounds) - 1)
+        windows = await self._windows(namespace, meter_slug, tuple(subject_list(subject)), group_by_filters, bounds)
+        for _, i, value in windows or ():
+            out[i] = value
+        return out
+
+    async def usage_by_subject(
+        self,
+        namespace: str,
+        meter_slug: str,
+        subjects: Sequence[str],
+        group_by_filters: Mapping[str, str],
+        boundaries: Sequence[datetime],
+    ) -> dict[str, list[Decimal]]:
+        bounds = _bounds(boundaries)
+        wanted = tuple(dict.fromkeys(subjects))
+        out: dict[str, list[Decimal]] = {}
+        for subject, i, value in (
+            await self._windows(namespace, meter_slug, wanted, group_by_filters, bounds, True) or ()
+        ):
+            assert subject is not None
+            out.setdefault(subject, [Decimal(0)] * (len(bounds) - 1))[i] = value
+        return out
+
+    async def _windows(
+        self,
+        namespace: str,
+        meter_slug: str,
+        subjects: tuple[str, ...],
+        group_by_filters: Mapping[str, str],
+        bounds: tuple[datetime, ...],
+        per_subject: bool = False,
+    ) -> list[tuple[str | None, int, Decimal]] | None:
+        """(subject, window index, value) rows of one query; None when there is nothing to ask: fewer than
+        two bounds, an empty range, or no subjects (never "every subject")."""
+        if len(bounds) < 2 or bounds[0] == bounds[-1] or not subjects:
+            return None
         meter = await self.meters.get(namespace, meter_slug)
         unknown = sorted(set(group_by_filters) - set(meter.group_by))
         if unknown:
@@ -73,49 +102,11 @@ class ClickHouseUsageReader:
             boundaries=bounds,
             subjects=subjects,
             filters=tuple(sorted(group_by_filters.items())),
-            group_subject=False,
+            group_subject=per_subject,
         )
         # A repeated boundary makes an empty window; rows land in the last window starting there.
         window_at = {b: i for i, b in enumerate(bounds[:-1])}
-        for row in await self.meters.run(q):
-            out[window_at[row.window_start]] = row.value
-        return out
-
-    async def usage_by_subject(
-        self,
-        namespace: str,
-        meter_slug: str,
-        subjects: Sequence[str],
-        group_by_filters: Mapping[str, str],
-        boundaries: Sequence[datetime],
-    ) -> dict[str, list[Decimal]]:
-        bounds = tuple(ceil_to_millisecond(b.astimezone(UTC)) for b in boundaries)
-        wanted = tuple(dict.fromkeys(subjects))
-        if len(bounds) < 2 or not wanted or bounds[0] == bounds[-1]:
-            return {}
-        if any(a > b for a, b in itertools.pairwise(bounds)):
-            raise InvalidQuery("usage window boundaries must not decrease", field="boundaries")
-        meter = await self.meters.get(namespace, meter_slug)
-        unknown = sorted(set(group_by_filters) - set(meter.group_by))
-        if unknown:
-            raise InvalidQuery(f"unknown group-by key(s) {', '.join(unknown)} for meter {meter.slug}", field="filters")
-        q = sql.Query(
-            meter=meter,
-            namespace=namespace,
-            start=bounds[0],
-            end=bounds[-1],
-            boundaries=bounds,
-            subjects=wanted,
-            filters=tuple(sorted(group_by_filters.items())),
-            group_subject=True,
-        )
-        window_at = {b: i for i, b in enumerate(bounds[:-1])}
-        out: dict[str, list[Decimal]] = {}
-        for row in await self.meters.run(q):
-            assert row.subject is not None
-            windows = out.setdefault(row.subject, [Decimal(0)] * (len(bounds) - 1))
-            windows[window_at[row.window_start]] = row.value
-        return out
+        return [(row.subject, window_at[row.window_start], row.value) for row in await self.meters.run(q)]
 
     async def stored_after(
         self, namespace: str, meter_slug: str, subject: Subjects, *, before: datetime, after: datetime
@@ -128,3 +119,10 @@ class ClickHouseUsageReader:
         except MeterNotFound:
             return True  # cannot tell: treat the snapshot as stale (a recomputation is always correct)
         return await asyncio.to_thread(self.meters.repository.stored_after, meter, namespace, subjects, before, after)
+
+
+def _bounds(boundaries: Sequence[datetime]) -> tuple[datetime, ...]:
+    bounds = tuple(ceil_to_millisecond(b.astimezone(UTC)) for b in boundaries)
+    if any(a > b for a, b in itertools.pairwise(bounds)):
+        raise InvalidQuery("usage window boundaries must not decrease", field="boundaries")
+    return bounds
