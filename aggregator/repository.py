@@ -59,9 +59,8 @@ class ClickHouseMeterRepository:
         self.ch.command(sql.meters_table_ddl(self.db))
         self.ch.command(sql.inserted_at_ddl(self.db))
         # One shared rollup table fed by one routing view, whatever the number of meters (README).
-        self.ch.command(routing.rollups_table_ddl(self.db))
-        self.ch.command(routing.routes_table_ddl(self.db))
-        self.ch.command(routing.router_view_ddl(self.db))
+        for stmt in routing.schema_ddl(self.db):
+            self.ch.command(stmt)
         # Parts written before the column existed would compute DEFAULT now64() at read time (always
         # "after" any cutover); materialise it once so old rows carry a fixed, earlier insert time.
         rows = self.ch.rows(

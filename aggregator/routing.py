@@ -1,21 +1,23 @@
 """SQL for the shared rollup (pure): one routing view feeds every meter, so an insert costs the same
 whatever the number of meters (see README "Ingest cost independent of the number of meters").
 
-- `meter_routes` (Join engine, in memory, persisted): one row per live meter rollup, keyed by
+- `meter_routes` (Join engine, in memory, persisted): one row per live meter build, keyed by
   (namespace, event type) (`''` = a config meter, every namespace), with the meter's aggregation, its
   JSONPaths as segment arrays, its cutover and eventFrom.
 - `meter_router`, the one materialized view on `events`: joins each inserted event to its routes (a hash
   lookup; an event of a type no meter counts drops out there), extracts the value and group values along
-  the route's paths (the same value rule as `sql.value_exprs`, over the same raw JSON text), and writes
-  states for the minute and the hour tier into
-- `meter_rollups` (AggregatingMergeTree): rows keyed by (rollup_id, tier, namespace, subject, time,
-  groups), one state column per aggregation kind (only the meter's own ones are non-empty).
+  the route's paths (the same value rule as `sql.value_exprs`, over the same raw JSON text) and passes
+  one row per (event, meter) to `meter_routed` (a Null table), where
+- one view per aggregation family (`FAMILIES`) turns its meters' rows into minute and hour states in
+  `meter_rollups` (COUNT, SUM, AVG), `meter_rollups_minmax`, `meter_rollups_unique`, `meter_rollups_latest`:
+  rows keyed by (rollup_id, tier, namespace, subject, time, groups).
 - `meter_rollup_<id>` / `meter_rollup_<id>_hour`: plain views (no insert cost), one pair per meter, with
   the per-meter columns dashboards and `sql.build_query` read (`minute`|`hour`, `group_<key>`, `value`).
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from aggregator.jsonpath import Segment
@@ -42,6 +44,7 @@ from common.events_table import EVENTS_TABLE
 
 ROLLUPS_TABLE = "meter_rollups"
 ROUTES_TABLE = "meter_routes"
+ROUTED_TABLE = "meter_routed"
 ROUTER_VIEW = "meter_router"
 TIER_CODE = {"minute": 0, "hour": 1}
 AGG_CODE = {
@@ -53,7 +56,54 @@ AGG_CODE = {
     Aggregation.UNIQUE_COUNT: 6,
     Aggregation.LATEST: 7,
 }
-# The shared state column holding each per-meter state column ("value", "value_count") per aggregation.
+
+
+@dataclass(frozen=True, slots=True)
+class Family:
+    """A shared rollup table for some aggregations, with the states they need (and no others: a state
+    column costs its construction for every row written, even when empty)."""
+
+    table: str
+    aggregations: tuple[Aggregation, ...]
+    states: tuple[tuple[str, str, str], ...]  # (column, type, state expression over the routed rows)
+
+
+_A = AGG_CODE
+FAMILIES = (
+    Family(
+        ROLLUPS_TABLE,
+        (Aggregation.COUNT, Aggregation.SUM, Aggregation.AVG),
+        (
+            ("value_sum", f"AggregateFunction(sum, {DEC_TYPE})", f"sumStateIf(v, agg != {_A[Aggregation.COUNT]})"),
+            ("value_count", "AggregateFunction(count)", f"countStateIf(agg != {_A[Aggregation.SUM]})"),
+        ),
+    ),
+    Family(
+        ROLLUPS_TABLE + "_minmax",
+        (Aggregation.MIN, Aggregation.MAX),
+        (
+            ("value_min", f"AggregateFunction(min, {DEC_TYPE})", f"minStateIf(v, agg = {_A[Aggregation.MIN]})"),
+            ("value_max", f"AggregateFunction(max, {DEC_TYPE})", f"maxStateIf(v, agg = {_A[Aggregation.MAX]})"),
+        ),
+    ),
+    Family(
+        ROLLUPS_TABLE + "_unique",
+        (Aggregation.UNIQUE_COUNT,),
+        (("value_unique", "AggregateFunction(uniqExact, String)", "uniqExactState(text)"),),
+    ),
+    Family(
+        ROLLUPS_TABLE + "_latest",
+        (Aggregation.LATEST,),
+        (
+            (
+                "value_latest",
+                f"AggregateFunction(argMax, {DEC_TYPE}, {LATEST_KEY_TYPE})",
+                "argMaxState(v, tuple(time, source, id))",
+            ),
+        ),
+    ),
+)
+# The shared column holding each per-meter state column ("value", "value_count") per aggregation.
 _SHARED = {
     Aggregation.COUNT: {"value": "value_count"},
     Aggregation.SUM: {"value": "value_sum"},
@@ -63,14 +113,12 @@ _SHARED = {
     Aggregation.UNIQUE_COUNT: {"value": "value_unique"},
     Aggregation.LATEST: {"value": "value_latest"},
 }
-_STATES = [
-    ("value_sum", f"AggregateFunction(sum, {DEC_TYPE})"),
-    ("value_count", "AggregateFunction(count)"),
-    ("value_min", f"AggregateFunction(min, {DEC_TYPE})"),
-    ("value_max", f"AggregateFunction(max, {DEC_TYPE})"),
-    ("value_unique", "AggregateFunction(uniqExact, String)"),
-    ("value_latest", f"AggregateFunction(argMax, {DEC_TYPE}, {LATEST_KEY_TYPE})"),
-]
+
+
+def family(aggregation: Aggregation) -> Family:
+    return next(f for f in FAMILIES if aggregation in f.aggregations)
+
+
 NO_EVENT_FROM = datetime(1970, 1, 1, tzinfo=UTC)
 
 
@@ -79,10 +127,11 @@ def rollup_id(meter: Meter, cutover: datetime) -> str:
     return f"{meter.id}_{int(cutover.timestamp() * 1000)}"
 
 
-def rollups_table_ddl(database: str) -> str:
-    states = ",\n".join(f"    {name} {typ}" for name, typ in _STATES)
+def rollups_table_ddl(database: str, fam: Family) -> str:
+    states = ",\n".join(f"    {name} {typ}" for name, typ, _ in fam.states)
+    kinds = ", ".join(a.value for a in fam.aggregations)
     return f"""
-CREATE TABLE IF NOT EXISTS {qualified(database, ROLLUPS_TABLE)}
+CREATE TABLE IF NOT EXISTS {qualified(database, fam.table)}
 (
     rollup_id String COMMENT 'meter id _ cutover (ms): one per build of a meter',
     tier UInt8 COMMENT '0 = minute rows, 1 = hour rows',
@@ -96,7 +145,27 @@ ENGINE = AggregatingMergeTree
 PARTITION BY toYYYYMM(time)
 ORDER BY (rollup_id, tier, namespace, subject, time, groups)
 SETTINGS non_replicated_deduplication_window = {ROLLUP_DEDUPLICATION_WINDOW}
-COMMENT 'minute and hour rollups of every meter (read through the meter_rollup_<id> views)'
+COMMENT {literal("minute and hour rollups of the " + kinds + " meters (read through the meter_rollup_<id> views)")}
+"""
+
+
+def routed_table_ddl(database: str) -> str:
+    """What the router passes on: one row per (event, meter) with its value; stores nothing (Null)."""
+    return f"""
+CREATE TABLE IF NOT EXISTS {qualified(database, ROUTED_TABLE)}
+(
+    rollup_id String,
+    agg UInt8,
+    namespace String,
+    subject String,
+    time DateTime64(3, 'UTC'),
+    source String,
+    id String,
+    groups Array(String),
+    v {DEC_TYPE},
+    text String
+)
+ENGINE = Null
 """
 
 
@@ -195,27 +264,40 @@ def router_view_ddl(database: str) -> str:
         f"if(agg IN ({count}, {unique}), toDecimal128(0, 9), {num_value}) AS v, {text} AS text "
         f"FROM ({extracted}) WHERE {valid}"
     )
-    a = AGG_CODE
-    states = (
-        f"sumStateIf(v, agg IN ({a[Aggregation.SUM]}, {a[Aggregation.AVG]})) AS value_sum, "
-        f"countStateIf(agg IN ({a[Aggregation.COUNT]}, {a[Aggregation.AVG]})) AS value_count, "
-        f"minStateIf(v, agg = {a[Aggregation.MIN]}) AS value_min, "
-        f"maxStateIf(v, agg = {a[Aggregation.MAX]}) AS value_max, "
-        f"uniqExactStateIf(text, agg = {a[Aggregation.UNIQUE_COUNT]}) AS value_unique, "
-        f"argMaxStateIf(v, tuple(time, source, id), agg = {a[Aggregation.LATEST]}) AS value_latest"
-    )
-    # 4. both tiers from the same rows (ARRAY JOIN after the extraction: the JSON is parsed once).
-    grouped = (
-        f"SELECT rollup_id, tier, namespace, if(tier = 0, toStartOfMinute(time), toStartOfHour(time)) AS bucket, "
-        f"subject, groups, {states} FROM ({values}) ARRAY JOIN [0, 1] AS tier "
-        f"GROUP BY rollup_id, tier, namespace, bucket, subject, groups"
-    )
-    columns = ", ".join(name for name, _ in _STATES)
+    # 4. per aggregation family, the states for both tiers (`family_view_ddl`).
     return (
         f"CREATE MATERIALIZED VIEW IF NOT EXISTS {qualified(database, ROUTER_VIEW)} "
-        f"TO {qualified(database, ROLLUPS_TABLE)} AS "
+        f"TO {qualified(database, ROUTED_TABLE)} AS {values}"
+    )
+
+
+def family_view_ddl(database: str, fam: Family) -> str:
+    """The family's states for both tiers from the routed rows of its meters (ARRAY JOIN after the
+    extraction: the JSON was parsed once per event and meter)."""
+    codes = ", ".join(str(AGG_CODE[a]) for a in fam.aggregations)
+    states = ", ".join(f"{expr} AS {name}" for name, _, expr in fam.states)
+    grouped = (
+        f"SELECT rollup_id, tier, namespace, if(tier = 0, toStartOfMinute(time), toStartOfHour(time)) AS bucket, "
+        f"subject, groups, {states} FROM {qualified(database, ROUTED_TABLE)} ARRAY JOIN [0, 1] AS tier "
+        f"WHERE agg IN ({codes}) GROUP BY rollup_id, tier, namespace, bucket, subject, groups"
+    )
+    columns = ", ".join(name for name, _, _ in fam.states)
+    return (
+        f"CREATE MATERIALIZED VIEW IF NOT EXISTS {qualified(database, fam.table + '_mv')} "
+        f"TO {qualified(database, fam.table)} AS "
         f"SELECT rollup_id, tier, namespace, bucket AS time, subject, groups, {columns} FROM ({grouped})"
     )
+
+
+def schema_ddl(database: str) -> list[str]:
+    """Every statement of the shared rollup, in order (idempotent)."""
+    return [
+        *(rollups_table_ddl(database, f) for f in FAMILIES),
+        routes_table_ddl(database),
+        routed_table_ddl(database),
+        *(family_view_ddl(database, f) for f in FAMILIES),
+        router_view_ddl(database),
+    ]
 
 
 def group_expr_over(raw: str) -> str:
@@ -230,7 +312,7 @@ def meter_view_ddl(database: str, meter: Meter, rid: str, tier: Tier) -> str:
     cols = ", ".join(["namespace", f"time AS {tier.column}", "subject", *groups, *states])
     return (
         f"CREATE OR REPLACE VIEW {qualified(database, tier_table(meter, tier))} AS SELECT {cols} "
-        f"FROM {qualified(database, ROLLUPS_TABLE)} WHERE rollup_id = {literal(rid)} "
+        f"FROM {qualified(database, family(meter.aggregation).table)} WHERE rollup_id = {literal(rid)} "
         f"AND tier = {TIER_CODE[tier.column]}"
     )
 
@@ -252,7 +334,7 @@ def backfill_sql(database: str, meter: Meter, cutover: datetime, tier: Tier, mon
     ]
     target = ["rollup_id", "tier", "namespace", "time", "subject", "groups", *_SHARED[meter.aggregation].values()]
     return (
-        f"INSERT INTO {qualified(database, ROLLUPS_TABLE)} ({', '.join(target)}) "
+        f"INSERT INTO {qualified(database, family(meter.aggregation).table)} ({', '.join(target)}) "
         f"SELECT {', '.join(keys + states)} FROM {qualified(database, EVENTS_TABLE)} WHERE {where} "
         "GROUP BY namespace, bucket, subject, grp"
     )
@@ -274,7 +356,7 @@ def delete_rows_sql(database: str, meter: Meter, keep: str | None = None) -> str
     where = f"startsWith(rollup_id, {literal(meter.id + '_')})"
     if keep is not None:
         where += f" AND rollup_id != {literal(keep)}"
-    return f"ALTER TABLE {qualified(database, ROLLUPS_TABLE)} DELETE WHERE {where}"
+    return f"ALTER TABLE {qualified(database, family(meter.aggregation).table)} DELETE WHERE {where}"
 
 
 def drop_views_sql(database: str, meter: Meter) -> list[str]:
