@@ -10,34 +10,29 @@ Values are written as exact JSON numbers from Decimal (never through float).
 
 from __future__ import annotations
 
-from decimal import Decimal
 from typing import Annotated, Any
 
-import orjson
-from fastapi import APIRouter, Depends, Request
+from fastapi import APIRouter, Depends, Path, Request
 from fastapi.responses import Response
 
-from aggregator.query import InvalidQuery, Row, csv_text, decimal_text, params_from_mapping, result_body
+from aggregator.openapi import METER, QUERY_RESULT, STRINGS
+from aggregator.query import InvalidQuery, Row, csv_text, params_from_mapping, result_body
 from aggregator.service import MeterService
 from aggregator.sql import Query
+from common import exactjson, http
 from common.cloudevents import decode_json
 from common.errors import Unavailable
 from common.http import Namespace
+from common.openapi import ok
 
 
 def render(value: Any) -> bytes:
-    """JSON with Decimals as exact numbers (orjson would need float)."""
-    if isinstance(value, Decimal):
-        return decimal_text(value).encode()
-    if isinstance(value, dict):
-        return b"{" + b",".join(orjson.dumps(str(k)) + b":" + render(v) for k, v in value.items()) + b"}"
-    if isinstance(value, list | tuple):
-        return b"[" + b",".join(render(v) for v in value) + b"]"
-    return orjson.dumps(value)
+    """JSON with Decimals as exact numbers: the one encoding of every route (common.exactjson)."""
+    return exactjson.dumps(value)
 
 
 def json_response(value: Any, status_code: int = 200) -> Response:
-    return Response(render(value), status_code=status_code, media_type="application/json")
+    return http.json_response(value, status_code)
 
 
 def meter_service(request: Request) -> MeterService:
@@ -50,9 +45,15 @@ def meter_service(request: Request) -> MeterService:
 
 Meters = Annotated[MeterService, Depends(meter_service)]
 router = APIRouter(prefix="/api/v1/meters", tags=["meters"])
+QUERY_RESPONSES: dict[int | str, dict[str, Any]] = {
+    200: {
+        "description": "OK (JSON, or OpenMeter's CSV with `Accept: text/csv`)",
+        "content": {"application/json": {"schema": QUERY_RESULT}, "text/csv": {"schema": {"type": "string"}}},
+    }
+}
 
 
-@router.get("")
+@router.get("", responses=ok({"type": "array", "items": METER}))
 async def list_meters(namespace: Namespace, service: Meters) -> Response:
     """The namespace's meters. One whose rollups could not be built at start-up is listed with
     `"status": "FAILED"` and `statusReason` (it is not queryable and is retried at every start)."""
@@ -60,31 +61,40 @@ async def list_meters(namespace: Namespace, service: Meters) -> Response:
     return json_response([m.to_api() for m in await service.meters(namespace)] + failed)
 
 
-@router.post("")
+@router.post("", status_code=201, responses=ok(METER, 201))
 async def create_meter(request: Request, namespace: Namespace, service: Meters) -> Response:
     body = decode_json(await request.body())
     meter = await service.create(namespace, body)
     return json_response(meter.to_api(), status_code=201)
 
 
-@router.get("/{meterIdOrSlug}")
-async def get_meter(meterIdOrSlug: str, namespace: Namespace, service: Meters) -> Response:  # noqa: N803
-    return json_response((await service.get(namespace, meterIdOrSlug)).to_api())
+@router.get("/{meterIdOrSlug}", responses=ok(METER))
+async def get_meter(
+    meter_id_or_slug: Annotated[str, Path(alias="meterIdOrSlug")], namespace: Namespace, service: Meters
+) -> Response:
+    return json_response((await service.get(namespace, meter_id_or_slug)).to_api())
 
 
-@router.put("/{meterIdOrSlug}")
-async def update_meter(meterIdOrSlug: str, request: Request, namespace: Namespace, service: Meters) -> Response:  # noqa: N803
+@router.put("/{meterIdOrSlug}", responses=ok(METER))
+async def update_meter(
+    meter_id_or_slug: Annotated[str, Path(alias="meterIdOrSlug")],
+    request: Request,
+    namespace: Namespace,
+    service: Meters,
+) -> Response:
     """OpenMeter's MeterUpdate: `name` (default: the slug), `description`, `metadata`, `groupBy` (default:
     none) replace the meter's; slug, aggregation, eventType, valueProperty and eventFrom cannot change. New
     or changed group-by keys rebuild the rollup (backfilled from every stored event) before answering."""
     body = decode_json(await request.body())
-    meter = await service.update(namespace, meterIdOrSlug, body)
+    meter = await service.update(namespace, meter_id_or_slug, body)
     return json_response(meter.to_api())
 
 
 @router.delete("/{meterIdOrSlug}", status_code=204)
-async def delete_meter(meterIdOrSlug: str, namespace: Namespace, service: Meters) -> Response:  # noqa: N803
-    await service.delete(namespace, meterIdOrSlug)
+async def delete_meter(
+    meter_id_or_slug: Annotated[str, Path(alias="meterIdOrSlug")], namespace: Namespace, service: Meters
+) -> Response:
+    await service.delete(namespace, meter_id_or_slug)
     return Response(status_code=204)
 
 
@@ -104,18 +114,23 @@ def query_response(request: Request, q: Query, rows: list[Row]) -> Response:
     return json_response(result_body(q, rows))
 
 
-@router.get("/{meterIdOrSlug}/query")
-async def query_meter(meterIdOrSlug: str, request: Request, namespace: Namespace, service: Meters) -> Response:  # noqa: N803
+@router.get("/{meterIdOrSlug}/query", responses=QUERY_RESPONSES)
+async def query_meter(
+    meter_id_or_slug: Annotated[str, Path(alias="meterIdOrSlug")],
+    request: Request,
+    namespace: Namespace,
+    service: Meters,
+) -> Response:
     """Usage in windows. `Accept: text/csv` answers OpenMeter's CSV (window_start, window_end, [subject],
     group-by keys, value) instead of JSON."""
     params = params_from_mapping(list(request.query_params.multi_items()))
-    q, rows = await service.query(namespace, meterIdOrSlug, params)
+    q, rows = await service.query(namespace, meter_id_or_slug, params)
     return query_response(request, q, rows)
 
 
-@router.post("/{meterIdOrSlug}/query")
+@router.post("/{meterIdOrSlug}/query", responses=QUERY_RESPONSES)
 async def query_meter_post(
-    meterIdOrSlug: str,  # noqa: N803
+    meter_id_or_slug: Annotated[str, Path(alias="meterIdOrSlug")],
     request: Request,
     namespace: Namespace,
     service: Meters,
@@ -125,19 +140,21 @@ async def query_meter_post(
     if not isinstance(body, dict):
         raise InvalidQuery("the query body must be a JSON object", field=None)
     params = params_from_mapping(body)
-    q, rows = await service.query(namespace, meterIdOrSlug, params)
+    q, rows = await service.query(namespace, meter_id_or_slug, params)
     return query_response(request, q, rows)
 
 
-@router.get("/{meterIdOrSlug}/subjects")
-async def meter_subjects(meterIdOrSlug: str, namespace: Namespace, service: Meters) -> Response:  # noqa: N803
-    return json_response(await service.subjects(namespace, meterIdOrSlug))
+@router.get("/{meterIdOrSlug}/subjects", responses=ok(STRINGS))
+async def meter_subjects(
+    meter_id_or_slug: Annotated[str, Path(alias="meterIdOrSlug")], namespace: Namespace, service: Meters
+) -> Response:
+    return json_response(await service.subjects(namespace, meter_id_or_slug))
 
 
-@router.get("/{meterIdOrSlug}/group-by/{groupByKey}/values")
+@router.get("/{meterIdOrSlug}/group-by/{groupByKey}/values", responses=ok(STRINGS))
 async def group_by_values(
-    meterIdOrSlug: str,  # noqa: N803
-    groupByKey: str,  # noqa: N803
+    meter_id_or_slug: Annotated[str, Path(alias="meterIdOrSlug")],
+    group_by_key: Annotated[str, Path(alias="groupByKey")],
     request: Request,
     namespace: Namespace,
     service: Meters,
@@ -148,5 +165,7 @@ async def group_by_values(
     unknown = sorted(set(query) - {"from", "to"})
     if unknown:
         raise InvalidQuery(f"unknown query parameter {unknown[0]!r}", field=unknown[0])
-    values = await service.group_by_values(namespace, meterIdOrSlug, groupByKey, query.get("from"), query.get("to"))
+    values = await service.group_by_values(
+        namespace, meter_id_or_slug, group_by_key, query.get("from"), query.get("to")
+    )
     return json_response(values)

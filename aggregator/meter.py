@@ -20,7 +20,8 @@ from typing import Any
 import orjson
 
 from aggregator.jsonpath import MISSING, Segment, evaluate, parse_path
-from common.cloudevents import format_time, parse_time
+from common.clock import format_time
+from common.cloudevents import parse_time
 from common.errors import InvalidInput
 
 SLUG = re.compile(r"^[a-z0-9]+(?:[_-][a-z0-9]+)*$")

@@ -15,7 +15,8 @@ from typing import Any
 from aggregator.meter import Aggregation, Meter, WindowSize
 from aggregator.sql import Query
 from common import exactjson
-from common.cloudevents import MAX_EVENT_TIME, MIN_EVENT_TIME, format_time, parse_time
+from common.clock import format_time
+from common.cloudevents import MAX_EVENT_TIME, MIN_EVENT_TIME, parse_time
 from common.errors import InvalidInput
 from common.timezones import known_zone
 
@@ -37,6 +38,27 @@ class QueryParams:
     subjects: tuple[str, ...] = ()
     filter_group_by: tuple[tuple[str, str], ...] = ()
     group_by: tuple[str, ...] = ()
+    customers: tuple[str, ...] = ()  # filterCustomerId: ids (or keys)
+
+
+MAX_CUSTOMERS = 100
+CUSTOMER_ID = "customer_id"
+
+#: customer as asked -> (customer id, its attributed subject keys)
+Attributions = Mapping[str, tuple[str, tuple[str, ...]]]
+
+
+def check_customers(params: QueryParams) -> None:
+    """OpenMeter's rules (streaming/query_params.go): a customer_id group-by needs a customer filter, and several
+    customers need the customer_id group-by (else the answer would be ambiguous); at most 100 customers."""
+    if len(params.customers) > MAX_CUSTOMERS:
+        raise InvalidQuery(f"at most {MAX_CUSTOMERS} customers per query", field="filterCustomerId")
+    if CUSTOMER_ID in params.group_by and not params.customers:
+        raise InvalidQuery("customer filter is required with customer_id group by", field="groupBy")
+    if len(set(params.customers)) > 1 and CUSTOMER_ID not in params.group_by:
+        raise InvalidQuery(
+            "multiple customer filters are only allowed with customer_id group by", field="filterCustomerId"
+        )
 
 
 def check_time_zone(name: str) -> str:
@@ -47,9 +69,10 @@ def check_time_zone(name: str) -> str:
     return name
 
 
-def to_query(meter: Meter, namespace: str, params: QueryParams) -> Query:
+def to_query(meter: Meter, namespace: str, params: QueryParams, *, customers: Attributions | None = None) -> Query:
     """Without `from`/`to` a query has no time bound, as in OpenMeter: it reads every stored event (from the
-    meter's eventFrom) and its windows are not cut at 1970 or at now (see `Query.from_given`)."""
+    meter's eventFrom) and its windows are not cut at 1970 or at now (see `Query.from_given`).
+    `customers`: the attributions of `params.customers`, resolved by the caller (every one must be there)."""
     start = MIN_EVENT_TIME if params.start is None else _instant(params.start, "from")
     end = MAX_EVENT_TIME if params.end is None else _instant(params.end, "to")
     if not start < end:
@@ -67,10 +90,13 @@ def to_query(meter: Meter, namespace: str, params: QueryParams) -> Query:
         raise InvalidQuery(f"more than {MAX_WINDOWS} MINUTE windows: narrow from/to", field="windowSize")
     known = set(meter.group_by)
     group_subject = False
+    group_customer = False
     group_by: list[str] = []
     for key in params.group_by:
         if key == "subject":
             group_subject = True
+        elif key == CUSTOMER_ID and key not in known:
+            group_customer = True
         elif key not in known:
             raise InvalidQuery(unknown_key(meter, key), field="groupBy")
         elif key not in group_by:
@@ -79,6 +105,19 @@ def to_query(meter: Meter, namespace: str, params: QueryParams) -> Query:
         if key not in known:
             raise InvalidQuery(unknown_key(meter, key), field=f"filterGroupBy[{key}]")
     subjects = tuple(dict.fromkeys(s for s in params.subjects if s))
+    subject_groups: tuple[tuple[str, str], ...] = ()
+    check_customers(params)
+    if params.customers:
+        found = customers or {}
+        missing = [c for c in params.customers if c not in found]
+        if missing:
+            raise InvalidQuery(f"customer {missing[0]!r} not found", field="filterCustomerId")
+        pairs = {s: cid for c in dict.fromkeys(params.customers) for cid, subs in [found[c]] for s in subs}
+        if subjects:  # both filters: the subjects given that belong to these customers
+            pairs = {s: cid for s, cid in pairs.items() if s in subjects}
+        subjects = tuple(pairs) or (NO_SUBJECT,)
+        if group_customer and not group_subject:
+            subject_groups = tuple(pairs.items())
     return Query(
         meter=meter,
         namespace=namespace,
@@ -89,10 +128,16 @@ def to_query(meter: Meter, namespace: str, params: QueryParams) -> Query:
         subjects=subjects,
         filters=tuple(sorted(dict(params.filter_group_by).items())),
         group_by=tuple(group_by),
-        group_subject=group_subject or bool(subjects),
+        group_subject=group_subject or group_customer or bool(params.subjects),
+        subject_groups=subject_groups,
         from_given=params.start is not None,
         to_given=params.end is not None,
     )
+
+
+#: Stands for "no subject at all" in a subject filter (customers with no subjects): never a subject key, since
+#: subjects are non-empty.
+NO_SUBJECT = ""
 
 
 def unknown_key(meter: Meter, key: str) -> str:
@@ -126,6 +171,7 @@ class Row:
     subject: str | None
     group_by: dict[str, str]
     value: Decimal
+    customer_id: str | None = None
 
 
 def shape_rows(q: Query, rows: Sequence[Sequence[Any]]) -> list[Row]:
@@ -147,7 +193,10 @@ def shape_rows(q: Query, rows: Sequence[Sequence[Any]]) -> list[Row]:
                 ws = q.start if q.window is None else max(ws, q.start)
             if q.to_given:
                 we = q.end if q.window is None else min(we, q.end)
-        out.append(Row(ws, we, subject if q.group_subject else None, groups, value))
+        if q.subject_groups:  # grouped by customer: the key is the customer's id
+            out.append(Row(ws, we, None, groups, value, subject))
+        else:
+            out.append(Row(ws, we, subject if q.group_subject else None, groups, value))
     return out
 
 
@@ -168,6 +217,7 @@ def result_body(q: Query, rows: list[Row]) -> dict[str, Any]:
             "windowStart": format_time(r.window_start),
             "windowEnd": format_time(r.window_end),
             "subject": r.subject,
+            **({"customerId": r.customer_id} if r.customer_id is not None else {}),
             "groupBy": r.group_by,
         }
         for r in rows
@@ -201,11 +251,14 @@ def params_from_mapping(items: Mapping[str, Any] | Sequence[tuple[str, str]]) ->
     pairs: list[tuple[str, Any]] = list(items.items()) if isinstance(items, Mapping) else list(items)
     values: dict[str, Any] = {}
     subjects: list[str] = []
+    customers: list[str] = []
     group_by: list[str] = []
     filters: list[tuple[str, str]] = []
     for key, value in pairs:
         if key == "subject":
             subjects.extend(_strings(value, key))
+        elif key == "filterCustomerId":
+            customers.extend(_strings(value, key))
         elif key == "groupBy":
             group_by.extend(_strings(value, key))
         elif key == "filterGroupBy" and isinstance(value, dict):
@@ -224,6 +277,7 @@ def params_from_mapping(items: Mapping[str, Any] | Sequence[tuple[str, str]]) ->
         subjects=tuple(subjects),
         filter_group_by=tuple(filters),
         group_by=tuple(group_by),
+        customers=tuple(customers),
     )
 
 

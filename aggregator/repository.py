@@ -11,6 +11,7 @@ the per-meter design is moved to the router).
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -360,16 +361,26 @@ class ClickHouseMeterRepository:
             minute_rows=counts[sql.MINUTE.column], hour_rows=counts[sql.HOUR.column], subjects=int(subjects)
         )
 
-    def last_stored_at(self, meter: Meter, namespace: str, subject: str, before: datetime) -> datetime | None:
-        """When the subject's latest event of the meter's type before `before` was stored, or None."""
+    def stored_after(
+        self, meter: Meter, namespace: str, subjects: Sequence[str], before: datetime, after: datetime
+    ) -> bool:
+        """Was any event of the meter's type for these subjects, with time < before, stored after `after`?
+
+        Narrow on purpose: one filtered scan that stops at the first hit (~3 ms for 1M events of one subject
+        here), where max(stored_at) over the same rows costs ~40 ms and grows with history."""
         rows = self.ch.rows(
-            f"SELECT maxOrNull(stored_at) FROM {sql.qualified(self.db, EVENTS_TABLE)} "
-            "WHERE namespace = {ns:String} AND type = {ty:String} "
-            "AND subject = {s:String} AND time < {b:DateTime64(3, 'UTC')}",
-            parameters={"ns": namespace, "ty": meter.event_type, "s": subject, "b": before.astimezone(UTC)},
+            f"SELECT 1 FROM {sql.qualified(self.db, EVENTS_TABLE)} "
+            "WHERE namespace = {ns:String} AND type = {ty:String} AND subject IN {s:Array(String)} "
+            "AND time < {before:DateTime64(3, 'UTC')} AND stored_at > {after:DateTime64(3, 'UTC')} LIMIT 1",
+            parameters={
+                "ns": namespace,
+                "ty": meter.event_type,
+                "s": list(subjects),
+                "before": before.astimezone(UTC),
+                "after": after.astimezone(UTC),
+            },
         )
-        value = rows[0][0] if rows else None
-        return None if value is None else utc_from_storage(value)
+        return bool(rows)
 
     def query_rows(self, text: str, params: dict[str, Any]) -> list[tuple[Any, ...]]:
         return [tuple(r) for r in self.ch.rows(text, parameters=params)]

@@ -8,8 +8,10 @@ serialised in-process by a lock; the live-meter cache is refreshed after each mu
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import time
+from collections.abc import AsyncIterator
 from datetime import timedelta
 from typing import Any
 
@@ -17,12 +19,21 @@ import structlog
 
 from aggregator import sql
 from aggregator.meter import InvalidMeter, Meter, new_meter_id, parse_meter, validation_error
-from aggregator.query import InvalidQuery, QueryParams, Row, shape_rows, to_query, unknown_key
+from aggregator.query import (
+    NO_SUBJECT,
+    InvalidQuery,
+    QueryParams,
+    Row,
+    check_customers,
+    shape_rows,
+    to_query,
+    unknown_key,
+)
 from aggregator.repository import ClickHouseMeterRepository
-from common.clock import Clock, SystemClock
-from common.cloudevents import CloudEvent, format_time
+from common.clock import Clock, SystemClock, format_time
+from common.cloudevents import CloudEvent
 from common.errors import Conflict, NotFound
-from common.usage import MeterRef, MeterUseGuard
+from common.usage import CatalogLock, CustomerDirectory, MeterRef, MeterUseGuard
 
 log = structlog.get_logger(__name__)
 
@@ -102,10 +113,30 @@ class MeterService:
         self._meters: list[Meter] = []
         self._loaded_at = float("-inf")
         self._tier_stats: dict[str, tuple[float, sql.TierStats]] = {}
+        self.customers: CustomerDirectory | None = None
+        self.catalog_lock: CatalogLock | None = None
 
     def set_guard(self, guard: MeterUseGuard) -> None:
         """Entitlements register who uses meters (DELETE of a used meter: 409)."""
         self.guard = guard
+
+    def set_catalog_lock(self, lock: CatalogLock) -> None:
+        """Meter create, update and delete hold this lock too, so two API processes cannot create one slug twice."""
+        self.catalog_lock = lock
+
+    @contextlib.asynccontextmanager
+    async def _changing(self, namespace: str) -> AsyncIterator[None]:
+        """One catalogue change at a time: in this process, and across processes through `catalog_lock`."""
+        async with self._lock:
+            if self.catalog_lock is None:
+                yield
+            else:
+                async with self.catalog_lock.hold(f"metergate:meters:{namespace}"):
+                    yield
+
+    def set_customers(self, customers: CustomerDirectory) -> None:
+        """Entitlements provide customers' usage attribution (`filterCustomerId`, `groupBy=customer_id`)."""
+        self.customers = customers
 
     async def load(self) -> None:
         """Read the live meters (the API process; `metergate migrate` builds the rollups)."""
@@ -139,7 +170,7 @@ class MeterService:
 
     async def create(self, namespace: str, body: Any) -> Meter:
         meter = parse_meter(body, meter_id=new_meter_id(), namespace=namespace, created_at=self.clock.now())
-        async with self._lock:
+        async with self._changing(namespace):
             await self._refresh()
             mine = [m for m in await self.meters(namespace) if m.namespace == namespace]
             if any(m.slug == meter.slug for m in await self.meters(namespace)):
@@ -164,7 +195,7 @@ class MeterService:
                 f"field(s) {', '.join(unknown)} cannot be updated (only {', '.join(sorted(UPDATABLE))})",
                 field=unknown[0],
             )
-        async with self._lock:
+        async with self._changing(namespace):
             await self._refresh()
             current = await self.get(namespace, id_or_slug)
             if current.namespace is None:
@@ -194,7 +225,7 @@ class MeterService:
         return meter
 
     async def delete(self, namespace: str, id_or_slug: str) -> None:
-        async with self._lock:
+        async with self._changing(namespace):
             await self._refresh()
             meter = await self.get(namespace, id_or_slug)
             if meter.namespace is None:
@@ -208,7 +239,15 @@ class MeterService:
 
     async def query(self, namespace: str, id_or_slug: str, params: QueryParams) -> tuple[sql.Query, list[Row]]:
         meter = await self.get(namespace, id_or_slug)
-        q = to_query(meter, namespace, params)
+        found = None
+        if params.customers:
+            check_customers(params)
+            if self.customers is None:
+                raise InvalidQuery("customer filters need the entitlement service", field="filterCustomerId")
+            found = await self.customers.attributions(namespace, params.customers)
+        q = to_query(meter, namespace, params, customers=found)
+        if q.subjects == (NO_SUBJECT,):
+            return q, []  # the customers asked for have no subjects: no usage
         return q, await self.run(q)
 
     async def run(self, q: sql.Query) -> list[Row]:

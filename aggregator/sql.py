@@ -240,6 +240,9 @@ class Query:
     group_by: tuple[str, ...] = ()
     group_subject: bool = False
     hour_tier: bool = True  # False: whole hours from the minute table too (one table read fewer)
+    # (subject, customer id) pairs: with group_subject, rows group by customer instead of subject (exact for
+    # every aggregation: the states of a customer's subjects merge in the engine).
+    subject_groups: tuple[tuple[str, str], ...] = ()
     # Whether the request gave `from` / `to`. Without them the range is the whole event range, windows
     # are not clipped, and an unwindowed row spans the minutes of its events (`spans_events`).
     from_given: bool = True
@@ -319,7 +322,12 @@ def _select_keys(q: Query, ts: str, *, from_raw: bool) -> list[str]:
     start, end = _bucket(q, ts)
     keys = [f"{start} AS bucket", f"{end} AS bucket_end"]
     # Not named `subject`: ClickHouse lets aliases shadow columns in WHERE (`subject IN ...` would see '').
-    keys.append("subject AS subject_key" if q.group_subject else "'' AS subject_key")
+    if q.group_subject and q.subject_groups:
+        subjects = "[" + ", ".join(literal(s) for s, _ in q.subject_groups) + "]"
+        groups = "[" + ", ".join(literal(c) for _, c in q.subject_groups) + "]"
+        keys.append(f"transform(subject, {subjects}, {groups}, '') AS subject_key")
+    else:
+        keys.append("subject AS subject_key" if q.group_subject else "'' AS subject_key")
     segments = q.meter.group_segments()
     for key in q.group_by:
         col = ident(group_column(key))

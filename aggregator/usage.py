@@ -14,7 +14,8 @@ from decimal import Decimal
 
 from aggregator import sql
 from aggregator.query import InvalidQuery
-from aggregator.service import MeterService
+from aggregator.service import MeterNotFound, MeterService
+from common.usage import Subjects, subject_list
 
 
 def ceil_to_millisecond(t: datetime) -> datetime:
@@ -36,7 +37,7 @@ class ClickHouseUsageReader:
         self,
         namespace: str,
         meter_slug: str,
-        subject: str,
+        subject: Subjects,
         group_by_filters: Mapping[str, str],
         start: datetime,
         end: datetime,
@@ -47,18 +48,48 @@ class ClickHouseUsageReader:
         self,
         namespace: str,
         meter_slug: str,
-        subject: str,
+        subject: Subjects,
         group_by_filters: Mapping[str, str],
         boundaries: Sequence[datetime],
     ) -> list[Decimal]:
-        bounds = tuple(ceil_to_millisecond(b.astimezone(UTC)) for b in boundaries)
-        if len(bounds) < 2:
-            return []
-        if any(a > b for a, b in itertools.pairwise(bounds)):
-            raise InvalidQuery("usage window boundaries must not decrease", field="boundaries")
-        out = [Decimal(0)] * (len(bounds) - 1)
-        if bounds[0] == bounds[-1]:
-            return out
+        bounds = _bounds(boundaries)
+        out = [Decimal(0)] * max(0, len(bounds) - 1)
+        windows = await self._windows(namespace, meter_slug, tuple(subject_list(subject)), group_by_filters, bounds)
+        for _, i, value in windows or ():
+            out[i] = value
+        return out
+
+    async def usage_by_subject(
+        self,
+        namespace: str,
+        meter_slug: str,
+        subjects: Sequence[str],
+        group_by_filters: Mapping[str, str],
+        boundaries: Sequence[datetime],
+    ) -> dict[str, list[Decimal]]:
+        bounds = _bounds(boundaries)
+        wanted = tuple(dict.fromkeys(subjects))
+        out: dict[str, list[Decimal]] = {}
+        for subject, i, value in (
+            await self._windows(namespace, meter_slug, wanted, group_by_filters, bounds, True) or ()
+        ):
+            assert subject is not None
+            out.setdefault(subject, [Decimal(0)] * (len(bounds) - 1))[i] = value
+        return out
+
+    async def _windows(
+        self,
+        namespace: str,
+        meter_slug: str,
+        subjects: tuple[str, ...],
+        group_by_filters: Mapping[str, str],
+        bounds: tuple[datetime, ...],
+        per_subject: bool = False,
+    ) -> list[tuple[str | None, int, Decimal]] | None:
+        """(subject, window index, value) rows of one query; None when there is nothing to ask: fewer than
+        two bounds, an empty range, or no subjects (never "every subject")."""
+        if len(bounds) < 2 or bounds[0] == bounds[-1] or not subjects:
+            return None
         meter = await self.meters.get(namespace, meter_slug)
         unknown = sorted(set(group_by_filters) - set(meter.group_by))
         if unknown:
@@ -69,16 +100,29 @@ class ClickHouseUsageReader:
             start=bounds[0],
             end=bounds[-1],
             boundaries=bounds,
-            subjects=(subject,),
+            subjects=subjects,
             filters=tuple(sorted(group_by_filters.items())),
-            group_subject=False,
+            group_subject=per_subject,
         )
         # A repeated boundary makes an empty window; rows land in the last window starting there.
         window_at = {b: i for i, b in enumerate(bounds[:-1])}
-        for row in await self.meters.run(q):
-            out[window_at[row.window_start]] = row.value
-        return out
+        return [(row.subject, window_at[row.window_start], row.value) for row in await self.meters.run(q)]
 
-    async def last_stored_at(self, namespace: str, meter_slug: str, subject: str, before: datetime) -> datetime | None:
-        meter = await self.meters.get(namespace, meter_slug)
-        return await asyncio.to_thread(self.meters.repository.last_stored_at, meter, namespace, subject, before)
+    async def stored_after(
+        self, namespace: str, meter_slug: str, subject: Subjects, *, before: datetime, after: datetime
+    ) -> bool:
+        subjects = subject_list(subject)
+        if not subjects:
+            return False
+        try:
+            meter = await self.meters.get(namespace, meter_slug)
+        except MeterNotFound:
+            return True  # cannot tell: treat the snapshot as stale (a recomputation is always correct)
+        return await asyncio.to_thread(self.meters.repository.stored_after, meter, namespace, subjects, before, after)
+
+
+def _bounds(boundaries: Sequence[datetime]) -> tuple[datetime, ...]:
+    bounds = tuple(ceil_to_millisecond(b.astimezone(UTC)) for b in boundaries)
+    if any(a > b for a, b in itertools.pairwise(bounds)):
+        raise InvalidQuery("usage window boundaries must not decrease", field="boundaries")
+    return bounds

@@ -38,7 +38,6 @@ from common.logging import configure_logging
 from common.settings import ClickHouseSettings, LogSettings
 from entitlements.db.migrate import upgrade_database
 from entitlements.http import router
-from entitlements.late_events import ClickHouseLateEventProbe
 from entitlements.service import build_entitlements
 from ingest.sink.migrations import migrate_clickhouse
 
@@ -87,8 +86,8 @@ class TimedReader:
 
     def __init__(self, inner: ClickHouseUsageReader) -> None:
         self.inner = inner
-        self.seconds: dict[str, float] = {"usage_windows": 0.0, "last_stored_at": 0.0}
-        self.calls: dict[str, int] = {"usage_windows": 0, "last_stored_at": 0}
+        self.seconds: dict[str, float] = {"usage_windows": 0.0, "stored_after": 0.0}
+        self.calls: dict[str, int] = {"usage_windows": 0, "stored_after": 0}
 
     async def timed(self, name: str, coro: Any) -> Any:
         t = time.perf_counter()
@@ -104,8 +103,11 @@ class TimedReader:
     async def usage_windows(self, *args: Any) -> Any:
         return await self.timed("usage_windows", self.inner.usage_windows(*args))
 
-    async def last_stored_at(self, *args: Any, **kwargs: Any) -> Any:
-        return await self.timed("last_stored_at", self.inner.last_stored_at(*args, **kwargs))
+    async def usage_by_subject(self, *args: Any) -> Any:
+        return await self.inner.usage_by_subject(*args)
+
+    async def stored_after(self, *args: Any, **kwargs: Any) -> Any:
+        return await self.timed("stored_after", self.inner.stored_after(*args, **kwargs))
 
     def take(self) -> dict[str, float]:
         """Mean milliseconds per call since the last take."""
@@ -113,19 +115,6 @@ class TimedReader:
         self.seconds = dict.fromkeys(self.seconds, 0.0)
         self.calls = dict.fromkeys(self.calls, 0)
         return out
-
-
-class TimedProbe:
-    """The late-event probe the app wires (entitlements.late_events), timed into the reader's account."""
-
-    def __init__(self, inner: ClickHouseLateEventProbe, account: TimedReader) -> None:
-        self.inner = inner
-        self.account = account
-        account.seconds["stored_after"] = 0.0
-        account.calls["stored_after"] = 0
-
-    async def stored_after(self, *args: Any, **kwargs: Any) -> Any:
-        return await self.account.timed("stored_after", self.inner.stored_after(*args, **kwargs))
 
 
 def pct(samples: list[float], p: float) -> float:
@@ -168,8 +157,7 @@ async def main(events: int, reads: int) -> dict[str, Any]:
         upgrade_database(url)
         clock = FrozenClock(START)
         reader = TimedReader(ClickHouseUsageReader(meters))
-        probe = TimedProbe(ClickHouseLateEventProbe(ch, meters), reader)
-        ents = build_entitlements(url, meters=meters, usage=reader, clock=clock, late_events=probe)
+        ents = build_entitlements(url, meters=meters, usage=reader, clock=clock)
         transport = httpx.ASGITransport(app=app_for(ents))
         async with httpx.AsyncClient(transport=transport, base_url="http://bench") as c:
 

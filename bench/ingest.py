@@ -4,12 +4,14 @@
 2. the sink worker: decoding and validation of both CloudEvents bindings, in-batch and stored-key
    dedupe, ledger record, tokenised insert, commit;
 3. HTTP ingest: POST /api/v1/events in batches of 100 through `metergate dev` (embedded path) on
-   uvicorn, in a subprocess with its own chdb folder;
+   uvicorn, in a subprocess with its own chdb folder; twice with the body handling before the compiled
+   schema (tests/support/legacy_decoder.py) and twice with it, alternating ("before" and "after");
 4. the sink's event-loop ceiling: aiokafka consume alone, and consume + decode/validate on the same thread
    with no writes at all (what one Python worker could reach if writing cost nothing).
 
 Rates are events/s measured from the first message fetched to the last batch committed (the group
-join is excluded). Kafka is tansu on loopback unless KAFKA_BOOTSTRAP_SERVERS is set.
+join is excluded). `targets` repeats the ratios the sink issue set (sink / raw, consume + decode /
+consume only, HTTP after / before). Kafka is tansu on loopback unless KAFKA_BOOTSTRAP_SERVERS is set.
 
     python bench/ingest.py [--events 300000] [--http-events 50000]
 """
@@ -148,8 +150,22 @@ async def sink_worker(
     return total / elapsed, counters
 
 
-def http_ingest(events: int, batch: int = 100, concurrency: int = 32) -> dict[str, Any]:
-    """`metergate dev` in a subprocess (embedded path), driven by an httpx client with N connections."""
+# `metergate dev` with the POST route's body handling as it was before the compiled schema (the "before" of
+# the HTTP comparison): the same process, the same publisher, only the decoder differs.
+LEGACY_DEV = """
+import sys
+sys.path.insert(0, sys.argv.pop(1))
+import ingest.http
+from tests.support.legacy_decoder import legacy_events_from_body
+ingest.http.events_from_body = legacy_events_from_body
+from metergate.cli import main
+sys.exit(main())
+"""
+
+
+def http_ingest(events: int, batch: int = 100, concurrency: int = 32, *, legacy: bool = False) -> dict[str, Any]:
+    """`metergate dev` in a subprocess (embedded path), driven by an httpx client with N connections;
+    `legacy`: with the body handling before the compiled schema."""
     import httpx
 
     if not (ROOT / "metergate" / "app.py").exists():
@@ -158,8 +174,9 @@ def http_ingest(events: int, batch: int = 100, concurrency: int = 32) -> dict[st
     with tempfile.TemporaryDirectory(prefix="bench-dev-") as data_dir:
         env = {k: v for k, v in os.environ.items() if not k.startswith("METERGATE_")}
         env["METERGATE_LOG__LEVEL"] = "WARNING"
+        command = ["-c", LEGACY_DEV, str(ROOT)] if legacy else ["-m", "metergate"]
         proc = subprocess.Popen(
-            [sys.executable, "-m", "metergate", "dev", "--data-dir", data_dir, "--port", str(port)],
+            [sys.executable, *command, "dev", "--data-dir", data_dir, "--port", str(port)],
             cwd=ROOT,
             env=env,
             stdout=subprocess.DEVNULL,
@@ -259,7 +276,38 @@ async def kafka_part(events: int, batch: int) -> dict[str, Any]:
         # the event loop's ceiling: aiokafka alone, and aiokafka + decode/validate with no writes at all
         "consume_only_events_per_s": round(consume_only),
         "consume_and_decode_events_per_s": round(consume_decode),
+        "consume_and_decode_to_consume_only_ratio": round(consume_decode / consume_only, 3),
         "sink_to_consume_and_decode_ratio": round(sink / consume_decode, 3),
+    }
+
+
+def http_before_after(events: int, rounds: int = 2) -> dict[str, Any]:
+    """HTTP ingest with the body handling before the compiled schema and with it, alternating, `rounds`
+    times each; the best of each side (the machine is shared) and every run."""
+    runs: dict[str, list[dict[str, Any]]] = {"before": [], "after": []}
+    for _ in range(rounds):
+        for side in ("before", "after"):
+            runs[side].append(http_ingest(events, legacy=side == "before"))
+    rates = {side: [r.get("events_per_s", 0) for r in results] for side, results in runs.items()}
+    before, after = max(rates["before"]), max(rates["after"])
+    return {
+        "before_events_per_s": before,
+        "after_events_per_s": after,
+        "after_to_before_ratio": round(after / before, 3) if before else None,
+        "runs_events_per_s": rates,
+        "batch": 100,
+        "failed_requests": sum(r.get("failed_requests", 0) for results in runs.values() for r in results),
+    }
+
+
+def targets(result: dict[str, Any]) -> dict[str, Any]:
+    """The sink worker issue's targets, each with its measured ratio."""
+    http = result.get("http_ingest_batches_of_100", {})
+    return {
+        "sink_to_raw >= 0.6": result["sink_to_raw_ratio"],
+        "consume_and_decode_to_consume_only >= 0.75": result["consume_and_decode_to_consume_only_ratio"],
+        "http_after_to_before >= 1.5": http.get("after_to_before_ratio"),
+        "http_after_events_per_s >= 20000": http.get("after_events_per_s"),
     }
 
 
@@ -276,7 +324,10 @@ def main() -> None:
         "partitions": PARTITIONS,
     }
     result.update(asyncio.run(kafka_part(args.events, args.batch)))
-    result["http_ingest_batches_of_100"] = http_ingest(args.http_events) if args.http_events else {"skipped": True}
+    result["http_ingest_batches_of_100"] = (
+        http_before_after(args.http_events) if args.http_events else {"skipped": True}
+    )
+    result["targets"] = targets(result)
     print(json.dumps(result, indent=2))
 
 

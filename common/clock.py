@@ -66,3 +66,8 @@ class FrozenClock:
                 raise ValueError("the test clock only moves forward")
             self._now += delta
             return self._now
+
+
+def format_time(t: datetime) -> str:
+    """RFC 3339 in UTC with milliseconds, the form Metergate writes everywhere."""
+    return t.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.") + f"{t.microsecond // 1000:03d}Z"

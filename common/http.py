@@ -13,6 +13,7 @@ import orjson
 from fastapi import Depends, Request
 from fastapi.responses import Response
 
+from common import exactjson
 from common.errors import (
     Conflict,
     Forbidden,
@@ -70,3 +71,8 @@ def current_namespace(request: Request) -> str:
 
 
 Namespace = Annotated[str, Depends(current_namespace)]
+
+
+def json_response(body: Any, status: int = 200) -> Response:
+    """Every route's JSON answer: exact decimals and Metergate's instants (common.exactjson.dumps)."""
+    return Response(exactjson.dumps(body), status_code=status, media_type="application/json")

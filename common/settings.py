@@ -38,6 +38,11 @@ class KafkaSettings(BaseModel):
         description="retention `metergate migrate` sets on the events topic: it holds the only copy of accepted "
         "events until the sink writes them, so keep it past the sink's dedupe window (32 days) and any outage",
     )
+    notifications_topic: str = Field(
+        default="om_notifications",
+        description="ingest notifications and entitlement state changes, followed by every API process",
+    )
+    notifications_retention_hours: int = Field(default=24, ge=1)
 
 
 class DatabaseSettings(BaseModel):

@@ -8,6 +8,7 @@ half-open [start, end). Amounts are Decimal, never float.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 from datetime import datetime
 from decimal import Decimal
@@ -24,6 +25,14 @@ class MeterRef:
     group_by: Mapping[str, str] = field(default_factory=dict)  # name -> JSONPath
 
 
+#: One subject key, or several (a customer's subjects): their usage is summed.
+Subjects = str | tuple[str, ...]
+
+
+def subject_list(subject: Subjects) -> list[str]:
+    return [subject] if isinstance(subject, str) else list(subject)
+
+
 class MeterCatalog(Protocol):
     async def get_meter(self, namespace: str, slug: str) -> MeterRef | None: ...
 
@@ -33,38 +42,61 @@ class UsageReader(Protocol):
         self,
         namespace: str,
         meter_slug: str,
-        subject: str,
+        subject: Subjects,
         group_by_filters: Mapping[str, str],
         start: datetime,
         end: datetime,
     ) -> Decimal:
-        """The meter's aggregate over [start, end) for one subject, filtered by group-by values."""
+        """The meter's aggregate over [start, end) for the subject(s), filtered by group-by values."""
         ...
 
     async def usage_windows(
         self,
         namespace: str,
         meter_slug: str,
-        subject: str,
+        subject: Subjects,
         group_by_filters: Mapping[str, str],
         boundaries: Sequence[datetime],
     ) -> list[Decimal]:
         """Usage in each consecutive window [boundaries[i], boundaries[i+1]) in one round trip."""
         ...
 
-    async def last_stored_at(
+    async def usage_by_subject(
         self,
         namespace: str,
         meter_slug: str,
-        subject: str,
-        before: datetime,
-    ) -> datetime | None:
-        """The latest storage time among the subject's events of this meter's type with time < before.
-
-        A balance snapshot taken at wall time W for instant T is stale when this is later than W: an
-        event older than T arrived after the snapshot (a late event).
-        """
+        subjects: Sequence[str],
+        group_by_filters: Mapping[str, str],
+        boundaries: Sequence[datetime],
+    ) -> dict[str, list[Decimal]]:
+        """Each subject's usage in each window [boundaries[i], boundaries[i+1]), in one round trip (many
+        entitlements read at once); subjects with no usage may be absent."""
         ...
+
+    async def stored_after(
+        self, namespace: str, meter_slug: str, subject: Subjects, *, before: datetime, after: datetime
+    ) -> bool:
+        """Whether an event of the meter's type for the subject(s) with time < before was stored after `after`.
+
+        A balance snapshot taken at wall time W for instant T is stale when this is true for (T, W): an event
+        older than T arrived after the snapshot (a late event). An unknown meter answers True (cannot tell:
+        recomputing is always correct)."""
+        ...
+
+
+class CustomerDirectory(Protocol):
+    """Customers' usage attribution, for meter queries filtered or grouped by customer (entitlements implements it)."""
+
+    async def attributions(self, namespace: str, customers: Sequence[str]) -> dict[str, tuple[str, tuple[str, ...]]]:
+        """Customer id or key as asked -> (customer id, the subject keys whose usage is the customer's);
+        customers not found are absent."""
+        ...
+
+
+class CatalogLock(Protocol):
+    """Serialises changes to the meter catalogue across every API process (the state database provides it)."""
+
+    def hold(self, key: str) -> AbstractAsyncContextManager[None]: ...
 
 
 class MeterUseGuard(Protocol):

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
+import orjson
 from fastapi import APIRouter, Body, Depends, Header, Path, Request
 from fastapi.responses import Response
 from pydantic import BaseModel, ConfigDict, Field
@@ -17,6 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from common.errors import MetergateError
 from common.http import Namespace, status_for
 from entitlements.http import json_response, services, wants_fresh
+from entitlements.openapi import ACCESS, BULK_ACCESS
 from entitlements.service import Entitlements
 from entitlements.service.access import AccessItem, AccessResult, AccessService
 from entitlements.views import value_view
@@ -52,10 +54,12 @@ def _error(exc: MetergateError) -> dict[str, Any]:
     return {"status": status_for(exc), "title": exc.title, "detail": exc.message}
 
 
-def result_view(result: AccessResult) -> dict[str, Any]:
+def result_view(result: AccessResult) -> Any:
     if result.value is None:
         assert result.error is not None
         return {"error": _error(result.error)}
+    if result.value.body:  # from the cache: inserted as it was encoded when stored
+        return orjson.Fragment(result.value.body)
     return {**value_view(result.value.value), "asOf": result.value.as_of}
 
 
@@ -75,7 +79,11 @@ class BulkAccessBody(BaseModel):
 
 @router.get(
     "/api/v1/subjects/{subjectIdOrKey}/access",
-    responses={200: {"content": {"application/json": {"example": {"entitlements": {"gpt4": _VALUE_EXAMPLE}}}}}},
+    responses={
+        200: {
+            "content": {"application/json": {"schema": ACCESS, "example": {"entitlements": {"gpt4": _VALUE_EXAMPLE}}}}
+        }
+    },
 )
 async def subject_access(
     access: Access,
@@ -94,6 +102,7 @@ async def subject_access(
         200: {
             "content": {
                 "application/json": {
+                    "schema": BULK_ACCESS,
                     "example": {
                         "subjects": {
                             "customer-1": {"entitlements": {"gpt4": _VALUE_EXAMPLE, "sso": {"hasAccess": True}}},
@@ -105,7 +114,7 @@ async def subject_access(
                                 }
                             },
                         }
-                    }
+                    },
                 }
             }
         }
@@ -129,5 +138,5 @@ async def bulk_access(
         features = list(dict.fromkeys(body.features))
         items = [AccessItem(s, f) for s in subjects for f in features]
         for result in await access.check(namespace, items, fresh=fresh):
-            out.setdefault(result.item.subject, {})[result.item.id_or_feature_key] = result_view(result)
+            out.setdefault(str(result.item.subject), {})[result.item.id_or_feature_key] = result_view(result)
     return json_response({"subjects": {s: {"entitlements": e} for s, e in out.items()}})

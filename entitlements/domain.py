@@ -66,7 +66,64 @@ class UsagePeriod:
 
 
 @dataclass(frozen=True, slots=True)
+class Customer:
+    """A customer: its usage is the usage of its subjects (`subject_keys`, each in at most one active customer)."""
+
+    id: str
+    namespace: str
+    name: str
+    created_at: datetime
+    updated_at: datetime
+    key: str | None = None
+    description: str | None = None
+    metadata: dict[str, str] = field(default_factory=dict)
+    primary_email: str | None = None
+    currency: str | None = None
+    subject_keys: tuple[str, ...] = ()
+    deleted_at: datetime | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class CustomerRef:
+    """A customer as a request names it: its id or its key (OpenMeter's customerIdOrKey)."""
+
+    id_or_key: str
+
+
+#: Who a request's entitlement belongs to, as the request names it: a subject key (the v1 subject routes)
+#: or a customer (v2 and the customer routes). A subject that belongs to a customer stands for that customer.
+OwnerRef = str | CustomerRef
+
+
+@dataclass(frozen=True, slots=True)
+class Owner:
+    """Who an entitlement belongs to, resolved: a subject, or a customer with its current subjects.
+
+    `key` is what entitlements store as their owner (`Entitlement.subject_key`): the subject key, or the
+    customer's id. `subjects` are the subject keys whose usage counts (usage attribution).
+    """
+
+    key: str
+    customer: Customer | None
+    subjects: tuple[str, ...]
+
+    @property
+    def customer_id(self) -> str | None:
+        return None if self.customer is None else self.customer.id
+
+    @property
+    def label(self) -> str:
+        return f"subject {self.key!r}" if self.customer is None else f"customer {self.customer.key or self.key!r}"
+
+    @staticmethod
+    def of_subject(subject_key: str) -> Owner:
+        return Owner(subject_key, None, (subject_key,))
+
+
+@dataclass(frozen=True, slots=True)
 class Entitlement:
+    """`subject_key` is the owner: the subject's key, or the customer's id when `customer_id` is set."""
+
     id: str
     namespace: str
     subject_key: str
@@ -86,8 +143,14 @@ class Entitlement:
     issue_after_reset: Decimal | None = None
     issue_after_reset_priority: int = 1
     preserve_overage_at_reset: bool = False
-    # bumped by every change that can move a balance (grant, void, reset); snapshots record it
+    # bumped by every change that can move a balance (grant, void, reset, the customer's subjects)
     version: int = 0
+    customer_id: str | None = None
+
+    @property
+    def owner_ref(self) -> OwnerRef:
+        """How to name this entitlement's owner to the services (a subject key, or the customer)."""
+        return self.subject_key if self.customer_id is None else CustomerRef(self.customer_id)
 
 
 @dataclass(frozen=True, slots=True)
@@ -104,8 +167,8 @@ class Grant:
     amount: Decimal
     priority: int
     effective_at: datetime
-    expiration: Expiration
-    expires_at: datetime
+    expiration: Expiration | None  # None: never expires (the v2 API makes expiration optional)
+    expires_at: datetime | None
     created_at: datetime
     updated_at: datetime
     min_rollover_amount: Decimal = Decimal(0)
@@ -170,19 +233,53 @@ class MeterNotFound(InvalidInput):
         super().__init__(f"meter {slug!r} does not exist", meterSlug=slug)
 
 
+def _owner_text(owner: OwnerRef | Owner | None) -> str:
+    if owner is None:
+        return ""
+    if isinstance(owner, Owner):
+        return owner.label
+    if isinstance(owner, CustomerRef):
+        return f"customer {owner.id_or_key!r}"
+    return f"subject {owner!r}"
+
+
 class EntitlementNotFound(NotFound):
-    def __init__(self, entitlement: str, subject: str | None = None) -> None:
-        where = f" for subject {subject!r}" if subject else ""
+    def __init__(self, entitlement: str, owner: OwnerRef | Owner | None = None) -> None:
+        where = f" for {_owner_text(owner)}" if owner else ""
         super().__init__(f"entitlement {entitlement!r} not found{where}", entitlement=entitlement)
 
 
 class EntitlementExists(Conflict):
-    def __init__(self, subject: str, feature_key: str, existing_id: str) -> None:
+    def __init__(self, owner: OwnerRef | Owner, feature_key: str, existing_id: str) -> None:
         super().__init__(
-            f"subject {subject!r} already has an active entitlement for feature {feature_key!r}: {existing_id}",
+            f"{_owner_text(owner)} already has an active entitlement for feature {feature_key!r}: {existing_id}",
             conflictingEntityId=existing_id,
         )
         self.existing_id = existing_id
+
+
+class CustomerNotFound(NotFound):
+    def __init__(self, id_or_key: str) -> None:
+        super().__init__(f"customer {id_or_key!r} not found", customer=id_or_key)
+
+
+class CustomerKeyTaken(Conflict):
+    def __init__(self, key: str, existing_id: str) -> None:
+        super().__init__(
+            f"a customer with key {key!r} already exists ({existing_id})", key=key, conflictingEntityId=existing_id
+        )
+
+
+class SubjectTaken(Conflict):
+    """A subject belongs to at most one active customer."""
+
+    def __init__(self, subject_key: str, customer_id: str, customer_key: str | None) -> None:
+        name = f"{customer_id} (key {customer_key!r})" if customer_key else customer_id
+        super().__init__(
+            f"subject {subject_key!r} already belongs to customer {name}: remove it there first",
+            subjectKey=subject_key,
+            conflictingEntityId=customer_id,
+        )
 
 
 class NotMetered(InvalidInput):

@@ -12,7 +12,7 @@ from sqlalchemy import func, select, text
 from sqlalchemy.orm import Session
 
 from common.errors import Conflict
-from entitlements.db.models import EntitlementRow, FeatureRow, GrantRow
+from entitlements.db.models import CustomerRow, EntitlementRow, FeatureRow, GrantRow
 
 
 class QuotaSettings(BaseModel):
@@ -20,6 +20,8 @@ class QuotaSettings(BaseModel):
     entitlements_per_subject: int = Field(default=100, ge=1, description="active entitlements of one subject")
     grants_per_entitlement: int = Field(default=1000, ge=1, description="grants (voided ones too) of one entitlement")
     meters_per_namespace: int = Field(default=200, ge=1, description="meters defined through the API")
+    customers_per_namespace: int = Field(default=100_000, ge=1, description="active customers")
+    subjects_per_customer: int = Field(default=1000, ge=1, description="subject keys of one customer")
 
 
 class QuotaExceeded(Conflict):
@@ -64,3 +66,14 @@ def check_grants(session: Session, quotas: QuotaSettings, entitlement_id: str) -
     count = session.scalar(select(func.count()).select_from(GrantRow).where(GrantRow.entitlement_id == entitlement_id))
     if (count or 0) >= quotas.grants_per_entitlement:
         raise QuotaExceeded("grants per entitlement", quotas.grants_per_entitlement, "grants_per_entitlement")
+
+
+def check_customers(session: Session, quotas: QuotaSettings, namespace: str) -> None:
+    _serialise(session, f"quota:customers:{namespace}")
+    count = session.scalar(
+        select(func.count())
+        .select_from(CustomerRow)
+        .where(CustomerRow.namespace == namespace, CustomerRow.deleted_at.is_(None))
+    )
+    if (count or 0) >= quotas.customers_per_namespace:
+        raise QuotaExceeded("customers per namespace", quotas.customers_per_namespace, "customers_per_namespace")

@@ -6,136 +6,45 @@ Decimals as JSON numbers digit for digit, so amounts never pass through a float.
 
 from __future__ import annotations
 
-import json
-from collections.abc import Mapping, Sequence
-from datetime import datetime
+from collections.abc import Sequence
 from decimal import Decimal
 from typing import Any, Literal, TypeVar
 
-import orjson
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, ValidationError
+from pydantic.alias_generators import to_camel
 
 from common import exactjson
-from common.cloudevents import format_time
 from common.errors import InvalidInput
 
 # ---- JSON with exact decimals ----
 
 
-MAX_JSON_DEPTH = 32
-
-
-def decode_body(body: bytes) -> Any:
-    """JSON with every number a Decimal; refuses NaN/Infinity, non-UTF-8 and nesting past MAX_JSON_DEPTH
-    (checked before parsing: the recursive parser would otherwise fail deep inside itself)."""
-    check_depth(body, MAX_JSON_DEPTH)
-    try:
-        value = json.loads(body, parse_float=Decimal, parse_constant=_no_constant)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise InvalidInput(f"malformed JSON: {exc}") from None
-    except RecursionError:
-        raise InvalidInput(f"JSON nested deeper than {MAX_JSON_DEPTH} levels") from None
-    check_strings(value)
-    return value
-
-
-def check_strings(value: Any) -> None:
-    """No string (or key) may hold a NUL or a lone surrogate (`"\\ud800"`): neither database stores them
-    faithfully (PostgreSQL refuses both), so they are a 400 here rather than a 500 at the insert."""
-    if isinstance(value, str):
-        if "\x00" in value:
-            raise InvalidInput("strings must not contain NUL characters")
-        try:
-            value.encode("utf-8")
-        except UnicodeEncodeError:
-            raise InvalidInput("strings must be valid Unicode (a lone surrogate escape was sent)") from None
-    elif isinstance(value, dict):
-        for key, item in value.items():
-            check_strings(key)
-            check_strings(item)
-    elif isinstance(value, list):
-        for item in value:
-            check_strings(item)
-
-
-_OPENERS = frozenset(b"[{")
-_CLOSERS = frozenset(b"]}")
-
-
-def check_depth(body: bytes, limit: int) -> None:
-    """Raise InvalidInput if arrays/objects nest deeper than `limit` (string contents are skipped)."""
-    if body.count(b"[") + body.count(b"{") <= limit:
-        return
-    depth = 0
-    in_string = escaped = False
-    for byte in body:
-        if in_string:
-            if escaped:
-                escaped = False
-            elif byte == 0x5C:  # backslash
-                escaped = True
-            elif byte == 0x22:  # quote
-                in_string = False
-        elif byte == 0x22:
-            in_string = True
-        elif byte in _OPENERS:
-            depth += 1
-            if depth > limit:
-                raise InvalidInput(f"JSON nested deeper than {limit} levels")
-        elif byte in _CLOSERS:
-            depth -= 1
-
-
-def _no_constant(name: str) -> Any:
-    raise ValueError(f"{name} is not a number")
+MAX_JSON_DEPTH = exactjson.MAX_JSON_DEPTH
+decode_body = exactjson.loads_decimal  # the request bodies' decoder (common/exactjson.py)
 
 
 decimal_text = exactjson.decimal_text  # the one exact rendering (common/exactjson.py)
 
 
 def encode(value: Any) -> bytes:
-    """JSON bytes; Decimal becomes a number with exactly its digits, datetimes RFC 3339 UTC."""
-    return "".join(_encode(value)).encode()
-
-
-def _encode(value: Any) -> list[str]:
-    if isinstance(value, Decimal):
-        return [decimal_text(value)]
-    if isinstance(value, datetime):
-        return ['"', format_time(value), '"']
-    if isinstance(value, Mapping):
-        out = ["{"]
-        for i, (k, v) in enumerate(value.items()):
-            if i:
-                out.append(",")
-            out.append(orjson.dumps(str(k)).decode())
-            out.append(":")
-            out.extend(_encode(v))
-        out.append("}")
-        return out
-    if isinstance(value, list | tuple):
-        out = ["["]
-        for i, v in enumerate(value):
-            if i:
-                out.append(",")
-            out.extend(_encode(v))
-        out.append("]")
-        return out
-    return [orjson.dumps(value).decode()]
+    """JSON bytes; Decimal becomes a number with exactly its digits, datetimes RFC 3339 UTC (common.exactjson)."""
+    return exactjson.dumps(value)
 
 
 # ---- request bodies ----
 
 
 class _In(BaseModel):
-    model_config = ConfigDict(extra="ignore", frozen=True)
+    """Request bodies: snake_case attributes, OpenMeter's camelCase names on the wire (errors name those)."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True, alias_generator=to_camel, populate_by_name=True)
 
 
 class FeatureCreateBody(_In):
     key: str = Field(min_length=1, max_length=64)
     name: str = Field(min_length=1, max_length=256)
-    meterSlug: str | None = None  # noqa: N815 - OpenMeter's field name
-    meterGroupByFilters: dict[str, str] | None = None  # noqa: N815
+    meter_slug: str | None = None
+    meter_group_by_filters: dict[str, str] | None = None
     metadata: dict[str, str] | None = None
 
 
@@ -146,17 +55,17 @@ class UsagePeriodBody(_In):
 
 class EntitlementCreateBody(_In):
     type: Literal["boolean", "static", "metered"]
-    featureKey: str | None = None  # noqa: N815
-    featureId: str | None = None  # noqa: N815
+    feature_key: str | None = None
+    feature_id: str | None = None
     metadata: dict[str, str] | None = None
     config: Any = None
-    usagePeriod: UsagePeriodBody | None = None  # noqa: N815
-    measureUsageFrom: AwareDatetime | Literal["CURRENT_PERIOD_START", "NOW"] | None = None  # noqa: N815
-    isSoftLimit: bool = False  # noqa: N815
-    isUnlimited: bool = False  # noqa: N815
-    issueAfterReset: Decimal | None = None  # noqa: N815
-    issueAfterResetPriority: int = 1  # noqa: N815
-    preserveOverageAtReset: bool = False  # noqa: N815
+    usage_period: UsagePeriodBody | None = None
+    measure_usage_from: AwareDatetime | Literal["CURRENT_PERIOD_START", "NOW"] | None = None
+    is_soft_limit: bool = False
+    is_unlimited: bool = False
+    issue_after_reset: Decimal | None = None
+    issue_after_reset_priority: int = 1
+    preserve_overage_at_reset: bool = False
 
 
 class ExpirationBody(_In):
@@ -167,18 +76,59 @@ class ExpirationBody(_In):
 class GrantCreateBody(_In):
     amount: Decimal
     priority: int = 1
-    effectiveAt: AwareDatetime  # noqa: N815
+    effective_at: AwareDatetime
     expiration: ExpirationBody
-    minRolloverAmount: Decimal = Decimal(0)  # noqa: N815
-    maxRolloverAmount: Decimal = Decimal(0)  # noqa: N815
+    min_rollover_amount: Decimal = Decimal(0)
+    max_rollover_amount: Decimal = Decimal(0)
     recurrence: UsagePeriodBody | None = None
     metadata: dict[str, str] | None = None
 
 
+class UsageAttributionBody(_In):
+    subject_keys: list[str] = Field(default_factory=list, max_length=100_000)
+
+
+class CustomerBody(_In):
+    """OpenMeter's CustomerCreate / CustomerReplaceUpdate (billingAddress is accepted and not stored)."""
+
+    name: str = Field(min_length=1, max_length=256)
+    key: str | None = Field(default=None, min_length=1, max_length=256)
+    description: str | None = Field(default=None, max_length=4096)
+    metadata: dict[str, str] | None = None
+    usage_attribution: UsageAttributionBody | None = None
+    primary_email: str | None = None
+    currency: str | None = None
+
+
+class IssueBody(_In):
+    amount: Decimal
+    priority: int = 1
+
+
+class GrantV2CreateBody(_In):
+    """OpenMeter's EntitlementGrantCreateInputV2: `expiration` is optional (no expiration: the grant never expires)."""
+
+    amount: Decimal
+    priority: int = 1
+    effective_at: AwareDatetime
+    expiration: ExpirationBody | None = None
+    min_rollover_amount: Decimal = Decimal(0)
+    max_rollover_amount: Decimal = Decimal(0)
+    recurrence: UsagePeriodBody | None = None
+    metadata: dict[str, str] | None = None
+
+
+class EntitlementV2CreateBody(EntitlementCreateBody):
+    """OpenMeter's EntitlementV2CreateInputs: v1's fields plus `issue` and initial `grants` (metered)."""
+
+    issue: IssueBody | None = None
+    grants: list[GrantV2CreateBody] | None = Field(default=None, max_length=100)
+
+
 class ResetBody(_In):
-    effectiveAt: AwareDatetime | None = None  # noqa: N815
-    retainAnchor: bool = False  # noqa: N815
-    preserveOverage: bool | None = None  # noqa: N815
+    effective_at: AwareDatetime | None = None
+    retain_anchor: bool = False
+    preserve_overage: bool | None = None
 
 
 M = TypeVar("M", bound=BaseModel)

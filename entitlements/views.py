@@ -6,9 +6,10 @@ from datetime import datetime
 from typing import Any
 
 from entitlements import engine
-from entitlements.domain import Entitlement, EntitlementType, Feature, Grant
-from entitlements.service.balance import Value
+from entitlements.domain import Customer, Entitlement, EntitlementType, Feature, Grant
+from entitlements.service.balance import value_fields
 from entitlements.service.history import History
+from entitlements.service.owners import attribution
 from entitlements.service.terms import PeriodView, recurrence_of
 
 
@@ -27,13 +28,50 @@ def feature_view(f: Feature) -> dict[str, Any]:
     }
 
 
-def entitlement_view(e: Entitlement, period: PeriodView | None) -> dict[str, Any]:
+def customer_view(c: Customer) -> dict[str, Any]:
+    return {
+        "id": c.id,
+        "key": c.key,
+        "name": c.name,
+        "description": c.description,
+        "metadata": dict(c.metadata),
+        "usageAttribution": {"subjectKeys": list(c.subject_keys)},
+        "primaryEmail": c.primary_email,
+        "currency": c.currency,
+        "createdAt": c.created_at,
+        "updatedAt": c.updated_at,
+        "deletedAt": c.deleted_at,
+    }
+
+
+def subject_key_of(e: Entitlement, customer: Customer | None) -> str:
+    """v1's `subjectKey`: the subject's, or for a customer's entitlement its first attributed subject."""
+    if e.customer_id is None or customer is None:
+        return e.subject_key
+    subjects = attribution(customer)
+    return subjects[0] if subjects else customer.id
+
+
+def entitlement_v2_view(e: Entitlement, period: PeriodView | None, customer: Customer | None) -> dict[str, Any]:
+    """OpenMeter's EntitlementV2: the v1 shape with customerId/customerKey instead of subjectKey, and `issue`."""
+    out = entitlement_view(e, period, customer)
+    del out["subjectKey"]
+    out["customerId"] = e.customer_id
+    out["customerKey"] = customer.key if customer is not None else None
+    if e.type is EntitlementType.METERED:
+        out.pop("isUnlimited", None)
+        if e.issue_after_reset is not None:
+            out["issue"] = {"amount": e.issue_after_reset, "priority": e.issue_after_reset_priority}
+    return out
+
+
+def entitlement_view(e: Entitlement, period: PeriodView | None, customer: Customer | None = None) -> dict[str, Any]:
     out: dict[str, Any] = {
         "id": e.id,
         "type": e.type.value,
         "featureId": e.feature_id,
         "featureKey": e.feature_key,
-        "subjectKey": e.subject_key,
+        "subjectKey": subject_key_of(e, customer),
         "metadata": dict(e.metadata),
         "createdAt": e.created_at,
         "updatedAt": e.updated_at,
@@ -73,15 +111,17 @@ def grant_view(g: Grant, now: datetime) -> dict[str, Any]:
     next_recurrence = None
     if g.recurrence is not None:
         candidate = recurrence_of(g.recurrence).after(max(now, g.effective_at))
-        end = min(t for t in (g.expires_at, g.voided_at) if t is not None)
-        next_recurrence = candidate if candidate < end else None
+        end = min((t for t in (g.expires_at, g.voided_at) if t is not None), default=None)
+        next_recurrence = candidate if end is None or candidate < end else None
     return {
         "id": g.id,
         "entitlementId": g.entitlement_id,
         "amount": g.amount,
         "priority": g.priority,
         "effectiveAt": g.effective_at,
-        "expiration": {"duration": g.expiration.duration.value, "count": g.expiration.count},
+        "expiration": (
+            None if g.expiration is None else {"duration": g.expiration.duration.value, "count": g.expiration.count}
+        ),
         "expiresAt": g.expires_at,
         "minRolloverAmount": g.min_rollover_amount,
         "maxRolloverAmount": g.max_rollover_amount,
@@ -103,20 +143,7 @@ def grant_view(g: Grant, now: datetime) -> dict[str, Any]:
     }
 
 
-def value_view(v: Value) -> dict[str, Any]:
-    out: dict[str, Any] = {"hasAccess": v.has_access}
-    if v.balance is not None:
-        out.update(
-            {
-                "balance": v.balance,
-                "usage": v.usage,
-                "overage": v.overage,
-                "totalAvailableGrantAmount": v.total_available_grant_amount,
-            }
-        )
-    if v.config is not None:
-        out["config"] = v.config
-    return out
+value_view = value_fields  # OpenMeter's EntitlementValue fields (entitlements.service.balance)
 
 
 def history_view(h: History) -> dict[str, Any]:

@@ -28,6 +28,9 @@ class SinkSettings(BaseModel):
         description="namespace of events published straight to the topic without a namespace header",
     )
     max_partition_fetch_bytes: int = Field(default=4 * 1024 * 1024, ge=64 * 1024)
+    metrics_port: int = Field(
+        default=0, ge=0, le=65535, description="Prometheus metrics on this port (/metrics); 0 turns them off"
+    )
 
     def dedupe_window(self) -> timedelta:
         return timedelta(days=self.dedupe_window_days)

@@ -10,7 +10,8 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from common.cloudevents import CloudEvent, format_time
+from common.clock import format_time
+from common.cloudevents import CloudEvent
 
 STRUCTURED_CONTENT_TYPE = "application/cloudevents+json"
 NAMESPACE_HEADER = "namespace"

@@ -31,6 +31,7 @@ from common.errors import HeadersTooLarge, InvalidInput, MetergateError, Payload
 from common.http import PROBLEM_JSON, problem, problem_for
 from common.settings import AuthSettings
 from entitlements.access_http import router as access_router
+from entitlements.customers_http import router as customers_router
 from entitlements.http import router as entitlements_router
 from entitlements.notifications.http import router as notifications_router
 from ingest.http import router as events_router
@@ -46,6 +47,7 @@ ROUTERS: tuple[APIRouter, ...] = (
     meters_router,
     entitlements_router,
     access_router,
+    customers_router,
     notifications_router,
 )
 

@@ -13,8 +13,8 @@ import orjson
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import Response
 
-from common.clock import FrozenClock
-from common.cloudevents import EventValidationError, decode_json, format_time, parse_time
+from common.clock import FrozenClock, format_time
+from common.cloudevents import EventValidationError, decode_json, parse_time
 from common.errors import Conflict, InvalidInput
 from common.http import current_namespace
 from metergate.wiring import services_of

@@ -8,16 +8,52 @@ below; the aggregator and entitlements fill in their hook. `metergate dev` runs 
 from __future__ import annotations
 
 import asyncio
+import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
+from typing import TypeVar
 
 import structlog
 
 from common.clickhouse import ClickHouse, connect_clickhouse
+from common.errors import Unavailable
 from common.settings import DatabaseSettings, KafkaSettings
 from ingest.sink.migrations import create_topics, migrate_clickhouse
 from metergate.settings import MigrateSettings
 
 log = structlog.get_logger(__name__)
+
+T = TypeVar("T")
+
+
+def _transient(exc: BaseException) -> bool:
+    """A server not (yet) reachable: worth another try. Anything else (bad SQL, a refused topic) fails at once."""
+    if isinstance(exc, Unavailable | OSError):
+        return True
+    try:
+        from sqlalchemy.exc import OperationalError
+    except ImportError:  # pragma: no cover - sqlalchemy is a dependency
+        return False
+    return isinstance(exc, OperationalError)
+
+
+async def retrying(step: str, attempt: Callable[[], Awaitable[T]], retry_seconds: float) -> T:
+    """Run one migration step, retrying transient failures (a server still starting) with backoff for at most
+    `retry_seconds`; then fail with the last error, naming the step."""
+    deadline = time.monotonic() + retry_seconds
+    delay, tries = 0.5, 0
+    while True:
+        tries += 1
+        try:
+            return await attempt()
+        except Exception as exc:
+            if not _transient(exc) or time.monotonic() + delay > deadline:
+                if tries > 1:
+                    raise Unavailable(f"migrate: {step} still failing after {tries} tries: {exc}") from exc
+                raise
+            log.warning("migrate_step_retry", step=step, attempt=tries, retry_in_s=delay, error=str(exc)[:300])
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 5.0)
 
 
 def migrate_events_tables(ch: ClickHouse) -> None:
@@ -53,13 +89,25 @@ def migrate_entitlements_database(database: DatabaseSettings) -> None:
 
 
 async def run_migrations(settings: MigrateSettings, clickhouse: ClickHouse | None = None) -> None:
-    """Apply every step; safe to run again. Pass `clickhouse` to reuse an open embedded engine."""
-    ch = clickhouse if clickhouse is not None else await asyncio.to_thread(connect_clickhouse, settings.clickhouse)
+    """Apply every step; safe to run again. Pass `clickhouse` to reuse an open embedded engine.
+
+    A server that is not reachable yet (compose starting, a restart) is retried for `settings.retry_seconds`."""
+    wait = settings.retry_seconds
+    if clickhouse is not None:
+        ch = clickhouse
+    else:
+        ch = await retrying(
+            "connect to ClickHouse", lambda: asyncio.to_thread(connect_clickhouse, settings.clickhouse), wait
+        )
     try:
-        await asyncio.to_thread(migrate_events_tables, ch)
-        await create_kafka_topics(settings.kafka)
-        await asyncio.to_thread(migrate_meter_rollups, ch, settings.meters_file)
-        await asyncio.to_thread(migrate_entitlements_database, settings.database)
+        await retrying("events tables", lambda: asyncio.to_thread(migrate_events_tables, ch), wait)
+        await retrying("Kafka topics", lambda: create_kafka_topics(settings.kafka), wait)
+        await retrying(
+            "meter rollups", lambda: asyncio.to_thread(migrate_meter_rollups, ch, settings.meters_file), wait
+        )
+        await retrying(
+            "state database", lambda: asyncio.to_thread(migrate_entitlements_database, settings.database), wait
+        )
     finally:
         if clickhouse is None and not ch.embedded:
             ch.close()

@@ -64,3 +64,6 @@ class MigrateSettings(BaseSettings):
     database: DatabaseSettings = Field(default_factory=DatabaseSettings)
     log: LogSettings = Field(default_factory=LogSettings)
     meters_file: Path | None = None
+    retry_seconds: float = Field(
+        default=120, ge=0, description="how long each step retries a server that is not reachable yet, then fails"
+    )

@@ -30,6 +30,7 @@ if TYPE_CHECKING:
     from aggregator.service import MeterService
     from entitlements.notifications.http import Notifications
     from entitlements.service import Entitlements
+    from ingest.notification_stream import KafkaNotificationFollower, KafkaNotificationPublisher
     from metergate.settings import ApiServiceSettings
 
 log = structlog.get_logger(__name__)
@@ -49,8 +50,11 @@ class Services:
     meters: MeterService | None = None
     entitlements: Entitlements | None = None
     notifications: Notifications | None = None
-    # The ingest notification stream this process follows (in-process when the sink is embedded here).
+    # The ingest notification stream this process follows (in-process when the sink is embedded here), or,
+    # with Kafka, the notification topic's follower and this process's publisher of state changes.
     ingest_notifier: InProcessNotifier | None = None
+    notification_follower: KafkaNotificationFollower | None = None
+    notification_publisher: KafkaNotificationPublisher | None = None
     _closers: list[Closer] = field(default_factory=list, repr=False)
 
     def on_close(self, closer: Closer) -> None:
@@ -123,14 +127,44 @@ async def build_services(settings: ApiServiceSettings, *, clickhouse: ClickHouse
     )
     services.on_close(publisher.close)
     try:
+        if settings.kafka.bootstrap_servers is not None:
+            await _build_notification_stream(services, settings)
         meters = await _build_meters(services, settings)
         await _build_entitlements(services, settings, meters)
         if settings.notifications.enabled:
             await _build_notifications(services, settings)
+        if services.notification_follower is not None:
+            await services.notification_follower.start()  # every listener is attached by now
+            services.on_close(services.notification_follower.close)
     except BaseException:
         await services.close()  # nothing opened so far leaks
         raise
     return services
+
+
+async def _build_notification_stream(services: Services, settings: ApiServiceSettings) -> None:
+    """With Kafka: this process publishes its state changes (and a tick every second) to the notification
+    topic, and follows the topic for the sink workers' ingest notifications and the other API processes'
+    changes (ingest.notification_stream). The follower starts once every listener is attached."""
+    from aiokafka import AIOKafkaProducer
+
+    from ingest.notification_stream import KafkaNotificationFollower, KafkaNotificationPublisher
+
+    kafka = settings.kafka
+    producer = AIOKafkaProducer(
+        bootstrap_servers=kafka.bootstrap_servers,
+        client_id=f"{kafka.client_id}-notifications",
+        acks="all",
+        enable_idempotence=False,
+        linger_ms=0,
+    )
+    await producer.start()
+    services.on_close(producer.stop)
+    publisher = KafkaNotificationPublisher(producer, kafka.notifications_topic, tick_interval=1.0)
+    await publisher.start()
+    services.on_close(publisher.close)
+    services.notification_publisher = publisher
+    services.notification_follower = KafkaNotificationFollower(kafka, own_stream=publisher.stream)
 
 
 async def _build_meters(services: Services, settings: ApiServiceSettings) -> MeterService:
@@ -161,14 +195,23 @@ async def _build_entitlements(services: Services, settings: ApiServiceSettings, 
     """
     from aggregator.usage import ClickHouseUsageReader
     from entitlements.cache.store import BalanceCache
-    from entitlements.late_events import ClickHouseLateEventProbe
     from entitlements.service import build_entitlements
 
-    # The balance cache needs every state change and every committed batch: both are seen here only when
-    # the sink and chdb are embedded in this process (which makes it the only API process: one chdb owner).
-    # With Kafka, no notification stream reaches the API yet, so every value read computes.
+    # The balance cache needs every state change and every committed batch: in-process when the sink and chdb
+    # are embedded here (the only API process: one chdb owner); with Kafka, from the notification topic, which
+    # also carries the other API processes' changes. Until the follower sees its own first tick (and whenever
+    # it loses sight of the topic) the cache is suspended: every read computes.
     notifier = services.ingest_notifier
-    cache = BalanceCache() if notifier is not None and services.clickhouse.embedded else None
+    follower = services.notification_follower
+    cache = None
+    if (notifier is not None and services.clickhouse.embedded) or follower is not None:
+        cache = BalanceCache()
+    if follower is not None and cache is not None:
+        cache.suspend()
+        follower.usage_listeners.append(cache.on_ingest)
+        follower.change_listeners.append(cache.on_changes)
+        follower.blind_listeners.append(cache.suspend)
+        follower.sight_listeners.append(cache.resume)
 
     entitlements = await asyncio.to_thread(
         build_entitlements,
@@ -176,13 +219,16 @@ async def _build_entitlements(services: Services, settings: ApiServiceSettings, 
         meters=meters,
         usage=ClickHouseUsageReader(meters),
         clock=services.clock,
-        late_events=ClickHouseLateEventProbe(services.clickhouse, meters),
         cache=cache,
         quotas=settings.quotas,
     )
     if notifier is not None and cache is not None:
         notifier.subscribe(cache.on_ingest)
+    if services.notification_publisher is not None:
+        entitlements.deps.change_listeners.append(services.notification_publisher.change)
     meters.set_guard(entitlements.features)
+    meters.set_customers(entitlements.customers)
+    meters.set_catalog_lock(entitlements.deps.db)  # API replicas on one PostgreSQL change meters one at a time
     services.entitlements = entitlements
     services.on_close(lambda: asyncio.to_thread(entitlements.close))
 
@@ -207,11 +253,13 @@ async def _build_notifications(services: Services, settings: ApiServiceSettings)
     await watcher.start()
     services.on_close(watcher.close)
     # Evaluate whenever a value can change: every committed state change of a subject's entitlements, and
-    # every committed ingest batch (the stream the balance cache follows; embedded only, see above). Without
-    # the stream (Kafka), new usage is noticed by the sweep.
+    # every committed ingest batch (the stream the balance cache follows: in-process, or the Kafka topic,
+    # where every API process evaluates; the events' dedupe keys make one webhook of them).
     services.entitlements.deps.change_listeners.append(watcher.subject_changed)
     if services.ingest_notifier is not None:
         services.ingest_notifier.subscribe(watcher.on_ingest)
+    if services.notification_follower is not None:
+        services.notification_follower.usage_listeners.append(watcher.on_ingest)
     services.notifications = Notifications(service=service, watcher=watcher, dispatcher=dispatcher)
 
 

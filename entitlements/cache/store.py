@@ -4,12 +4,14 @@ An entry is the value of one entitlement at "now", answered without SQL or Click
 the value a computation from scratch would give. Three things can change that value; each is covered:
 
 - **State** (entitlement, grants, voids, resets, overrides, deletion): every write calls
-  `invalidate_subject` for the subject it touched, before its response is sent (and other replicas learn of
-  it through `entitlements.cache.replicas`).
+  `invalidate_subject` for the subject it touched, before its response is sent (other API processes learn of
+  it through the notification topic: `on_changes`).
 - **Usage**: ingest notifications (`common.ingest_notifications`) drop the entries of the (namespace, subject) whose
-  meter's event type got events. A gap or a restart in the notification sequence drops every entry;
-  a duplicate only drops again. Events whose time is still ahead of "now" when they are stored (future
-  event times) are remembered as spans; an entry is never valid past the start of such a span.
+  meter's event type got events. A gap or a new publisher (a restart) in the notification sequences drops
+  every entry; a duplicate only drops again. With Kafka, other API processes' state changes arrive on the
+  same topic (`on_changes`), and while the topic cannot be followed the cache is suspended (stores nothing).
+  Events whose time is still ahead of "now" when they are stored (future event times) are remembered as
+  spans; an entry is never valid past the start of such a span.
 - **Time**: an entry is valid on `[computed_for, valid_until)`, where `valid_until` is the next instant
   the engine knows changes the value (period end, grant activation, expiry, void, recurrence).
 
@@ -30,16 +32,20 @@ from __future__ import annotations
 import sys
 from collections import OrderedDict
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING
 
+from common.ingest_notifications import Seen, StreamTracker
+
 if TYPE_CHECKING:
     from common.ingest_notifications import IngestNotification
+    from entitlements.domain import CustomerRef
     from entitlements.service.balance import Value
 
-SubjectKey = tuple[str, str]  # (namespace, subject key)
-AliasKey = tuple[str, str, str]  # (namespace, subject as asked, entitlement id or feature key as asked)
+SubjectKey = tuple[str, str]  # (namespace, subject key, or a customer's id)
+# (namespace, subject or customer as asked, entitlement id or feature key as asked)
+AliasKey = tuple[str, "str | CustomerRef", str]
 
 MAX_SPANS_PER_KEY = 16
 CLOCK_SLACK = timedelta(minutes=1)
@@ -51,6 +57,9 @@ ENTRY_OVERHEAD_BYTES = 1650
 
 @dataclass(frozen=True, slots=True)
 class Entry:
+    """`subject_key`: the entitlement's owner (a subject, or a customer's id); `depends_on`: the other keys whose
+    invalidation drops the entry (a customer's subjects, whose events are its usage, and the subject asked)."""
+
     namespace: str
     subject_key: str
     entitlement_id: str
@@ -59,15 +68,21 @@ class Entry:
     computed_for: datetime  # the service-clock instant the value is the value at
     valid_until: datetime | None  # the next instant the value may change by itself; None = never
     as_of: datetime  # wall time when the computation began: every event stored before it is counted
+    depends_on: tuple[str, ...] = ()
     size: int = 0
+    body: bytes = b""  # the value route's JSON body (OpenMeter's fields and asOf), encoded once when stored
 
     def valid_at(self, now: datetime) -> bool:
         return self.computed_for <= now and (self.valid_until is None or now < self.valid_until)
 
+    @property
+    def keys(self) -> tuple[str, ...]:
+        return (self.subject_key, *(k for k in self.depends_on if k != self.subject_key))
 
-def estimate_size(namespace: str, subject_key: str, entitlement_id: str, value: Value) -> int:
-    text = namespace + subject_key + entitlement_id + (value.config or "")
-    return ENTRY_OVERHEAD_BYTES + sys.getsizeof(text)
+
+def estimate_size(namespace: str, subject_key: str, entitlement_id: str, value: Value, *more: str) -> int:
+    text = namespace + subject_key + entitlement_id + (value.config or "") + "".join(more)
+    return ENTRY_OVERHEAD_BYTES + sys.getsizeof(text) + 8 * len(more)
 
 
 @dataclass
@@ -119,8 +134,8 @@ class BalanceCache:
         self._floor = 0
         self._future: dict[tuple[str, str, str], _Spans] = {}
         self._high_water: datetime | None = None
-        self._stream: str | None = None
-        self._sequence = 0
+        self._streams = StreamTracker()
+        self._suspended = False
 
     # ---- reads ----
 
@@ -135,8 +150,11 @@ class BalanceCache:
         """Take before reading state or usage for a value that may be `put` afterwards."""
         return self._generation
 
-    def get(self, namespace: str, subject: str, id_or_feature_key: str, now: datetime) -> Entry | None:
+    def get(self, namespace: str, subject: str | CustomerRef, id_or_feature_key: str, now: datetime) -> Entry | None:
         self._observe(now)
+        if self._suspended:
+            self.stats.misses += 1
+            return None
         key = self._aliases.get((namespace, subject, id_or_feature_key))
         entry = None if key is None else self._entries.get(key)
         if entry is None or not entry.valid_at(now):
@@ -149,28 +167,34 @@ class BalanceCache:
     # ---- writes ----
 
     def put(self, entry: Entry, aliases: Iterable[AliasKey], token: int) -> bool:
-        """Store `entry` (found under every alias) unless its subject changed since `token` was taken."""
-        subject = (entry.namespace, entry.subject_key)
+        """Store `entry` (found under every alias) unless one of its keys changed since `token` was taken."""
+        subjects = [(entry.namespace, k) for k in entry.keys]
         self._observe(entry.computed_for)
-        if token < self._floor or self._invalidated.get(subject, -1) > token:
+        if self._suspended:
+            return False
+        if token < self._floor or any(self._invalidated.get(subject, -1) > token for subject in subjects):
             self.stats.refused += 1
             return False
         mark = self._mark()
         if mark is not None and entry.computed_for < mark:
             return False  # the clock was moved back: see the module docstring
         if entry.event_type is not None:
-            spans = self._future.get((entry.namespace, entry.subject_key, entry.event_type))
-            nxt = None if spans is None else spans.next_after(entry.computed_for)
+            found = [self._future.get((ns, k, entry.event_type)) for ns, k in subjects]
+            nexts = [n for n in (sp.next_after(entry.computed_for) for sp in found if sp is not None) if n is not None]
+            nxt = min(nexts, default=None)
             if nxt is not None and (entry.valid_until is None or nxt < entry.valid_until):
                 if nxt <= entry.computed_for:
                     return False
-                entry = _replace_until(entry, nxt)
-        entry = _with_size(entry)
+                entry = replace(entry, valid_until=nxt)
+        sized = estimate_size(entry.namespace, entry.subject_key, entry.entitlement_id, entry.value, *entry.depends_on)
+        sized += len(entry.body) + 33 if entry.body else 0  # the encoded answer (bytes object overhead: 33)
+        entry = replace(entry, size=sized)
         key = (entry.namespace, entry.entitlement_id)
         self._drop(key)
         self._entries[key] = entry
         self._bytes += entry.size
-        self._by_subject.setdefault(subject, set()).add(key)
+        for subject in subjects:
+            self._by_subject.setdefault(subject, set()).add(key)
         names = self._aliases_of.setdefault(key, set())
         for alias in aliases:
             previous = self._aliases.get(alias)
@@ -191,24 +215,40 @@ class BalanceCache:
         self.stats.invalidations += 1
 
     def on_ingest(self, notes: Sequence[IngestNotification]) -> None:
-        """Follow the ingest notification stream (common.ingest_notifications)."""
+        """Follow the ingest notification stream (common.ingest_notifications), from one or more publishers."""
         for note in notes:
-            if note.stream != self._stream:
-                # A new stream (a restart, or the first notification this cache sees): unless it starts at
-                # 1 before anything else was seen, some notification may have been missed.
-                if self._stream is not None or note.sequence != 1:
-                    self.stats.gaps += 1
-                    self.clear()
-                self._stream, self._sequence = note.stream, 0
-            elif note.sequence > self._sequence + 1:
+            if self._streams.observe(note.stream, note.sequence) is Seen.GAP:
+                # A new publisher (a restart) or a skipped sequence: some notification may have been missed.
                 self.stats.gaps += 1
                 self.clear()
-            self._sequence = max(self._sequence, note.sequence)
             mark = self._mark()
             if mark is None or note.latest_event_time >= mark:
                 spans = self._future.setdefault((note.namespace, note.subject, note.event_type), _Spans())
                 spans.add(note.earliest_event_time, note.latest_event_time)
             self._invalidate_usage(note.namespace, note.subject, note.event_type)
+
+    def on_changes(self, stream: str, sequence: int, changes: Sequence[tuple[str, str]]) -> None:
+        """State changes another API process committed (its writes invalidate its own cache directly)."""
+        if self._streams.observe(stream, sequence) is Seen.GAP:
+            self.stats.gaps += 1
+            self.clear()
+        for namespace, key in changes:
+            self.invalidate_subject(namespace, key)
+
+    def suspend(self) -> None:
+        """The notification stream cannot be followed (broker unreachable): drop everything, store nothing."""
+        self._suspended = True
+        self.clear()
+
+    def resume(self) -> None:
+        """Following again from the stream's end: what happened meanwhile is unknown, so start empty."""
+        self._streams.forget()
+        self.clear()
+        self._suspended = False
+
+    @property
+    def suspended(self) -> bool:
+        return self._suspended
 
     def clear(self) -> None:
         """Drop everything and refuse every computation in flight."""
@@ -251,11 +291,12 @@ class BalanceCache:
         if entry is None:
             return
         self._bytes -= entry.size
-        keys = self._by_subject.get((entry.namespace, entry.subject_key))
-        if keys is not None:
-            keys.discard(key)
-            if not keys:
-                del self._by_subject[(entry.namespace, entry.subject_key)]
+        for subject in [(entry.namespace, k) for k in entry.keys]:
+            keys = self._by_subject.get(subject)
+            if keys is not None:
+                keys.discard(key)
+                if not keys:
+                    del self._by_subject[subject]
         for alias in self._aliases_of.pop(key, ()):
             if self._aliases.get(alias) == key:
                 del self._aliases[alias]
@@ -270,30 +311,3 @@ class BalanceCache:
             for spans in self._future.values():
                 spans.prune(mark)
             self._future = {k: v for k, v in self._future.items() if v.spans}
-
-
-def _replace_until(entry: Entry, until: datetime) -> Entry:
-    return Entry(
-        entry.namespace,
-        entry.subject_key,
-        entry.entitlement_id,
-        entry.event_type,
-        entry.value,
-        entry.computed_for,
-        until,
-        entry.as_of,
-    )
-
-
-def _with_size(entry: Entry) -> Entry:
-    return Entry(
-        entry.namespace,
-        entry.subject_key,
-        entry.entitlement_id,
-        entry.event_type,
-        entry.value,
-        entry.computed_for,
-        entry.valid_until,
-        entry.as_of,
-        estimate_size(entry.namespace, entry.subject_key, entry.entitlement_id, entry.value),
-    )

@@ -2,7 +2,9 @@
 
 Invariants the database enforces itself (so concurrent requests cannot break them):
 - one non-archived feature per (namespace, key);
-- one active (not deleted) entitlement per (namespace, subject, feature).
+- one active (not deleted) entitlement per (namespace, subject, feature) and per (namespace, customer, feature);
+- a subject belongs to at most one active customer (deleting a customer deletes its subject rows);
+- one active customer per (namespace, key).
 """
 
 from __future__ import annotations
@@ -56,6 +58,45 @@ class FeatureRow(Base):
     archived_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
 
 
+class CustomerRow(Base):
+    __tablename__ = "customers"
+    __table_args__ = (
+        Index(
+            "uq_customers_active_key",
+            "namespace",
+            "key",
+            unique=True,
+            sqlite_where=text("deleted_at IS NULL AND key IS NOT NULL"),
+            postgresql_where=text("deleted_at IS NULL AND key IS NOT NULL"),
+        ),
+        Index("ix_customers_namespace_created", "namespace", "created_at"),
+    )
+
+    id: Mapped[str] = mapped_column(ID, primary_key=True)
+    namespace: Mapped[str] = mapped_column(String(64))
+    key: Mapped[str | None] = mapped_column(String(256))
+    name: Mapped[str] = mapped_column(String(256))
+    description: Mapped[str | None] = mapped_column(Text)
+    metadata_: Mapped[dict[str, str]] = mapped_column("metadata", JSON)
+    primary_email: Mapped[str | None] = mapped_column(String(256))
+    currency: Mapped[str | None] = mapped_column(String(3))
+    subject_keys: Mapped[list[str]] = mapped_column(JSON)  # in the order given; customer_subjects indexes them
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    deleted_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+
+class CustomerSubjectRow(Base):
+    """The usage attribution of active customers: the primary key makes a subject belong to at most one."""
+
+    __tablename__ = "customer_subjects"
+    __table_args__ = (Index("ix_customer_subjects_customer", "customer_id"),)
+
+    namespace: Mapped[str] = mapped_column(String(64), primary_key=True)
+    subject_key: Mapped[str] = mapped_column(String(1024), primary_key=True)
+    customer_id: Mapped[str] = mapped_column(ID, ForeignKey("customers.id"))
+
+
 class EntitlementRow(Base):
     __tablename__ = "entitlements"
     __table_args__ = (
@@ -65,8 +106,17 @@ class EntitlementRow(Base):
             "subject_key",
             "feature_id",
             unique=True,
-            sqlite_where=text("deleted_at IS NULL"),
-            postgresql_where=text("deleted_at IS NULL"),
+            sqlite_where=text("deleted_at IS NULL AND customer_id IS NULL"),
+            postgresql_where=text("deleted_at IS NULL AND customer_id IS NULL"),
+        ),
+        Index(
+            "uq_entitlements_active_customer_feature",
+            "namespace",
+            "customer_id",
+            "feature_id",
+            unique=True,
+            sqlite_where=text("deleted_at IS NULL AND customer_id IS NOT NULL"),
+            postgresql_where=text("deleted_at IS NULL AND customer_id IS NOT NULL"),
         ),
         Index("ix_entitlements_namespace_subject", "namespace", "subject_key"),
     )
@@ -90,6 +140,8 @@ class EntitlementRow(Base):
     created_at: Mapped[datetime] = mapped_column(UTCDateTime)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime)
     deleted_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    # Set for a customer's entitlement (then subject_key holds the customer's id); NULL for a subject's.
+    customer_id: Mapped[str | None] = mapped_column(ID)
 
 
 class GrantRow(Base):
@@ -105,9 +157,9 @@ class GrantRow(Base):
     amount: Mapped[Decimal] = mapped_column(DecimalText)
     priority: Mapped[int] = mapped_column(Integer)
     effective_at: Mapped[datetime] = mapped_column(UTCDateTime)
-    expiration_duration: Mapped[str] = mapped_column(String(8))
-    expiration_count: Mapped[int] = mapped_column(Integer)
-    expires_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    expiration_duration: Mapped[str | None] = mapped_column(String(8))
+    expiration_count: Mapped[int | None] = mapped_column(Integer)
+    expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     min_rollover_amount: Mapped[Decimal] = mapped_column(DecimalText)
     max_rollover_amount: Mapped[Decimal] = mapped_column(DecimalText)
     recurrence_interval: Mapped[str | None] = mapped_column(String(64))

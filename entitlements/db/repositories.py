@@ -7,14 +7,24 @@ can lazily load or mutate state behind a transaction's back.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Select, delete, func, select, update
+from sqlalchemy import Select, and_, delete, false, func, or_, select, update
 from sqlalchemy.orm import Session
 
-from entitlements.db.models import EntitlementRow, FeatureRow, GrantRow, ResetRow, SnapshotRow
+from entitlements.db.models import (
+    CustomerRow,
+    CustomerSubjectRow,
+    EntitlementRow,
+    FeatureRow,
+    GrantRow,
+    ResetRow,
+    SnapshotRow,
+)
 from entitlements.domain import (
+    Customer,
     Entitlement,
     EntitlementType,
     Expiration,
@@ -47,6 +57,12 @@ class FeatureRepository:
             )
         )
         self.s.flush()
+
+    def by_ids(self, namespace: str, ids: Sequence[str]) -> dict[str, Feature]:
+        if not ids:
+            return {}
+        q = select(FeatureRow).where(FeatureRow.namespace == namespace, FeatureRow.id.in_(list(set(ids))))
+        return {r.id: _feature(r) for r in self.s.scalars(q)}
 
     def get(self, namespace: str, id_or_key: str) -> Feature | None:
         """By id, else the active feature with that key."""
@@ -141,6 +157,7 @@ class EntitlementRepository:
                 created_at=e.created_at,
                 updated_at=e.updated_at,
                 deleted_at=e.deleted_at,
+                customer_id=e.customer_id,
             )
         )
         self.s.flush()
@@ -153,49 +170,59 @@ class EntitlementRepository:
         row = self.s.scalars(q).first()
         return None if row is None else _entitlement(row)
 
-    def active_for(self, namespace: str, subject_key: str, feature_id: str) -> Entitlement | None:
-        q = select(EntitlementRow).where(
-            EntitlementRow.namespace == namespace,
-            EntitlementRow.subject_key == subject_key,
-            EntitlementRow.feature_id == feature_id,
-            EntitlementRow.deleted_at.is_(None),
+    def active_for(
+        self, namespace: str, owner_key: str, feature_id: str, customer_id: str | None = None
+    ) -> Entitlement | None:
+        """The owner's active entitlement of the feature: a subject's (customer_id None) or a customer's."""
+        q = _owned(namespace, owner_key, customer_id).where(
+            EntitlementRow.feature_id == feature_id, EntitlementRow.deleted_at.is_(None)
         )
         row = self.s.scalars(q).first()
         return None if row is None else _entitlement(row)
 
-    def active_for_feature_key(self, namespace: str, subject_key: str, feature_key: str) -> Entitlement | None:
-        q = select(EntitlementRow).where(
-            EntitlementRow.namespace == namespace,
-            EntitlementRow.subject_key == subject_key,
-            EntitlementRow.feature_key == feature_key,
-            EntitlementRow.deleted_at.is_(None),
+    def active_for_feature_key(
+        self, namespace: str, owner_key: str, feature_key: str, customer_id: str | None = None
+    ) -> Entitlement | None:
+        q = _owned(namespace, owner_key, customer_id).where(
+            EntitlementRow.feature_key == feature_key, EntitlementRow.deleted_at.is_(None)
         )
         row = self.s.scalars(q).first()
         return None if row is None else _entitlement(row)
+
+    def active_of_subject(self, namespace: str, subject_key: str) -> list[Entitlement]:
+        """A subject's own active entitlements (not a customer's), for a customer to adopt."""
+        q = _owned(namespace, subject_key, None).where(EntitlementRow.deleted_at.is_(None))
+        return [_entitlement(r) for r in self.s.scalars(q.order_by(EntitlementRow.created_at, EntitlementRow.id))]
+
+    def adopt(self, entitlement_id: str, customer_id: str, at: datetime) -> None:
+        """A subject's entitlement becomes its new customer's (its usage: the customer's subjects)."""
+        self.s.execute(
+            update(EntitlementRow)
+            .where(EntitlementRow.id == entitlement_id)
+            .values(subject_key=customer_id, customer_id=customer_id, version=EntitlementRow.version + 1, updated_at=at)
+        )
+
+    def of_customer(self, customer_id: str) -> list[str]:
+        """Ids of every entitlement a customer owns (deleted ones too)."""
+        return list(self.s.scalars(select(EntitlementRow.id).where(EntitlementRow.customer_id == customer_id)))
 
     def search(
         self,
         namespace: str,
+        f: EntitlementFilters,
         *,
-        subject_keys: Sequence[str] = (),
-        feature_keys: Sequence[str] = (),
-        include_deleted: bool = False,
         limit: int,
         offset: int,
+        order_by: str = "createdAt",
+        descending: bool = False,
     ) -> list[Entitlement]:
-        q = _matching_entitlements(namespace, subject_keys, feature_keys, include_deleted)
-        q = q.order_by(EntitlementRow.created_at, EntitlementRow.id).limit(limit).offset(offset)
+        column = EntitlementRow.updated_at if order_by == "updatedAt" else EntitlementRow.created_at
+        q = _matching_entitlements(namespace, f)
+        q = q.order_by(column.desc() if descending else column, EntitlementRow.id).limit(limit).offset(offset)
         return [_entitlement(r) for r in self.s.scalars(q)]
 
-    def count(
-        self,
-        namespace: str,
-        *,
-        subject_keys: Sequence[str] = (),
-        feature_keys: Sequence[str] = (),
-        include_deleted: bool = False,
-    ) -> int:
-        return _count(self.s, _matching_entitlements(namespace, subject_keys, feature_keys, include_deleted))
+    def count(self, namespace: str, f: EntitlementFilters) -> int:
+        return _count(self.s, _matching_entitlements(namespace, f))
 
     def mark_deleted(self, namespace: str, entitlement_id: str, at: datetime) -> None:
         self.s.execute(
@@ -212,15 +239,45 @@ class EntitlementRepository:
         )
 
 
-def _matching_entitlements(
-    namespace: str, subject_keys: Sequence[str], feature_keys: Sequence[str], include_deleted: bool
-) -> Select[EntitlementRow]:
+def _owned(namespace: str, owner_key: str, customer_id: str | None) -> Select[EntitlementRow]:
+    q = select(EntitlementRow).where(EntitlementRow.namespace == namespace, EntitlementRow.subject_key == owner_key)
+    if customer_id is None:
+        return q.where(EntitlementRow.customer_id.is_(None))
+    return q.where(EntitlementRow.customer_id == customer_id)
+
+
+@dataclass(frozen=True, slots=True)
+class EntitlementFilters:
+    """Owned by one of `subject_keys` (subjects' own entitlements) or of `customer_ids`; of one of `feature_keys`;
+    an empty owner filter (both empty) means every owner unless `owners_given` (then: none)."""
+
+    subject_keys: Sequence[str] = ()
+    customer_ids: Sequence[str] = ()
+    feature_keys: Sequence[str] = ()
+    include_deleted: bool = False
+    owners_given: bool = False
+    customers_only: bool = False
+    types: Sequence[str] = ()
+
+
+def _matching_entitlements(namespace: str, f: EntitlementFilters) -> Select[EntitlementRow]:
     q = select(EntitlementRow).where(EntitlementRow.namespace == namespace)
-    if subject_keys:
-        q = q.where(EntitlementRow.subject_key.in_(list(subject_keys)))
-    if feature_keys:
-        q = q.where(EntitlementRow.feature_key.in_(list(feature_keys)))
-    if not include_deleted:
+    owners = []
+    if f.subject_keys:
+        owners.append(and_(EntitlementRow.customer_id.is_(None), EntitlementRow.subject_key.in_(list(f.subject_keys))))
+    if f.customer_ids:
+        owners.append(EntitlementRow.customer_id.in_(list(f.customer_ids)))
+    if owners:
+        q = q.where(or_(*owners))
+    elif f.owners_given:
+        q = q.where(false())
+    if f.customers_only:
+        q = q.where(EntitlementRow.customer_id.is_not(None))
+    if f.feature_keys:
+        q = q.where(EntitlementRow.feature_key.in_(list(f.feature_keys)))
+    if f.types:
+        q = q.where(EntitlementRow.type.in_(list(f.types)))
+    if not f.include_deleted:
         q = q.where(EntitlementRow.deleted_at.is_(None))
     return q
 
@@ -250,6 +307,168 @@ def _entitlement(r: EntitlementRow) -> Entitlement:
         issue_after_reset_priority=r.issue_after_reset_priority,
         preserve_overage_at_reset=r.preserve_overage_at_reset,
         version=r.version,
+        customer_id=r.customer_id,
+    )
+
+
+class CustomerRepository:
+    """Customers and their usage attribution; `claim` relies on customer_subjects' primary key."""
+
+    def __init__(self, session: Session) -> None:
+        self.s = session
+
+    def add(self, c: Customer) -> None:
+        self.s.add(
+            CustomerRow(
+                id=c.id,
+                namespace=c.namespace,
+                key=c.key,
+                name=c.name,
+                description=c.description,
+                metadata_=dict(c.metadata),
+                primary_email=c.primary_email,
+                currency=c.currency,
+                subject_keys=list(c.subject_keys),
+                created_at=c.created_at,
+                updated_at=c.updated_at,
+                deleted_at=c.deleted_at,
+            )
+        )
+        self.s.flush()
+        self.claim(c.namespace, c.id, c.subject_keys)
+
+    def replace(self, c: Customer) -> None:
+        """Store `c`'s fields and make its subject rows exactly `c.subject_keys`."""
+        self.s.execute(
+            update(CustomerRow)
+            .where(CustomerRow.id == c.id)
+            .values(
+                key=c.key,
+                name=c.name,
+                description=c.description,
+                metadata_=dict(c.metadata),
+                primary_email=c.primary_email,
+                currency=c.currency,
+                subject_keys=list(c.subject_keys),
+                updated_at=c.updated_at,
+            )
+        )
+        self.s.execute(
+            delete(CustomerSubjectRow).where(
+                CustomerSubjectRow.customer_id == c.id, CustomerSubjectRow.subject_key.not_in(list(c.subject_keys))
+            )
+        )
+        held = set(self.s.scalars(select(CustomerSubjectRow.subject_key).where(CustomerSubjectRow.customer_id == c.id)))
+        self.claim(c.namespace, c.id, [k for k in c.subject_keys if k not in held])
+
+    def claim(self, namespace: str, customer_id: str, subject_keys: Sequence[str]) -> None:
+        """Raises IntegrityError if another customer holds one of them (the primary key decides races)."""
+        for key in subject_keys:
+            self.s.add(CustomerSubjectRow(namespace=namespace, subject_key=key, customer_id=customer_id))
+        self.s.flush()
+
+    def mark_deleted(self, customer_id: str, at: datetime) -> None:
+        self.s.execute(update(CustomerRow).where(CustomerRow.id == customer_id).values(deleted_at=at, updated_at=at))
+        self.s.execute(delete(CustomerSubjectRow).where(CustomerSubjectRow.customer_id == customer_id))
+
+    def get(self, namespace: str, id_or_key: str, *, include_deleted: bool = False) -> Customer | None:
+        """By id, else the active customer with that key (OpenMeter's customerIdOrKey)."""
+        q = select(CustomerRow).where(CustomerRow.namespace == namespace, CustomerRow.id == id_or_key)
+        row = self.s.scalars(q).first()
+        if row is None or (row.deleted_at is not None and not include_deleted):
+            q = select(CustomerRow).where(
+                CustomerRow.namespace == namespace, CustomerRow.key == id_or_key, CustomerRow.deleted_at.is_(None)
+            )
+            row = self.s.scalars(q).first() or (row if include_deleted else None)
+        return None if row is None else _customer(row)
+
+    def active_by_key(self, namespace: str, key: str) -> Customer | None:
+        q = select(CustomerRow).where(
+            CustomerRow.namespace == namespace, CustomerRow.key == key, CustomerRow.deleted_at.is_(None)
+        )
+        row = self.s.scalars(q).first()
+        return None if row is None else _customer(row)
+
+    def of_subject(self, namespace: str, subject_key: str) -> Customer | None:
+        """The active customer the subject belongs to, if any."""
+        q = (
+            select(CustomerRow)
+            .join(CustomerSubjectRow, CustomerSubjectRow.customer_id == CustomerRow.id)
+            .where(CustomerSubjectRow.namespace == namespace, CustomerSubjectRow.subject_key == subject_key)
+        )
+        row = self.s.scalars(q).first()
+        return None if row is None else _customer(row)
+
+    def holders(self, namespace: str, subject_keys: Sequence[str]) -> dict[str, str]:
+        """subject key -> id of the active customer holding it, for those held."""
+        if not subject_keys:
+            return {}
+        q = select(CustomerSubjectRow.subject_key, CustomerSubjectRow.customer_id).where(
+            CustomerSubjectRow.namespace == namespace, CustomerSubjectRow.subject_key.in_(list(subject_keys))
+        )
+        return {row[0]: row[1] for row in self.s.execute(q)}
+
+    def by_ids(self, namespace: str, ids: Sequence[str]) -> dict[str, Customer]:
+        if not ids:
+            return {}
+        q = select(CustomerRow).where(CustomerRow.namespace == namespace, CustomerRow.id.in_(list(set(ids))))
+        return {r.id: _customer(r) for r in self.s.scalars(q)}
+
+    def search(
+        self, namespace: str, filters: CustomerFilters, *, order_by: str, descending: bool, limit: int, offset: int
+    ) -> list[Customer]:
+        column = {"id": CustomerRow.id, "name": CustomerRow.name, "createdAt": CustomerRow.created_at}[order_by]
+        q = _matching_customers(namespace, filters)
+        q = q.order_by(column.desc() if descending else column, CustomerRow.id).limit(limit).offset(offset)
+        return [_customer(r) for r in self.s.scalars(q)]
+
+    def count(self, namespace: str, filters: CustomerFilters) -> int:
+        return _count(self.s, _matching_customers(namespace, filters))
+
+
+@dataclass(frozen=True, slots=True)
+class CustomerFilters:
+    """OpenMeter's list filters: key and primaryEmail exact, name a case-insensitive substring, subject held."""
+
+    key: str | None = None
+    name: str | None = None
+    primary_email: str | None = None
+    subject: str | None = None
+    include_deleted: bool = False
+
+
+def _matching_customers(namespace: str, f: CustomerFilters) -> Select[CustomerRow]:
+    q = select(CustomerRow).where(CustomerRow.namespace == namespace)
+    if f.key is not None:
+        q = q.where(CustomerRow.key == f.key)
+    if f.name is not None:
+        q = q.where(func.lower(CustomerRow.name).contains(f.name.lower(), autoescape=True))
+    if f.primary_email is not None:
+        q = q.where(CustomerRow.primary_email == f.primary_email)
+    if f.subject is not None:
+        held = select(CustomerSubjectRow.customer_id).where(
+            CustomerSubjectRow.namespace == namespace, CustomerSubjectRow.subject_key == f.subject
+        )
+        q = q.where(CustomerRow.id.in_(held))
+    if not f.include_deleted:
+        q = q.where(CustomerRow.deleted_at.is_(None))
+    return q
+
+
+def _customer(r: CustomerRow) -> Customer:
+    return Customer(
+        id=r.id,
+        namespace=r.namespace,
+        name=r.name,
+        created_at=r.created_at,
+        updated_at=r.updated_at,
+        key=r.key,
+        description=r.description,
+        metadata=dict(r.metadata_ or {}),
+        primary_email=r.primary_email,
+        currency=r.currency,
+        subject_keys=tuple(r.subject_keys or ()),
+        deleted_at=r.deleted_at,
     )
 
 
@@ -266,8 +485,8 @@ class GrantRepository:
                 amount=g.amount,
                 priority=g.priority,
                 effective_at=g.effective_at,
-                expiration_duration=g.expiration.duration.value,
-                expiration_count=g.expiration.count,
+                expiration_duration=None if g.expiration is None else g.expiration.duration.value,
+                expiration_count=None if g.expiration is None else g.expiration.count,
                 expires_at=g.expires_at,
                 min_rollover_amount=g.min_rollover_amount,
                 max_rollover_amount=g.max_rollover_amount,
@@ -288,6 +507,20 @@ class GrantRepository:
     def for_entitlement(self, entitlement_id: str) -> list[Grant]:
         q = select(GrantRow).where(GrantRow.entitlement_id == entitlement_id).order_by(GrantRow.created_at, GrantRow.id)
         return [_grant(r) for r in self.s.scalars(q)]
+
+    def for_entitlements(self, entitlement_ids: Sequence[str]) -> dict[str, list[Grant]]:
+        """Each entitlement's grants (as `for_entitlement` orders them), in one query; none: absent."""
+        out: dict[str, list[Grant]] = {}
+        if not entitlement_ids:
+            return out
+        q = (
+            select(GrantRow)
+            .where(GrantRow.entitlement_id.in_(list(entitlement_ids)))
+            .order_by(GrantRow.created_at, GrantRow.id)
+        )
+        for r in self.s.scalars(q):
+            out.setdefault(r.entitlement_id, []).append(_grant(r))
+        return out
 
     def search(
         self, namespace: str, *, include_voided: bool, entitlement_ids: Sequence[str] | None, limit: int, offset: int
@@ -325,7 +558,11 @@ def _grant(r: GrantRow) -> Grant:
         amount=r.amount,
         priority=r.priority,
         effective_at=r.effective_at,
-        expiration=Expiration(ExpirationDuration(r.expiration_duration), r.expiration_count),
+        expiration=(
+            None
+            if r.expiration_duration is None or r.expiration_count is None
+            else Expiration(ExpirationDuration(r.expiration_duration), r.expiration_count)
+        ),
         expires_at=r.expires_at,
         created_at=r.created_at,
         updated_at=r.updated_at,

@@ -11,12 +11,13 @@ Third-party connection errors become `Unavailable` at this boundary.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Engine, create_engine, event
+from sqlalchemy import Engine, create_engine, event, text
 from sqlalchemy.engine import Connection, make_url
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session, sessionmaker
@@ -101,6 +102,26 @@ class Database:
             yield
         except OperationalError as exc:
             raise Unavailable(f"the entitlement database is unavailable: {exc.orig}") from exc
+
+    @contextlib.asynccontextmanager
+    async def hold(self, key: str) -> AsyncIterator[None]:
+        """A lock across every process sharing this database (common.usage.CatalogLock): a PostgreSQL
+        session-level advisory lock on the key, held on a connection of its own. SQLite has one process
+        (the embedded deployment), whose own locks already serialise."""
+        if self.dialect != "postgresql":
+            yield
+            return
+        conn = await asyncio.to_thread(self.engine.connect)
+        try:
+            lock = text("SELECT pg_advisory_lock(hashtext(:key))")
+            await asyncio.to_thread(lambda: conn.execute(lock, {"key": key}))
+            try:
+                yield
+            finally:
+                unlock = text("SELECT pg_advisory_unlock(hashtext(:key))")
+                await asyncio.to_thread(lambda: conn.execute(unlock, {"key": key}))
+        finally:
+            await asyncio.to_thread(conn.close)
 
     def dispose(self) -> None:
         self.engine.dispose()

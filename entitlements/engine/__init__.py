@@ -3,13 +3,14 @@
 Plan the windows -> the shell fetches their usage -> compute. See README.md for every semantic rule.
 """
 
-from entitlements.engine.burn import current_period, initial_snapshot, run
-from entitlements.engine.history import HistoryWindow, windowed_history
+from entitlements.engine.burn import initial_snapshot, run
+from entitlements.engine.history import HistoryWindow, burndown, windowed_history
 from entitlements.engine.model import (
     ISSUE_AFTER_RESET_GRANT_ID,
     EntitlementTerms,
     Grant,
     GrantUsage,
+    Instant,
     Ledger,
     ManualReset,
     Result,
@@ -35,6 +36,7 @@ __all__ = [
     "Grant",
     "GrantUsage",
     "HistoryWindow",
+    "Instant",
     "Interval",
     "Ledger",
     "ManualReset",
@@ -45,7 +47,7 @@ __all__ = [
     "Snapshot",
     "add_months",
     "burn_order_key",
-    "current_period",
+    "burndown",
     "initial_snapshot",
     "inputs_digest",
     "period_containing",

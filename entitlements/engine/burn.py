@@ -20,6 +20,7 @@ from entitlements.engine.model import (
     EntitlementTerms,
     Grant,
     GrantUsage,
+    Instant,
     Ledger,
     ManualReset,
     Result,
@@ -90,11 +91,12 @@ class _Inputs:
                 used.append(GrantUsage(gid, take))
         return amount, used
 
-    def apply_instant(self, st: _State, t: datetime, first: bool) -> bool:
-        """Apply every event at instant t; return whether a reset happened. `first`: the initial instant."""
+    def apply_instant(self, st: _State, t: datetime, first: bool) -> Instant:
+        """Apply every event at instant t and say what happened. `first`: the initial instant."""
         st.at = t
         led = st.ledger
-        for gid in [gid for gid in st.balances if not self.grants[gid].active_at(t)]:
+        ended = [gid for gid in st.balances if not self.grants[gid].active_at(t)]
+        for gid in ended:
             led["ended"] += st.balances.pop(gid)
         manual = self.resets.get(t)
         is_reset = manual is not None or (not first and st.period.at_or_before(t) == t)
@@ -104,6 +106,7 @@ class _Inputs:
             if manual is not None:
                 st.period = moved_cadence(st.period, manual)
             st.period_start = st.period.at_or_before(t)
+        activated = recurred = False
         for g in self.grants.values():
             if not g.active_at(t):
                 continue
@@ -111,13 +114,20 @@ class _Inputs:
                 if first or g.effective_at == t:
                     st.balances[g.id] = g.amount
                     led["activated"] += g.amount
+                    activated = True
             elif g.recurrence is not None and g.recurrence.at_or_before(t) == t:
                 top_up = g.amount - st.balances[g.id]
                 st.balances[g.id] = g.amount
                 led["recurred"] += top_up
+                recurred = True
+        before, overage = dict(st.balances), st.overage
+        payback: list[GrantUsage] = []
         if st.overage > 0:
-            st.overage, _ = self.burn(st, st.overage)
-        return is_reset
+            st.overage, payback = self.burn(st, st.overage)
+        reset = is_reset and not first
+        return Instant(
+            t, reset, recurred, reset or recurred or activated or bool(ended), before, overage, tuple(payback)
+        )
 
     def _reset(self, st: _State, t: datetime, manual: ResetAt | None) -> None:
         led = st.ledger
@@ -219,7 +229,7 @@ def _run(
     )
     segments: list[Segment] = []
     snapshots: list[Snapshot] = []
-    reset_at_start = False
+    opened_by: Instant | None = None
     for i, raw in enumerate(usage):
         start, end = bounds[i], bounds[i + 1]
         if isinstance(raw, float):
@@ -245,11 +255,12 @@ def _run(
                 dict(st.balances),
                 tuple(used),
                 st.period_start,
-                reset_at_start,
+                opened_by is not None and opened_by.reset,
+                opened_by,
             )
         )
-        reset_at_start = ins.apply_instant(st, end, first=False)
-        if reset_at_start:
+        opened_by = ins.apply_instant(st, end, first=False)
+        if opened_by.reset:
             snapshots.append(st.snapshot(inputs_digest(terms, grants, resets, end)))
 
     final = st.snapshot(inputs_digest(terms, grants, resets, st.at))
@@ -268,6 +279,7 @@ def _run(
         snapshots=tuple(snapshots),
         final=final,
         ledger=Ledger(**st.ledger),
+        closed_by=opened_by,
     )
 
 
@@ -275,10 +287,3 @@ def _period_end(period: Recurrence, at: datetime, resets: Mapping[datetime, Rese
     auto = period.after(at)
     manual = [t for t in resets if at < t < auto]
     return min(manual, default=auto)
-
-
-def current_period(
-    snapshot: Snapshot, terms: EntitlementTerms, resets: Sequence[ManualReset]
-) -> tuple[datetime, datetime]:
-    """[start, end) of the usage period containing snapshot.at, given the manual resets known now."""
-    return snapshot.period_start, _period_end(snapshot.period, snapshot.at, merged_resets(terms, resets))

@@ -211,12 +211,33 @@ class GrantUsage:
 
 
 @dataclass(frozen=True, slots=True)
+class Instant:
+    """What happened at one instant of the walk (README.md, "One instant"), for the burn-down history.
+
+    reset: a usage reset (manual or a period boundary). recurred: a grant recurred (even if it was full).
+    phase: an event changed the set of usable grants or a balance: an activation, an expiry or void, a
+    recurrence or a reset (OpenMeter starts a new burn-down segment there).
+    balances / overage: the state after every event at `at` except the payback of the carried overage;
+    payback: what that payback burnt from each grant.
+    """
+
+    at: datetime
+    reset: bool
+    recurred: bool
+    phase: bool
+    balances: Mapping[str, Decimal]
+    overage: Decimal
+    payback: tuple[GrantUsage, ...]
+
+
+@dataclass(frozen=True, slots=True)
 class Segment:
     """One window [start, end) of the burn-down (OpenMeter's GrantBurnDownHistorySegment).
 
     balances_at_start is the state after the events at `start` were applied; the window's usage is then
     burnt in burn order; balances_at_end is before the events at `end` (resets, expiries, ...).
     overage_created: the part of `usage` no grant covered. reset_at_start: a reset happened at `start`.
+    opened_by: the events at `start` (None for a run's first window, which starts from a snapshot).
     """
 
     start: datetime
@@ -230,6 +251,7 @@ class Segment:
     grant_usages: tuple[GrantUsage, ...]
     period_start: datetime
     reset_at_start: bool
+    opened_by: Instant | None = None
 
     @property
     def balance_at_start(self) -> Decimal:
@@ -247,7 +269,8 @@ class Result:
     balance: sum of grant balances. usage: usage in the current period so far. overage: carried overage.
     total_available_grant_amount: balance + everything burnt from grants in the current period (see Snapshot).
     has_access: is_soft_limit or balance > 0. period_start/period_end: the current usage period.
-    segments: one per window given to `run`, in order. snapshots: the state at the start of every period
+    segments: one per window given to `run`, in order. closed_by: the events at `at` (None if the run had
+    no window). snapshots: the state at the start of every period
     that began inside the run (right after the reset), for the shell to persist. final: the state at `at`.
     ledger: the flows of the run, for audits and the conservation invariant.
     """
@@ -265,6 +288,7 @@ class Result:
     snapshots: tuple[Snapshot, ...]
     final: Snapshot
     ledger: Ledger
+    closed_by: Instant | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -17,6 +17,7 @@ from typing import Any
 
 import httpx
 import structlog
+from sqlalchemy.orm import Session
 from standardwebhooks.webhooks import Webhook
 
 from entitlements.db.models import ChannelRow, DeliveryRow
@@ -125,28 +126,26 @@ class Dispatcher:
         """Claim the due deliveries and send them concurrently; returns how many were attempted."""
         now = self.deps.wall_clock.now()
 
-        def claim() -> list[tuple[str, str]]:
-            with self.deps.db.write() as session:
-                rows = NotificationRepository(session).claim_due(
-                    now, now + self.policy.lease, self.policy.batch, lock_rows=self.deps.db.locks_rows
-                )
-                return [(r.event_id, r.channel_id) for r in rows]
+        def claim(session: Session) -> list[tuple[str, str]]:
+            rows = NotificationRepository(session).claim_due(
+                now, now + self.policy.lease, self.policy.batch, lock_rows=self.deps.db.locks_rows
+            )
+            return [(r.event_id, r.channel_id) for r in rows]
 
-        claimed = await self.deps.in_thread(claim)
+        claimed = await self.deps.writing(claim)
         await asyncio.gather(*(self._deliver(event_id, channel_id) for event_id, channel_id in claimed))
         return len(claimed)
 
     async def _deliver(self, event_id: str, channel_id: str) -> None:
-        def load() -> tuple[Any, str] | None:
-            with self.deps.db.read() as session:
-                repo = NotificationRepository(session)
-                event = repo.event_row(event_id)
-                row = session.get(ChannelRow, channel_id)
-                if event is None or row is None:
-                    return None
-                return channel_of(row), event.payload
+        def load(session: Session) -> tuple[Any, str] | None:
+            repo = NotificationRepository(session)
+            event = repo.event_row(event_id)
+            row = session.get(ChannelRow, channel_id)
+            if event is None or row is None:
+                return None
+            return channel_of(row), event.payload
 
-        loaded = await self.deps.in_thread(load)
+        loaded = await self.deps.reading(load)
         if loaded is None:
             outcome = Outcome(False, None, "the event or its channel no longer exists", 0)
             await self._mark(event_id, channel_id, outcome, final=True)
@@ -178,31 +177,30 @@ class Dispatcher:
     async def _mark(self, event_id: str, channel_id: str, outcome: Outcome, *, final: bool) -> None:
         now = self.deps.wall_clock.now()
 
-        def tx() -> DeliveryRow | None:
-            with self.deps.db.write() as session:
-                row = NotificationRepository(session).delivery(event_id, channel_id)
-                if row is None:
-                    return None
-                attempt = {
-                    "at": now.isoformat().replace("+00:00", "Z"),
-                    "success": outcome.ok,
-                    "statusCode": outcome.status_code,
-                    "reason": outcome.reason,
-                    "durationMs": outcome.duration_ms,
-                }
-                row.history = [*row.history, attempt]
-                row.updated_at = now
-                if outcome.ok:
-                    row.status = DeliveryState.SUCCESS.value
-                elif final or row.attempts >= self.policy.max_attempts:
-                    row.status = DeliveryState.FAILED.value
-                else:
-                    row.status = DeliveryState.PENDING.value
-                    row.next_attempt_at = now + self.policy.backoff(row.attempts)
-                session.flush()
-                return row
+        def tx(session: Session) -> DeliveryRow | None:
+            row = NotificationRepository(session).delivery(event_id, channel_id)
+            if row is None:
+                return None
+            attempt = {
+                "at": now.isoformat().replace("+00:00", "Z"),
+                "success": outcome.ok,
+                "statusCode": outcome.status_code,
+                "reason": outcome.reason,
+                "durationMs": outcome.duration_ms,
+            }
+            row.history = [*row.history, attempt]
+            row.updated_at = now
+            if outcome.ok:
+                row.status = DeliveryState.SUCCESS.value
+            elif final or row.attempts >= self.policy.max_attempts:
+                row.status = DeliveryState.FAILED.value
+            else:
+                row.status = DeliveryState.PENDING.value
+                row.next_attempt_at = now + self.policy.backoff(row.attempts)
+            session.flush()
+            return row
 
-        row = await self.deps.in_thread(tx)
+        row = await self.deps.writing(tx)
         if row is not None:
             log.info(
                 "notification_delivery",

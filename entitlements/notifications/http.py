@@ -13,6 +13,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, Path, Query, Request
 from fastapi.responses import Response
 
+from common import http
 from common.cloudevents import parse_time
 from common.errors import Unavailable
 from common.http import Namespace
@@ -20,7 +21,8 @@ from entitlements.notifications.dispatcher import Dispatcher
 from entitlements.notifications.domain import ChannelInput, DeliveryState, Event, RuleInput
 from entitlements.notifications.service import NotificationService, Page
 from entitlements.notifications.watcher import NotificationWatcher
-from entitlements.schemas import decode_body, encode
+from entitlements.openapi import CHANNEL, NOTIFICATION_EVENT, RULE, ok, page
+from entitlements.schemas import decode_body
 
 MAX_PAGE_SIZE = 1000
 
@@ -51,8 +53,7 @@ EventId = Annotated[str, Path(alias="eventId", max_length=64)]
 router = APIRouter(prefix="/api/v1/notification", tags=["notifications"])
 
 
-def json_response(body: Any, status: int = 200) -> Response:
-    return Response(encode(body), status_code=status, media_type="application/json")
+json_response = http.json_response  # the one JSON answer (common.http)
 
 
 def paged(page: Page, page_no: int, page_size: int, render: Any) -> Response:
@@ -64,7 +65,7 @@ def paged(page: Page, page_no: int, page_size: int, render: Any) -> Response:
 # ---- channels ----
 
 
-@router.get("/channels")
+@router.get("/channels", responses=ok(page(CHANNEL)))
 async def list_channels(
     namespace: Namespace,
     notes: Notes,
@@ -79,7 +80,7 @@ async def list_channels(
     return paged(found, page, page_size, lambda c: c.to_api(with_secret=False))
 
 
-@router.post("/channels", status_code=201)
+@router.post("/channels", status_code=201, responses=ok(CHANNEL, 201))
 async def create_channel(request: Request, namespace: Namespace, notes: Notes) -> Response:
     """A webhook channel: `{type: "WEBHOOK", name, url, customHeaders?, signingSecret?, disabled?}`.
     A signing secret is generated (`whsec_...`) when none is given."""
@@ -88,13 +89,13 @@ async def create_channel(request: Request, namespace: Namespace, notes: Notes) -
     return json_response(channel.to_api(with_secret=True), 201)
 
 
-@router.get("/channels/{channelId}")
+@router.get("/channels/{channelId}", responses=ok(CHANNEL))
 async def get_channel(namespace: Namespace, notes: Notes, channel_id: ChannelId) -> Response:
     channel = await notes.service.get_channel(namespace, channel_id)
     return json_response(channel.to_api(with_secret=True))
 
 
-@router.put("/channels/{channelId}")
+@router.put("/channels/{channelId}", responses=ok(CHANNEL))
 async def update_channel(request: Request, namespace: Namespace, notes: Notes, channel_id: ChannelId) -> Response:
     """Replace a channel's settings; the secret is kept unless a new one is given."""
     spec = ChannelInput.parse(decode_body(await request.body()))
@@ -118,7 +119,7 @@ async def _rule_api(notes: Notifications, namespace: str, rules: list[Any]) -> l
     return [r.to_api(channels) for r in rules]
 
 
-@router.get("/rules")
+@router.get("/rules", responses=ok(page(RULE)))
 async def list_rules(
     namespace: Namespace,
     notes: Notes,
@@ -138,7 +139,7 @@ async def list_rules(
     return json_response({"items": items, "page": page, "pageSize": page_size, "totalCount": found.total})
 
 
-@router.post("/rules", status_code=201)
+@router.post("/rules", status_code=201, responses=ok(RULE, 201))
 async def create_rule(request: Request, namespace: Namespace, notes: Notes) -> Response:
     """`{type: "entitlements.balance.threshold", name, thresholds: [{type, value}], features?, channels}` or
     `{type: "entitlements.reset", name, features?, channels}`. Threshold types: USAGE_VALUE, USAGE_PERCENTAGE,
@@ -149,13 +150,13 @@ async def create_rule(request: Request, namespace: Namespace, notes: Notes) -> R
     return json_response((await _rule_api(notes, namespace, [rule]))[0], 201)
 
 
-@router.get("/rules/{ruleId}")
+@router.get("/rules/{ruleId}", responses=ok(RULE))
 async def get_rule(namespace: Namespace, notes: Notes, rule_id: RuleId) -> Response:
     rule = await notes.service.get_rule(namespace, rule_id)
     return json_response((await _rule_api(notes, namespace, [rule]))[0])
 
 
-@router.put("/rules/{ruleId}")
+@router.put("/rules/{ruleId}", responses=ok(RULE))
 async def update_rule(request: Request, namespace: Namespace, notes: Notes, rule_id: RuleId) -> Response:
     spec = RuleInput.parse(decode_body(await request.body()))
     rule = await notes.service.update_rule(namespace, rule_id, spec)
@@ -169,7 +170,7 @@ async def delete_rule(namespace: Namespace, notes: Notes, rule_id: RuleId) -> Re
     return Response(status_code=204)
 
 
-@router.post("/rules/{ruleId}/test", status_code=201)
+@router.post("/rules/{ruleId}/test", status_code=201, responses=ok(NOTIFICATION_EVENT, 201))
 async def test_rule(namespace: Namespace, notes: Notes, rule_id: RuleId) -> Response:
     """Send a test event through the rule's channels (payload `test: true`); returns the event."""
     event = await notes.service.send_test(namespace, rule_id)
@@ -210,7 +211,7 @@ def _time(value: str | None, name: str) -> datetime | None:
     return None if value is None else parse_time(value, field=name)
 
 
-@router.get("/events")
+@router.get("/events", responses=ok(page(NOTIFICATION_EVENT)))
 async def list_events(
     namespace: Namespace,
     notes: Notes,
@@ -238,7 +239,7 @@ async def list_events(
     return paged(found, page, page_size, lambda e: event_api(e, with_attempts=False))
 
 
-@router.get("/events/{eventId}")
+@router.get("/events/{eventId}", responses=ok(NOTIFICATION_EVENT))
 async def get_event(namespace: Namespace, notes: Notes, event_id: EventId) -> Response:
     """One event with every delivery attempt and its outcome."""
     return json_response(event_api(await notes.service.get_event(namespace, event_id), with_attempts=True))

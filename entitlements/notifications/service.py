@@ -10,6 +10,7 @@ from typing import Any
 
 import structlog
 from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
 
 from common.errors import InvalidInput, NotFound
 from entitlements.db.models import ChannelRow, EventRow, RuleRow
@@ -58,89 +59,84 @@ class NotificationService:
     async def create_channel(self, namespace: str, spec: ChannelInput) -> Channel:
         now = self.deps.clock.now()
 
-        def tx() -> Channel:
-            with self.deps.db.write() as session:
-                row = ChannelRow(
-                    id=new_id(),
-                    namespace=namespace,
-                    type="WEBHOOK",
-                    name=spec.name,
-                    url=spec.url,
-                    custom_headers=spec.custom_headers,
-                    signing_secret=spec.signing_secret or new_signing_secret(),
-                    disabled=spec.disabled,
-                    created_at=now,
-                    updated_at=now,
-                    deleted_at=None,
-                )
-                session.add(row)
-                session.flush()
-                return channel_of(row)
+        def tx(session: Session) -> Channel:
+            row = ChannelRow(
+                id=new_id(),
+                namespace=namespace,
+                type="WEBHOOK",
+                name=spec.name,
+                url=spec.url,
+                custom_headers=spec.custom_headers,
+                signing_secret=spec.signing_secret or new_signing_secret(),
+                disabled=spec.disabled,
+                created_at=now,
+                updated_at=now,
+                deleted_at=None,
+            )
+            session.add(row)
+            session.flush()
+            return channel_of(row)
 
-        return await self.deps.in_thread(tx)
+        return await self.deps.writing(tx)
 
     async def update_channel(self, namespace: str, channel_id: str, spec: ChannelInput) -> Channel:
         now = self.deps.clock.now()
 
-        def tx() -> Channel:
-            with self.deps.db.write() as session:
-                row = NotificationRepository(session).channel(namespace, channel_id)
-                if row is None:
-                    raise ChannelNotFound(channel_id)
-                row.name, row.url, row.custom_headers, row.disabled = (
-                    spec.name,
-                    spec.url,
-                    spec.custom_headers,
-                    spec.disabled,
-                )
-                if spec.signing_secret is not None:
-                    row.signing_secret = spec.signing_secret
-                row.updated_at = now
-                session.flush()
-                return channel_of(row)
+        def tx(session: Session) -> Channel:
+            row = NotificationRepository(session).channel(namespace, channel_id)
+            if row is None:
+                raise ChannelNotFound(channel_id)
+            row.name, row.url, row.custom_headers, row.disabled = (
+                spec.name,
+                spec.url,
+                spec.custom_headers,
+                spec.disabled,
+            )
+            if spec.signing_secret is not None:
+                row.signing_secret = spec.signing_secret
+            row.updated_at = now
+            session.flush()
+            return channel_of(row)
 
-        return await self.deps.in_thread(tx)
+        return await self.deps.writing(tx)
 
     async def get_channel(self, namespace: str, channel_id: str) -> Channel:
-        def tx() -> Channel:
-            with self.deps.db.read() as session:
-                row = NotificationRepository(session).channel(namespace, channel_id, include_deleted=True)
-                if row is None:
-                    raise ChannelNotFound(channel_id)
-                return channel_of(row)
+        def tx(session: Session) -> Channel:
+            row = NotificationRepository(session).channel(namespace, channel_id, include_deleted=True)
+            if row is None:
+                raise ChannelNotFound(channel_id)
+            return channel_of(row)
 
-        return await self.deps.in_thread(tx)
+        return await self.deps.reading(tx)
 
     async def delete_channel(self, namespace: str, channel_id: str) -> None:
         now = self.deps.clock.now()
 
-        def tx() -> None:
-            with self.deps.db.write() as session:
-                repo = NotificationRepository(session)
-                row = repo.channel(namespace, channel_id)
-                if row is None:
-                    raise ChannelNotFound(channel_id)
-                rules, _ = repo.rules(namespace, limit=MAX_PAGE, offset=0)
-                using = sorted(r.id for r in rules if channel_id in r.channels)
-                if using:
-                    raise InvalidInput(
-                        f"channel {channel_id!r} is used by rule(s) {', '.join(using)}: remove it from them first",
-                        field="channelId",
-                    )
-                row.deleted_at = now
-                row.updated_at = now
+        def tx(session: Session) -> None:
+            repo = NotificationRepository(session)
+            row = repo.channel(namespace, channel_id)
+            if row is None:
+                raise ChannelNotFound(channel_id)
+            rules, _ = repo.rules(namespace, limit=MAX_PAGE, offset=0)
+            using = sorted(r.id for r in rules if channel_id in r.channels)
+            if using:
+                raise InvalidInput(
+                    f"channel {channel_id!r} is used by rule(s) {', '.join(using)}: remove it from them first",
+                    field="channelId",
+                )
+            row.deleted_at = now
+            row.updated_at = now
 
-        await self.deps.in_thread(tx)
+        await self.deps.writing(tx)
 
     async def list_channels(self, namespace: str, *, include_deleted: bool, limit: int, offset: int) -> Page:
-        def tx() -> Page:
-            with self.deps.db.read() as session:
-                rows, total = NotificationRepository(session).channels(
-                    namespace, include_deleted=include_deleted, limit=min(limit, MAX_PAGE), offset=offset
-                )
-                return Page([channel_of(r) for r in rows], total)
+        def tx(session: Session) -> Page:
+            rows, total = NotificationRepository(session).channels(
+                namespace, include_deleted=include_deleted, limit=min(limit, MAX_PAGE), offset=offset
+            )
+            return Page([channel_of(r) for r in rows], total)
 
-        return await self.deps.in_thread(tx)
+        return await self.deps.reading(tx)
 
     # ---- rules ----
 
@@ -153,123 +149,115 @@ class NotificationService:
     async def create_rule(self, namespace: str, spec: RuleInput) -> Rule:
         now = self.deps.clock.now()
 
-        def tx() -> Rule:
-            with self.deps.db.write() as session:
-                repo = NotificationRepository(session)
-                self._check_channels(repo, namespace, spec.channels)
-                row = RuleRow(
-                    id=new_id(),
-                    namespace=namespace,
-                    type=spec.type.value,
-                    name=spec.name,
-                    disabled=spec.disabled,
-                    thresholds=[threshold_row(t) for t in spec.thresholds],
-                    features=list(spec.features),
-                    channels=list(spec.channels),
-                    created_at=now,
-                    updated_at=now,
-                    deleted_at=None,
-                )
-                session.add(row)
-                session.flush()
-                return rule_of(row)
+        def tx(session: Session) -> Rule:
+            repo = NotificationRepository(session)
+            self._check_channels(repo, namespace, spec.channels)
+            row = RuleRow(
+                id=new_id(),
+                namespace=namespace,
+                type=spec.type.value,
+                name=spec.name,
+                disabled=spec.disabled,
+                thresholds=[threshold_row(t) for t in spec.thresholds],
+                features=list(spec.features),
+                channels=list(spec.channels),
+                created_at=now,
+                updated_at=now,
+                deleted_at=None,
+            )
+            session.add(row)
+            session.flush()
+            return rule_of(row)
 
-        return await self.deps.in_thread(tx)
+        return await self.deps.writing(tx)
 
     async def update_rule(self, namespace: str, rule_id: str, spec: RuleInput) -> Rule:
         now = self.deps.clock.now()
 
-        def tx() -> Rule:
-            with self.deps.db.write() as session:
-                repo = NotificationRepository(session)
-                row = repo.rule(namespace, rule_id)
-                if row is None:
-                    raise RuleNotFound(rule_id)
-                if row.type != spec.type.value:
-                    raise InvalidInput("a rule's type cannot change: create a new rule", field="type")
-                self._check_channels(repo, namespace, spec.channels)
-                row.name, row.disabled = spec.name, spec.disabled
-                row.thresholds = [threshold_row(t) for t in spec.thresholds]
-                row.features, row.channels = list(spec.features), list(spec.channels)
-                row.updated_at = now
-                session.flush()
-                return rule_of(row)
+        def tx(session: Session) -> Rule:
+            repo = NotificationRepository(session)
+            row = repo.rule(namespace, rule_id)
+            if row is None:
+                raise RuleNotFound(rule_id)
+            if row.type != spec.type.value:
+                raise InvalidInput("a rule's type cannot change: create a new rule", field="type")
+            self._check_channels(repo, namespace, spec.channels)
+            row.name, row.disabled = spec.name, spec.disabled
+            row.thresholds = [threshold_row(t) for t in spec.thresholds]
+            row.features, row.channels = list(spec.features), list(spec.channels)
+            row.updated_at = now
+            session.flush()
+            return rule_of(row)
 
-        return await self.deps.in_thread(tx)
+        return await self.deps.writing(tx)
 
     async def get_rule(self, namespace: str, rule_id: str) -> Rule:
-        def tx() -> Rule:
-            with self.deps.db.read() as session:
-                row = NotificationRepository(session).rule(namespace, rule_id, include_deleted=True)
-                if row is None:
-                    raise RuleNotFound(rule_id)
-                return rule_of(row)
+        def tx(session: Session) -> Rule:
+            row = NotificationRepository(session).rule(namespace, rule_id, include_deleted=True)
+            if row is None:
+                raise RuleNotFound(rule_id)
+            return rule_of(row)
 
-        return await self.deps.in_thread(tx)
+        return await self.deps.reading(tx)
 
     async def delete_rule(self, namespace: str, rule_id: str) -> None:
         now = self.deps.clock.now()
 
-        def tx() -> None:
-            with self.deps.db.write() as session:
-                row = NotificationRepository(session).rule(namespace, rule_id)
-                if row is None:
-                    raise RuleNotFound(rule_id)
-                row.deleted_at = now
-                row.updated_at = now
+        def tx(session: Session) -> None:
+            row = NotificationRepository(session).rule(namespace, rule_id)
+            if row is None:
+                raise RuleNotFound(rule_id)
+            row.deleted_at = now
+            row.updated_at = now
 
-        await self.deps.in_thread(tx)
+        await self.deps.writing(tx)
 
     async def list_rules(
         self, namespace: str, *, include_disabled: bool, include_deleted: bool, limit: int, offset: int
     ) -> Page:
-        def tx() -> Page:
-            with self.deps.db.read() as session:
-                rows, total = NotificationRepository(session).rules(
-                    namespace,
-                    include_disabled=include_disabled,
-                    include_deleted=include_deleted,
-                    limit=min(limit, MAX_PAGE),
-                    offset=offset,
-                )
-                return Page([rule_of(r) for r in rows], total)
+        def tx(session: Session) -> Page:
+            rows, total = NotificationRepository(session).rules(
+                namespace,
+                include_disabled=include_disabled,
+                include_deleted=include_deleted,
+                limit=min(limit, MAX_PAGE),
+                offset=offset,
+            )
+            return Page([rule_of(r) for r in rows], total)
 
-        return await self.deps.in_thread(tx)
+        return await self.deps.reading(tx)
 
     async def channels_by_id(self, namespace: str, ids: Sequence[str]) -> dict[str, Channel]:
         if not ids:
             return {}
 
-        def tx() -> dict[str, Channel]:
-            with self.deps.db.read() as session:
-                rows, _ = NotificationRepository(session).channels(
-                    namespace, ids=ids, include_deleted=True, limit=len(ids), offset=0
-                )
-                return {r.id: channel_of(r) for r in rows}
+        def tx(session: Session) -> dict[str, Channel]:
+            rows, _ = NotificationRepository(session).channels(
+                namespace, ids=ids, include_deleted=True, limit=len(ids), offset=0
+            )
+            return {r.id: channel_of(r) for r in rows}
 
-        return await self.deps.in_thread(tx)
+        return await self.deps.reading(tx)
 
     # ---- events ----
 
     async def get_event(self, namespace: str, event_id: str) -> Event:
-        def tx() -> Event:
-            with self.deps.db.read() as session:
-                found = NotificationRepository(session).event(namespace, event_id)
-                if found is None:
-                    raise EventNotFound(event_id)
-                return found
+        def tx(session: Session) -> Event:
+            found = NotificationRepository(session).event(namespace, event_id)
+            if found is None:
+                raise EventNotFound(event_id)
+            return found
 
-        return await self.deps.in_thread(tx)
+        return await self.deps.reading(tx)
 
     async def list_events(self, namespace: str, *, limit: int, offset: int, **filters: Any) -> Page:
-        def tx() -> Page:
-            with self.deps.db.read() as session:
-                items, total = NotificationRepository(session).events(
-                    namespace, limit=min(limit, MAX_PAGE), offset=offset, **filters
-                )
-                return Page(list(items), total)
+        def tx(session: Session) -> Page:
+            items, total = NotificationRepository(session).events(
+                namespace, limit=min(limit, MAX_PAGE), offset=offset, **filters
+            )
+            return Page(list(items), total)
 
-        return await self.deps.in_thread(tx)
+        return await self.deps.reading(tx)
 
     def _record(self, namespace: str, rule: Rule, row: EventRow) -> bool:
         """Write one event and its outbox rows; False if its dedupe key exists (another evaluator won)."""
@@ -320,15 +308,14 @@ class NotificationService:
         if entitlement.type is not EntitlementType.METERED or entitlement.deleted_at is not None:
             return 0
 
-        def rules_tx() -> tuple[list[Rule], list[Reset]]:
-            with self.deps.db.read() as session:
-                repo = NotificationRepository(session)
-                rules = repo.active_rules(namespace, RuleType.BALANCE_THRESHOLD)
-                rules += repo.active_rules(namespace, RuleType.RESET)
-                resets = ResetRepository(session).for_entitlement(entitlement.id) if rules else []
-                return rules, resets
+        def rules_tx(session: Session) -> tuple[list[Rule], list[Reset]]:
+            repo = NotificationRepository(session)
+            rules = repo.active_rules(namespace, RuleType.BALANCE_THRESHOLD)
+            rules += repo.active_rules(namespace, RuleType.RESET)
+            resets = ResetRepository(session).for_entitlement(entitlement.id) if rules else []
+            return rules, resets
 
-        all_rules, resets = await self.deps.in_thread(rules_tx)
+        all_rules, resets = await self.deps.reading(rules_tx)
         covering = [r for r in all_rules if r.applies_to(entitlement.feature_id, entitlement.feature_key)]
         created = await self._reset_events(
             namespace, entitlement, [r for r in covering if r.type is RuleType.RESET], resets
@@ -338,7 +325,7 @@ class NotificationService:
             return created
         now = self.deps.clock.now()
         try:
-            value = await self.ent.balances.value(namespace, entitlement.subject_key, entitlement.id, now)
+            value = await self.ent.balances.value(namespace, entitlement.owner_ref, entitlement.id, now)
         except NotFound:
             return 0
         period = (await self.ent.balances.periods([entitlement], now)).get(entitlement.id)
@@ -376,6 +363,7 @@ class NotificationService:
                         },
                         "feature": {"id": entitlement.feature_id, "key": entitlement.feature_key},
                         "subject": {"key": entitlement.subject_key},
+                        **_customer(entitlement),
                         "threshold": threshold.to_api(),
                         "value": {
                             "hasAccess": value.has_access,
@@ -428,6 +416,7 @@ class NotificationService:
                     "entitlement": {"id": entitlement.id, "featureKey": entitlement.feature_key},
                     "feature": {"id": entitlement.feature_id, "key": entitlement.feature_key},
                     "subject": {"key": entitlement.subject_key},
+                    **_customer(entitlement),
                     "resetAt": effective_at,
                 },
             }
@@ -447,3 +436,8 @@ class NotificationService:
             if await self._record_async(namespace, rule, row):
                 created += 1
         return created
+
+
+def _customer(entitlement: Entitlement) -> dict[str, Any]:
+    """A customer's entitlement names its customer (its `subject.key` is then the customer's id)."""
+    return {} if entitlement.customer_id is None else {"customer": {"id": entitlement.customer_id}}

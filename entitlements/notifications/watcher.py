@@ -21,6 +21,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 import structlog
+from sqlalchemy.orm import Session
 
 from common.errors import NotFound
 from common.ingest_notifications import IngestNotification
@@ -41,14 +42,15 @@ def next_change(grants: Sequence[Grant], period_end: datetime | None, now: datet
     if period_end is not None and period_end > now:
         candidates.append(period_end)
     for g in grants:
-        end = g.expires_at if g.voided_at is None else min(g.expires_at, g.voided_at)
+        end = min((t for t in (g.expires_at, g.voided_at) if t is not None), default=None)
         if g.effective_at > now:
             candidates.append(g.effective_at)
-        if end > now:
-            candidates.append(end)
+        if end is None or end > now:
+            if end is not None:
+                candidates.append(end)
             if g.recurrence is not None:
                 nxt = recurrence_of(g.recurrence).after(max(now, g.effective_at))
-                if nxt < end:
+                if end is None or nxt < end:
                     candidates.append(nxt)
     return min(candidates) if candidates else None
 
@@ -156,7 +158,7 @@ class NotificationWatcher:
         if ent.type is not EntitlementType.METERED or ent.deleted_at is not None:
             return
         now = self.deps.clock.now()
-        grants = await self.service.ent.grants.list_for_entitlement(namespace, ent.subject_key, ent.id)
+        grants = await self.service.ent.grants.list_for_entitlement(namespace, ent.owner_ref, ent.id)
         period = (await self.service.ent.balances.periods([ent], now)).get(ent.id)
         at = next_change(grants, period.end if period else None, now)
         if at is not None:
@@ -229,11 +231,10 @@ class NotificationWatcher:
     async def sweep(self) -> None:
         """Queue every metered entitlement of every namespace that has an active threshold rule."""
 
-        def namespaces() -> list[str]:
-            with self.deps.db.read() as session:
-                return NotificationRepository(session).namespaces_with_rules(RuleType.BALANCE_THRESHOLD)
+        def namespaces(session: Session) -> list[str]:
+            return NotificationRepository(session).namespaces_with_rules(RuleType.BALANCE_THRESHOLD)
 
-        for namespace in await self.deps.in_thread(namespaces):
+        for namespace in await self.deps.reading(namespaces):
             offset = 0
             while True:
                 page = await self.service.ent.entitlements.search(namespace, limit=1000, offset=offset)

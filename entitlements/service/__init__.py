@@ -11,7 +11,8 @@ from entitlements.db.session import Database
 from entitlements.quotas import QuotaSettings
 from entitlements.service.access import AccessService
 from entitlements.service.balance import BalanceService
-from entitlements.service.deps import Deps, StoredAfterProbe
+from entitlements.service.customers import CustomerService
+from entitlements.service.deps import Deps
 from entitlements.service.entitlements import EntitlementService
 from entitlements.service.features import FeatureService
 from entitlements.service.grants import GrantService
@@ -29,6 +30,7 @@ class Entitlements:
     balances: BalanceService
     values: CachedBalances  # value reads at "now" through the balance cache (entitlements/cache)
     access: AccessService  # many (subject, entitlement) values in one call
+    customers: CustomerService
 
     def close(self) -> None:
         self.deps.db.dispose()
@@ -41,7 +43,6 @@ def build_entitlements(
     usage: UsageReader,
     clock: Clock,
     wall_clock: Clock | None = None,
-    late_events: StoredAfterProbe | None = None,
     cache: BalanceCache | None = None,
     quotas: QuotaSettings | None = None,
 ) -> Entitlements:
@@ -56,7 +57,6 @@ def build_entitlements(
         usage=usage,
         clock=clock,
         wall_clock=wall_clock or SystemClock(),
-        late_events=late_events,
         quotas=quotas or QuotaSettings(),
     )
     balances = BalanceService(deps)
@@ -70,4 +70,5 @@ def build_entitlements(
         balances=balances,
         values=values,
         access=AccessService(values, entitlements),
+        customers=CustomerService(deps),
     )

@@ -3,29 +3,26 @@
 `AccessService.check(namespace, items)` takes a list of `AccessItem(subject, id_or_feature_key)` and returns
 one `AccessResult` per item, in order: the value (with `as_of`, from the cache when warm) or the error of
 that item alone (e.g. no such entitlement). `hasAccess` is the single value read's, item by item.
-`for_subjects` lists every active entitlement of each subject first (one SQL query for all subjects).
+`for_subjects` lists every active entitlement of each subject or customer first (one transaction for all).
 
-Cold items are computed concurrently (at most `COLD_CONCURRENCY` at a time), each through the single value
-path; usage reads are not yet batched across subjects.
+Cold items are computed together (`CachedBalances.compute_many`, entitlements.service.bulk): one transaction
+loads them all, and usage is read once per meter for all subjects.
 """
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 from common.errors import MetergateError
-from entitlements.domain import Entitlement
-from entitlements.service.entitlements import MAX_PAGE, EntitlementService
+from entitlements.domain import Entitlement, OwnerRef
+from entitlements.service.entitlements import EntitlementService
 from entitlements.service.values import CachedBalances, FreshValue
-
-COLD_CONCURRENCY = 8
 
 
 @dataclass(frozen=True, slots=True)
 class AccessItem:
-    subject: str
+    subject: OwnerRef  # a subject key, or a CustomerRef
     id_or_feature_key: str
 
 
@@ -48,34 +45,31 @@ class AccessService:
                 warm = self.values.warm(namespace, item.subject, item.id_or_feature_key)
                 if warm is not None:
                     results[n] = AccessResult(item, value=warm)
-        gate = asyncio.Semaphore(COLD_CONCURRENCY)
-
-        async def one(item: AccessItem) -> AccessResult:
-            try:
-                async with gate:
-                    value = await self.values.value(namespace, item.subject, item.id_or_feature_key, fresh=fresh)
-            except MetergateError as exc:
-                return AccessResult(item, error=exc)
-            return AccessResult(item, value=value)
-
         cold = [n for n, r in enumerate(results) if r is None]
-        for n, result in zip(cold, await asyncio.gather(*(one(items[n]) for n in cold)), strict=True):
-            results[n] = result
+        if len(cold) == 1:  # one item: the single read (it may use a stored snapshot)
+            item = items[cold[0]]
+            try:
+                value = await self.values.value(namespace, item.subject, item.id_or_feature_key, fresh=fresh)
+                results[cold[0]] = AccessResult(item, value=value)
+            except MetergateError as exc:
+                results[cold[0]] = AccessResult(item, error=exc)
+        elif cold:
+            pairs = [(items[n].subject, items[n].id_or_feature_key) for n in cold]
+            for n, answer in zip(cold, await self.values.compute_many(namespace, pairs), strict=True):
+                if isinstance(answer, MetergateError):
+                    results[n] = AccessResult(items[n], error=answer)
+                else:
+                    results[n] = AccessResult(items[n], value=answer)
         return [r for r in results if r is not None]
 
     async def for_subjects(
-        self, namespace: str, subjects: Sequence[str], *, fresh: bool = False
-    ) -> dict[str, list[tuple[Entitlement, AccessResult]]]:
-        """Every active entitlement of each subject with its access result, by subject."""
-        found: list[Entitlement] = []
-        while True:
-            page = await self.entitlements.search(namespace, subject_keys=list(subjects), offset=len(found))
-            found += page
-            if len(page) < MAX_PAGE:
-                break
-        items = [AccessItem(e.subject_key, e.id) for e in found]
-        results = await self.check(namespace, items, fresh=fresh)
-        out: dict[str, list[tuple[Entitlement, AccessResult]]] = {s: [] for s in subjects}
-        for ent, result in zip(found, results, strict=True):
-            out.setdefault(ent.subject_key, []).append((ent, result))
+        self, namespace: str, subjects: Sequence[OwnerRef], *, fresh: bool = False
+    ) -> dict[OwnerRef, list[tuple[Entitlement, AccessResult]]]:
+        """Every active entitlement of each subject (or customer) with its access result, by subject as asked."""
+        owned = await self.entitlements.active_of_owners(namespace, subjects)
+        pairs = [(ref, e) for ref, ents in owned.items() for e in ents]
+        results = await self.check(namespace, [AccessItem(ref, e.id) for ref, e in pairs], fresh=fresh)
+        out: dict[OwnerRef, list[tuple[Entitlement, AccessResult]]] = {ref: [] for ref in owned}
+        for (ref, ent), result in zip(pairs, results, strict=True):
+            out[ref].append((ent, result))
         return out

@@ -5,40 +5,30 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import datetime
-from typing import Protocol, TypeVar, runtime_checkable
+from typing import TypeVar
+
+from sqlalchemy.orm import Session
 
 from common.clock import Clock, SystemClock
 from common.usage import MeterCatalog, UsageReader
 from entitlements.db.session import Database
+from entitlements.domain import Owner
 from entitlements.quotas import QuotaSettings
 
 T = TypeVar("T")
-
-
-@runtime_checkable
-class StoredAfterProbe(Protocol):
-    """Optional on a UsageReader: the late-event question asked directly (cheaper than last_stored_at)."""
-
-    async def stored_after(
-        self, namespace: str, meter_slug: str, subject: str, *, before: datetime, after: datetime
-    ) -> bool:
-        """Whether an event of the meter's type for the subject with time < before was stored after `after`."""
-        ...
 
 
 @dataclass(frozen=True)
 class Deps:
     """`clock` is the service's now (a frozen test clock in replays); `wall_clock` is real time, used only
     to stamp snapshots so they compare with event storage times (which never follow the test clock).
-    `late_events` answers the late-event question directly; without it the usage reader is asked."""
+    The usage reader also answers the late-event question (`UsageReader.stored_after`)."""
 
     db: Database
     meters: MeterCatalog
     usage: UsageReader
     clock: Clock
     wall_clock: Clock = SystemClock()  # noqa: RUF009 - stateless and immutable
-    late_events: StoredAfterProbe | None = None
     quotas: QuotaSettings = field(default_factory=QuotaSettings)
     # Called with (namespace, subject key) after every committed state change of the subject's entitlements,
     # before the write's response is sent (the balance cache drops what the change made wrong).
@@ -48,6 +38,29 @@ class Deps:
         for listener in self.change_listeners:
             listener(namespace, subject_key)
 
+    def changed_owner(self, namespace: str, owner: Owner) -> None:
+        """A change of an owner's entitlements: its key (a subject, or a customer's id) and its subjects."""
+        for key in dict.fromkeys((owner.key, *owner.subjects)):
+            self.changed(namespace, key)
+
     async def in_thread(self, fn: Callable[[], T]) -> T:
-        """Run a synchronous transaction off the event loop."""
+        """Run a synchronous function off the event loop."""
         return await asyncio.to_thread(fn)
+
+    async def reading(self, fn: Callable[[Session], T]) -> T:
+        """`fn` in one read transaction, off the event loop."""
+
+        def run() -> T:
+            with self.db.read() as session:
+                return fn(session)
+
+        return await asyncio.to_thread(run)
+
+    async def writing(self, fn: Callable[[Session], T]) -> T:
+        """`fn` in one write transaction (committed when it returns), off the event loop."""
+
+        def run() -> T:
+            with self.db.write() as session:
+                return fn(session)
+
+        return await asyncio.to_thread(run)

@@ -1,4 +1,4 @@
-"""Entitlements: boolean, static and metered; at most one active per subject and feature."""
+"""Entitlements: boolean, static and metered; at most one active per owner (subject or customer) and feature."""
 
 from __future__ import annotations
 
@@ -11,10 +11,17 @@ from typing import Literal
 import orjson
 import structlog
 from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
 
 from common.errors import InvalidInput
 from entitlements import bounds, engine, quotas
-from entitlements.db.repositories import EntitlementRepository, FeatureRepository, SnapshotRepository
+from entitlements.db.repositories import (
+    CustomerRepository,
+    EntitlementFilters,
+    EntitlementRepository,
+    FeatureRepository,
+    SnapshotRepository,
+)
 from entitlements.domain import (
     Entitlement,
     EntitlementExists,
@@ -23,10 +30,13 @@ from entitlements.domain import (
     Feature,
     FeatureArchived,
     FeatureNotFound,
+    Owner,
+    OwnerRef,
     UsagePeriod,
     new_id,
 )
 from entitlements.service.deps import Deps
+from entitlements.service.owners import owns, resolve_owner
 
 log = structlog.get_logger(__name__)
 
@@ -65,65 +75,68 @@ def normalise_config(config: object) -> str:
 
 class EntitlementService:
     def __init__(self, deps: Deps) -> None:
-        self.d = deps
+        self.deps = deps
 
-    async def create(self, namespace: str, subject_key: str, spec: EntitlementInput) -> Entitlement:
-        now = self.d.clock.now()
+    async def create(self, namespace: str, owner_ref: OwnerRef, spec: EntitlementInput) -> Entitlement:
+        """A subject's entitlement (its customer's, if it has one) or a customer's."""
+        now = self.deps.clock.now()
         if spec.feature_id is None and spec.feature_key is None:
             raise InvalidInput("featureId or featureKey is required", field="featureKey")
+        owners: list[Owner] = []
 
-        def tx() -> Entitlement:
-            with self.d.db.write() as s:
-                features = FeatureRepository(s)
-                feature = (
-                    features.get(namespace, spec.feature_id)
-                    if spec.feature_id is not None
-                    else features.active_by_key(namespace, spec.feature_key or "")
-                )
-                if feature is None:
-                    raise FeatureNotFound(spec.feature_id or spec.feature_key or "")
-                if spec.feature_key is not None and feature.key != spec.feature_key:
-                    raise InvalidInput("featureId and featureKey name different features", field="featureKey")
-                entitlement = self._build(namespace, subject_key, feature, spec, now)
-                repo = EntitlementRepository(s, lock_rows=self.d.db.locks_rows)
-                existing = repo.active_for(namespace, subject_key, feature.id)
-                if existing is not None:
-                    raise EntitlementExists(subject_key, feature.key, existing.id)
-                quotas.check_entitlements(s, self.d.quotas, namespace, subject_key)
-                repo.add(entitlement)
-                return entitlement
+        def tx(s: Session) -> Entitlement:
+            owner = resolve_owner(s, namespace, owner_ref)
+            owners.append(owner)
+            features = FeatureRepository(s)
+            feature = (
+                features.get(namespace, spec.feature_id)
+                if spec.feature_id is not None
+                else features.active_by_key(namespace, spec.feature_key or "")
+            )
+            if feature is None:
+                raise FeatureNotFound(spec.feature_id or spec.feature_key or "")
+            if spec.feature_key is not None and feature.key != spec.feature_key:
+                raise InvalidInput("featureId and featureKey name different features", field="featureKey")
+            entitlement = self._build(namespace, owner, feature, spec, now)
+            repo = EntitlementRepository(s, lock_rows=self.deps.db.locks_rows)
+            existing = repo.active_for(namespace, owner.key, feature.id, owner.customer_id)
+            if existing is not None:
+                raise EntitlementExists(owner, feature.key, existing.id)
+            quotas.check_entitlements(s, self.deps.quotas, namespace, owner.key)
+            repo.add(entitlement)
+            return entitlement
 
         try:
-            created = await self.d.in_thread(tx)
+            created = await self.deps.writing(tx)
         except IntegrityError:
-            # A concurrent create won the unique index on active (namespace, subject, feature).
-            winner = await self._active_for_key(namespace, subject_key, spec)
+            # A concurrent create won the unique index on active (namespace, owner, feature).
+            winner = await self._active_for_key(namespace, owners[-1], spec)
             raise EntitlementExists(
-                subject_key, spec.feature_key or spec.feature_id or "", winner.id if winner else "?"
+                owners[-1], spec.feature_key or spec.feature_id or "", winner.id if winner else "?"
             ) from None
-        self.d.changed(namespace, subject_key)
-        log.info("entitlement_created", entitlement_id=created.id, subject=subject_key, feature=created.feature_key)
+        self.deps.changed_owner(namespace, owners[-1])
+        log.info("entitlement_created", entitlement_id=created.id, owner=owners[-1].key, feature=created.feature_key)
         return created
 
-    async def _active_for_key(self, namespace: str, subject_key: str, spec: EntitlementInput) -> Entitlement | None:
-        def tx() -> Entitlement | None:
-            with self.d.db.read() as s:
-                repo = EntitlementRepository(s, lock_rows=False)
-                if spec.feature_key is not None:
-                    return repo.active_for_feature_key(namespace, subject_key, spec.feature_key)
-                return repo.active_for(namespace, subject_key, spec.feature_id or "")
+    async def _active_for_key(self, namespace: str, owner: Owner, spec: EntitlementInput) -> Entitlement | None:
+        def tx(s: Session) -> Entitlement | None:
+            repo = EntitlementRepository(s, lock_rows=False)
+            if spec.feature_key is not None:
+                return repo.active_for_feature_key(namespace, owner.key, spec.feature_key, owner.customer_id)
+            return repo.active_for(namespace, owner.key, spec.feature_id or "", owner.customer_id)
 
-        return await self.d.in_thread(tx)
+        return await self.deps.reading(tx)
 
     def _build(
-        self, namespace: str, subject_key: str, feature: Feature, spec: EntitlementInput, now: datetime
+        self, namespace: str, owner: Owner, feature: Feature, spec: EntitlementInput, now: datetime
     ) -> Entitlement:
         if feature.archived_at is not None:
             raise FeatureArchived(feature.key)
         base = Entitlement(
             id=new_id(),
             namespace=namespace,
-            subject_key=subject_key,
+            subject_key=owner.key,
+            customer_id=owner.customer_id,
             feature_id=feature.id,
             feature_key=feature.key,
             type=spec.type,
@@ -166,44 +179,45 @@ class EntitlementService:
         )
 
     async def override(
-        self, namespace: str, subject_key: str, id_or_feature_key: str, spec: EntitlementInput
+        self, namespace: str, owner_ref: OwnerRef, id_or_feature_key: str, spec: EntitlementInput
     ) -> Entitlement:
-        """PUT .../override: replace the subject's active entitlement for the feature in one transaction."""
-        now = self.d.clock.now()
+        """PUT .../override: replace the owner's active entitlement for the feature in one transaction."""
+        now = self.deps.clock.now()
+        owners: list[Owner] = []
 
-        def tx() -> Entitlement:
-            with self.d.db.write() as s:
-                repo = EntitlementRepository(s, lock_rows=self.d.db.locks_rows)
-                current = find_entitlement(repo, namespace, subject_key, id_or_feature_key, for_update=True)
-                if current is None or current.deleted_at is not None:
-                    raise EntitlementNotFound(id_or_feature_key, subject_key)
-                feature = FeatureRepository(s).get(namespace, spec.feature_id or spec.feature_key or current.feature_id)
-                if feature is None:
-                    raise FeatureNotFound(spec.feature_id or spec.feature_key or current.feature_id)
-                if feature.id != current.feature_id:
-                    raise InvalidInput("an override must keep the feature of the entitlement it replaces")
-                replacement = self._build(namespace, subject_key, feature, spec, now)
-                repo.mark_deleted(namespace, current.id, now)
-                s.flush()
-                repo.add(replacement)
-                return replacement
+        def tx(s: Session) -> Entitlement:
+            owner = resolve_owner(s, namespace, owner_ref)
+            owners.append(owner)
+            repo = EntitlementRepository(s, lock_rows=self.deps.db.locks_rows)
+            current = find_entitlement(repo, namespace, owner_ref, id_or_feature_key, for_update=True)
+            if current is None or current.deleted_at is not None:
+                raise EntitlementNotFound(id_or_feature_key, owner_ref)
+            feature = FeatureRepository(s).get(namespace, spec.feature_id or spec.feature_key or current.feature_id)
+            if feature is None:
+                raise FeatureNotFound(spec.feature_id or spec.feature_key or current.feature_id)
+            if feature.id != current.feature_id:
+                raise InvalidInput("an override must keep the feature of the entitlement it replaces")
+            replacement = self._build(namespace, owner, feature, spec, now)
+            repo.mark_deleted(namespace, current.id, now)
+            s.flush()
+            repo.add(replacement)
+            return replacement
 
-        created = await self.d.in_thread(tx)
-        self.d.changed(namespace, subject_key)
-        log.info("entitlement_overridden", entitlement_id=created.id, subject=subject_key)
+        created = await self.deps.writing(tx)
+        self.deps.changed_owner(namespace, owners[-1])
+        log.info("entitlement_overridden", entitlement_id=created.id, owner=owners[-1].key)
         return created
 
     async def get(
-        self, namespace: str, subject_key: str | None, id_or_feature_key: str, *, include_deleted: bool = True
+        self, namespace: str, owner_ref: OwnerRef | None, id_or_feature_key: str, *, include_deleted: bool = True
     ) -> Entitlement:
-        def tx() -> Entitlement | None:
-            with self.d.db.read() as s:
-                repo = EntitlementRepository(s, lock_rows=False)
-                return find_entitlement(repo, namespace, subject_key, id_or_feature_key)
+        def tx(s: Session) -> Entitlement | None:
+            repo = EntitlementRepository(s, lock_rows=False)
+            return find_entitlement(repo, namespace, owner_ref, id_or_feature_key)
 
-        found = await self.d.in_thread(tx)
+        found = await self.deps.reading(tx)
         if found is None or (not include_deleted and found.deleted_at is not None):
-            raise EntitlementNotFound(id_or_feature_key, subject_key)
+            raise EntitlementNotFound(id_or_feature_key, owner_ref)
         return found
 
     async def search(
@@ -211,76 +225,128 @@ class EntitlementService:
         namespace: str,
         *,
         subject_keys: Sequence[str] = (),
+        customer_ids: Sequence[str] = (),
         feature_keys: Sequence[str] = (),
         include_deleted: bool = False,
         limit: int = MAX_PAGE,
         offset: int = 0,
+        customers_only: bool = False,
+        types: Sequence[str] = (),
+        order_by: str = "createdAt",
+        descending: bool = False,
     ) -> list[Entitlement]:
-        def tx() -> list[Entitlement]:
-            with self.d.db.read() as s:
-                return EntitlementRepository(s, lock_rows=False).search(
-                    namespace,
-                    subject_keys=subject_keys,
-                    feature_keys=feature_keys,
-                    include_deleted=include_deleted,
-                    limit=min(limit, MAX_PAGE),
-                    offset=offset,
-                )
+        """Filtered by owner: a subject's entitlements are its own and its customer's; `customer_ids` are ids.
+        `customers_only`: customers' entitlements only (the v2 lists)."""
 
-        return await self.d.in_thread(tx)
+        def tx(s: Session) -> list[Entitlement]:
+            f = owner_filters(s, namespace, subject_keys, customer_ids, feature_keys, include_deleted)
+            f = replace(f, customers_only=customers_only, types=tuple(types))
+            return EntitlementRepository(s, lock_rows=False).search(
+                namespace, f, limit=min(limit, MAX_PAGE), offset=offset, order_by=order_by, descending=descending
+            )
+
+        return await self.deps.reading(tx)
 
     async def count(
         self,
         namespace: str,
         *,
         subject_keys: Sequence[str] = (),
+        customer_ids: Sequence[str] = (),
         feature_keys: Sequence[str] = (),
         include_deleted: bool = False,
+        customers_only: bool = False,
+        types: Sequence[str] = (),
     ) -> int:
         """How many entitlements `search` pages through with these filters."""
 
-        def tx() -> int:
-            with self.d.db.read() as s:
-                return EntitlementRepository(s, lock_rows=False).count(
-                    namespace, subject_keys=subject_keys, feature_keys=feature_keys, include_deleted=include_deleted
-                )
+        def tx(s: Session) -> int:
+            f = owner_filters(s, namespace, subject_keys, customer_ids, feature_keys, include_deleted)
+            f = replace(f, customers_only=customers_only, types=tuple(types))
+            return EntitlementRepository(s, lock_rows=False).count(namespace, f)
 
-        return await self.d.in_thread(tx)
+        return await self.deps.reading(tx)
 
-    async def delete(self, namespace: str, subject_key: str, entitlement_id: str) -> None:
-        now = self.d.clock.now()
+    async def active_of_owners(self, namespace: str, owners: Sequence[OwnerRef]) -> dict[OwnerRef, list[Entitlement]]:
+        """Every active entitlement of each owner as asked (a subject's are its customer's), in one transaction."""
 
-        def tx() -> bool:
-            with self.d.db.write() as s:
-                repo = EntitlementRepository(s, lock_rows=self.d.db.locks_rows)
-                found = repo.get(namespace, entitlement_id, for_update=True)
-                if found is None or found.subject_key != subject_key or found.deleted_at is not None:
-                    return False
-                repo.mark_deleted(namespace, entitlement_id, now)
-                SnapshotRepository(s).delete_all(entitlement_id)
-                return True
+        def tx(s: Session) -> dict[OwnerRef, list[Entitlement]]:
+            repo = EntitlementRepository(s, lock_rows=False)
+            out: dict[OwnerRef, list[Entitlement]] = {}
+            resolved = {ref: resolve_owner(s, namespace, ref) for ref in dict.fromkeys(owners)}
+            subject_keys = [o.key for o in resolved.values() if o.customer is None]
+            customer_ids = [o.key for o in resolved.values() if o.customer is not None]
+            found: list[Entitlement] = []
+            while True:
+                f = EntitlementFilters(subject_keys=subject_keys, customer_ids=customer_ids, owners_given=True)
+                page = repo.search(namespace, f, limit=MAX_PAGE, offset=len(found))
+                found += page
+                if len(page) < MAX_PAGE:
+                    break
+            for ref, owner in resolved.items():
+                out[ref] = [e for e in found if owns(owner, e)]
+            return out
 
-        if not await self.d.in_thread(tx):
-            raise EntitlementNotFound(entitlement_id, subject_key)
-        self.d.changed(namespace, subject_key)
-        log.info("entitlement_deleted", entitlement_id=entitlement_id, subject=subject_key)
+        return await self.deps.reading(tx)
+
+    async def delete(self, namespace: str, owner_ref: OwnerRef, id_or_feature_key: str) -> None:
+        """Delete the owner's entitlement, named by id (or, on the customer routes, by feature key)."""
+        now = self.deps.clock.now()
+        owners: list[Owner] = []
+
+        def tx(s: Session) -> str | None:
+            owner = resolve_owner(s, namespace, owner_ref)
+            owners.append(owner)
+            repo = EntitlementRepository(s, lock_rows=self.deps.db.locks_rows)
+            found = find_entitlement(repo, namespace, owner_ref, id_or_feature_key, for_update=True)
+            if found is None or not owns(owner, found) or found.deleted_at is not None:
+                return None
+            repo.mark_deleted(namespace, found.id, now)
+            SnapshotRepository(s).delete_all(found.id)
+            return found.id
+
+        deleted = await self.deps.writing(tx)
+        if deleted is None:
+            raise EntitlementNotFound(id_or_feature_key, owner_ref)
+        self.deps.changed_owner(namespace, owners[-1])
+        log.info("entitlement_deleted", entitlement_id=deleted, owner=owners[-1].key)
 
 
 def find_entitlement(
     repo: EntitlementRepository,
     namespace: str,
-    subject_key: str | None,
+    owner: OwnerRef | None,
     id_or_feature_key: str,
     *,
     for_update: bool = False,
 ) -> Entitlement | None:
-    """By id (checking the subject when given), else the subject's active entitlement for that feature key."""
+    """By id (checking the owner when given), else the owner's active entitlement for that feature key."""
+    resolved = None if owner is None else resolve_owner(repo.s, namespace, owner)
     found = repo.get(namespace, id_or_feature_key, for_update=for_update)
     if found is not None:
-        return found if subject_key is None or found.subject_key == subject_key else None
-    if subject_key is None:
+        return found if resolved is None or owns(resolved, found) else None
+    if resolved is None:
         return None
-    by_key = repo.active_for_feature_key(namespace, subject_key, id_or_feature_key)
+    by_key = repo.active_for_feature_key(namespace, resolved.key, id_or_feature_key, resolved.customer_id)
     if by_key is not None and for_update:
         return repo.get(namespace, by_key.id, for_update=True)
     return by_key
+
+
+def owner_filters(
+    s: Session,
+    namespace: str,
+    subject_keys: Sequence[str],
+    customer_ids: Sequence[str],
+    feature_keys: Sequence[str],
+    include_deleted: bool,
+) -> EntitlementFilters:
+    """Repository filters for owners named by subject (its own and its customer's) or by customer id."""
+    held = CustomerRepository(s).holders(namespace, subject_keys)
+    return EntitlementFilters(
+        subject_keys=tuple(subject_keys),
+        customer_ids=tuple(dict.fromkeys([*customer_ids, *held.values()])),
+        feature_keys=tuple(feature_keys),
+        include_deleted=include_deleted,
+        owners_given=bool(subject_keys or customer_ids),
+    )

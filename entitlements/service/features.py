@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 
 import structlog
 from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
 
 from common.errors import InvalidInput
 from entitlements import quotas
@@ -35,7 +36,7 @@ class FeatureInput:
 
 class FeatureService:
     def __init__(self, deps: Deps) -> None:
-        self.d = deps
+        self.deps = deps
 
     async def create(self, namespace: str, spec: FeatureInput) -> Feature:
         if not KEY_PATTERN.match(spec.key) or len(spec.key) > 64:
@@ -45,7 +46,7 @@ class FeatureService:
         if spec.meter_group_by_filters and spec.meter_slug is None:
             raise InvalidInput("meterGroupByFilters needs a meterSlug", field="meterGroupByFilters")
         if spec.meter_slug is not None:
-            meter = await self.d.meters.get_meter(namespace, spec.meter_slug)
+            meter = await self.deps.meters.get_meter(namespace, spec.meter_slug)
             if meter is None:
                 raise MeterNotFound(spec.meter_slug)
             if meter.aggregation.upper() not in BALANCE_AGGREGATIONS:
@@ -63,7 +64,7 @@ class FeatureService:
                     f"(it has {sorted(meter.group_by)})",
                     field="meterGroupByFilters",
                 )
-        now = self.d.clock.now()
+        now = self.deps.clock.now()
         feature = Feature(
             id=new_id(),
             namespace=namespace,
@@ -77,34 +78,33 @@ class FeatureService:
         )
 
         def tx() -> Feature:
-            with self.d.db.write() as s:
+            with self.deps.db.write() as s:
                 repo = FeatureRepository(s)
                 existing = repo.active_by_key(namespace, spec.key)
                 if existing is not None:
                     raise FeatureKeyTaken(spec.key, existing.id)
-                quotas.check_features(s, self.d.quotas, namespace)
+                quotas.check_features(s, self.deps.quotas, namespace)
                 repo.add(feature)
             return feature
 
         try:
-            created = await self.d.in_thread(tx)
+            created = await self.deps.in_thread(tx)
         except IntegrityError:
             # A concurrent create won the unique index on (namespace, key) among active features.
-            winner = await self.d.in_thread(lambda: self._active_by_key(namespace, spec.key))
+            winner = await self.deps.in_thread(lambda: self._active_by_key(namespace, spec.key))
             raise FeatureKeyTaken(spec.key, winner.id if winner else "?") from None
         log.info("feature_created", feature_id=created.id, key=created.key, meter=created.meter_slug)
         return created
 
     def _active_by_key(self, namespace: str, key: str) -> Feature | None:
-        with self.d.db.read() as s:
+        with self.deps.db.read() as s:
             return FeatureRepository(s).active_by_key(namespace, key)
 
     async def get(self, namespace: str, id_or_key: str) -> Feature:
-        def tx() -> Feature | None:
-            with self.d.db.read() as s:
-                return FeatureRepository(s).get(namespace, id_or_key)
+        def tx(s: Session) -> Feature | None:
+            return FeatureRepository(s).get(namespace, id_or_key)
 
-        found = await self.d.in_thread(tx)
+        found = await self.deps.reading(tx)
         if found is None:
             raise FeatureNotFound(id_or_key)
         return found
@@ -118,41 +118,38 @@ class FeatureService:
         limit: int = MAX_PAGE,
         offset: int = 0,
     ) -> list[Feature]:
-        def tx() -> list[Feature]:
-            with self.d.db.read() as s:
-                return FeatureRepository(s).search(
-                    namespace,
-                    include_archived=include_archived,
-                    meter_slugs=meter_slugs,
-                    limit=min(limit, MAX_PAGE),
-                    offset=offset,
-                )
+        def tx(s: Session) -> list[Feature]:
+            return FeatureRepository(s).search(
+                namespace,
+                include_archived=include_archived,
+                meter_slugs=meter_slugs,
+                limit=min(limit, MAX_PAGE),
+                offset=offset,
+            )
 
-        return await self.d.in_thread(tx)
+        return await self.deps.reading(tx)
 
     async def count(self, namespace: str, *, include_archived: bool = False, meter_slugs: Sequence[str] = ()) -> int:
         """How many features `search` pages through with these filters."""
 
-        def tx() -> int:
-            with self.d.db.read() as s:
-                return FeatureRepository(s).count(namespace, include_archived=include_archived, meter_slugs=meter_slugs)
+        def tx(s: Session) -> int:
+            return FeatureRepository(s).count(namespace, include_archived=include_archived, meter_slugs=meter_slugs)
 
-        return await self.d.in_thread(tx)
+        return await self.deps.reading(tx)
 
     async def archive(self, namespace: str, id_or_key: str) -> Feature:
         """DELETE archives: existing entitlements keep working, new ones cannot use the feature."""
-        now = self.d.clock.now()
+        now = self.deps.clock.now()
 
-        def tx() -> Feature | None:
-            with self.d.db.write() as s:
-                repo = FeatureRepository(s)
-                found = repo.get(namespace, id_or_key)
-                if found is None:
-                    return None
-                repo.archive(namespace, found.id, now)
-                return repo.get(namespace, found.id)
+        def tx(s: Session) -> Feature | None:
+            repo = FeatureRepository(s)
+            found = repo.get(namespace, id_or_key)
+            if found is None:
+                return None
+            repo.archive(namespace, found.id, now)
+            return repo.get(namespace, found.id)
 
-        archived = await self.d.in_thread(tx)
+        archived = await self.deps.writing(tx)
         if archived is None:
             raise FeatureNotFound(id_or_key)
         log.info("feature_archived", feature_id=archived.id, key=archived.key)
@@ -161,8 +158,7 @@ class FeatureService:
     async def features_using_meter(self, namespace: str, meter_slug: str) -> list[str]:
         """MeterUseGuard: active feature keys that measure with this meter (a meter in use cannot be deleted)."""
 
-        def tx() -> list[str]:
-            with self.d.db.read() as s:
-                return FeatureRepository(s).active_keys_using_meter(namespace, meter_slug)
+        def tx(s: Session) -> list[str]:
+            return FeatureRepository(s).active_keys_using_meter(namespace, meter_slug)
 
-        return await self.d.in_thread(tx)
+        return await self.deps.reading(tx)

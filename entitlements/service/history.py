@@ -17,6 +17,7 @@ from zoneinfo import ZoneInfo
 from common.errors import InvalidInput
 from common.timezones import known_zone
 from entitlements import engine
+from entitlements.domain import OwnerRef
 from entitlements.service.balance import BalanceService
 
 ZERO = Decimal(0)
@@ -99,7 +100,7 @@ def window_edges(start: datetime, end: datetime, size: WindowSize, tz: ZoneInfo)
 async def balance_history(
     balances: BalanceService,
     namespace: str,
-    subject_key: str,
+    owner: OwnerRef,
     entitlement_id: str,
     *,
     start: datetime | None,
@@ -107,9 +108,9 @@ async def balance_history(
     size: WindowSize,
     tz: ZoneInfo,
 ) -> History:
-    now = balances.d.clock.now()
+    now = balances.deps.clock.now()
     end = end or now
-    loaded = await balances.load_metered(namespace, subject_key, entitlement_id, start or end)
+    loaded = await balances.load_metered(namespace, owner, entitlement_id, start or end)
     assert loaded.inputs is not None
     measure_from = loaded.inputs.terms.measure_usage_from
     if start is None:
@@ -140,36 +141,4 @@ async def balance_history(
             j += 1
         # Every window, also those without usage (OpenMeter fills them with 0: metered/balance.go).
         windows.append(HistoryWindow(w_start, w_end, used, balance_at_start))
-    return History(tuple(windows), tuple(_merge_at_edges(segments, set(edges[1:-1]))))
-
-
-def _merge_at_edges(segments: list[engine.Segment], edges: set[datetime]) -> list[engine.Segment]:
-    """Burn-down segments split only where the engine's state changes, not at history window edges."""
-    out: list[engine.Segment] = []
-    for seg in segments:
-        prev = out[-1] if out else None
-        if prev is not None and seg.start in edges and not seg.reset_at_start and _same_phase(prev, seg):
-            usages: dict[str, Decimal] = {u.grant_id: u.usage for u in prev.grant_usages}
-            for u in seg.grant_usages:
-                usages[u.grant_id] = usages.get(u.grant_id, ZERO) + u.usage
-            out[-1] = engine.Segment(
-                start=prev.start,
-                end=seg.end,
-                usage=prev.usage + seg.usage,
-                overage_at_start=prev.overage_at_start,
-                overage_at_end=seg.overage_at_end,
-                overage_created=prev.overage_created + seg.overage_created,
-                balances_at_start=prev.balances_at_start,
-                balances_at_end=seg.balances_at_end,
-                grant_usages=tuple(engine.GrantUsage(k, v) for k, v in usages.items()),
-                period_start=prev.period_start,
-                reset_at_start=prev.reset_at_start,
-            )
-        else:
-            out.append(seg)
-    return out
-
-
-def _same_phase(prev: engine.Segment, seg: engine.Segment) -> bool:
-    """No grant appeared or disappeared at the edge: the balances simply continue."""
-    return prev.balances_at_end == seg.balances_at_start and prev.period_start == seg.period_start
+    return History(tuple(windows), tuple(engine.burndown(segments, computed.result.closed_by)))

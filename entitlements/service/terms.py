@@ -14,7 +14,9 @@ def recurrence_of(period: UsagePeriod) -> engine.Recurrence:
     return engine.Recurrence(engine.Period.parse(period.interval), period.anchor)
 
 
-def expires_at(effective_at: datetime, expiration: Expiration) -> datetime:
+def expires_at(effective_at: datetime, expiration: Expiration | None) -> datetime | None:
+    if expiration is None:
+        return None
     return engine.Period.of_expiration(expiration.duration.value, expiration.count).times(effective_at, 1)
 
 

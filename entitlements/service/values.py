@@ -12,16 +12,27 @@ own `as_of`, else the 503 stands (never a made-up balance).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 import structlog
 
-from common.errors import Unavailable
+from common import exactjson
+from common.errors import MetergateError, Unavailable
 from entitlements import engine
 from entitlements.cache.store import AliasKey, BalanceCache, Entry
-from entitlements.domain import EntitlementType
-from entitlements.service.balance import BalanceService, Computed, Loaded, Value
+from entitlements.domain import EntitlementType, OwnerRef
+from entitlements.service import bulk
+from entitlements.service.balance import (
+    BalanceService,
+    Computed,
+    Loaded,
+    Value,
+    needs_usage,
+    value_fields,
+    value_of,
+)
 from entitlements.service.terms import Inputs
 
 log = structlog.get_logger(__name__)
@@ -33,9 +44,16 @@ HORIZON = timedelta(days=1)
 
 @dataclass(frozen=True, slots=True)
 class FreshValue:
+    """`body`: the JSON answer already encoded (OpenMeter's fields and `asOf`), for values from the cache."""
+
     value: Value
     as_of: datetime
     cached: bool
+    body: bytes = b""
+
+
+def value_body(value: Value, as_of: datetime) -> bytes:
+    return exactjson.dumps({**value_fields(value), "asOf": as_of})
 
 
 def next_change(inputs: Inputs, final: engine.Snapshot) -> datetime:
@@ -61,54 +79,113 @@ class CachedBalances:
     def __init__(self, balances: BalanceService, cache: BalanceCache | None) -> None:
         self.balances = balances
         self.cache = cache
-        self.d = balances.d
+        self.deps = balances.deps
         if cache is not None:
-            self.d.change_listeners.append(cache.invalidate_subject)
+            self.deps.change_listeners.append(cache.invalidate_subject)
 
     async def value(
-        self, namespace: str, subject: str, id_or_feature_key: str, at: datetime | None = None, *, fresh: bool = False
+        self,
+        namespace: str,
+        subject: OwnerRef,
+        id_or_feature_key: str,
+        at: datetime | None = None,
+        *,
+        fresh: bool = False,
     ) -> FreshValue:
         if at is not None:
-            as_of = self.d.wall_clock.now()
+            as_of = self.deps.wall_clock.now()
             return FreshValue(await self.balances.value(namespace, subject, id_or_feature_key, at), as_of, False)
-        now = self.d.clock.now()
+        now = self.deps.clock.now()
         if self.cache is None:
             value = await self.balances.value(namespace, subject, id_or_feature_key, now)
-            return FreshValue(value, self.d.wall_clock.now(), False)
+            return FreshValue(value, self.deps.wall_clock.now(), False)
         entry = self.cache.get(namespace, subject, id_or_feature_key, now)
         if entry is not None and not fresh:
-            return FreshValue(entry.value, entry.as_of, True)
+            return FreshValue(entry.value, entry.as_of, True, entry.body)
         try:
             return await self.compute(namespace, subject, id_or_feature_key, now)
         except Unavailable:
             if entry is None:
                 raise
             log.warning("value_answered_from_cache", entitlement_id=entry.entitlement_id, as_of=entry.as_of.isoformat())
-            return FreshValue(entry.value, entry.as_of, True)
+            return FreshValue(entry.value, entry.as_of, True, entry.body)
 
-    def warm(self, namespace: str, subject: str, id_or_feature_key: str) -> FreshValue | None:
+    def warm(self, namespace: str, subject: OwnerRef, id_or_feature_key: str) -> FreshValue | None:
         """The cached value at "now", or None (no await: bulk reads answer their warm items in one pass)."""
         if self.cache is None:
             return None
-        entry = self.cache.get(namespace, subject, id_or_feature_key, self.d.clock.now())
+        entry = self.cache.get(namespace, subject, id_or_feature_key, self.deps.clock.now())
         return None if entry is None else FreshValue(entry.value, entry.as_of, True)
 
-    async def compute(self, namespace: str, subject: str, id_or_feature_key: str, now: datetime) -> FreshValue:
+    async def compute(self, namespace: str, subject: OwnerRef, id_or_feature_key: str, now: datetime) -> FreshValue:
         """Compute from scratch at `now` and store the result (unless a change raced with it)."""
         assert self.cache is not None
         token = self.cache.token()
-        as_of = self.d.wall_clock.now()
+        as_of = self.deps.wall_clock.now()
         value, loaded, computed = await self.balances.value_detail(namespace, subject, id_or_feature_key, now)
+        await self._store(namespace, subject, id_or_feature_key, loaded, computed, value, now, as_of, token)
+        return FreshValue(value, as_of, False)
+
+    async def compute_many(
+        self, namespace: str, items: Sequence[tuple[OwnerRef, str]]
+    ) -> list[FreshValue | MetergateError]:
+        """Values at "now" for many items in a few queries (entitlements.service.bulk), stored in the cache;
+        an item the bulk path cannot answer goes through the single read (which names its error)."""
+        now = self.deps.clock.now()
+        token = None if self.cache is None else self.cache.token()
+        as_of = self.deps.wall_clock.now()
+        loaded = await self.deps.in_thread(lambda: bulk.load_many(self.deps, namespace, items))
+        ready = [x for x in loaded if isinstance(x, Loaded)]
+        try:
+            computed = dict(zip(map(id, ready), await bulk.compute_many(self.deps, ready, now), strict=True))
+        except Unavailable:
+            # ClickHouse is down: item by item, each may still answer from the cache with its own asOf.
+            loaded = [None if isinstance(x, Loaded) and needs_usage(x, now) else x for x in loaded]
+            computed = {id(x): None for x in loaded if isinstance(x, Loaded)}
+        out: list[FreshValue | MetergateError] = []
+        for (subject, key), item in zip(items, loaded, strict=True):
+            if isinstance(item, MetergateError):
+                out.append(item)
+                continue
+            if item is None:
+                try:
+                    out.append(await self.value(namespace, subject, key, fresh=True))
+                except MetergateError as exc:
+                    out.append(exc)
+                continue
+            run = computed[id(item)]
+            value = value_of(item, now, run)
+            if token is not None:
+                await self._store(namespace, subject, key, item, run, value, now, as_of, token)
+            out.append(FreshValue(value, as_of, False))
+        return out
+
+    async def _store(
+        self,
+        namespace: str,
+        subject: OwnerRef,
+        id_or_feature_key: str,
+        loaded: Loaded,
+        computed: Computed | None,
+        value: Value,
+        now: datetime,
+        as_of: datetime,
+        token: int,
+    ) -> None:
+        assert self.cache is not None
         ent = loaded.entitlement
         event_type = None
         if ent.type is EntitlementType.METERED:
-            meter = await self.d.meters.get_meter(namespace, loaded.feature.meter_slug or "")
+            meter = await self.deps.meters.get_meter(namespace, loaded.feature.meter_slug or "")
             if meter is None:
-                return FreshValue(value, as_of, False)
+                return
             event_type = meter.event_type
-        entry = Entry(namespace, ent.subject_key, ent.id, event_type, value, now, valid_until(loaded, computed), as_of)
+        # Dropped when the owner, one of its subjects (usage, or a customer joined) or the subject asked changes.
+        depends = tuple(dict.fromkeys([*loaded.owner.subjects, *([subject] if isinstance(subject, str) else [])]))
+        until = valid_until(loaded, computed)
+        body = value_body(value, as_of)
+        entry = Entry(namespace, ent.subject_key, ent.id, event_type, value, now, until, as_of, depends, body=body)
         aliases: list[AliasKey] = [(namespace, subject, id_or_feature_key)]
         if ent.deleted_at is None:
             aliases += [(namespace, subject, ent.id), (namespace, subject, loaded.feature.key)]
         self.cache.put(entry, aliases, token)
-        return FreshValue(value, as_of, False)

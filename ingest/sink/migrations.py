@@ -47,7 +47,10 @@ def topic_errors(response: Any) -> list[str]:
 
 
 async def create_topics(kafka: KafkaSettings) -> list[str]:
-    """Create the events and dead-letter topics if missing; returns the topics it created."""
+    """Create the events, dead-letter and notification topics if missing; returns the topics it created.
+
+    The notification topic has one partition (every follower sees one order) and a short retention
+    (followers read from its end)."""
     from aiokafka.admin import AIOKafkaAdminClient, NewTopic
     from aiokafka.errors import KafkaError, TopicAlreadyExistsError
 
@@ -57,15 +60,19 @@ async def create_topics(kafka: KafkaSettings) -> list[str]:
     try:
         await admin.start()
         existing = set(await admin.list_topics())
-        wanted = [t for t in (kafka.events_topic, kafka.dead_letter_topic) if t not in existing]
+        topics = (kafka.events_topic, kafka.dead_letter_topic, kafka.notifications_topic)
+        wanted = [t for t in topics if t not in existing]
         if wanted:
-            retention = {"retention.ms": str(kafka.events_retention_days * 86_400_000)}
+            configs = {
+                kafka.events_topic: {"retention.ms": str(kafka.events_retention_days * 86_400_000)},
+                kafka.notifications_topic: {"retention.ms": str(kafka.notifications_retention_hours * 3_600_000)},
+            }
             new = [
                 NewTopic(
                     t,
-                    kafka.topic_partitions,
+                    1 if t == kafka.notifications_topic else kafka.topic_partitions,
                     kafka.replication_factor,
-                    topic_configs=retention if t == kafka.events_topic else {},
+                    topic_configs=configs.get(t, {}),
                 )
                 for t in wanted
             ]

@@ -17,6 +17,7 @@ import time
 from collections import deque
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 
 import structlog
@@ -25,11 +26,14 @@ from aiokafka.errors import KafkaError
 
 from common.clickhouse import ClickHouse, connect_clickhouse
 from common.clock import Clock, SystemClock
+from common.ingest_notifications import group_events
 from common.settings import ClickHouseSettings, KafkaSettings
+from ingest.notification_stream import KafkaNotificationPublisher
 from ingest.settings import SinkSettings
 from ingest.sink.consumer import PartitionState, batch_from_records, conflict_letters
 from ingest.sink.dlq import DeadLetter, DeadLetterSink, KafkaDeadLetters
 from ingest.sink.ledger import LedgerRecord
+from ingest.sink.metrics import SinkMetrics
 from ingest.sink.migrations import migrate_clickhouse
 from ingest.sink.processor import Batch, BatchProcessor, BatchResult, SinkCounters
 from ingest.sink.tuning import tuned_interpreter
@@ -68,6 +72,13 @@ class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]
         self._worker.assign(list(assigned))
 
 
+@dataclass(slots=True)
+class _Attempt:
+    """The ledger record of a batch being written, kept across its retries once made."""
+
+    record: LedgerRecord | None
+
+
 class SinkWorker:
     def __init__(
         self,
@@ -75,11 +86,15 @@ class SinkWorker:
         processor: BatchProcessor,
         dead_letters: DeadLetterSink,
         settings: SinkSettings,
+        notifications: KafkaNotificationPublisher | None = None,
     ) -> None:
         self.consumer = consumer
         self.processor = processor
         self.dead_letters = dead_letters
         self.settings = settings
+        self.notifications = notifications
+        self.metrics: SinkMetrics | None = None
+        self._committed: dict[TopicPartition, int] = {}
         self.counters = SinkCounters()
         self.partitions: dict[TopicPartition, PartitionState] = {}
         self._write_lock = asyncio.Lock()
@@ -128,6 +143,7 @@ class SinkWorker:
                 continue
             committed = await self.consumer.committed(tp)
             if committed is not None and committed >= 0:
+                self._committed[tp] = committed
                 beginning = (await self.consumer.beginning_offsets([tp])).get(tp, 0)
                 lost = lost_to_retention(committed, beginning)
                 if lost:
@@ -221,48 +237,71 @@ class SinkWorker:
             await self._write(job)
 
     async def _write(self, job: _Job) -> bool:
-        """Write one batch until it sticks, then commit. False when abandoned (revoked, or shutdown)."""
-        tp, state, batch = job.tp, job.state, job.batch
-        offsets = batch.range_id.range
-        rec = job.record
-        if rec is None:
-            early = self._early.pop((tp, offsets.start), None)
-            if early is not None and early.range_id == batch.range_id and early.digest == batch.digest:
-                rec = early
+        """One batch, in the order it must happen: (1) record its range and write it, with its dead letters,
+        until it sticks; (2) tell followers whose usage changed; (3) count it; (4) commit its offsets.
+        False when abandoned (revoked, or shutdown) or when the commit lost the partition."""
+        started = time.monotonic()
+        written = await self._write_until_stored(job)
+        if written is None:
+            return False
+        result, rec = written
+        await self._announce(job.batch, rec)
+        self._account(job, result)
+        committed = await self._commit(job, result)
+        if committed and self.metrics is not None:
+            self.metrics.batch_events.observe(len(job.records))
+            self.metrics.write_seconds.observe(time.monotonic() - started)
+        return committed
 
-        def attempt(ahead: list[_Job]) -> BatchResult:
-            nonlocal rec
-            if rec is None:
-                recs = self.processor.record_many([(j.batch.range_id, j.batch.digest) for j in [job, *ahead]])
-                rec = recs[0]
-                for j, r in zip(ahead, recs[1:], strict=True):
-                    self._early[(j.tp, j.batch.range_id.range.start)] = r
-            # a range found in the ledger at assignment may be partly stored already (a replay)
-            return self.processor.write(batch, rec, replay=job.record is not None)
+    def _known_record(self, job: _Job) -> LedgerRecord | None:
+        """The batch's ledger record if it exists already: found at assignment (a replay), or made ahead of
+        this write together with an earlier batch's."""
+        if job.record is not None:
+            return job.record
+        offsets = job.batch.range_id.range
+        early = self._early.pop((job.tp, offsets.start), None)
+        if early is not None and early.range_id == job.batch.range_id and early.digest == job.batch.digest:
+            return early
+        return None
 
+    def _queued_behind(self) -> list[_Job]:
+        """Queued batches with no record yet: recorded with this one, in one ledger insert."""
+        return [
+            j
+            for j in self._queued
+            if j.record is None and not j.state.revoked and (j.tp, j.batch.range_id.range.start) not in self._early
+        ]
+
+    def _record_and_write(self, job: _Job, attempt: _Attempt, behind: list[_Job]) -> BatchResult:
+        """In a worker thread: record the range unless recorded (kept in `attempt` for the retries), then
+        write the batch under it. A range found in the ledger at assignment may be partly stored (a replay)."""
+        if attempt.record is None:
+            recs = self.processor.record_many([(j.batch.range_id, j.batch.digest) for j in [job, *behind]])
+            attempt.record = recs[0]
+            for j, r in zip(behind, recs[1:], strict=True):
+                self._early[(j.tp, j.batch.range_id.range.start)] = r
+        return self.processor.write(job.batch, attempt.record, replay=job.record is not None)
+
+    async def _write_until_stored(self, job: _Job) -> tuple[BatchResult, LedgerRecord] | None:
+        """Step 1: retried unchanged with exponential backoff (partitions paused meanwhile); None if abandoned."""
+        tp, state = job.tp, job.state
+        offsets = job.batch.range_id.range
+        attempt = _Attempt(self._known_record(job))
         backoff = self.settings.retry_backoff_initial_ms / 1000
         while True:
             if state.revoked:
                 log.info("sink_batch_dropped_on_revoke", partition=tp.partition, start=offsets.start)
-                return False
+                return None
             if self._give_up_at is not None and time.monotonic() >= self._give_up_at:
                 log.error("sink_shutdown_with_unwritten_batch", partition=tp.partition, start=offsets.start)
-                return False
+                return None
             try:
                 async with self._write_lock:
                     if state.revoked:
-                        continue
-                    ahead = [
-                        j
-                        for j in self._queued
-                        if j.record is None
-                        and not j.state.revoked
-                        and (j.tp, j.batch.range_id.range.start) not in self._early
-                    ]
-                    result = await asyncio.to_thread(attempt, ahead)
+                        continue  # checked and logged at the top of the loop
+                    result = await asyncio.to_thread(self._record_and_write, job, attempt, self._queued_behind())
                 conflicts = conflict_letters(tp.topic, tp.partition, result.conflicts, job.records)
                 await self.dead_letters.send(job.letters + conflicts)
-                break
             except Exception as exc:  # noqa: BLE001 - every failure is retried unchanged; nothing committed
                 self.counters.write_failures += 1
                 log.warning(
@@ -278,21 +317,42 @@ class SinkWorker:
                     self._give_up_at = time.monotonic() + SHUTDOWN_RETRY_SECONDS
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, self.settings.retry_backoff_max_ms / 1000)
-        self._resume_all()
-        self.counters.add(batch, result)
+                continue
+            self._resume_all()
+            assert attempt.record is not None
+            return result, attempt.record
+
+    async def _announce(self, batch: Batch, rec: LedgerRecord) -> None:
+        """Step 2: stored and visible, so followers (API caches, webhooks) learn whose usage changed."""
+        if self.notifications is None:
+            return
+        events = ((i.decoded.namespace, i.decoded.event.subject, i.decoded.event.type, i.decoded.event.time)
+                  for i in batch.items)  # fmt: skip
+        stored_at = datetime.fromtimestamp(rec.stored_at_ms / 1000, UTC)
+        await self.notifications.publish_usage(group_events(events), stored_at)
+
+    def _account(self, job: _Job, result: BatchResult) -> None:
+        """Step 3: the counters, and a warning per conflict (same key, different payload)."""
+        self.counters.add(job.batch, result)
         for conflict in result.conflicts:
             log.warning(
                 "sink_event_conflict",
-                partition=tp.partition,
+                partition=job.tp.partition,
                 offset=conflict.offset,
                 key=list(conflict.key),
                 reason=conflict.reason,
             )
+
+    async def _commit(self, job: _Job, result: BatchResult) -> bool:
+        """Step 4: the offsets after the batch. A rebalance may have taken the partition: its next owner
+        replays the recorded range (exactly once through the ledger)."""
+        tp, offsets = job.tp, job.batch.range_id.range
         try:
             await self.consumer.commit({tp: offsets.end + 1})
-        except KafkaError as exc:  # a rebalance took the partition: the next owner replays the range
+        except KafkaError as exc:
             log.warning("sink_commit_failed", partition=tp.partition, end=offsets.end, error=str(exc))
             return False
+        self._committed[tp] = offsets.end + 1
         log.debug(
             "sink_batch_committed",
             partition=tp.partition,
@@ -300,9 +360,18 @@ class SinkWorker:
             end=offsets.end,
             stored=result.stored,
             duplicates=result.duplicates,
-            malformed=len(batch.malformed),
+            malformed=len(job.batch.malformed),
         )
         return True
+
+    def lag(self) -> dict[int, int]:
+        """Per assigned partition: its high watermark (as of the last fetch) minus the committed offset."""
+        out: dict[int, int] = {}
+        for tp in self.partitions:
+            high = self.consumer.highwater(tp)
+            if high is not None:
+                out[tp.partition] = max(0, high - self._committed.get(tp, 0))
+        return out
 
     def _pause_all(self) -> None:
         if not self._paused:
@@ -349,7 +418,12 @@ async def open_worker(
         enable_idempotence=False,
     )
     await producer.start()
-    worker = SinkWorker(consumer, processor, KafkaDeadLetters(producer, kafka.dead_letter_topic), sink)
+    notifications = KafkaNotificationPublisher(producer, kafka.notifications_topic)
+    worker = SinkWorker(consumer, processor, KafkaDeadLetters(producer, kafka.dead_letter_topic), sink, notifications)
+    if sink.metrics_port:
+        worker.metrics = SinkMetrics(lambda: worker.counters, worker.lag)
+        worker.metrics.serve(sink.metrics_port)
+        log.info("sink_metrics_serving", port=sink.metrics_port)
     try:
         consumer.subscribe([kafka.events_topic], listener=worker.listener())
         await consumer.start()

@@ -20,12 +20,13 @@ pytestmark = pytest.mark.e2e
 
 README = Path(__file__).resolve().parents[2] / "README.md"
 SECTION = "## From usage to an access check"
+CUSTOMERS = "## Customers: OpenMeter's current API"
 
 
-def walkthrough_script() -> tuple[str, str]:
+def walkthrough_script(heading: str = SECTION) -> tuple[str, str]:
     """(the shell block of the README section, the value response the README promises)."""
     text = README.read_text()
-    section = text[text.index(SECTION) :]
+    section = text[text.index(heading) :]
     block = re.search(r"```sh\n(.*?)```", section, re.S)
     assert block, "the README walkthrough has no ```sh block"
     script = block.group(1)
@@ -41,8 +42,9 @@ def dev(tmp_path: Path) -> Iterator[DevServer]:
 
 
 @pytest.mark.skipif(shutil.which("curl") is None, reason="the README's walkthrough uses curl")
-def test_readme_walkthrough_answers_as_documented(dev: DevServer) -> None:
-    script, promised = walkthrough_script()
+@pytest.mark.parametrize("heading", [SECTION, CUSTOMERS])
+def test_readme_walkthrough_answers_as_documented(dev: DevServer, heading: str) -> None:
+    script, promised = walkthrough_script(heading)
     script = script.replace("http://127.0.0.1:8888", dev.base_url)
     out = subprocess.run(
         ["bash", "-euo", "pipefail", "-c", script], capture_output=True, text=True, timeout=120, check=False

@@ -1,4 +1,4 @@
-"""ClickHouseLateEventProbe on the real engine (chdb, or CLICKHOUSE_URL): the late-event question is exact."""
+"""The usage reader's late-event question (`stored_after`) on the real engine (chdb, or CLICKHOUSE_URL): exact."""
 
 from __future__ import annotations
 
@@ -6,11 +6,12 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
+from aggregator.repository import ClickHouseMeterRepository
+from aggregator.service import MeterService
+from aggregator.usage import ClickHouseUsageReader
 from common.clickhouse import ClickHouse
 from common.events_table import EVENT_COLUMNS, EVENTS_TABLE
-from entitlements.late_events import ClickHouseLateEventProbe
 from ingest.sink.migrations import migrate_clickhouse
-from tests.support.entitlement_fakes import FakeMeters
 
 pytestmark = pytest.mark.integration
 
@@ -24,9 +25,10 @@ def row(i: int, time: datetime, stored_at: datetime, subject: str = "acme", type
 
 async def test_stored_after_finds_exactly_the_late_events(clickhouse: ClickHouse) -> None:
     migrate_clickhouse(clickhouse)
-    meters = FakeMeters()
-    meters.add("tokens")
-    probe = ClickHouseLateEventProbe(clickhouse, meters)
+    meters = MeterService(ClickHouseMeterRepository(clickhouse))
+    await meters.start()
+    await meters.create("ns", {"slug": "tokens", "aggregation": "COUNT", "eventType": "tokens"})
+    probe = ClickHouseUsageReader(meters)
     rows = [
         row(1, T - timedelta(days=3), W - timedelta(days=1)),  # old, stored before the snapshot
         row(2, T + timedelta(days=1), W + timedelta(days=1)),  # after the snapshot instant: not late
@@ -41,3 +43,5 @@ async def test_stored_after_finds_exactly_the_late_events(clickhouse: ClickHouse
     assert await probe.stored_after("ns", "tokens", "acme", before=T - timedelta(milliseconds=1), after=W) is False
     assert await probe.stored_after("ns", "tokens", "acme", before=T, after=W + timedelta(milliseconds=1)) is False
     assert await probe.stored_after("ns", "missing-meter", "acme", before=T, after=W) is True  # unknown: stale
+    assert await probe.stored_after("ns", "tokens", ("other", "acme"), before=T, after=W) is True  # a customer
+    assert await probe.stored_after("ns", "tokens", (), before=T, after=W) is False

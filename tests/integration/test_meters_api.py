@@ -128,8 +128,19 @@ async def test_usage_reader_and_validation_hook(env: SimpleNamespace) -> None:
     assert await reader.usage("ns1", "tokens", "alice", {"model": "b"}, T0, T0 + timedelta(days=1)) == Decimal("2.5")
     bounds = [T0, T0 + timedelta(hours=3, seconds=5), T0 + timedelta(hours=3, seconds=5), T0 + timedelta(days=1)]
     assert await reader.usage_windows("ns1", "tokens", "alice", {}, bounds) == [Decimal(10), Decimal(0), Decimal("2.5")]
-    assert await reader.last_stored_at("ns1", "tokens", "alice", T0) is None
-    assert await reader.last_stored_at("ns1", "tokens", "alice", T0 + timedelta(hours=4)) is not None
+    assert await reader.stored_after("ns1", "tokens", "alice", before=T0, after=T0 - timedelta(days=1)) is False
+    later = T0 + timedelta(hours=4)
+    assert await reader.stored_after("ns1", "tokens", "alice", before=later, after=T0 - timedelta(days=1)) is True
+    # Many subjects in one read: each subject's windows, as its own read gives them (subjects with none absent).
+    wide = [T0, T0 + timedelta(hours=3, seconds=5), T0 + timedelta(days=1), T0 + timedelta(days=2)]
+    by_subject = await reader.usage_by_subject("ns1", "tokens", ["alice", "bob", "nobody"], {}, wide)
+    assert set(by_subject) == {"alice", "bob"}
+    for subject, windows in by_subject.items():
+        assert windows == await reader.usage_windows("ns1", "tokens", subject, {}, wide)
+    assert await reader.usage_by_subject("ns1", "tokens", ["alice"], {"model": "b"}, wide) == {
+        "alice": [Decimal(0), Decimal("2.5"), Decimal(0)]
+    }
+    assert await reader.usage_by_subject("ns1", "tokens", [], {}, wide) == {}
     ref = await env.service.get_meter("ns1", "tokens")
     assert ref is not None
     assert ref.group_by == {"model": "$.model"}

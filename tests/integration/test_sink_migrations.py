@@ -31,5 +31,6 @@ def test_clickhouse_tables_are_created_once(clickhouse: ClickHouse) -> None:
 
 async def test_topics_are_created_once(kafka_bootstrap_servers: str) -> None:
     kafka = kafka_settings(kafka_bootstrap_servers, partitions=3)
-    assert sorted(await create_topics(kafka)) == sorted([kafka.events_topic, kafka.dead_letter_topic])
+    wanted = [kafka.events_topic, kafka.dead_letter_topic, kafka.notifications_topic]
+    assert sorted(await create_topics(kafka)) == sorted(wanted)
     assert await create_topics(kafka) == []

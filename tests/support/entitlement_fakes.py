@@ -16,7 +16,7 @@ from fastapi.responses import Response
 
 from common.errors import MetergateError
 from common.http import problem_for
-from common.usage import MeterRef
+from common.usage import MeterRef, Subjects, subject_list
 from entitlements.http import router
 from entitlements.service import Entitlements
 
@@ -51,12 +51,14 @@ class FakeUsage:
     events: list[FakeEvent] = field(default_factory=list)
     calls: int = 0
     windows: int = 0
+    bulk_calls: int = 0
+    probes: int = 0
     stored_clock: Any = None
 
     def add(
         self,
         meter: str,
-        subject: str,
+        subject: Subjects,
         time: datetime,
         value: Decimal | int | str,
         *,
@@ -67,14 +69,18 @@ class FakeUsage:
             FakeEvent(meter, subject, time, Decimal(value), stored_at or datetime.now(UTC), dict(groups))
         )
 
-    def _match(self, e: FakeEvent, meter: str, subject: str, filters: Mapping[str, str]) -> bool:
-        return e.meter == meter and e.subject == subject and all(e.groups.get(k) == v for k, v in filters.items())
+    def _match(self, e: FakeEvent, meter: str, subject: Subjects, filters: Mapping[str, str]) -> bool:
+        return (
+            e.meter == meter
+            and e.subject in subject_list(subject)
+            and all(e.groups.get(k) == v for k, v in filters.items())
+        )
 
     async def usage(
         self,
         namespace: str,
         meter_slug: str,
-        subject: str,
+        subject: Subjects,
         group_by_filters: Mapping[str, str],
         start: datetime,
         end: datetime,
@@ -85,7 +91,7 @@ class FakeUsage:
         self,
         namespace: str,
         meter_slug: str,
-        subject: str,
+        subject: Subjects,
         group_by_filters: Mapping[str, str],
         boundaries: Sequence[datetime],
     ) -> list[Decimal]:
@@ -105,9 +111,29 @@ class FakeUsage:
             )
         return out
 
-    async def last_stored_at(self, namespace: str, meter_slug: str, subject: str, before: datetime) -> datetime | None:
-        times = [e.stored_at for e in self.events if e.meter == meter_slug and e.subject == subject and e.time < before]
-        return max(times, default=None)
+    async def usage_by_subject(
+        self,
+        namespace: str,
+        meter_slug: str,
+        subjects: Sequence[str],
+        group_by_filters: Mapping[str, str],
+        boundaries: Sequence[datetime],
+    ) -> dict[str, list[Decimal]]:
+        self.bulk_calls += 1
+        out = {}
+        for subject in dict.fromkeys(subjects):
+            self.calls -= 1  # counted as one bulk call, not one per subject
+            out[subject] = await self.usage_windows(namespace, meter_slug, subject, group_by_filters, boundaries)
+        return out
+
+    async def stored_after(
+        self, namespace: str, meter_slug: str, subject: Subjects, *, before: datetime, after: datetime
+    ) -> bool:
+        self.probes += 1
+        return any(
+            e.meter == meter_slug and e.subject in subject_list(subject) and e.time < before and e.stored_at > after
+            for e in self.events
+        )
 
 
 def entitlements_app(entitlements: Entitlements, namespace: str = "default") -> FastAPI:
@@ -125,19 +151,3 @@ def entitlements_app(entitlements: Entitlements, namespace: str = "default") -> 
 
     app.include_router(router)
     return app
-
-
-@dataclass
-class FakeUsageWithProbe(FakeUsage):
-    """A reader that also answers the late-event question directly (entitlements' StoredAfterProbe)."""
-
-    probes: int = 0
-
-    async def stored_after(
-        self, namespace: str, meter_slug: str, subject: str, *, before: datetime, after: datetime
-    ) -> bool:
-        self.probes += 1
-        return any(
-            e.meter == meter_slug and e.subject == subject and e.time < before and e.stored_at > after
-            for e in self.events
-        )

@@ -23,6 +23,7 @@ from common.clock import FrozenClock
 from common.errors import MetergateError
 from common.http import problem_for
 from tests.support.meter_events import insert
+from tests.support.openapi_check import validating_hook
 
 T0 = datetime(2024, 3, 30, 20, 0, tzinfo=UTC)
 TOKENS = {
@@ -89,5 +90,6 @@ async def meters_app(clickhouse: ClickHouse) -> AsyncIterator[SimpleNamespace]:
     ]
     insert(clickhouse, "ns1", events, "before-meter")
     transport = httpx.ASGITransport(app=app)
-    async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+    hooks = {"response": [validating_hook(app)]}  # every success body against its published schema
+    async with httpx.AsyncClient(transport=transport, base_url="http://test", event_hooks=hooks) as client:
         yield SimpleNamespace(client=client, service=service, guard=guard, ch=clickhouse)

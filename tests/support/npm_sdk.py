@@ -1,5 +1,6 @@
-"""The npm `cloudevents` SDK's own output, for tests: installs the SDK into a cache folder with npm (the
-registry is reachable from these machines) and runs tests/support/npm_cloudevents_emit.js with node."""
+"""npm packages for tests: `npm_package` installs one into a cache folder with npm (the registry is reachable
+from these machines; the test is skipped, saying so, where node or npm is missing). `npm_sdk_messages` runs
+tests/support/npm_cloudevents_emit.js with the `cloudevents` SDK."""
 
 from __future__ import annotations
 
@@ -18,12 +19,16 @@ SCRIPT = Path(__file__).with_name("npm_cloudevents_emit.js")
 
 
 @cache
-def _installed() -> Path:
-    folder = Path(tempfile.gettempdir()) / "metergate-npm-cloudevents-10.0.0"
-    if not (folder / "node_modules" / "cloudevents").is_dir():
+def npm_package(spec: str) -> Path:
+    """The folder holding node_modules/<package> for `spec` (name@version), installed on first use."""
+    if shutil.which("node") is None or shutil.which("npm") is None:
+        pytest.skip(f"node and npm are needed to run the npm package {spec}")
+    name = spec.rpartition("@")[0]
+    folder = Path(tempfile.gettempdir()) / ("metergate-npm-" + spec.replace("/", "-").replace("@", "-").strip("-"))
+    if not (folder / "node_modules" / name).is_dir():
         folder.mkdir(parents=True, exist_ok=True)
         subprocess.run(
-            ["npm", "install", "--silent", "--no-audit", "--no-fund", "--prefix", str(folder), SDK],
+            ["npm", "install", "--silent", "--no-audit", "--no-fund", "--prefix", str(folder), spec],
             check=True,
             timeout=300,
             capture_output=True,
@@ -33,9 +38,7 @@ def _installed() -> Path:
 
 def npm_sdk_messages() -> list[dict[str, Any]]:
     """[{kind: http|kafka, mode: structured|binary, headers, body, key}] as the SDK builds them."""
-    if shutil.which("node") is None or shutil.which("npm") is None:
-        pytest.skip("node and npm are needed to run the npm cloudevents SDK")
-    folder = _installed()
+    folder = npm_package(SDK)
     result = subprocess.run(
         ["node", str(SCRIPT)],
         check=True,

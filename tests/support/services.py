@@ -29,9 +29,9 @@ def tansu_binary() -> str:
 
 
 @contextlib.contextmanager
-def tansu_broker() -> Iterator[str]:
-    """Start a tansu broker on a free loopback port; yields its bootstrap address."""
-    port = free_port()
+def tansu_broker(port: int | None = None) -> Iterator[str]:
+    """Start a tansu broker on a loopback port (a free one unless given); yields its bootstrap address."""
+    port = port or free_port()
     address = f"127.0.0.1:{port}"
     log = tempfile.NamedTemporaryFile(prefix="tansu-", suffix=".log", delete=False)  # noqa: SIM115
     proc = subprocess.Popen(

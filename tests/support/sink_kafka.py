@@ -20,6 +20,7 @@ def kafka_settings(bootstrap: str, partitions: int = 4) -> KafkaSettings:
         bootstrap_servers=bootstrap,
         events_topic=f"events-{suffix}",
         dead_letter_topic=f"dlq-{suffix}",
+        notifications_topic=f"notes-{suffix}",
         topic_partitions=partitions,
     )
 

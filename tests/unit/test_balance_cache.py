@@ -67,14 +67,12 @@ class CachedHarness(Harness):
     def _drop_all_snapshots(self) -> None:
         ents = self.ents
         with ents.deps.db.read() as s:
-            from entitlements.db.repositories import EntitlementRepository
+            from entitlements.db.repositories import EntitlementFilters, EntitlementRepository
 
-            ids = [
-                e.id
-                for e in EntitlementRepository(s, lock_rows=False).search(
-                    NS, include_deleted=True, limit=1000, offset=0
-                )
-            ]
+            found = EntitlementRepository(s, lock_rows=False).search(
+                NS, EntitlementFilters(include_deleted=True), limit=1000, offset=0
+            )
+            ids = [e.id for e in found]
         with ents.deps.db.write() as s:
             for eid in ids:
                 SnapshotRepository(s).delete_all(eid)

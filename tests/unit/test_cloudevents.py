@@ -10,13 +10,13 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from common.clock import format_time
 from common.cloudevents import (
     MAX_ATTRIBUTE_LENGTH,
     CloudEvent,
     EventValidationError,
     canonical_data,
     decode_json,
-    format_time,
     parse_time,
     validate_batch,
     validate_event,

@@ -34,6 +34,7 @@ ENV_FIXTURE = {
     "CLICKHOUSE_PASSWORD": "ch-Secret-4711",
     "POSTGRES_PASSWORD": "pg-Secret-0815",
     "GRAFANA_ADMIN_PASSWORD": "gf-Secret-1234",
+    "KAFKA_CLUSTER_ID": "MkU3OEVBNTcwNTJENDM2Qk",
 }
 _VARIABLE = re.compile(r"\$\{(?P<name>[A-Z_][A-Z0-9_]*)(?::\?(?P<message>[^}]*))?\}")
 
@@ -198,3 +199,17 @@ def test_the_api_scales_out_behind_the_proxy(compose: dict[str, Any]) -> None:
     assert "resolver 127.0.0.11" in conf
     mount = proxy["volumes"][0].split(":")[0]
     assert (ROOT / mount).resolve() == (ROOT / "deploy" / "nginx.conf").resolve()
+
+
+def test_every_service_rotates_its_log_and_has_a_memory_limit(compose: dict[str, Any]) -> None:
+    for name, service in compose["services"].items():
+        assert service["logging"]["options"]["max-size"], name
+        if name != "migrate":
+            assert service["deploy"]["resources"]["limits"]["memory"], name
+
+
+def test_kafka_has_its_own_cluster_id_and_a_loopback_external_listener(compose: dict[str, Any]) -> None:
+    kafka = compose["services"]["kafka"]
+    assert kafka["environment"]["CLUSTER_ID"] == ENV_FIXTURE["KAFKA_CLUSTER_ID"]
+    assert "EXTERNAL://127.0.0.1:29092" in kafka["environment"]["KAFKA_ADVERTISED_LISTENERS"]
+    assert kafka["ports"] == ["127.0.0.1:29092:29092"]  # no authentication: never beyond this host

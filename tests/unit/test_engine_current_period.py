@@ -1,7 +1,6 @@
 """engine.period_containing (period arithmetic, no walk) equals the period the engine's walk reports.
 
-Also pins how it relates to engine.current_period (the period read off a snapshot): the two agree on every
-usable snapshot and part ways on a stale one, so neither can silently replace the other.
+It is the engine's one current-period computation: the shell's reads use it, and the walk agrees with it.
 """
 
 from __future__ import annotations
@@ -19,8 +18,6 @@ from entitlements.engine import (
     ManualReset,
     Period,
     Recurrence,
-    Snapshot,
-    current_period,
     initial_snapshot,
     period_containing,
     plan_windows,
@@ -123,63 +120,17 @@ def test_an_instant_before_measure_usage_from_is_refused() -> None:
 
 @settings(max_examples=200, deadline=None)
 @given(cases())
-def test_current_period_of_a_usable_snapshot_equals_period_containing(
+def test_the_walk_reports_period_containing_at_every_snapshot(
     case: tuple[EntitlementTerms, list[ManualReset], datetime],
 ) -> None:
-    """On every snapshot the engine hands out (initial, after each reset, final) with the inputs it was
-    taken from, reading the period off the snapshot gives period_containing's [start, end)."""
+    """At every snapshot the engine hands out (initial, after each reset, final), the period start it holds
+    is period_containing's, and the walk's final period is period_containing's [start, end): one
+    current-period computation."""
     terms, resets, at = case
     snap = initial_snapshot(terms, (), resets)
     bounds = plan_windows(snap, (), resets, terms, at)
     result = run(snap, (), resets, terms, bounds, [Decimal(0)] * (len(bounds) - 1))
     for s in (snap, *result.snapshots, result.final):
         assert snapshot_is_usable(s, terms, (), resets)
-        assert current_period(s, terms, resets) == period_containing(terms, resets, s.at)[:2]
-
-
-def day(n: int) -> datetime:
-    return T0 + timedelta(days=n)
-
-
-def _monthly_snapshot_at(days: int) -> tuple[EntitlementTerms, Snapshot]:
-    terms = EntitlementTerms(usage_period=Recurrence(Period.parse("MONTH"), T0), measure_usage_from=T0)
-    snap = initial_snapshot(terms, (), [])
-    bounds = plan_windows(snap, (), [], terms, day(days))
-    return terms, run(snap, (), [], terms, bounds, [Decimal(0)] * (len(bounds) - 1)).final
-
-
-@pytest.mark.parametrize(
-    ("resets", "from_snapshot", "from_arithmetic"),
-    [
-        # A reset backdated to before the snapshot: current_period keeps the snapshot's start and cadence
-        # (the stale month), period_containing starts the period at the reset.
-        ([ManualReset(day(9))], (day(0), day(31)), (day(9), day(40))),
-        ([ManualReset(day(9), retain_anchor=True)], (day(0), day(31)), (day(9), day(31))),
-        # A reset backdated to exactly the snapshot instant: only `t > snapshot.at` counts for the end.
-        ([ManualReset(day(20))], (day(0), day(31)), (day(20), day(51))),
-    ],
-)
-def test_current_period_of_a_stale_snapshot_differs_from_period_containing(
-    resets: list[ManualReset], from_snapshot: tuple[datetime, datetime], from_arithmetic: tuple[datetime, datetime]
-) -> None:
-    """current_period takes start and cadence from the snapshot and only the end from the resets given, and
-    does not check the snapshot is usable; period_containing recomputes everything from the inputs. This
-    pins the divergence as it is (not as it should be): merging the two must decide it first."""
-    terms, snap = _monthly_snapshot_at(20)
-    assert not snapshot_is_usable(snap, terms, (), resets)
-    assert current_period(snap, terms, resets) == from_snapshot
-    assert period_containing(terms, resets, snap.at)[:2] == from_arithmetic
-
-
-def test_current_period_of_a_snapshot_under_changed_terms_keeps_the_old_cadence() -> None:
-    """Terms changed after the snapshot: current_period still uses the snapshot's cadence and start, and
-    never checks measure_usage_from; period_containing uses the new terms (and refuses an instant before
-    their measure_usage_from)."""
-    _, snap = _monthly_snapshot_at(20)
-    weekly = EntitlementTerms(usage_period=Recurrence(Period.parse("P1W"), T0), measure_usage_from=T0)
-    assert current_period(snap, weekly, []) == (day(0), day(31))
-    assert period_containing(weekly, [], snap.at)[:2] == (day(14), day(21))
-    later = EntitlementTerms(usage_period=Recurrence(Period.parse("MONTH"), T0), measure_usage_from=day(25))
-    assert current_period(snap, later, []) == (day(0), day(31))
-    with pytest.raises(EngineInputError):
-        period_containing(later, [], snap.at)
+        assert s.period_start == period_containing(terms, resets, s.at)[0]
+    assert (result.period_start, result.period_end) == period_containing(terms, resets, result.at)[:2]

@@ -6,6 +6,7 @@ hour: it never plans windows, it burns each usage event on its own, in time orde
 
 from __future__ import annotations
 
+import itertools
 import random
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -22,6 +23,7 @@ from entitlements.engine import (
     Recurrence,
     Result,
     Snapshot,
+    burndown,
     initial_snapshot,
     plan_windows,
     snapshot_is_usable,
@@ -234,11 +236,12 @@ def test_determinism_and_order_independence(w: World, rnd: random.Random) -> Non
 @given(worlds(), st.integers(0, HORIZON))
 def test_snapshot_equivalence_and_cost(w: World, mid_hour: int) -> None:
     mid = min(max(hour(mid_hour), w.terms.measure_usage_from), w.target)
-    full = evaluate(w.terms, w.grants, w.events, w.target, resets=w.resets)
-    half = evaluate(w.terms, w.grants, w.events, mid, resets=w.resets)
+    # Hour split points in every run: negative net usage is clamped per window, so the runs must share windows.
+    full = evaluate(w.terms, w.grants, w.events, w.target, resets=w.resets, extra=hourly(w))
+    half = evaluate(w.terms, w.grants, w.events, mid, resets=w.resets, extra=hourly(w))
     snap = Snapshot.from_dict(half.final.to_dict())  # as the shell would persist and load it
     assert snapshot_is_usable(snap, w.terms, w.grants, w.resets)
-    rest = evaluate(w.terms, w.grants, w.events, w.target, resets=w.resets, snapshot=snap)
+    rest = evaluate(w.terms, w.grants, w.events, w.target, resets=w.resets, snapshot=snap, extra=hourly(w))
     assert state(rest.final) == state(full.final)
     assert (rest.period_start, rest.period_end) == (full.period_start, full.period_end)
     assert rest.total_available_grant_amount == full.total_available_grant_amount
@@ -248,7 +251,7 @@ def test_snapshot_equivalence_and_cost(w: World, mid_hour: int) -> None:
     assert plan_rest == sorted({mid} | {b for b in plan_full if b > mid})
     # Every snapshot emitted at a reset is also a valid starting point.
     for s in full.snapshots:
-        again = evaluate(w.terms, w.grants, w.events, w.target, resets=w.resets, snapshot=s)
+        again = evaluate(w.terms, w.grants, w.events, w.target, resets=w.resets, snapshot=s, extra=hourly(w))
         assert state(again.final) == state(full.final)
 
 
@@ -274,3 +277,26 @@ def test_backdated_inputs_invalidate_snapshots(w: World, when: int) -> None:
     merged_into_same = any(x.effective_at == r.effective_at and not x.retain_anchor for x in w.resets)
     if not merged_into_same:  # an identical reset at the same instant merges into one: nothing changed
         assert usable == (r.effective_at > snap.at or r.effective_at < w.terms.measure_usage_from)
+
+
+@common
+@given(worlds(), st.lists(st.integers(0, HORIZON), max_size=30))
+def test_burndown_is_the_same_for_every_display_window(w: World, cuts: list[int]) -> None:
+    """OpenMeter's burn-down segments split at events only: display window edges never show in them."""
+    events = [(t, v) for t, v in w.events if v >= 0]  # negative usage is clamped per window by definition
+    a = evaluate(w.terms, w.grants, events, w.target, resets=w.resets)
+    b = evaluate(w.terms, w.grants, events, w.target, resets=w.resets, extra=[hour(c) for c in cuts])
+    segments = burndown(a.segments, a.closed_by)
+    assert segments == burndown(b.segments, b.closed_by)
+    for seg, nxt in itertools.pairwise(segments):
+        assert seg.end == nxt.start
+    for seg in segments:
+        burnt = sum((u.usage for u in seg.grant_usages), Decimal(0))
+        assert seg.balance_at_start - burnt == seg.balance_at_end
+        assert seg.overage_at_start + seg.usage - burnt == seg.overage_at_end
+        assert seg.start < seg.end or (seg.opened_by is not None and (seg.opened_by.reset or seg.opened_by.recurred))
+    closed = a.closed_by
+    if segments and closed is not None and (not closed.phase or closed.reset or closed.recurred):
+        assert segments[-1].end == w.target
+        assert dict(segments[-1].balances_at_end) == dict(a.balances)
+        assert segments[-1].overage_at_end == a.overage

@@ -16,6 +16,7 @@ from common.usage import MeterRef
 from entitlements.db.migrate import upgrade_database
 from entitlements.service import Entitlements, build_entitlements
 from tests.support.entitlement_fakes import FakeMeters, FakeUsage, entitlements_app
+from tests.support.openapi_check import validating_hook
 
 T0 = datetime(2024, 1, 1, tzinfo=UTC)
 
@@ -63,8 +64,11 @@ async def env(tmp_path: Path) -> AsyncIterator[Env]:
     clock = FrozenClock(T0)
     usage = FakeUsage()
     ents = build_entitlements(url, meters=FakeMeters(), usage=usage, clock=clock)
-    transport = httpx.ASGITransport(app=entitlements_app(ents))
-    async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+    app = entitlements_app(ents)
+    hooks = {"response": [validating_hook(app)]}  # every success body against its published schema
+    async with httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=app), base_url="http://test", event_hooks=hooks
+    ) as client:
         yield Env(ents, client, clock, usage)
     ents.close()
 
@@ -358,6 +362,37 @@ async def test_windowed_history_has_every_window(env: Env) -> None:
     assert [w["usage"] for w in windows] == [5, 0] * 6
     assert [w["balanceAtStart"] for w in windows] == [100, 95, 95, 90, 90, 85, 85, 80, 80, 75, 75, 70]
     assert windows[-1]["period"]["to"] == "2024-01-01T12:00:00.000Z"
+
+
+async def test_burndown_history_follows_the_engine_segments(env: Env) -> None:
+    """A period reset inside the range is a zero-length segment; display windows never split a segment."""
+    e = await env.metered(measureUsageFrom="2024-01-01T00:00:00Z", preserveOverageAtReset=True)
+    await env.post(
+        "/api/v1/subjects/acme/entitlements/gpt/grants",
+        {
+            "amount": 100,
+            "effectiveAt": "2024-01-01T00:00:00Z",
+            "expiration": {"duration": "YEAR", "count": 1},
+            "minRolloverAmount": 50,
+            "maxRolloverAmount": 50,
+        },
+    )
+    env.usage.add("tokens", "acme", T0 + timedelta(days=10), 110)
+    env.clock.advance_to(T0 + timedelta(days=40))
+    burndowns = []
+    for size in ("HOUR", "DAY", "MONTH"):
+        h = await env.get(
+            f"/api/v1/subjects/acme/entitlements/{e['id']}/history",
+            **{"from": "2024-01-01T00:00:00Z", "to": "2024-02-01T00:00:00Z", "windowSize": size},
+        )
+        burndowns.append(h["burndownHistory"])
+    assert burndowns[0] == burndowns[1] == burndowns[2]
+    first, reset = burndowns[0]
+    assert first["period"] == {"from": "2024-01-01T00:00:00.000Z", "to": "2024-02-01T00:00:00.000Z"}
+    assert (first["usage"], first["overage"], first["balanceAtEnd"]) == (110, 10, 0)
+    assert reset["period"] == {"from": "2024-02-01T00:00:00.000Z", "to": "2024-02-01T00:00:00.000Z"}
+    assert (reset["balanceAtStart"], reset["balanceAtEnd"], reset["overage"], reset["usage"]) == (50, 40, 0, 0)
+    assert [u["usage"] for u in reset["grantUsages"]] == [10]
 
 
 # ---- hostile inputs: a 400 naming the limit, nothing stored, the namespace keeps working ----

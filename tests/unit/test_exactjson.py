@@ -2,17 +2,22 @@
 
 from __future__ import annotations
 
+import json
 import re
+from datetime import UTC, datetime
 from decimal import Decimal
 
 import orjson
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from aggregator.http import render
 from common import exactjson
 from common.cloudevents import decode_json
 from common.errors import InvalidInput
+from common.exactjson import dumps
+from entitlements.schemas import encode
 from ingest.sink.decode import Decoder, Malformed
 
 KEPT = [
@@ -113,3 +118,18 @@ def test_decimal_text_is_exact_at_the_limits(value: str, text: str) -> None:
 
     assert decimal_text(Decimal(value)) == text
     assert meter_text is decimal_text is entitlement_text  # one rendering for every route
+
+
+@settings(deadline=None)
+@given(st.decimals(allow_nan=False, allow_infinity=False, places=9, min_value=-(10**29) + 1, max_value=10**29 - 1))
+def test_every_route_encodes_decimal_38_9_exactly(d: Decimal) -> None:
+    """One encoder (common.exactjson.dumps) for the meter and entitlement routes: the number read back with
+    Decimal is the number written, and datetimes come out in Metergate's one form."""
+    body = {"value": d, "at": datetime(2024, 1, 2, 3, 4, 5, 678901, tzinfo=UTC), "nested": [{"v": d}]}
+    for encoder in (dumps, render, encode):
+        raw = encoder(body)
+        back = json.loads(raw, parse_float=Decimal, parse_int=Decimal)
+        assert back["value"] == d
+        assert back["nested"][0]["v"] == d
+        assert back["at"] == "2024-01-02T03:04:05.678Z"
+    assert render(body) == encode(body) == dumps(body)

@@ -16,6 +16,7 @@ from entitlements.notifications.service import NotificationService
 from entitlements.notifications.watcher import NotificationWatcher
 from tests.support.entitlement_fakes import entitlements_app
 from tests.support.entitlement_harness import Harness
+from tests.support.openapi_check import validating_hook
 
 B = "/api/v1/notification"
 
@@ -30,7 +31,10 @@ async def client(tmp_path: Path) -> AsyncIterator[httpx.AsyncClient]:
     app = entitlements_app(h.ents)
     app.state.services.notifications = Notifications(service, NotificationWatcher(service), dispatcher)
     app.include_router(notifications_router)
-    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://test") as c:
+    hooks = {"response": [validating_hook(app)]}  # every success body against its published schema
+    async with httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=app), base_url="http://test", event_hooks=hooks
+    ) as c:
         yield c
     h.ents.close()
 
