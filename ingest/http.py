@@ -28,6 +28,7 @@ from common.cloudevents import (
 )
 from common.errors import InvalidInput, UnsupportedMediaType
 from common.http import Namespace
+from common.openapi import INSTANT, STRING, obj, ok
 from ingest.events_reader import DEFAULT_LIMIT, MAX_LIMIT, ClickHouseEventsReader, EventFilter, StoredEvent
 from ingest.publisher import EventPublisher
 
@@ -200,7 +201,28 @@ def ingested_event_json(services: IngestServices, namespace: str, stored: Stored
     }
 
 
-@router.get("/api/v1/events", summary="List stored events, newest first (for debugging)")
+STORED_EVENT = obj(
+    ["event", "ingestedAt", "storedAt", "validationError"],
+    event=obj(
+        ["specversion", "id", "source", "type", "subject"],
+        specversion=STRING,
+        id=STRING,
+        source=STRING,
+        type=STRING,
+        subject=STRING,
+        time=INSTANT,
+    ),
+    ingestedAt=INSTANT,
+    storedAt=INSTANT,
+    validationError={"type": ["string", "null"]},
+)
+
+
+@router.get(
+    "/api/v1/events",
+    summary="List stored events, newest first (for debugging)",
+    responses=ok({"type": "array", "items": STORED_EVENT}),
+)
 async def list_events(
     namespace: Namespace,
     services: Ingest,

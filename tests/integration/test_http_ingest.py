@@ -22,6 +22,7 @@ from common.settings import AuthSettings
 from ingest.events_reader import ClickHouseEventsReader
 from metergate.app import create_app
 from metergate.wiring import Services
+from tests.support.openapi_check import validating_hook
 
 pytestmark = pytest.mark.integration
 
@@ -84,6 +85,7 @@ async def client(services: Services) -> AsyncIterator[httpx.AsyncClient]:
         transport=httpx.ASGITransport(app=app),
         base_url="http://metergate",
         headers={"Authorization": f"Bearer {KEY_A}"},
+        event_hooks={"response": [validating_hook(app)]},  # every success body against its published schema
     ) as c:
         yield c
 
