@@ -16,6 +16,7 @@ import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime
+from typing import Any
 
 import structlog
 from sqlalchemy.exc import IntegrityError
@@ -68,19 +69,7 @@ class CustomerService:
     async def create(self, namespace: str, spec: CustomerInput) -> Customer:
         subjects = self._validate(spec)
         now = self.deps.clock.now()
-        customer = Customer(
-            id=new_id(),
-            namespace=namespace,
-            name=spec.name,
-            created_at=now,
-            updated_at=now,
-            key=spec.key,
-            description=spec.description,
-            metadata=dict(spec.metadata),
-            primary_email=spec.primary_email,
-            currency=spec.currency,
-            subject_keys=subjects,
-        )
+        customer = Customer(id=new_id(), namespace=namespace, created_at=now, updated_at=now, **_fields(spec, subjects))
 
         def tx(s: Session) -> Customer:
             quotas.check_customers(s, self.deps.quotas, namespace)
@@ -89,7 +78,7 @@ class CustomerService:
             _adopt(s, namespace, customer, attribution(customer))
             return customer
 
-        created = await self._claiming(namespace, customer, tx)
+        created = await self._claiming(namespace, lambda: customer, tx)
         self._changed(namespace, created, attribution(created))
         log.info("customer_created", customer_id=created.id, key=created.key, subjects=len(created.subject_keys))
         return created
@@ -106,17 +95,7 @@ class CustomerService:
             if current is None:
                 raise CustomerNotFound(id_or_key)
             before.append(current)
-            updated = replace(
-                current,
-                name=spec.name,
-                key=spec.key,
-                description=spec.description,
-                metadata=dict(spec.metadata),
-                primary_email=spec.primary_email,
-                currency=spec.currency,
-                subject_keys=subjects,
-                updated_at=now,
-            )
+            updated = replace(current, updated_at=now, **_fields(spec, subjects))
             _check_claims(s, namespace, updated)
             customers.replace(updated)
             old, new = attribution(current), attribution(updated)
@@ -125,9 +104,8 @@ class CustomerService:
                 _adopt(s, namespace, updated, [k for k in new if k not in old])
             return updated
 
-        known = await self.get(namespace, id_or_key)  # names the winner if a concurrent claim wins
-        wanted = replace(known, key=spec.key, subject_keys=subjects)
-        updated = await self._claiming(namespace, wanted, tx)
+        # A lost race happens at the claim, after the transaction read the customer: `before` holds it then.
+        updated = await self._claiming(namespace, lambda: replace(before[-1], key=spec.key, subject_keys=subjects), tx)
         self._changed(namespace, updated, (*attribution(before[-1]), *attribution(updated)))
         log.info("customer_updated", customer_id=updated.id, key=updated.key, subjects=len(updated.subject_keys))
         return updated
@@ -233,14 +211,18 @@ class CustomerService:
             raise InvalidInput("currency must be an ISO 4217 code such as USD", field="currency")
         return subjects
 
-    async def _claiming(self, namespace: str, wanted: Customer, tx: Callable[[Session], Customer]) -> Customer:
-        """Run a claiming transaction; a lost race on a subject or key becomes the 409 naming the winner."""
+    async def _claiming(
+        self, namespace: str, wanted: Callable[[], Customer], tx: Callable[[Session], Customer]
+    ) -> Customer:
+        """Run a claiming transaction; a lost race on a subject or key becomes the 409 naming the winner
+        (`wanted`: the customer as the transaction meant to store it)."""
         try:
             result = await self.deps.writing(tx)
         except IntegrityError:
+            claimed = wanted()
 
             def check(s: Session) -> None:
-                _check_claims(s, namespace, wanted)
+                _check_claims(s, namespace, claimed)
 
             await self.deps.reading(check)
             raise Conflict("a concurrent request claimed one of these subjects or this key: retry") from None
@@ -249,6 +231,19 @@ class CustomerService:
     def _changed(self, namespace: str, customer: Customer, subjects: Sequence[str]) -> None:
         for key in dict.fromkeys((customer.id, *subjects)):
             self.deps.changed(namespace, key)
+
+
+def _fields(spec: CustomerInput, subjects: tuple[str, ...]) -> dict[str, Any]:
+    """The customer fields a create or a PUT sets from the request."""
+    return {
+        "name": spec.name,
+        "key": spec.key,
+        "description": spec.description,
+        "metadata": dict(spec.metadata),
+        "primary_email": spec.primary_email,
+        "currency": spec.currency,
+        "subject_keys": subjects,
+    }
 
 
 def _check_claims(s: Session, namespace: str, customer: Customer) -> None:

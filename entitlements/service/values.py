@@ -15,6 +15,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import cast
 
 import structlog
 
@@ -135,15 +136,16 @@ class CachedBalances:
         token = None if self.cache is None else self.cache.token()
         as_of = self.deps.wall_clock.now()
         loaded = await self.deps.in_thread(lambda: bulk.load_many(self.deps, namespace, items))
-        ready = [x for x in loaded if isinstance(x, Loaded)]
+        ready = [n for n, x in enumerate(loaded) if isinstance(x, Loaded)]
+        computed: dict[int, Computed | None] = {}
         try:
-            computed = dict(zip(map(id, ready), await bulk.compute_many(self.deps, ready, now), strict=True))
+            runs = await bulk.compute_many(self.deps, [cast(Loaded, loaded[n]) for n in ready], now)
+            computed = dict(zip(ready, runs, strict=True))
         except Unavailable:
             # ClickHouse is down: item by item, each may still answer from the cache with its own asOf.
             loaded = [None if isinstance(x, Loaded) and needs_usage(x, now) else x for x in loaded]
-            computed = {id(x): None for x in loaded if isinstance(x, Loaded)}
         out: list[FreshValue | MetergateError] = []
-        for (subject, key), item in zip(items, loaded, strict=True):
+        for n, ((subject, key), item) in enumerate(zip(items, loaded, strict=True)):
             if isinstance(item, MetergateError):
                 out.append(item)
                 continue
@@ -153,7 +155,7 @@ class CachedBalances:
                 except MetergateError as exc:
                     out.append(exc)
                 continue
-            run = computed[id(item)]
+            run = computed.get(n)
             value = value_of(item, now, run)
             if token is not None:
                 await self._store(namespace, subject, key, item, run, value, now, as_of, token)
