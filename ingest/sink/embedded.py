@@ -21,7 +21,7 @@ import hashlib
 from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
 
 import orjson
@@ -32,7 +32,7 @@ from common.clock import Clock, SystemClock
 from common.cloudevents import CloudEvent
 from common.errors import Unavailable
 from common.events_table import EVENTS_TABLE
-from common.ingest_notifications import IngestNotifier, group_events
+from common.ingest_notifications import IngestNotifier
 from ingest.settings import SinkSettings
 from ingest.sink.batch import OffsetRange
 from ingest.sink.decode import Decoded
@@ -40,7 +40,7 @@ from ingest.sink.dedupe import Item, to_millis
 from ingest.sink.dlq import ClickHouseDeadLetters, DeadLetter, DeadLetterSink
 from ingest.sink.ledger import LedgerRecord
 from ingest.sink.migrations import migrate_clickhouse
-from ingest.sink.processor import Batch, BatchProcessor, BatchResult, SinkCounters
+from ingest.sink.processor import Batch, BatchProcessor, BatchResult, SinkCounters, stored_groups
 from ingest.sink.rows import RangeId
 from ingest.sink.tuning import tuned_interpreter
 from ingest.sink.wal import FileWal
@@ -218,9 +218,7 @@ class EmbeddedLog:
         """After the batch is stored and visible: tell followers whose usage changed (common.ingest_notifications)."""
         if self._notifier is None:
             return
-        events = ((i.decoded.namespace, i.decoded.event.subject, i.decoded.event.type, i.decoded.event.time)
-                  for i in batch.items)  # fmt: skip
-        self._notifier.publish(group_events(events), datetime.fromtimestamp(rec.stored_at_ms / 1000, UTC))
+        self._notifier.publish(*stored_groups(batch, rec))
 
     async def _account(self, batch: Batch, result: BatchResult) -> None:
         self.counters.add(batch, result)

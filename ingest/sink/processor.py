@@ -14,12 +14,13 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from common.clickhouse import ClickHouse
 from common.clock import Clock
 from common.events_table import EVENT_COLUMNS, EVENTS_TABLE
+from common.ingest_notifications import EventGroup, group_events
 from ingest.sink.dedupe import Conflict, Item, resolve_hashed, to_millis
 from ingest.sink.keycheck import ClickHouseKeyCheck
 from ingest.sink.keyindex import as_hashes, key_hash
@@ -44,6 +45,14 @@ class Batch:
     digest: str
     items: Sequence[Item]
     malformed: Sequence[tuple[int, str]] = ()
+
+
+def stored_groups(batch: Batch, rec: LedgerRecord) -> tuple[list[EventGroup], datetime]:
+    """What a stored batch's ingest notifications say: its events grouped by (namespace, subject, type), and
+    the storage time its rows carry (common.ingest_notifications)."""
+    events = ((i.decoded.namespace, i.decoded.event.subject, i.decoded.event.type, i.decoded.event.time)
+              for i in batch.items)  # fmt: skip
+    return group_events(events), datetime.fromtimestamp(rec.stored_at_ms / 1000, UTC)
 
 
 @dataclass(frozen=True, slots=True)

@@ -17,7 +17,6 @@ import time
 from collections import deque
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from typing import Any
 
 import structlog
@@ -26,7 +25,6 @@ from aiokafka.errors import KafkaError
 
 from common.clickhouse import ClickHouse, connect_clickhouse
 from common.clock import Clock, SystemClock
-from common.ingest_notifications import group_events
 from common.settings import ClickHouseSettings, KafkaSettings
 from ingest.notification_stream import KafkaNotificationPublisher
 from ingest.settings import SinkSettings
@@ -35,7 +33,7 @@ from ingest.sink.dlq import DeadLetter, DeadLetterSink, KafkaDeadLetters
 from ingest.sink.ledger import LedgerRecord
 from ingest.sink.metrics import SinkMetrics
 from ingest.sink.migrations import migrate_clickhouse
-from ingest.sink.processor import Batch, BatchProcessor, BatchResult, SinkCounters
+from ingest.sink.processor import Batch, BatchProcessor, BatchResult, SinkCounters, stored_groups
 from ingest.sink.tuning import tuned_interpreter
 
 log = structlog.get_logger(__name__)
@@ -326,10 +324,7 @@ class SinkWorker:
         """Step 2: stored and visible, so followers (API caches, webhooks) learn whose usage changed."""
         if self.notifications is None:
             return
-        events = ((i.decoded.namespace, i.decoded.event.subject, i.decoded.event.type, i.decoded.event.time)
-                  for i in batch.items)  # fmt: skip
-        stored_at = datetime.fromtimestamp(rec.stored_at_ms / 1000, UTC)
-        await self.notifications.publish_usage(group_events(events), stored_at)
+        await self.notifications.publish_usage(*stored_groups(batch, rec))
 
     def _account(self, job: _Job, result: BatchResult) -> None:
         """Step 3: the counters, and a warning per conflict (same key, different payload)."""
