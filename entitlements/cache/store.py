@@ -6,9 +6,15 @@ the value a computation from scratch would give. Three things can change that va
 - **State** (entitlement, grants, voids, resets, overrides, deletion): every write calls
   `invalidate_subject` for the subject it touched, before its response is sent (other API processes learn of
   it through the notification topic: `on_changes`).
-- **Usage**: ingest notifications (`common.ingest_notifications`) drop the entries of the (namespace, subject) whose
-  meter's event type got events. A gap or a new publisher (a restart) in the notification sequences drops
-  every entry; a duplicate only drops again. With Kafka, other API processes' state changes arrive on the
+- **Usage**: an ingest notification (`common.ingest_notifications`) for a (namespace, subject, event type)
+  marks that subject's entries of the meter's event type *stale*: their value holds up to the open window
+  (`open_from`, the start of the engine's last window, the phase "now" is in), and the service refreshes a
+  stale entry on its next read by re-reading the usage of that window only and running the engine from the
+  entry's own start (`Entry.basis`). Re-reading the whole open window, rather than adding a delta per
+  notification, is what makes a duplicate, a reordered notification or one racing the computation harmless.
+  An event older than `open_from` (a late event: a closed window changed) drops the entry instead (a
+  recomputation from scratch). A gap or a new publisher (a restart) in the notification sequences drops
+  every entry. With Kafka, other API processes' state changes arrive on the
   same topic (`on_changes`), and while the topic cannot be followed the cache is suspended (stores nothing).
   Events whose time is still ahead of "now" when they are stored (future event times) are remembered as
   spans; an entry is never valid past the start of such a span.
@@ -16,8 +22,10 @@ the value a computation from scratch would give. Three things can change that va
   the engine knows changes the value (period end, grant activation, expiry, void, recurrence).
 
 Races: a computation takes a `token` before it reads anything; `put` refuses the result when its subject
-was invalidated after the token was taken (the value may predate the change). Invalidation generations are
-kept per subject in a bounded map; a subject pushed out of it raises a floor that refuses every older token.
+was invalidated after the token was taken (the value may predate the change), or when usage older than
+its open window was notified meanwhile; usage inside the open window notified meanwhile stores it stale.
+Invalidation generations are kept per subject in a bounded map; a subject pushed out of it raises a floor
+that refuses every older token.
 
 A value computed for an instant more than `CLOCK_SLACK` before the highest "now" the cache has seen (a
 test clock moved back) is never cached: future-event spans are only remembered down to that mark. The slack
@@ -50,6 +58,7 @@ AliasKey = tuple[str, "str | CustomerRef", str]
 MAX_SPANS_PER_KEY = 16
 CLOCK_SLACK = timedelta(minutes=1)
 MAX_GENERATIONS = 100_000
+MAX_MARKS_PER_KEY = 8
 # A per-entry overhead (the entry, its Value, Decimals, three aliases, map slots), measured with
 # tracemalloc in bench/gateway.py; string contents are added per entry.
 ENTRY_OVERHEAD_BYTES = 1650
@@ -71,6 +80,11 @@ class Entry:
     depends_on: tuple[str, ...] = ()
     size: int = 0
     body: bytes = b""  # the value route's JSON body (OpenMeter's fields and asOf), encoded once when stored
+    # Metered values: where the engine's last window starts (usage from there on can be re-read and the value
+    # refreshed), and what the service refreshes it from (opaque here). None: not refreshable, dropped instead.
+    open_from: datetime | None = None
+    basis: object = None
+    stale: bool = False  # usage in the open window was notified after the value was computed
 
     def valid_at(self, now: datetime) -> bool:
         return self.computed_for <= now and (self.valid_until is None or now < self.valid_until)
@@ -91,6 +105,7 @@ class CacheStats:
     misses: int = 0
     stores: int = 0
     refused: int = 0
+    stale: int = 0  # reads that found an entry to refresh
     evictions: int = 0
     invalidations: int = 0
     gaps: int = 0
@@ -133,6 +148,9 @@ class BalanceCache:
         self._invalidated: OrderedDict[SubjectKey, int] = OrderedDict()
         self._floor = 0
         self._future: dict[tuple[str, str, str], _Spans] = {}
+        # Per (namespace, subject, event type): (generation, earliest event time) of recent usage notes, for
+        # `put` to judge a computation that raced them; a key pushed out raises `_floor`.
+        self._marks: OrderedDict[tuple[str, str, str], list[tuple[int, datetime]]] = OrderedDict()
         self._high_water: datetime | None = None
         self._streams = StreamTracker()
         self._suspended = False
@@ -161,8 +179,15 @@ class BalanceCache:
             self.stats.misses += 1
             return None
         self._entries.move_to_end(key)  # type: ignore[arg-type]
-        self.stats.hits += 1
+        if entry.stale:
+            self.stats.stale += 1
+        else:
+            self.stats.hits += 1
         return entry
+
+    def aliases(self, namespace: str, entitlement_id: str) -> list[AliasKey]:
+        """The names an entry is found under (a refreshed entry keeps them)."""
+        return list(self._aliases_of.get((namespace, entitlement_id), ()))
 
     # ---- writes ----
 
@@ -175,6 +200,18 @@ class BalanceCache:
         if token < self._floor or any(self._invalidated.get(subject, -1) > token for subject in subjects):
             self.stats.refused += 1
             return False
+        if entry.event_type is not None:
+            raced = [
+                earliest
+                for ns, k in subjects
+                for generation, earliest in self._marks.get((ns, k, entry.event_type), ())
+                if generation > token
+            ]
+            if raced:
+                if entry.open_from is None or min(raced) < entry.open_from:
+                    self.stats.refused += 1
+                    return False
+                entry = replace(entry, stale=True)
         mark = self._mark()
         if mark is not None and entry.computed_for < mark:
             return False  # the clock was moved back: see the module docstring
@@ -225,7 +262,7 @@ class BalanceCache:
             if mark is None or note.latest_event_time >= mark:
                 spans = self._future.setdefault((note.namespace, note.subject, note.event_type), _Spans())
                 spans.add(note.earliest_event_time, note.latest_event_time)
-            self._invalidate_usage(note.namespace, note.subject, note.event_type)
+            self._usage(note)
 
     def on_changes(self, stream: str, sequence: int, changes: Sequence[tuple[str, str]]) -> None:
         """State changes another API process committed (its writes invalidate its own cache directly)."""
@@ -258,6 +295,7 @@ class BalanceCache:
         self._aliases.clear()
         self._aliases_of.clear()
         self._by_subject.clear()
+        self._marks.clear()
         self._bytes = 0
 
     # ---- internals ----
@@ -277,12 +315,28 @@ class BalanceCache:
         if self._high_water is None or now > self._high_water:
             self._high_water = now
 
-    def _invalidate_usage(self, namespace: str, subject_key: str, event_type: str) -> None:
-        subject = (namespace, subject_key)
-        self._bump(subject)
-        for key in list(self._by_subject.get(subject, ())):
+    def _usage(self, note: IngestNotification) -> None:
+        """New usage of `note.event_type` for the subject: refresh what the open window covers, drop the rest."""
+        self._generation += 1
+        mark_key = (note.namespace, note.subject, note.event_type)
+        marks = self._marks.setdefault(mark_key, [])
+        marks.append((self._generation, note.earliest_event_time))
+        if len(marks) > MAX_MARKS_PER_KEY:
+            # Merging two marks keeps the newer generation and the earlier time: it refuses more, never less.
+            (g1, e1), (g2, e2) = marks[0], marks[1]
+            marks[0:2] = [(max(g1, g2), min(e1, e2))]
+        self._marks.move_to_end(mark_key)
+        while len(self._marks) > MAX_GENERATIONS:
+            _, pushed = self._marks.popitem(last=False)
+            self._floor = max(self._floor, *(g for g, _ in pushed))
+        for key in list(self._by_subject.get((note.namespace, note.subject), ())):
             entry = self._entries.get(key)
-            if entry is not None and entry.event_type == event_type:
+            if entry is None or entry.event_type != note.event_type:
+                continue
+            if entry.open_from is not None and note.earliest_event_time >= entry.open_from:
+                if not entry.stale:
+                    self._entries[key] = replace(entry, stale=True)
+            else:
                 self._drop(key)
         self.stats.invalidations += 1
 

@@ -5,6 +5,11 @@ valid, and otherwise computes it exactly as `BalanceService` always did (cold re
 stores it. Every answer carries `as_of`: the wall time when its computation began, so every event stored
 before `as_of` is counted (plus any stored later whose notification has not arrived yet is not).
 
+A stale entry (usage was notified inside its open window: entitlements.cache.store) is refreshed on read:
+one usage query for the open window [open_from, now) and an engine run from the entry's own start, with the
+closed windows' usage it already has (no SQL, no snapshot probe, no late-event probe). If ClickHouse is
+down meanwhile, the stale value is answered with its own `as_of`.
+
 Reads at an explicit `time` are never cached. `fresh=True` (HTTP `Cache-Control: no-cache`) always
 computes; if that computation finds ClickHouse unavailable, a still-valid cached value is answered with its
 own `as_of`, else the 503 stands (never a made-up balance).
@@ -13,8 +18,9 @@ own `as_of`, else the 503 stands (never a made-up balance).
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
+from decimal import Decimal
 from typing import cast
 
 import structlog
@@ -41,6 +47,21 @@ log = structlog.get_logger(__name__)
 # The furthest ahead the next change is searched for; an entry with no change in sight expires then and is
 # recomputed (one cold read a day per entitlement).
 HORIZON = timedelta(days=1)
+
+
+@dataclass(frozen=True, slots=True)
+class Basis:
+    """What a metered entry is refreshed from: its inputs (state read at computation) and the engine's run
+    (start snapshot, window bounds, usage per window; the last window is the open one)."""
+
+    loaded: Loaded
+    start: engine.Snapshot
+    bounds: tuple[datetime, ...]
+    usage: tuple[Decimal, ...]
+
+    @property
+    def open_from(self) -> datetime | None:
+        return self.bounds[-2] if len(self.bounds) >= 2 else None  # a window needs two bounds
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,9 +122,11 @@ class CachedBalances:
             value = await self.balances.value(namespace, subject, id_or_feature_key, now)
             return FreshValue(value, self.deps.wall_clock.now(), False)
         entry = self.cache.get(namespace, subject, id_or_feature_key, now)
-        if entry is not None and not fresh:
+        if entry is not None and not fresh and not entry.stale:
             return FreshValue(entry.value, entry.as_of, True, entry.body)
         try:
+            if entry is not None and entry.stale and not fresh:
+                return await self.refresh(entry, now)
             return await self.compute(namespace, subject, id_or_feature_key, now)
         except Unavailable:
             if entry is None:
@@ -116,7 +139,35 @@ class CachedBalances:
         if self.cache is None:
             return None
         entry = self.cache.get(namespace, subject, id_or_feature_key, self.deps.clock.now())
-        return None if entry is None else FreshValue(entry.value, entry.as_of, True)
+        return None if entry is None or entry.stale else FreshValue(entry.value, entry.as_of, True)
+
+    async def refresh(self, entry: Entry, now: datetime) -> FreshValue:
+        """The stale entry's value at `now`: its open window's usage re-read, the engine run again from its start."""
+        assert self.cache is not None
+        basis = cast(Basis, entry.basis)
+        token = self.cache.token()
+        as_of = self.deps.wall_clock.now()
+        loaded, inputs = basis.loaded, basis.loaded.inputs
+        assert inputs is not None
+        bounds = (*basis.bounds[:-1], now)
+        last = Decimal(0)
+        if loaded.owner.subjects:
+            last = (
+                await self.deps.usage.usage_windows(
+                    entry.namespace,
+                    loaded.feature.meter_slug or "",
+                    loaded.owner.subjects,
+                    loaded.feature.meter_group_by_filters,
+                    bounds[-2:],
+                )
+            )[0]
+        usage = (*basis.usage[:-1], last)
+        result = engine.run(basis.start, inputs.grants, inputs.resets, inputs.terms, bounds, usage)
+        computed = Computed(result, basis.start, bounds, usage)
+        value = value_of(loaded, now, computed)
+        renewed = self._entry(entry.namespace, loaded, computed, value, now, as_of, entry.event_type, entry.depends_on)
+        self.cache.put(renewed, self.cache.aliases(entry.namespace, entry.entitlement_id), token)
+        return FreshValue(value, as_of, False)
 
     async def compute(self, namespace: str, subject: OwnerRef, id_or_feature_key: str, now: datetime) -> FreshValue:
         """Compute from scratch at `now` and store the result (unless a change raced with it)."""
@@ -184,10 +235,39 @@ class CachedBalances:
             event_type = meter.event_type
         # Dropped when the owner, one of its subjects (usage, or a customer joined) or the subject asked changes.
         depends = tuple(dict.fromkeys([*loaded.owner.subjects, *([subject] if isinstance(subject, str) else [])]))
-        until = valid_until(loaded, computed)
-        body = value_body(value, as_of)
-        entry = Entry(namespace, ent.subject_key, ent.id, event_type, value, now, until, as_of, depends, body=body)
+        entry = self._entry(namespace, loaded, computed, value, now, as_of, event_type, depends)
         aliases: list[AliasKey] = [(namespace, subject, id_or_feature_key)]
         if ent.deleted_at is None:
             aliases += [(namespace, subject, ent.id), (namespace, subject, loaded.feature.key)]
         self.cache.put(entry, aliases, token)
+
+    @staticmethod
+    def _entry(
+        namespace: str,
+        loaded: Loaded,
+        computed: Computed | None,
+        value: Value,
+        now: datetime,
+        as_of: datetime,
+        event_type: str | None,
+        depends: tuple[str, ...],
+    ) -> Entry:
+        ent = loaded.entitlement
+        basis = None
+        if computed is not None:
+            # The stored snapshots are not needed to refresh (the run's own start is kept): not held in memory.
+            basis = Basis(replace(loaded, snapshots=()), computed.start, computed.bounds, computed.usage)
+        return Entry(
+            namespace,
+            ent.subject_key,
+            ent.id,
+            event_type,
+            value,
+            now,
+            valid_until(loaded, computed),
+            as_of,
+            depends,
+            body=value_body(value, as_of),
+            open_from=None if basis is None else basis.open_from,
+            basis=basis,
+        )

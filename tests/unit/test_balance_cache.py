@@ -270,7 +270,7 @@ class Op:
 OPS = st.lists(
     st.tuples(
         st.sampled_from(
-            ["event", "late", "future", "dup", "lost", "grant", "void", "reset", "override", "clock", "read"]
+            ["event", "late", "future", "dup", "lost", "race", "grant", "void", "reset", "override", "clock", "read"]
         ),
         st.integers(0, 1000),
     ),
@@ -298,6 +298,13 @@ async def test_cached_answers_equal_a_computation_from_scratch(
                 notes.append(h.ingest("acme", max(T0, now - timedelta(days=1 + n % 90)), n % 50))
             elif kind == "future":
                 notes.append(h.ingest("acme", now + timedelta(hours=1 + n % 48), n % 50))
+            elif kind == "race":
+                # The events are visible before their notification arrives, and a computation (stored in the
+                # cache) counts them in between.
+                slow = h.ingest("acme", now - timedelta(minutes=1 + n % 600), n % 50, notify=False)
+                assert (await h.cached(fresh=True)).value == await h.scratch(), (kind, n)
+                h.cache.on_ingest([slow])
+                notes.append(slow)
             elif kind == "dup" and notes:
                 h.cache.on_ingest([notes[n % len(notes)]])
             elif kind == "lost":
@@ -353,6 +360,73 @@ async def test_clickhouse_down_answers_a_valid_cached_value_or_503(h: CachedHarn
     forced = await h.cached(fresh=True)  # asked for a fresh value, ClickHouse down: the cached one, its asOf
     assert forced.cached
     assert (forced.value, forced.as_of) == (warm.value, warm.as_of)
-    h.ingest("acme", T0 + DAY, 1)  # the entry is gone: nothing true to answer with
+    h.ingest("acme", T0 + DAY, 1)  # in the open window: the entry is stale, still true as of its asOf
+    stale = await h.cached()
+    assert (stale.value, stale.as_of, stale.cached) == (warm.value, warm.as_of, True)
+    h.ingest("acme", T0 - DAY, 1)  # older than the open window: the entry is gone, nothing true to answer with
     with pytest.raises(Unavailable):
         await h.cached()
+
+
+async def test_usage_in_the_open_window_refreshes_with_one_usage_query(h: CachedHarness) -> None:
+    await h.setup()
+    h.clock.advance_to(T0 + 3 * DAY)
+    h.ingest("acme", T0 + DAY, 10)
+    await h.cached()
+    calls, probes = h.usage.calls, h.usage.probes
+    h.ingest("acme", T0 + 2 * DAY, 5)
+    h.clock.advance_to(T0 + 3 * DAY + timedelta(minutes=5))
+    refreshed = await h.cached()
+    assert not refreshed.cached
+    assert h.cache.stats.stale == 1
+    assert (h.usage.calls, h.usage.probes) == (calls + 1, probes)  # the open window only, no late-event probe
+    assert refreshed.value == await h.scratch()
+    assert refreshed.value.usage == Decimal(15)
+    calls = h.usage.calls
+    again = await h.cached()
+    assert again.cached
+    assert again.value == refreshed.value
+    assert h.usage.calls == calls
+
+
+async def test_a_notification_slower_than_the_computation_never_counts_twice(h: CachedHarness) -> None:
+    """The events are visible (and counted) before their notification arrives: the refresh re-reads the
+    window instead of adding the batch again."""
+    await h.setup()
+    h.clock.advance_to(T0 + 3 * DAY)
+    note = h.ingest("acme", T0 + DAY, 10, notify=False)
+    first = await h.cached()
+    assert first.value.usage == Decimal(10)
+    h.cache.on_ingest([note])
+    h.cache.on_ingest([note])  # and once more, duplicated
+    after = await h.cached()
+    assert after.value.usage == Decimal(10)
+    assert after.value == await h.scratch()
+
+
+def _metered(open_from: datetime) -> Entry:
+    return Entry(
+        NS, "acme", "e1", "tokens", Value(has_access=True), T0 + 2 * DAY, None, T0, ("acme",), open_from=open_from
+    )
+
+
+def test_a_computation_racing_usage_is_stored_stale_or_refused() -> None:
+    """Usage notified while a value was computed: inside its open window the value is stored stale (its next
+    read refreshes it); older than its open window it is refused (a closed window may have changed)."""
+    cache = BalanceCache()
+    token = cache.token()
+    cache.on_ingest([IngestNotification(NS, "acme", "tokens", T0 + DAY, T0 + DAY, T0, "s", 1)])
+    assert cache.put(_metered(T0), [(NS, "acme", "f")], token)
+    entry = cache.get(NS, "acme", "f", T0 + 2 * DAY)
+    assert entry is not None
+    assert entry.stale
+    token = cache.token()
+    cache.on_ingest([IngestNotification(NS, "acme", "tokens", T0, T0, T0, "s", 2)])
+    assert not cache.put(_metered(T0 + timedelta(hours=1)), [(NS, "acme", "f")], token)
+    assert cache.put(_metered(T0 + timedelta(hours=1)), [(NS, "acme", "f")], cache.token())
+    other = cache.token()
+    cache.on_ingest([IngestNotification(NS, "acme", "other-type", T0, T0, T0, "s", 3)])
+    assert cache.put(_metered(T0 + timedelta(hours=1)), [(NS, "acme", "f")], other)  # another meter's events
+    entry = cache.get(NS, "acme", "f", T0 + 2 * DAY)
+    assert entry is not None
+    assert not entry.stale
