@@ -237,9 +237,13 @@ def bulk(c: httpx.Client, subjects: int, features: int) -> dict[str, Any]:
     return out
 
 
-def cache_bytes_per_entry(n: int = 10_000) -> dict[str, float]:
-    """tracemalloc over n metered entries put in a BalanceCache (in this process, the server's structures)."""
+def cache_bytes_per_entry(n: int = 2000) -> dict[str, float]:
+    """tracemalloc over n metered values computed by the real entitlement service (SQLite state, a usage
+    reader with a few events per window) and kept in its BalanceCache, each with what it keeps to be
+    refreshed incrementally; run in this process after the server is gone."""
+    import gc
     import tracemalloc
+    from collections.abc import Mapping, Sequence
     from decimal import Decimal
 
     # This script's folder holds bench/entitlements.py, which would shadow the entitlements package.
@@ -247,22 +251,69 @@ def cache_bytes_per_entry(n: int = 10_000) -> dict[str, float]:
     sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != here]
     sys.path.insert(0, str(ROOT))
 
-    from entitlements.cache.store import BalanceCache, Entry
-    from entitlements.service.balance import Value
+    from common.clock import FrozenClock
+    from common.usage import MeterRef
+    from entitlements.cache.store import BalanceCache
+    from entitlements.db.migrate import upgrade_database
+    from entitlements.domain import EntitlementType, Expiration, ExpirationDuration
+    from entitlements.service import build_entitlements
+    from entitlements.service.entitlements import EntitlementInput
+    from entitlements.service.features import FeatureInput
+    from entitlements.service.grants import GrantInput
 
-    cache = BalanceCache(max_entries=n)
-    at = datetime(2026, 1, 1, tzinfo=UTC)
-    tracemalloc.start()
-    before = tracemalloc.get_traced_memory()[0]
-    for i in range(n):
-        value = Value(True, Decimal(f"{i}.5"), Decimal(i), Decimal(0), Decimal(1000))
-        entry = Entry("default", f"customer-{i:06d}", f"01JABCDEFGHJKMNPQRST{i:06d}", "tokens", value, at, None, at)
-        cache.put(
-            entry, [("default", f"customer-{i:06d}", "llm"), ("default", f"customer-{i:06d}", entry.entitlement_id)], 0
-        )
-    used = tracemalloc.get_traced_memory()[0] - before
-    tracemalloc.stop()
-    return {"entries": n, "bytes_per_entry": round(used / n), "estimated_per_entry": round(cache.bytes / n)}
+    class Meters:
+        async def get_meter(self, _namespace: str, slug: str) -> MeterRef | None:
+            return MeterRef(slug=slug, aggregation="SUM", event_type=slug)
+
+    class Usage:  # 7 per window: the values differ from zero, as in production
+        async def usage_windows(self, _ns: str, _m: str, _s: Any, _f: Mapping[str, str], b: Sequence[Any]) -> Any:
+            return [Decimal(7)] * (len(b) - 1)
+
+        async def stored_after(self, *_args: Any, **_kwargs: Any) -> bool:
+            return False
+
+    start = datetime(2026, 1, 1, tzinfo=UTC)
+
+    async def run(url: str) -> dict[str, float]:
+        cache = BalanceCache(max_entries=n)
+        clock = FrozenClock(start)
+        ents = build_entitlements(url, meters=Meters(), usage=Usage(), clock=clock, cache=cache)  # type: ignore[arg-type]
+        try:
+            await ents.features.create("default", FeatureInput(key="llm", name="LLM", meter_slug="tokens"))
+            period = {"usage_period_interval": "MONTH", "usage_period_anchor": start, "measure_usage_from": start}
+            metered = EntitlementInput(type=EntitlementType.METERED, feature_key="llm", **period)  # type: ignore[arg-type]
+            grant = GrantInput(
+                amount=Decimal(1000), effective_at=start, expiration=Expiration(ExpirationDuration.YEAR, 1)
+            )
+            for i in range(n):
+                await ents.entitlements.create("default", f"customer-{i:06d}", metered)
+                await ents.grants.create("default", f"customer-{i:06d}", "llm", grant)
+            clock.advance_to(start + timedelta(days=12))
+            gc.collect()
+            tracemalloc.start()
+            before = tracemalloc.get_traced_memory()[0]
+            for i in range(n):
+                await ents.values.value("default", f"customer-{i:06d}", "llm")
+            gc.collect()  # cyclic garbage of the computations is not the cache's
+            filled = tracemalloc.get_traced_memory()[0]
+            entries, estimated = len(cache), cache.bytes
+            cache.clear()  # what the cache alone held: the memory its entries free
+            gc.collect()
+            held = filled - tracemalloc.get_traced_memory()[0]
+            tracemalloc.stop()
+            return {
+                "entries": entries,
+                "bytes_per_entry": round(held / entries),
+                "estimated_per_entry": round(estimated / entries),
+                "process_growth_per_value": round((filled - before) / n),
+            }
+        finally:
+            ents.close()
+
+    with tempfile.TemporaryDirectory() as tmp:
+        url = f"sqlite:///{tmp}/state.db"
+        upgrade_database(url)
+        return asyncio.run(run(url))
 
 
 def main() -> None:

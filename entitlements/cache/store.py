@@ -42,6 +42,7 @@ from collections import OrderedDict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
+from enum import Enum
 from typing import TYPE_CHECKING
 
 from common.ingest_notifications import Seen, StreamTracker
@@ -97,6 +98,31 @@ class Entry:
 def estimate_size(namespace: str, subject_key: str, entitlement_id: str, value: Value, *more: str) -> int:
     text = namespace + subject_key + entitlement_id + (value.config or "") + "".join(more)
     return ENTRY_OVERHEAD_BYTES + sys.getsizeof(text) + 8 * len(more)
+
+
+_SHARED = (type(None), bool, Enum, type)
+
+
+def deep_size(root: object, limit: int = 10_000) -> int:
+    """Bytes held by `root` and what it alone reaches (dataclasses, containers, scalars), for the byte bound of
+    what an entry keeps to be refreshed. Singletons and enums are shared, not counted; at most `limit` objects."""
+    seen: set[int] = set()
+    stack = [root]
+    total = 0
+    while stack and len(seen) < limit:
+        obj = stack.pop()
+        if id(obj) in seen or isinstance(obj, _SHARED):
+            continue
+        seen.add(id(obj))
+        total += sys.getsizeof(obj)
+        if isinstance(obj, dict):
+            stack.extend(obj.keys())
+            stack.extend(obj.values())
+        elif isinstance(obj, tuple | list | set | frozenset):
+            stack.extend(obj)
+        elif hasattr(obj, "__dataclass_fields__"):
+            stack.extend(getattr(obj, name) for name in obj.__dataclass_fields__)
+    return total
 
 
 @dataclass
@@ -225,6 +251,7 @@ class BalanceCache:
                 entry = replace(entry, valid_until=nxt)
         sized = estimate_size(entry.namespace, entry.subject_key, entry.entitlement_id, entry.value, *entry.depends_on)
         sized += len(entry.body) + 33 if entry.body else 0  # the encoded answer (bytes object overhead: 33)
+        sized += 0 if entry.basis is None else deep_size(entry.basis)
         entry = replace(entry, size=sized)
         key = (entry.namespace, entry.entitlement_id)
         self._drop(key)

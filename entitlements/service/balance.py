@@ -134,7 +134,11 @@ def value_of(loaded: Loaded, target: datetime, computed: Computed | None) -> Val
             overage=ZERO,
             total_available_grant_amount=ZERO,
         )
-    r = computed.result
+    return metered_value(active, computed.result)
+
+
+def metered_value(active: bool, r: engine.Result) -> Value:
+    """A metered entitlement's value from the engine's run (`active`: not deleted at the instant)."""
     return Value(
         has_access=active and r.has_access,
         balance=r.balance,

@@ -20,7 +20,7 @@ from hypothesis import strategies as st
 
 from common.errors import InvalidInput, Unavailable
 from common.ingest_notifications import IngestNotification
-from entitlements.cache.store import BalanceCache, Entry
+from entitlements.cache.store import ENTRY_OVERHEAD_BYTES, BalanceCache, Entry, deep_size
 from entitlements.db.migrate import upgrade_database
 from entitlements.db.repositories import SnapshotRepository
 from entitlements.domain import EntitlementType
@@ -430,3 +430,14 @@ def test_a_computation_racing_usage_is_stored_stale_or_refused() -> None:
     entry = cache.get(NS, "acme", "f", T0 + 2 * DAY)
     assert entry is not None
     assert not entry.stale
+
+
+async def test_what_an_entry_keeps_to_refresh_counts_against_the_byte_bound(h: CachedHarness) -> None:
+    await h.setup()
+    h.clock.advance_to(T0 + 3 * DAY)
+    await h.cached()
+    entry = next(iter(h.cache._entries.values()))
+    kept = deep_size(entry.basis)
+    assert kept > 1000  # the entitlement, feature, grants, start snapshot, bounds and usage
+    assert entry.size > kept + ENTRY_OVERHEAD_BYTES
+    assert h.cache.bytes == entry.size
