@@ -55,24 +55,29 @@ QUERY_RESPONSES: dict[int | str, dict[str, Any]] = {
 
 @router.get("", responses=ok({"type": "array", "items": METER}))
 async def list_meters(namespace: Namespace, service: Meters) -> Response:
-    """The namespace's meters. One whose rollups could not be built at start-up is listed with
-    `"status": "FAILED"` and `statusReason` (it is not queryable and is retried at every start)."""
+    """The namespace's meters, each with its `status`: READY, BACKFILLING (created, queryable and exact
+    from raw events while its past is rolled up; `backfilledThrough` says how far) or FAILED with
+    `statusReason` (its rollups could not be built at start-up: not queryable, retried at every start)."""
     failed = [{**body, "status": "FAILED", "statusReason": why} for body, why in await service.failed(namespace)]
-    return json_response([m.to_api() for m in await service.meters(namespace)] + failed)
+    meters = [{**m.to_api(), **service.status(m)} for m in await service.meters(namespace)]
+    return json_response(meters + failed)
 
 
 @router.post("", status_code=201, responses=ok(METER, 201))
 async def create_meter(request: Request, namespace: Namespace, service: Meters) -> Response:
+    """Answers 201 at once, whatever the history: the meter is BACKFILLING (queries, balances and the
+    dashboard views are exact meanwhile, from raw events) until its past is rolled up, then READY."""
     body = decode_json(await request.body())
     meter = await service.create(namespace, body)
-    return json_response(meter.to_api(), status_code=201)
+    return json_response({**meter.to_api(), **service.status(meter)}, status_code=201)
 
 
 @router.get("/{meterIdOrSlug}", responses=ok(METER))
 async def get_meter(
     meter_id_or_slug: Annotated[str, Path(alias="meterIdOrSlug")], namespace: Namespace, service: Meters
 ) -> Response:
-    return json_response((await service.get(namespace, meter_id_or_slug)).to_api())
+    meter = await service.get(namespace, meter_id_or_slug)
+    return json_response({**meter.to_api(), **service.status(meter)})
 
 
 @router.put("/{meterIdOrSlug}", responses=ok(METER))
@@ -87,7 +92,7 @@ async def update_meter(
     or changed group-by keys rebuild the rollup (backfilled from every stored event) before answering."""
     body = decode_json(await request.body())
     meter = await service.update(namespace, meter_id_or_slug, body)
-    return json_response(meter.to_api())
+    return json_response({**meter.to_api(), **service.status(meter)})
 
 
 @router.delete("/{meterIdOrSlug}", status_code=204)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from common.openapi import INSTANT, NUMBER, STRING, Schema, obj
+from common.openapi import INSTANT, MAYBE_INSTANT, NUMBER, STRING, Schema, obj
 
 METER: Schema = obj(
     ["id", "slug", "aggregation", "eventType"],
@@ -18,8 +18,9 @@ METER: Schema = obj(
     eventFrom=INSTANT,
     createdAt=INSTANT,
     updatedAt=INSTANT,
-    status={"type": "string", "enum": ["FAILED"]},
+    status={"type": "string", "enum": ["READY", "BACKFILLING", "FAILED"]},
     statusReason=STRING,
+    backfilledThrough=MAYBE_INSTANT,
 )
 QUERY_RESULT: Schema = obj(
     ["windowSize", "data"],

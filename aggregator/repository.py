@@ -11,7 +11,7 @@ the per-meter design is moved to the router).
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -28,7 +28,27 @@ from common.events_table import EVENTS_TABLE, events_table_ddl
 
 log = structlog.get_logger(__name__)
 
-CREATING, READY, DELETED, FAILED = "creating", "ready", "deleted", "failed"
+CREATING, BACKFILLING, READY, DELETED, FAILED = "creating", "backfilling", "ready", "deleted", "failed"
+USABLE = (BACKFILLING, READY)  # a backfilling meter answers from raw events until its rollup is complete
+NO_CUTOVER = datetime.fromtimestamp(0, UTC)
+
+
+@dataclass(frozen=True, slots=True)
+class MeterStatus:
+    """Where a stored meter's build stands: its state, the build's cutover and, while backfilling, the last
+    event month (YYYYMM) whose backfill is complete (0: none yet)."""
+
+    state: str
+    cutover: datetime
+    backfilled: int = 0
+
+    @property
+    def backfilled_through(self) -> datetime | None:
+        """Events with a time before this instant are rolled up (the month after the last complete one)."""
+        if not self.backfilled:
+            return None
+        year, month = divmod(self.backfilled, 100)
+        return datetime(year + month // 12, month % 12 + 1, 1, tzinfo=UTC)
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,9 +58,16 @@ class _Unreadable:
     reason: str
 
 
+class BuildSuperseded(Exception):
+    """The meter was deleted or rebuilt while this build's backfill ran: the backfill stops."""
+
+
 class MeterBuildFailed(InvalidMeter):
     """ClickHouse refused to build a meter's rollups (its definition is valid JSON but not buildable)."""
 
+
+# (month YYYYMM just completed, events done, events in all): a backfill's progress, for logs and tests.
+Progress = Callable[[int, int, int], None]
 
 # The view must exist before the cutover instant; this margin covers the CREATE statement itself.
 CUTOVER_MARGIN = timedelta(milliseconds=300)
@@ -59,6 +86,7 @@ class ClickHouseMeterRepository:
         """The meters table, and the server-side insert time on events (see README: backfill)."""
         self.ch.command(events_table_ddl(self.db))
         self.ch.command(sql.meters_table_ddl(self.db))
+        self.ch.command(sql.meters_backfilled_ddl(self.db))
         self.ch.command(sql.inserted_at_ddl(self.db))
         # One shared rollup table fed by one routing view, whatever the number of meters (README).
         for stmt in routing.schema_ddl(self.db):
@@ -80,10 +108,10 @@ class ClickHouseMeterRepository:
 
     # --- meter rows ----------------------------------------------------------------------------
 
-    def _write(self, meter: Meter, state: str, cutover: datetime) -> None:
-        self._write_many([meter], state, cutover)
+    def _write(self, meter: Meter, state: str, cutover: datetime, backfilled: int = 0) -> None:
+        self._write_many([meter], state, cutover, backfilled)
 
-    def _write_many(self, meters: list[Meter], state: str, cutover: datetime) -> None:
+    def _write_many(self, meters: list[Meter], state: str, cutover: datetime, backfilled: int = 0) -> None:
         rows = []
         for meter in meters:
             body = meter.to_api()
@@ -99,13 +127,24 @@ class ClickHouseMeterRepository:
                     cutover,
                     meter.created_at or datetime.now(UTC),
                     time.time_ns(),
+                    backfilled,
                 ]
             )
         self.ch.call(
             lambda c: c.insert(
                 sql.qualified(self.db, sql.METERS_TABLE),
                 rows,
-                column_names=["namespace", "slug", "id", "definition", "state", "cutover", "created_at", "version"],
+                column_names=[
+                    "namespace",
+                    "slug",
+                    "id",
+                    "definition",
+                    "state",
+                    "cutover",
+                    "created_at",
+                    "version",
+                    "backfilled",
+                ],
                 settings=self.ch.supported({"insert_deduplicate": 0, "deduplicate_insert": "disable"}),
             )
         )
@@ -113,18 +152,22 @@ class ClickHouseMeterRepository:
     def all_rows(self) -> list[tuple[Meter, str, datetime]]:
         """Every stored meter that still parses. One that does not (stored by an older version with rules
         since tightened) is logged and listed by `unreadable()`, never allowed to stop a start."""
+        return [(m, st.state, st.cutover) for m, st in self.statuses()]
+
+    def statuses(self) -> list[tuple[Meter, MeterStatus]]:
+        """Every stored meter that still parses, with where its build stands."""
         return [row for row in self._rows() if not isinstance(row, _Unreadable)]
 
     def unreadable(self) -> list[tuple[str | None, dict[str, Any], str]]:
         return [(row.namespace, row.body, row.reason) for row in self._rows() if isinstance(row, _Unreadable)]
 
-    def _rows(self) -> list[tuple[Meter, str, datetime] | _Unreadable]:
+    def _rows(self) -> list[tuple[Meter, MeterStatus] | _Unreadable]:
         rows = self.ch.rows(
-            f"SELECT namespace, id, definition, state, cutover, created_at FROM "
+            f"SELECT namespace, id, definition, state, cutover, created_at, backfilled FROM "
             f"{sql.qualified(self.db, sql.METERS_TABLE)} FINAL ORDER BY namespace, slug"
         )
-        out: list[tuple[Meter, str, datetime] | _Unreadable] = []
-        for namespace, meter_id, definition, state, cutover, created_at in rows:
+        out: list[tuple[Meter, MeterStatus] | _Unreadable] = []
+        for namespace, meter_id, definition, state, cutover, created_at, backfilled in rows:
             if state == DELETED:
                 continue
             body = orjson.loads(definition)
@@ -137,32 +180,42 @@ class ClickHouseMeterRepository:
                 reason = f"the stored definition is invalid: {exc}"
                 out.append(_Unreadable(namespace or None, {**body, "id": meter_id}, reason))
                 continue
-            out.append((meter, str(state), utc_from_storage(cutover)))
+            out.append((meter, MeterStatus(str(state), utc_from_storage(cutover), int(backfilled))))
         return out
 
     def live(self) -> list[Meter]:
-        return [m for m, state, _ in self.all_rows() if state == READY]
+        """The meters that can be queried: ready, or backfilling (answered from raw events meanwhile)."""
+        return [m for m, state, _ in self.all_rows() if state in USABLE]
 
     # --- rollup lifecycle ------------------------------------------------------------------------
 
     def create(self, meter: Meter) -> None:
-        """Record, create the view, wait for older inserts to finish, backfill, mark ready: all or nothing.
+        """Create and backfill before returning (config meters, tests): `begin` then `complete`."""
+        cutover = self.begin(meter)
+        self.complete(meter, cutover)
 
-        If ClickHouse refuses any step, the rollups are dropped and the meter is recorded as deleted, so a
-        failed create leaves nothing behind (and nothing for the next start to rebuild)."""
-        self._write(meter, CREATING, datetime.fromtimestamp(0, UTC))
+    def begin(self, meter: Meter) -> datetime:
+        """The fast part of a creation (well under a second, whatever the history): record the meter, route
+        it from a cutover on and point its views at raw events; the meter is `backfilling` and queryable at
+        once. `complete` rolls up the past. All or nothing: if ClickHouse refuses any step, the rollups are
+        dropped and the meter is recorded as deleted, so a failed create leaves nothing behind."""
+        self._write(meter, CREATING, NO_CUTOVER)
         try:
-            self.build(meter)
+            return self.start_build(meter)
         except DatabaseError as exc:
             self._drop_rollups(meter)
-            self._write(meter, DELETED, datetime.fromtimestamp(0, UTC))
+            self._write(meter, DELETED, NO_CUTOVER)
             reason = str(exc).strip().splitlines()[0][:300]
             log.warning("meter_create_failed", slug=meter.slug, id=meter.id, reason=reason)
             raise MeterBuildFailed(f"ClickHouse cannot build meter {meter.slug!r}: {reason}", field=None) from None
 
     def build(self, meter: Meter, *, replace: bool = False) -> None:
-        """Route the meter from a cutover on, backfill what was stored before it, point its views at the
-        new rollup, mark it ready. `replace`: an earlier build stays live (its views answer) until then."""
+        """A whole build at once: `start_build` then `complete`."""
+        self.complete(meter, self.start_build(meter, replace=replace))
+
+    def start_build(self, meter: Meter, *, replace: bool = False) -> datetime:
+        """Route the meter from a cutover on and record it `backfilling` with that cutover; its views read
+        raw events (unless `replace`: an earlier build stays live, its views answer, until `complete`)."""
         if not replace:
             self._drop_rollups(meter)
         cutover = self._server_now() + CUTOVER_MARGIN
@@ -172,17 +225,39 @@ class ClickHouseMeterRepository:
             # The route may have been added after the cutover: rows in between would be missed.
             log.warning("meter_cutover_missed_retrying", slug=meter.slug)
             self.ch.command(routing.delete_routes_sql(self.db, meter, only=rid), settings={"mutations_sync": 2})
-            self.build(meter, replace=replace)
-            return
-        self._write(meter, CREATING, cutover)
+            return self.start_build(meter, replace=replace)
+        if not replace:
+            for tier in sql.TIERS:
+                self.ch.command(routing.raw_view_ddl(self.db, meter, tier))
+        self._write(meter, BACKFILLING, cutover)
+        return cutover
+
+    def complete(
+        self, meter: Meter, cutover: datetime, *, resume_from: int | None = None, progress: Progress | None = None
+    ) -> None:
+        """Backfill what was stored before the cutover, point the views at the rollup, mark the meter ready
+        and forget earlier builds. `resume_from`: a backfill interrupted after that month (YYYYMM, 0 for
+        none) continues with the next one, its unfinished month's rows forgotten first."""
+        rid = routing.rollup_id(meter, cutover)
         self._settle(cutover)
         started = time.monotonic()
-        self._backfill(meter, cutover)
+        if resume_from is not None:
+            self.ch.command(
+                routing.delete_backfill_sql(self.db, meter, rid, resume_from + 1 if resume_from else None),
+                settings={"mutations_sync": 2},
+            )
+        try:
+            self._backfill(meter, cutover, after=resume_from or 0, progress=progress)
+            self._check_building(meter, cutover)
+        except BuildSuperseded:
+            # Deleted or rebuilt meanwhile: whoever did it removed this build's routes; its own rows go too.
+            self.ch.command(routing.delete_backfill_sql(self.db, meter, rid, None))
+            log.info("meter_backfill_superseded", slug=meter.slug, id=meter.id)
+            return
         for tier in sql.TIERS:
             self.ch.command(routing.meter_view_ddl(self.db, meter, rid, tier))
         self._write(meter, READY, cutover)
-        if replace:
-            self._drop_rollups(meter, keep=rid)
+        self._drop_rollups(meter, keep=rid)
         log.info("meter_backfilled", slug=meter.slug, id=meter.id, seconds=round(time.monotonic() - started, 3))
 
     def create_many(self, meters: list[Meter]) -> None:
@@ -212,22 +287,30 @@ class ClickHouseMeterRepository:
                 self.ch.command(routing.meter_view_ddl(self.db, meter, routing.rollup_id(meter, cutover), tier))
         self._write_many(meters, READY, cutover)
 
-    def _backfill(self, meter: Meter, cutover: datetime) -> None:
+    def _backfill(self, meter: Meter, cutover: datetime, *, after: int = 0, progress: Progress | None = None) -> None:
         """Roll up the meter's events stored before the cutover, month by month (event-time partitions), so
         a long backfill shows its progress and each insert stays bounded; the months are disjoint and cover
-        every row stored before the cutover. One dedupe token per month and tier: a retry counts once."""
+        every row stored before the cutover. One dedupe token per month and tier: a retry counts once. Each
+        complete month is recorded (`backfilled`): a restart continues after it. `after`: months up to it
+        are done already."""
         rid = routing.rollup_id(meter, cutover)
         started = time.monotonic()
         months = [(int(m), int(n)) for m, n in self.ch.rows(sql.backfill_months_sql(self.db, meter, cutover))]
         total = sum(n for _, n in months)
-        done = 0
+        done = sum(n for m, n in months if m <= after)
         for month, events in months:
+            if month <= after:
+                continue
             for tier in sql.TIERS:
                 self.ch.command(
                     routing.backfill_sql(self.db, meter, cutover, tier, month),
                     settings={"insert_deduplication_token": f"backfill:{rid}:{tier.column}:{month}"},
                 )
             done += events
+            self._check_building(meter, cutover)
+            self._write(meter, BACKFILLING, cutover, backfilled=month)
+            if progress is not None:
+                progress(month, done, total)
             log.info(
                 "meter_backfill_progress",
                 slug=meter.slug,
@@ -244,9 +327,9 @@ class ClickHouseMeterRepository:
 
     def update_definition(self, meter: Meter) -> None:
         """A new name, description or metadata: the definition row changes, the rollup does not."""
-        for stored, state, cutover in self.all_rows():
-            if stored.id == meter.id and state == READY:
-                self._write(meter, READY, cutover)
+        for stored, status in self.statuses():
+            if stored.id == meter.id and status.state in USABLE:
+                self._write(meter, status.state, status.cutover, status.backfilled)
                 return
         raise MeterBuildFailed(f"meter {meter.slug!r} is not ready", field=None)
 
@@ -255,7 +338,7 @@ class ClickHouseMeterRepository:
         the new build is removed and the live one is restored as it was (definition, views, rows)."""
         live = [(m, c) for m, state, c in self.all_rows() if m.id == meter.id and state == READY]
         if not live:
-            raise MeterBuildFailed(f"meter {meter.slug!r} is not ready", field=None)
+            raise MeterBuildFailed(f"meter {meter.slug!r} is not ready (its backfill is still running)", field=None)
         old, cutover = live[0]
         try:
             self.build(meter, replace=True)
@@ -284,13 +367,16 @@ class ClickHouseMeterRepository:
             for stmt in routing.drop_views_sql(self.db, meter):
                 self.ch.command(stmt)
 
-    def reconcile(self, wanted_config: list[Meter]) -> None:
-        """Make the rollups match: config meters exist, half-built ones are rebuilt, deleted ones dropped."""
-        rows = self.all_rows()
+    def reconcile(self, wanted_config: list[Meter], *, finish_backfills: bool = True) -> None:
+        """Make the rollups match: config meters exist, half-built ones are rebuilt, deleted ones dropped,
+        interrupted backfills resumed (unless `finish_backfills` is off: an API process resumes them in the
+        background)."""
+        statuses = self.statuses()
         wanted_ids = {m.id for m in wanted_config}
-        known = {m.id: state for m, state, _ in rows}
+        known = {m.id: st.state for m, st in statuses}
         legacy = self._legacy_tables()
-        for meter, state, _ in rows:
+        for meter, status in statuses:
+            state = status.state
             if state == READY and meter.rollup_table in legacy:
                 # Built by the per-meter design (a table and two views per meter): rebuild on the router.
                 log.info("meter_moving_to_router", slug=meter.slug, id=meter.id)
@@ -302,10 +388,26 @@ class ClickHouseMeterRepository:
             elif state in (CREATING, FAILED):
                 log.info("meter_rebuilding", slug=meter.slug, id=meter.id)
                 self._build_or_mark_failed(meter)
+            elif state == BACKFILLING and finish_backfills:
+                self.resume(meter, status)
         for meter in wanted_config:
-            if known.get(meter.id) != READY:
+            if known.get(meter.id) not in USABLE:
                 self._write(meter, CREATING, datetime.fromtimestamp(0, UTC))
                 self._build_or_mark_failed(meter)
+
+    def resume(self, meter: Meter, status: MeterStatus, progress: Progress | None = None) -> None:
+        """Continue an interrupted backfill under its own cutover: the months recorded as complete stay, the
+        unfinished one is redone from nothing; the router has counted everything from the cutover on."""
+        log.info("meter_backfill_resuming", slug=meter.slug, id=meter.id, after_month=status.backfilled)
+        self.complete(meter, status.cutover, resume_from=status.backfilled, progress=progress)
+
+    def _check_building(self, meter: Meter, cutover: datetime) -> None:
+        status = self.status(meter.id)
+        if status is None or status.state != BACKFILLING or status.cutover != cutover:
+            raise BuildSuperseded(meter.id)
+
+    def status(self, meter_id: str) -> MeterStatus | None:
+        return next((st for m, st in self.statuses() if m.id == meter_id), None)
 
     def _legacy_tables(self) -> set[str]:
         rows = self.ch.rows(

@@ -127,6 +127,12 @@ def rollup_id(meter: Meter, cutover: datetime) -> str:
     return f"{meter.id}_{int(cutover.timestamp() * 1000)}"
 
 
+def backfill_id(rid: str) -> str:
+    """The rows a build's backfill writes, apart from the router's (same build): a resumed backfill can
+    forget its own unfinished month without touching what the router counted meanwhile."""
+    return f"{rid}_b"
+
+
 def rollups_table_ddl(database: str, fam: Family) -> str:
     states = ",\n".join(f"    {name} {typ}" for name, typ, _ in fam.states)
     kinds = ", ".join(a.value for a in fam.aggregations)
@@ -312,8 +318,22 @@ def meter_view_ddl(database: str, meter: Meter, rid: str, tier: Tier) -> str:
     cols = ", ".join(["namespace", f"time AS {tier.column}", "subject", *groups, *states])
     return (
         f"CREATE OR REPLACE VIEW {qualified(database, tier_table(meter, tier))} AS SELECT {cols} "
-        f"FROM {qualified(database, family(meter.aggregation).table)} WHERE rollup_id = {literal(rid)} "
-        f"AND tier = {TIER_CODE[tier.column]}"
+        f"FROM {qualified(database, family(meter.aggregation).table)} "
+        f"WHERE rollup_id IN ({literal(rid)}, {literal(backfill_id(rid))}) AND tier = {TIER_CODE[tier.column]}"
+    )
+
+
+def raw_view_ddl(database: str, meter: Meter, tier: Tier) -> str:
+    """The per-meter view while the meter's backfill runs: the same columns, computed from raw events (exact
+    at every moment, slower); `meter_view_ddl` replaces it when the rollup is complete."""
+    groups = [f"{group_expr(segs)} AS {ident(group_column(key))}" for key, segs in meter.group_segments().items()]
+    states = [f"{expr} AS {ident(name)}" for name, _, expr in state_columns(meter)]
+    keys = ["namespace", f"{tier.truncate}(time) AS {tier.column}", "subject"]
+    group_cols = [ident(group_column(key)) for key in meter.group_segments()]
+    return (
+        f"CREATE OR REPLACE VIEW {qualified(database, tier_table(meter, tier))} AS "
+        f"SELECT {', '.join(keys + groups + states)} FROM {qualified(database, EVENTS_TABLE)} "
+        f"WHERE {meter_filter(meter)} GROUP BY {', '.join(['namespace', tier.column, 'subject', *group_cols])}"
     )
 
 
@@ -325,7 +345,7 @@ def backfill_sql(database: str, meter: Meter, cutover: datetime, tier: Tier, mon
     groups = [group_expr(segs) for segs in meter.group_segments().values()]
     states = [f"{expr} AS {_SHARED[meter.aggregation][name]}" for name, _, expr in state_columns(meter)]
     keys = [
-        f"{literal(rollup_id(meter, cutover))} AS rollup_id",
+        f"{literal(backfill_id(rollup_id(meter, cutover)))} AS rollup_id",
         f"{TIER_CODE[tier.column]} AS tier",
         "namespace",
         f"{tier.truncate}(time) AS bucket",
@@ -355,7 +375,16 @@ def delete_rows_sql(database: str, meter: Meter, keep: str | None = None) -> str
     routes and views are gone, so the mutation may run in the background."""
     where = f"startsWith(rollup_id, {literal(meter.id + '_')})"
     if keep is not None:
-        where += f" AND rollup_id != {literal(keep)}"
+        where += f" AND rollup_id NOT IN ({literal(keep)}, {literal(backfill_id(keep))})"
+    return f"ALTER TABLE {qualified(database, family(meter.aggregation).table)} DELETE WHERE {where}"
+
+
+def delete_backfill_sql(database: str, meter: Meter, rid: str, from_month: int | None) -> str:
+    """Forget a build's backfill rows (all, or those of event months >= from_month): a resumed backfill
+    redoes an unfinished month from nothing."""
+    where = f"rollup_id = {literal(backfill_id(rid))}"
+    if from_month is not None:
+        where += f" AND toYYYYMM(time) >= {int(from_month)}"
     return f"ALTER TABLE {qualified(database, family(meter.aggregation).table)} DELETE WHERE {where}"
 
 

@@ -3,6 +3,10 @@
 ClickHouse calls run in a worker thread (`ClickHouse.run` semantics via asyncio.to_thread). Mutations are
 serialised in-process by a lock; the live-meter cache is refreshed after each mutation and every
 `cache_seconds` (another process may have created or deleted a meter).
+
+A created meter is answered at once (`backfilling`, queried from raw events) while its backfill runs in a
+background task of this process; a backfill left unfinished (a restart, a failure) is resumed by the next
+`load`/`start`, one process at a time per meter (`catalog_lock` across API replicas).
 """
 
 from __future__ import annotations
@@ -12,7 +16,7 @@ import contextlib
 import dataclasses
 import time
 from collections.abc import AsyncIterator
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 import structlog
@@ -29,7 +33,7 @@ from aggregator.query import (
     to_query,
     unknown_key,
 )
-from aggregator.repository import ClickHouseMeterRepository
+from aggregator.repository import BACKFILLING, READY, ClickHouseMeterRepository, MeterStatus
 from common.clock import Clock, SystemClock, format_time
 from common.cloudevents import CloudEvent
 from common.errors import Conflict, NotFound
@@ -38,6 +42,7 @@ from common.usage import CatalogLock, CustomerDirectory, MeterRef, MeterUseGuard
 log = structlog.get_logger(__name__)
 
 STATS_SECONDS = 60.0  # how stale the tier planner's row counts may be (they only steer speed, never answers)
+BACKFILL_RETRY_SECONDS = (1.0, 60.0)  # a failed backfill is retried with backoff between these bounds
 
 
 class MeterNotFound(NotFound):
@@ -79,6 +84,14 @@ class GroupByInUse(Conflict):
         )
 
 
+class MeterBackfilling(Conflict):
+    def __init__(self, slug: str) -> None:
+        super().__init__(
+            f"meter {slug} is still backfilling: its group-by keys can change once it is READY (GET the meter)",
+            meter=slug,
+        )
+
+
 UPDATABLE = frozenset({"name", "description", "metadata", "groupBy"})
 
 
@@ -111,6 +124,9 @@ class MeterService:
         self.max_meters = max_meters
         self._lock = asyncio.Lock()
         self._meters: list[Meter] = []
+        self._status: dict[str, MeterStatus] = {}
+        self._backfills: dict[str, asyncio.Task[None]] = {}
+        self._closed = False
         self._loaded_at = float("-inf")
         self._tier_stats: dict[str, tuple[float, sql.TierStats]] = {}
         self.customers: CustomerDirectory | None = None
@@ -139,18 +155,89 @@ class MeterService:
         self.customers = customers
 
     async def load(self) -> None:
-        """Read the live meters (the API process; `metergate migrate` builds the rollups)."""
+        """Read the live meters (the API process; `metergate migrate` builds the rollups) and resume the
+        backfills left unfinished, in the background."""
         await self._refresh()
+        for meter in self._meters:
+            status = self._status.get(meter.id)
+            if status is not None and status.state == BACKFILLING:
+                self._spawn_backfill(meter, status.cutover)
 
     async def start(self) -> None:
-        """Migrate and reconcile (idempotent): run by `metergate migrate` and at service start."""
+        """Migrate and reconcile (idempotent), then `load`: for tests and single-process use."""
         await asyncio.to_thread(self.repository.migrate)
-        await asyncio.to_thread(self.repository.reconcile, self.config_meters)
-        await self._refresh()
+        await asyncio.to_thread(lambda: self.repository.reconcile(self.config_meters, finish_backfills=False))
+        await self.load()
+
+    async def close(self) -> None:
+        """Stop the backfills running here; each resumes from its last complete month at the next start."""
+        self._closed = True
+        tasks = list(self._backfills.values())
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
 
     async def _refresh(self) -> None:
-        self._meters = await asyncio.to_thread(self.repository.live)
+        rows = await asyncio.to_thread(self.repository.statuses)
+        self._status = {m.id: st for m, st in rows}
+        self._meters = [m for m, st in rows if st.state in (READY, BACKFILLING)]
         self._loaded_at = time.monotonic()
+
+    def status(self, meter: Meter) -> dict[str, Any]:
+        """The meter's build, for its API resource: `status` READY or BACKFILLING and, while backfilling,
+        `backfilledThrough` (events before it are rolled up; null until a first month is)."""
+        status = self._status.get(meter.id)
+        if status is None or status.state != BACKFILLING:
+            return {"status": "READY"}
+        through = status.backfilled_through
+        return {"status": "BACKFILLING", "backfilledThrough": format_time(through) if through else None}
+
+    def backfilling(self, meter: Meter) -> bool:
+        status = self._status.get(meter.id)
+        return status is not None and status.state == BACKFILLING
+
+    # --- background backfills ----------------------------------------------------------------------
+
+    def _spawn_backfill(self, meter: Meter, cutover: datetime) -> None:
+        running = self._backfills.get(meter.id)
+        if self._closed or (running is not None and not running.done()):
+            return
+        task = asyncio.create_task(self._backfill(meter, cutover), name=f"meter-backfill-{meter.id}")
+        self._backfills[meter.id] = task
+
+    async def _backfill(self, meter: Meter, cutover: datetime) -> None:
+        """Complete one build: under the meter's backfill lock (one process at a time), only if the stored
+        status still names this build, resuming after its last complete month; retried with backoff on
+        failure (the meter stays queryable from raw events meanwhile)."""
+        delay = BACKFILL_RETRY_SECONDS[0]
+        while True:
+            try:
+                async with self._backfill_lock(meter.id):
+                    status = await asyncio.to_thread(self.repository.status, meter.id)
+                    if status is None or status.state != BACKFILLING or status.cutover != cutover:
+                        return  # finished, deleted or rebuilt by someone else
+                    await asyncio.to_thread(self.repository.resume, meter, status)
+                await self._refresh()
+                return
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - any failure: retried, never lost
+                log.warning("meter_backfill_failed", slug=meter.slug, id=meter.id, error=str(exc)[:300], retry_s=delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, BACKFILL_RETRY_SECONDS[1])
+
+    @contextlib.asynccontextmanager
+    async def _backfill_lock(self, meter_id: str) -> AsyncIterator[None]:
+        if self.catalog_lock is None:
+            yield
+        else:
+            async with self.catalog_lock.hold(f"metergate:backfill:{meter_id}"):
+                yield
+
+    async def wait_backfills(self) -> None:
+        """Wait for the backfills running in this process (tests, `metergate migrate`-like callers)."""
+        while tasks := [t for t in self._backfills.values() if not t.done()]:
+            await asyncio.gather(*tasks, return_exceptions=True)
 
     async def failed(self, namespace: str) -> list[tuple[dict[str, Any], str]]:
         """Meters that exist but cannot be used (skipped at start-up), as API bodies with the reason."""
@@ -177,9 +264,10 @@ class MeterService:
                 raise MeterExists(meter.slug)
             if len(mine) >= self.max_meters:
                 raise MeterQuotaExceeded(self.max_meters)
-            await asyncio.to_thread(self.repository.create, meter)
+            cutover = await asyncio.to_thread(self.repository.begin, meter)
             await self._refresh()
-        log.info("meter_created", namespace=namespace, slug=meter.slug, id=meter.id)
+        self._spawn_backfill(meter, cutover)
+        log.info("meter_created", namespace=namespace, slug=meter.slug, id=meter.id, backfilling=True)
         return meter
 
     async def update(self, namespace: str, id_or_slug: str, body: Any) -> Meter:
@@ -212,6 +300,8 @@ class MeterService:
                     raise GroupByInUse(current.slug, dropped, features)
             if meter.group_by == current.group_by:
                 await asyncio.to_thread(self.repository.update_definition, meter)
+            elif self.backfilling(current):
+                raise MeterBackfilling(current.slug)
             else:
                 await asyncio.to_thread(self.repository.rebuild, meter)
             await self._refresh()
@@ -235,6 +325,9 @@ class MeterService:
                 raise MeterInUse(meter.slug, features)
             await asyncio.to_thread(self.repository.drop, meter)
             await self._refresh()
+        running = self._backfills.pop(meter.id, None)
+        if running is not None:
+            running.cancel()  # its thread stops at the next month: the build is no longer the stored one
         log.info("meter_deleted", namespace=namespace, slug=meter.slug, id=meter.id)
 
     async def query(self, namespace: str, id_or_slug: str, params: QueryParams) -> tuple[sql.Query, list[Row]]:
@@ -251,6 +344,10 @@ class MeterService:
         return q, await self.run(q)
 
     async def run(self, q: sql.Query) -> list[Row]:
+        if self.backfilling(q.meter):
+            # Its rollup is not complete yet: the exact answer comes from raw events alone.
+            text, params = sql.raw_query(self.repository.db, q)
+            return shape_rows(q, await asyncio.to_thread(self.repository.query_rows, text, params))
         if q.subjects and q.hour_tier:
             # A few subjects: the hour table is worth a table read only if it saves enough rows.
             stats = await self._stats(q.meter)

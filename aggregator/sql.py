@@ -169,14 +169,25 @@ CREATE TABLE IF NOT EXISTS {qualified(database, METERS_TABLE)}
     slug String,
     id String COMMENT 'meter id; the rollup table is meter_rollup_<id>',
     definition String COMMENT 'the meter as OpenMeter v1 JSON',
-    state LowCardinality(String) COMMENT 'creating | ready | deleted',
+    state LowCardinality(String) COMMENT 'creating | backfilling | ready | failed | deleted',
     cutover DateTime64(3, 'UTC') COMMENT 'events inserted before: backfilled; at or after: the view',
     created_at DateTime64(3, 'UTC'),
-    version UInt64
+    version UInt64,
+    {BACKFILLED_COLUMN}
 )
 ENGINE = ReplacingMergeTree(version)
 ORDER BY (namespace, slug, id)
 """
+
+
+BACKFILLED_COLUMN = (
+    "backfilled Int32 DEFAULT 0 COMMENT 'backfilling: the last event month (YYYYMM) rolled up, 0 for none'"
+)
+
+
+def meters_backfilled_ddl(database: str) -> str:
+    """The progress column on a meters table made before it existed."""
+    return f"ALTER TABLE {qualified(database, METERS_TABLE)} ADD COLUMN IF NOT EXISTS {BACKFILLED_COLUMN}"
 
 
 def inserted_at_ddl(database: str) -> str:

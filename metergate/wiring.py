@@ -183,6 +183,7 @@ async def _build_meters(services: Services, settings: ApiServiceSettings) -> Met
         max_meters=settings.quotas.meters_per_namespace,
     )
     await meters.load()
+    services.on_close(meters.close)  # backfills running here stop; the next start resumes them
     services.meters = meters
     services.event_validation = meters.event_validation_error
     return meters

@@ -172,6 +172,8 @@ async def test_group_by_values(env: SimpleNamespace) -> None:
 
 async def test_put_updates_names_and_rebuilds_for_new_group_by_keys(env: SimpleNamespace) -> None:
     c = env.client
+    await env.service.wait_backfills()  # keys change once the meter is READY (test_meter_backfill.py)
+    assert (await c.get("/api/v1/meters/tokens")).json()["status"] == "READY"
     routes = f"SELECT rollup_id FROM `{env.ch.database}`.meter_routes ORDER BY rollup_id"
     before = env.ch.rows(routes)
     r = await c.put(
@@ -220,6 +222,7 @@ async def test_put_rebuild_clickhouse_refuses_keeps_the_live_meter(
 ) -> None:
     from aggregator import routing
 
+    await env.service.wait_backfills()
     real = routing.meter_view_ddl
     monkeypatch.setattr(
         routing,

@@ -91,5 +91,8 @@ async def meters_app(clickhouse: ClickHouse) -> AsyncIterator[SimpleNamespace]:
     insert(clickhouse, "ns1", events, "before-meter")
     transport = httpx.ASGITransport(app=app)
     hooks = {"response": [validating_hook(app)]}  # every success body against its published schema
-    async with httpx.AsyncClient(transport=transport, base_url="http://test", event_hooks=hooks) as client:
-        yield SimpleNamespace(client=client, service=service, guard=guard, ch=clickhouse)
+    try:
+        async with httpx.AsyncClient(transport=transport, base_url="http://test", event_hooks=hooks) as client:
+            yield SimpleNamespace(client=client, service=service, guard=guard, ch=clickhouse)
+    finally:
+        await service.close()
