@@ -248,7 +248,7 @@ class ClickHouseMeterRepository:
             )
         try:
             self._backfill(meter, cutover, after=resume_from or 0, progress=progress)
-            self._check_building(meter, cutover)
+            stored = self._check_building(meter, cutover)
         except BuildSuperseded:
             # Deleted or rebuilt meanwhile: whoever did it removed this build's routes; its own rows go too.
             self.ch.command(routing.delete_backfill_sql(self.db, meter, rid, None))
@@ -256,7 +256,7 @@ class ClickHouseMeterRepository:
             return
         for tier in sql.TIERS:
             self.ch.command(routing.meter_view_ddl(self.db, meter, rid, tier))
-        self._write(meter, READY, cutover)
+        self._write(stored, READY, cutover)
         self._drop_rollups(meter, keep=rid)
         log.info("meter_backfilled", slug=meter.slug, id=meter.id, seconds=round(time.monotonic() - started, 3))
 
@@ -307,8 +307,8 @@ class ClickHouseMeterRepository:
                     settings={"insert_deduplication_token": f"backfill:{rid}:{tier.column}:{month}"},
                 )
             done += events
-            self._check_building(meter, cutover)
-            self._write(meter, BACKFILLING, cutover, backfilled=month)
+            stored = self._check_building(meter, cutover)
+            self._write(stored, BACKFILLING, cutover, backfilled=month)
             if progress is not None:
                 progress(month, done, total)
             log.info(
@@ -401,10 +401,13 @@ class ClickHouseMeterRepository:
         log.info("meter_backfill_resuming", slug=meter.slug, id=meter.id, after_month=status.backfilled)
         self.complete(meter, status.cutover, resume_from=status.backfilled, progress=progress)
 
-    def _check_building(self, meter: Meter, cutover: datetime) -> None:
-        status = self.status(meter.id)
-        if status is None or status.state != BACKFILLING or status.cutover != cutover:
-            raise BuildSuperseded(meter.id)
+    def _check_building(self, meter: Meter, cutover: datetime) -> Meter:
+        """The meter as stored now (its name or metadata may have changed meanwhile), if this build is
+        still the one it names; else BuildSuperseded."""
+        for stored, status in self.statuses():
+            if stored.id == meter.id and status.state == BACKFILLING and status.cutover == cutover:
+                return stored
+        raise BuildSuperseded(meter.id)
 
     def status(self, meter_id: str) -> MeterStatus | None:
         return next((st for m, st in self.statuses() if m.id == meter_id), None)
