@@ -24,7 +24,7 @@ from aggregator import routing, sql
 from aggregator.meter import InvalidMeter, Meter, parse_meter
 from common.clickhouse import ClickHouse
 from common.clock import utc_from_storage
-from common.events_table import EVENTS_TABLE, events_table_ddl
+from common.events_table import EVENTS_TABLE, INSERTED_AT, events_table_ddl
 
 log = structlog.get_logger(__name__)
 
@@ -97,12 +97,12 @@ class ClickHouseMeterRepository:
             "SELECT count() FROM system.parts AS p WHERE p.database = {db:String} AND p.table = {t:String} "
             "AND p.active AND p.name NOT IN (SELECT part_name FROM system.parts_columns WHERE database = {db:String} "
             "AND table = {t:String} AND active AND column = {c:String})",
-            parameters={"db": self.db, "t": EVENTS_TABLE, "c": sql.INSERTED_AT},
+            parameters={"db": self.db, "t": EVENTS_TABLE, "c": INSERTED_AT},
         )
         if int(rows[0][0]) > 0:
             log.info("materializing_inserted_at", parts=int(rows[0][0]))
             self.ch.command(
-                f"ALTER TABLE {sql.qualified(self.db, EVENTS_TABLE)} MATERIALIZE COLUMN {sql.INSERTED_AT}",
+                f"ALTER TABLE {sql.qualified(self.db, EVENTS_TABLE)} MATERIALIZE COLUMN {INSERTED_AT}",
                 settings={"mutations_sync": 2},
             )
 

@@ -24,7 +24,6 @@ from aggregator.jsonpath import Segment
 from aggregator.meter import Aggregation, Meter
 from aggregator.sql import (
     DEC_TYPE,
-    INSERTED_AT,
     LATEST_KEY_TYPE,
     ROLLUP_DEDUPLICATION_WINDOW,
     TIERS,
@@ -40,7 +39,7 @@ from aggregator.sql import (
     state_columns,
     tier_table,
 )
-from common.events_table import EVENTS_TABLE
+from common.events_table import EVENTS_TABLE, INSERTED_AT
 
 ROLLUPS_TABLE = "meter_rollups"
 ROUTES_TABLE = "meter_routes"

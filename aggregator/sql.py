@@ -20,11 +20,10 @@ from zoneinfo import ZoneInfo
 
 from aggregator.jsonpath import Segment, clickhouse_args
 from aggregator.meter import VALUE_SCALE, Aggregation, Meter, WindowSize
-from common.events_table import EVENTS_TABLE
+from common.events_table import EVENTS_TABLE, INSERTED_AT
 
 # Server-side insert time of each events row: the cut between what the view counts and what the
 # backfill counts (see README "Backfill without a gap or a double count").
-INSERTED_AT = "inserted_at"
 ROLLUP_DEDUPLICATION_WINDOW = 10_000
 METERS_TABLE = "meters"
 _NUMBER_RE = r"^[+-]?([0-9]+\.?[0-9]*|\.[0-9]+)([eE][+-]?[0-9]+)?$"
