@@ -28,10 +28,13 @@ def expand(text: str, variables: dict[str, str], database: str) -> str:
     text = re.sub(r"\$__timeInterval\((\w+)\)", r"toStartOfInterval(\1, INTERVAL 3600 second)", text)
     text = re.sub(r"\$__timeFilter\((\w+)\)", r"\1 >= toDateTime(0) AND \1 <= toDateTime('2100-01-01 00:00:00')", text)
     for name, value in variables.items():
-        text = text.replace("${" + name + ":raw}", value).replace("${" + name + "}", value)
+        quoted = "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"  # Grafana's :sqlstring
+        text = text.replace("${" + name + ":raw}", value).replace("${" + name + ":sqlstring}", quoted)
+        text = text.replace("${" + name + "}", value)
+    assert "'${" not in text, "variables in SQL go through :sqlstring (quoted and escaped), never pasted"
     assert "metergate." not in text  # no database name: the data source's default database is used
     # Grafana's data source sets the default database; the embedded engine here needs the tables qualified.
-    return re.sub(r"\bFROM (meters|meter_rollup_[\w$]+)", lambda m: f"FROM `{database}`.{m.group(1)}", text)
+    return re.sub(r"\bFROM (meters|events|meter_rollup_[\w$]+)", lambda m: f"FROM `{database}`.{m.group(1)}", text)
 
 
 @pytest.mark.parametrize("aggregation", ["SUM", "COUNT", "UNIQUE_COUNT", "AVG", "MAX", "LATEST"])
@@ -71,3 +74,5 @@ def test_dashboard_queries_run_and_match(clickhouse: ClickHouse, aggregation: st
     for subject, values in exact.items():
         expected = Decimal(values[0]) / values[1] if aggregation == "AVG" else Decimal(values[0])
         assert abs(top[subject] - expected) < Decimal("1e-6"), subject
+    # The ingest panel counts every stored event of the namespace.
+    assert sum(int(r[2]) for r in results[3]) == len(events)

@@ -32,6 +32,9 @@ SETTINGS_OF: dict[str, tuple[str, type[BaseSettings]]] = {
 ENV_FIXTURE = {
     "METERGATE_API_KEYS": '{"k3y-0f-the-billing-team-5f9a2c71": "default"}',
     "CLICKHOUSE_PASSWORD": "ch-Secret-4711",
+    "CLICKHOUSE_API_PASSWORD": "ch-Api-Secret-1",
+    "CLICKHOUSE_WORKER_PASSWORD": "ch-Worker-Secret-2",
+    "CLICKHOUSE_GRAFANA_PASSWORD": "ch-Grafana-Secret-3",
     "POSTGRES_PASSWORD": "pg-Secret-0815",
     "GRAFANA_ADMIN_PASSWORD": "gf-Secret-1234",
     "KAFKA_CLUSTER_ID": "MkU3OEVBNTcwNTJENDM2Qk",
@@ -213,3 +216,53 @@ def test_kafka_has_its_own_cluster_id_and_a_loopback_external_listener(compose: 
     assert kafka["environment"]["CLUSTER_ID"] == ENV_FIXTURE["KAFKA_CLUSTER_ID"]
     assert "EXTERNAL://127.0.0.1:29092" in kafka["environment"]["KAFKA_ADVERTISED_LISTENERS"]
     assert kafka["ports"] == ["127.0.0.1:29092:29092"]  # no authentication: never beyond this host
+
+
+def test_each_service_has_its_own_clickhouse_account(compose: dict[str, Any]) -> None:
+    """migrate alone uses the admin account; api, worker and Grafana their own (deploy/clickhouse/initdb)."""
+    services = compose["services"]
+    urls = {name: environment(services[name])["METERGATE_CLICKHOUSE__URL"] for name in SETTINGS_OF}
+    assert urls["migrate"].startswith(f"http://metergate:{ENV_FIXTURE['CLICKHOUSE_PASSWORD']}@")
+    assert urls["api"].startswith(f"http://metergate_api:{ENV_FIXTURE['CLICKHOUSE_API_PASSWORD']}@")
+    assert urls["ingest-worker"].startswith(f"http://metergate_worker:{ENV_FIXTURE['CLICKHOUSE_WORKER_PASSWORD']}@")
+    clickhouse = services["clickhouse"]
+    assert "./deploy/clickhouse/initdb:/docker-entrypoint-initdb.d:ro" in clickhouse["volumes"]
+    for var in ("CLICKHOUSE_API_PASSWORD", "CLICKHOUSE_WORKER_PASSWORD", "CLICKHOUSE_GRAFANA_PASSWORD"):
+        assert environment(clickhouse)[var] == ENV_FIXTURE[var]
+    grafana = services["grafana"]
+    assert "CLICKHOUSE_PASSWORD" not in environment(grafana)  # never the admin password
+    sources = yaml.safe_load((ROOT / "deploy/grafana/provisioning/datasources/clickhouse.yaml").read_text())
+    ch = next(d for d in sources["datasources"] if d["type"] == "grafana-clickhouse-datasource")
+    assert ch["jsonData"]["username"] == "metergate_grafana"
+    assert ch["secureJsonData"]["password"] == "${CLICKHOUSE_GRAFANA_PASSWORD}"
+
+
+def test_grafana_pins_its_plugin_and_keeps_its_data(compose: dict[str, Any]) -> None:
+    grafana = compose["services"]["grafana"]
+    name, version = environment(grafana)["GF_INSTALL_PLUGINS"].split(" ")
+    assert name == "grafana-clickhouse-datasource"
+    assert re.fullmatch(r"\d+\.\d+\.\d+", version)
+    assert "grafana-data:/var/lib/grafana" in grafana["volumes"]
+    assert "grafana-data" in compose["volumes"]
+    provider = yaml.safe_load((ROOT / "deploy/grafana/provisioning/dashboards/metergate.yaml").read_text())
+    path = provider["providers"][0]["options"]["path"]
+    assert f"./deploy/grafana/dashboards:{path}:ro" in grafana["volumes"]
+
+
+def test_prometheus_scrapes_every_worker(compose: dict[str, Any]) -> None:
+    prometheus = compose["services"]["prometheus"]
+    assert re.fullmatch(r"prom/prometheus:v\d+\.\d+\.\d+", prometheus["image"])
+    assert prometheus["ports"] == ["127.0.0.1:9090:9090"]
+    assert "prometheus-data:/prometheus" in prometheus["volumes"]
+    config = yaml.safe_load((ROOT / "deploy/prometheus/prometheus.yml").read_text())
+    (job,) = config["scrape_configs"]
+    (sd,) = job["dns_sd_configs"]
+    worker = compose["services"]["ingest-worker"]
+    assert sd["names"] == ["ingest-worker"]
+    assert str(sd["port"]) == environment(worker)["METERGATE_SINK__METRICS_PORT"]
+
+
+def test_no_service_publishes_a_port_beyond_this_host_but_the_proxy(compose: dict[str, Any]) -> None:
+    for name, service in compose["services"].items():
+        for port in service.get("ports", []):
+            assert name == "proxy" or str(port).startswith("127.0.0.1:"), (name, port)
