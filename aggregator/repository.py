@@ -82,14 +82,21 @@ class ClickHouseMeterRepository:
 
     # --- schema --------------------------------------------------------------------------------
 
+    @staticmethod
+    def schema_sql(database: str) -> list[str]:
+        """The meters' schema, in order (idempotent statements): the meters table, the server-side insert
+        time on events (see README: backfill), the shared rollup tables and the one routing view."""
+        return [
+            events_table_ddl(database),
+            sql.meters_table_ddl(database),
+            sql.meters_backfilled_ddl(database),
+            sql.inserted_at_ddl(database),
+            *routing.schema_ddl(database),
+        ]
+
     def migrate(self) -> None:
-        """The meters table, and the server-side insert time on events (see README: backfill)."""
-        self.ch.command(events_table_ddl(self.db))
-        self.ch.command(sql.meters_table_ddl(self.db))
-        self.ch.command(sql.meters_backfilled_ddl(self.db))
-        self.ch.command(sql.inserted_at_ddl(self.db))
-        # One shared rollup table fed by one routing view, whatever the number of meters (README).
-        for stmt in routing.schema_ddl(self.db):
+        """The schema (`schema_sql`), and `inserted_at` materialised on parts written before it existed."""
+        for stmt in self.schema_sql(self.db):
             self.ch.command(stmt)
         # Parts written before the column existed would compute DEFAULT now64() at read time (always
         # "after" any cutover); materialise it once so old rows carry a fixed, earlier insert time.

@@ -30,7 +30,7 @@ from common.errors import Unavailable
 from common.logging import configure_logging
 from ingest.sink.signals import catch_early_signals, run_until_signalled
 from metergate.app import ConfigError, check_auth_binding, check_frozen_clock, create_app
-from metergate.migrate import run_migrations
+from metergate.migrate import clickhouse_schema_sql, run_migrations
 from metergate.server import uvicorn_options
 from metergate.settings import ApiServiceSettings, MigrateSettings, WorkerSettings
 from metergate.wiring import build_services
@@ -290,6 +290,10 @@ def cmd_migrate(args: argparse.Namespace) -> int:
     settings = load_settings(MigrateSettings)
     if args.check_config:
         return report_ok("migrate", settings)
+    if args.print_sql:
+        for stmt in clickhouse_schema_sql(settings.clickhouse.database):
+            print(stmt.strip() + ";\n", flush=True)
+        return 0
     configure_logging(settings.log)
     asyncio.run(run_migrations(settings))
     print("migrations applied", flush=True)
@@ -343,6 +347,12 @@ def build_parser() -> argparse.ArgumentParser:
         if name in ("dev", "api"):
             p.add_argument("--host", help="address to listen on (METERGATE_HOST)")
             p.add_argument("--port", type=int, help="port to listen on (METERGATE_PORT)")
+        if name == "migrate":
+            p.add_argument(
+                "--print-sql",
+                action="store_true",
+                help="print the ClickHouse schema statements migrate runs, for review, and exit (connects to nothing)",
+            )
         if name == "dev":
             p.add_argument("--data-dir", help="folder for the embedded ClickHouse and SQLite (default .metergate)")
     return parser

@@ -18,7 +18,7 @@ import structlog
 from common.clickhouse import ClickHouse, connect_clickhouse
 from common.errors import Unavailable
 from common.settings import DatabaseSettings, KafkaSettings
-from ingest.sink.migrations import create_topics, migrate_clickhouse
+from ingest.sink.migrations import create_topics, ingest_schema_sql, migrate_clickhouse
 from metergate.settings import MigrateSettings
 
 log = structlog.get_logger(__name__)
@@ -68,6 +68,19 @@ async def create_kafka_topics(kafka: KafkaSettings) -> None:
         return
     created = await create_topics(kafka)
     log.info("migrated_kafka_topics", created=created, events_topic=kafka.events_topic)
+
+
+def clickhouse_schema_sql(database: str) -> list[str]:
+    """Every ClickHouse statement of the schema `migrate` creates, in its order, each once (`migrate
+    --print-sql`). Not included, because they depend on what is stored: `inserted_at` materialised on parts
+    older than the column, and each meter's build (its route, views and backfill, logged as it runs)."""
+    from aggregator.repository import ClickHouseMeterRepository
+
+    out: list[str] = []
+    for stmt in [*ingest_schema_sql(database), *ClickHouseMeterRepository.schema_sql(database)]:
+        if stmt not in out:
+            out.append(stmt)
+    return out
 
 
 def migrate_meter_rollups(ch: ClickHouse, meters_file: Path | None) -> None:

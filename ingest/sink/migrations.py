@@ -21,10 +21,19 @@ from ingest.sink.ledger import ledger_table_ddl
 log = structlog.get_logger(__name__)
 
 
+def ingest_schema_sql(database: str) -> list[str]:
+    """The database, the events table, the sink ledger and the dead-letters table (idempotent statements)."""
+    return [
+        f"CREATE DATABASE IF NOT EXISTS `{database}`",
+        events_table_ddl(database),
+        ledger_table_ddl(database),
+        dead_letters_table_ddl(database),
+    ]
+
+
 def migrate_clickhouse(ch: ClickHouse) -> None:
     """Create the events table, the sink ledger and the dead-letters table if missing (blocking)."""
-    ch.command(f"CREATE DATABASE IF NOT EXISTS `{ch.database}`")
-    for ddl in (events_table_ddl(ch.database), ledger_table_ddl(ch.database), dead_letters_table_ddl(ch.database)):
+    for ddl in ingest_schema_sql(ch.database):
         ch.command(ddl)
 
 
