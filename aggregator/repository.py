@@ -405,7 +405,10 @@ class ClickHouseMeterRepository:
     def resume(self, meter: Meter, status: MeterStatus, progress: Progress | None = None) -> None:
         """Continue an interrupted backfill under its own cutover: the months recorded as complete stay, the
         unfinished one is redone from nothing; the router has counted everything from the cutover on."""
-        log.info("meter_backfill_resuming", slug=meter.slug, id=meter.id, after_month=status.backfilled)
+        if status.backfilled:
+            log.info("meter_backfill_resuming", slug=meter.slug, id=meter.id, after_month=status.backfilled)
+        else:
+            log.info("meter_backfill_starting", slug=meter.slug, id=meter.id)
         self.complete(meter, status.cutover, resume_from=status.backfilled, progress=progress)
 
     def _check_building(self, meter: Meter, cutover: datetime) -> Meter:
