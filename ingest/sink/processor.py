@@ -17,11 +17,9 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-import orjson
-
 from common.clickhouse import ClickHouse
 from common.clock import Clock
-from common.events_table import EVENT_COLUMNS, EVENTS_TABLE, INSERTED_AT
+from common.events_table import EVENT_COLUMNS, EVENTS_TABLE
 from common.ingest_notifications import EventGroup, group_events
 from ingest.sink.dedupe import Conflict, Item, resolve_hashed, to_millis
 from ingest.sink.keycheck import ClickHouseKeyCheck
@@ -99,7 +97,6 @@ class BatchProcessor:
         self.ledger = ClickHouseLedger(ch)
         self.keys = ClickHouseKeyCheck(ch, window=dedupe_window, clock=clock)
         self._settings = supported_insert_settings(ch)
-        self._has_inserted_at: bool | None = None  # asked once, at the first replay
 
     def record(self, range_id: RangeId, digest: str) -> LedgerRecord:
         """Durably record a new range, stamping the stored_at its rows will carry forever."""
@@ -126,55 +123,7 @@ class BatchProcessor:
         if resolution.keep:
             block = encode_rows(batch.range_id, resolution.keep, rec.stored_at_ms)
             columns = self._columns
-            first = self._first_write(batch.range_id, resolution.keep, rec) if replay else None
-            if first is not None:
-                columns = [*columns, INSERTED_AT]
-                block = block[:-1] + b"," + orjson.dumps([[first / 1000] * len(resolution.keep)])[1:]
             settings = {**self._settings, "insert_deduplication_token": rec.token}
             self._ch.call(lambda c: c.raw_insert(self._table, columns, block, settings=settings, fmt=INSERT_FORMAT))
         self.keys.remember(batch.items, lookup, resolution.keep)
         return BatchResult(len(resolution.keep), resolution.duplicates, resolution.conflicts)
-
-    def _first_write(self, range_id: RangeId, kept: Sequence[Item], rec: LedgerRecord) -> int | None:
-        """When a replayed batch was stored whole by an earlier attempt: that insert's `inserted_at` (epoch
-        ms), which the replay then carries, else None (the replay gets its own, as a first write does).
-
-        Meters cut their backfill from their live counting on `inserted_at`. A replay is dropped from the
-        events table by its token, but the meters' routing view still sees it: with a fresh `inserted_at`,
-        a meter created between the two attempts would count the batch live after its backfill counted the
-        first attempt. Carrying the first attempt's value makes the replay invisible to that meter and
-        still counted by meters older than the first attempt (a partly failed first write is repaired)."""
-        if self._has_inserted_at is None:
-            found = self._ch.rows(
-                "SELECT count() FROM system.columns WHERE database = {db:String} AND table = {t:String} "
-                "AND name = {c:String}",
-                parameters={"db": self._ch.database, "t": EVENTS_TABLE, "c": INSERTED_AT},
-            )
-            self._has_inserted_at = int(found[0][0]) > 0
-        if not self._has_inserted_at:
-            return None  # no meters migration: nothing cuts on it
-        events = [item.decoded for item in kept]
-        times = [to_millis(d.event.time) for d in events]
-        rows = self._ch.rows(
-            f"SELECT count(), toUnixTimestamp64Milli(min({INSERTED_AT})) FROM {self._table} "
-            "WHERE namespace IN {ns:Array(String)} AND type IN {ty:Array(String)} "
-            "AND time >= fromUnixTimestamp64Milli({t0:Int64}, 'UTC') "
-            "AND time <= fromUnixTimestamp64Milli({t1:Int64}, 'UTC') "
-            "AND ingest_topic = {topic:String} AND ingest_partition = {partition:Int32} "
-            "AND ingest_offset >= {start:Int64} AND ingest_offset <= {end:Int64} "
-            "AND stored_at = fromUnixTimestamp64Milli({stored:Int64}, 'UTC')",
-            parameters={
-                "ns": sorted({d.namespace for d in events}),
-                "ty": sorted({d.event.type for d in events}),
-                "t0": min(times),
-                "t1": max(times),
-                "topic": range_id.topic,
-                "partition": range_id.partition,
-                "start": range_id.range.start,
-                "end": range_id.range.end,
-                "stored": rec.stored_at_ms,
-            },
-        )
-        count, first = int(rows[0][0]), int(rows[0][1])
-        # Only a whole first write: rows of a partly stored one that are not stored yet must look new.
-        return first if count >= len(kept) else None
