@@ -272,7 +272,7 @@ class ClickHouseMeterRepository:
         benchmark's 10,000 meters). A failure leaves them `creating`, rebuilt one by one at the next start."""
         if not meters:
             return
-        self._write_many(meters, CREATING, datetime.fromtimestamp(0, UTC))
+        self._write_many(meters, CREATING, NO_CUTOVER)
         # Adding the routes takes longer with their number: the cutover leaves room for it.
         cutover = self._server_now() + CUTOVER_MARGIN + timedelta(milliseconds=len(meters) // 5)
         self._insert_routes([routing.route_row(m, cutover) for m in meters])
@@ -361,7 +361,7 @@ class ClickHouseMeterRepository:
             raise MeterBuildFailed(f"ClickHouse cannot rebuild meter {meter.slug!r}: {reason}", field=None) from None
 
     def drop(self, meter: Meter) -> None:
-        self._write(meter, DELETED, datetime.fromtimestamp(0, UTC))
+        self._write(meter, DELETED, NO_CUTOVER)
         self._drop_rollups(meter)
         log.info("meter_dropped", slug=meter.slug, id=meter.id)
 
@@ -399,7 +399,7 @@ class ClickHouseMeterRepository:
                 self.resume(meter, status)
         for meter in wanted_config:
             if known.get(meter.id) not in USABLE:
-                self._write(meter, CREATING, datetime.fromtimestamp(0, UTC))
+                self._write(meter, CREATING, NO_CUTOVER)
                 self._build_or_mark_failed(meter)
 
     def resume(self, meter: Meter, status: MeterStatus, progress: Progress | None = None) -> None:
@@ -441,7 +441,7 @@ class ClickHouseMeterRepository:
                 "meter_build_failed", slug=meter.slug, id=meter.id, namespace=meter.namespace, reason=reason
             )
             self._drop_rollups(meter)
-            self._write(meter, FAILED, datetime.fromtimestamp(0, UTC))
+            self._write(meter, FAILED, NO_CUTOVER)
             self.failures[meter.id] = reason
 
     def failed(self) -> list[tuple[str | None, dict[str, Any], str]]:

@@ -33,7 +33,7 @@ from aggregator.query import (
     to_query,
     unknown_key,
 )
-from aggregator.repository import BACKFILLING, READY, ClickHouseMeterRepository, MeterStatus
+from aggregator.repository import BACKFILLING, USABLE, ClickHouseMeterRepository, MeterStatus
 from common.clock import Clock, SystemClock, format_time
 from common.cloudevents import CloudEvent
 from common.errors import Conflict, NotFound
@@ -180,7 +180,7 @@ class MeterService:
     async def _refresh(self) -> None:
         rows = await asyncio.to_thread(self.repository.statuses)
         self._status = {m.id: st for m, st in rows}
-        self._meters = [m for m, st in rows if st.state in (READY, BACKFILLING)]
+        self._meters = [m for m, st in rows if st.state in USABLE]
         self._loaded_at = time.monotonic()
 
     def status(self, meter: Meter) -> dict[str, Any]:

@@ -8,7 +8,7 @@ from __future__ import annotations
 EVENTS_TABLE = "events"
 
 # Set by ClickHouse when an insert starts (DEFAULT now64(3), added by the aggregator's migration): meters cut
-# their backfill from their live counting on it. A replayed batch carries its first write's value.
+# their backfill from their live counting on it (a replayed batch gets a new one: aggregator/README.md).
 INSERTED_AT = "inserted_at"
 
 # Insert dedupe (ClickHouse drops a retried block with the same insert_deduplication_token) only works

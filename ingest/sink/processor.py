@@ -122,8 +122,9 @@ class BatchProcessor:
         resolution = resolve_hashed(batch.items, lookup.hashes, lookup.found, stored_hashes)
         if resolution.keep:
             block = encode_rows(batch.range_id, resolution.keep, rec.stored_at_ms)
-            columns = self._columns
             settings = {**self._settings, "insert_deduplication_token": rec.token}
-            self._ch.call(lambda c: c.raw_insert(self._table, columns, block, settings=settings, fmt=INSERT_FORMAT))
+            self._ch.call(
+                lambda c: c.raw_insert(self._table, self._columns, block, settings=settings, fmt=INSERT_FORMAT)
+            )
         self.keys.remember(batch.items, lookup, resolution.keep)
         return BatchResult(len(resolution.keep), resolution.duplicates, resolution.conflicts)
