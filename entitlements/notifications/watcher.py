@@ -1,14 +1,18 @@
 """When to evaluate: whenever a value can change.
 
 - state changes (grant, void, reset, override, entitlement create): `entitlement_changed`;
-- new usage (the ingest notification stream): `usage_arrived(namespace, subject)`;
+- new usage (the ingest notification stream): `on_ingest`, for namespaces with an active threshold rule
+  (only a threshold can be crossed by usage; the set of such namespaces is read again by every sweep, and
+  a rule created or changed starts a sweep);
 - time: after each evaluation the next instant the engine knows changes the value by itself (period end,
   grant activation, expiry, recurrence) is put on a timer, so a crossing caused by a grant expiring is noticed
   at that instant, not at the next event;
 - a sweep every `sweep_interval` re-evaluates every metered entitlement a rule covers: the safety net after a
   restart (timers live in memory) and for a test clock moved by hand.
 Work is a queue of entitlement keys, deduplicated while queued, drained by one task: a burst of usage for one
-subject costs one evaluation per entitlement, and a slow evaluation never blocks ingest or requests.
+subject costs one evaluation per entitlement, and a slow evaluation never blocks ingest or requests. Changed
+subjects are deduplicated too, and looked up a namespace at a time (one query for up to `LOOKUP_CHUNK` of
+them): ingest reports every subject of every batch, and a lookup per report would fall behind it.
 """
 
 from __future__ import annotations
@@ -29,11 +33,13 @@ from entitlements.domain import Entitlement, EntitlementType, Grant
 from entitlements.notifications.domain import RuleType
 from entitlements.notifications.repository import NotificationRepository
 from entitlements.notifications.service import NotificationService
+from entitlements.service.entitlements import MAX_PAGE
 from entitlements.service.terms import recurrence_of
 
 log = structlog.get_logger(__name__)
 
 Key = tuple[str, str]  # (namespace, entitlement id)
+LOOKUP_CHUNK = 500  # subjects per entitlement search
 
 
 def next_change(grants: Sequence[Grant], period_end: datetime | None, now: datetime) -> datetime | None:
@@ -69,7 +75,15 @@ class NotificationWatcher:
         self.sweep_interval = sweep_interval
         self._on_events = on_events
         self._queue: asyncio.Queue[Key] = asyncio.Queue()
-        self._subjects: asyncio.Queue[tuple[str, str]] = asyncio.Queue()
+        # Changed subjects not looked up yet, by namespace; `_subjects_idle` is set when none is pending or
+        # being looked up.
+        self._subjects: dict[str, set[str]] = {}
+        self._subjects_wake = asyncio.Event()
+        self._subjects_idle = asyncio.Event()
+        self._subjects_idle.set()
+        # Namespaces with an active threshold rule, as of the last sweep (None before the first: then every
+        # namespace's usage is followed).
+        self._threshold_namespaces: frozenset[str] | None = None
         self._queued: set[Key] = set()
         self._timers: list[tuple[datetime, Key]] = []
         self._timer_wake = asyncio.Event()
@@ -93,13 +107,21 @@ class NotificationWatcher:
         """The subject's usage or entitlement state changed: evaluate its metered entitlements (soon, in order).
 
         Synchronous, so it can listen to the entitlement services' change hook and the ingest stream."""
-        self._subjects.put_nowait((namespace, subject))
+        pending = self._subjects.get(namespace)
+        if pending is None:
+            pending = self._subjects[namespace] = set()
+        pending.add(subject)
+        self._subjects_idle.clear()
+        self._subjects_wake.set()
 
     def on_ingest(self, notes: Sequence[IngestNotification]) -> None:
-        """Follow the ingest notification stream: the subjects of a committed batch are evaluated again.
-        A lost notification only delays an evaluation to the next sweep; a duplicate costs one evaluation."""
+        """Follow the ingest notification stream: the subjects of a committed batch are evaluated again,
+        in namespaces where a threshold rule can fire (new usage cannot trigger anything else). A lost
+        notification only delays an evaluation to the next sweep; a duplicate costs one evaluation."""
+        followed = self._threshold_namespaces
         for note in notes:
-            self.subject_changed(note.namespace, note.subject)
+            if followed is None or note.namespace in followed:
+                self.subject_changed(note.namespace, note.subject)
 
     # ---- lifecycle ----
 
@@ -130,14 +152,26 @@ class NotificationWatcher:
 
     async def idle(self) -> None:
         """Wait until every queued subject and evaluation is done (tests, benchmarks)."""
-        await self._subjects.join()
+        while not self._subjects_idle.is_set():
+            await self._subjects_idle.wait()
         await self._queue.join()
 
     # ---- work ----
 
-    async def _metered_of_subject(self, namespace: str, subject: str) -> list[Entitlement]:
-        found = await self.service.ent.entitlements.search(namespace, subject_keys=[subject])
-        return [e for e in found if e.type is EntitlementType.METERED and e.deleted_at is None]
+    async def _metered_of_subjects(self, namespace: str, subjects: list[str]) -> list[Entitlement]:
+        """The metered entitlements of these subjects (their own and their customers'), every page."""
+        found: list[Entitlement] = []
+        while True:
+            page = await self.service.ent.entitlements.search(
+                namespace,
+                subject_keys=subjects,
+                types=[EntitlementType.METERED.value],
+                limit=MAX_PAGE,
+                offset=len(found),
+            )
+            found += page
+            if len(page) < MAX_PAGE:
+                return [e for e in found if e.type is EntitlementType.METERED and e.deleted_at is None]
 
     async def evaluate_now(self, namespace: str, entitlement_id: str) -> int:
         try:
@@ -166,15 +200,22 @@ class NotificationWatcher:
             self._timer_wake.set()
 
     async def _expand_subjects(self) -> None:
+        """Changed subjects -> their metered entitlements on the queue, a namespace and a chunk at a time."""
         while True:
-            namespace, subject = await self._subjects.get()
-            try:
-                for ent in await self._metered_of_subject(namespace, subject):
-                    self.entitlement_changed(namespace, ent.id)
-            except Exception:
-                log.exception("notification_subject_lookup_failed", namespace=namespace, subject=subject)
-            finally:
-                self._subjects.task_done()
+            await self._subjects_wake.wait()
+            self._subjects_wake.clear()
+            while self._subjects:
+                namespace = next(iter(self._subjects))
+                pending = self._subjects[namespace]
+                chunk = [pending.pop() for _ in range(min(LOOKUP_CHUNK, len(pending)))]
+                if not pending:
+                    del self._subjects[namespace]
+                try:
+                    for ent in await self._metered_of_subjects(namespace, sorted(chunk)):
+                        self.entitlement_changed(namespace, ent.id)
+                except Exception:
+                    log.exception("notification_subject_lookup_failed", namespace=namespace, subjects=len(chunk))
+            self._subjects_idle.set()
 
     async def _drain(self) -> None:
         """Up to `concurrency` evaluations at a time (their reads wait on threads), never two of one key."""
@@ -234,7 +275,9 @@ class NotificationWatcher:
         def namespaces(session: Session) -> list[str]:
             return NotificationRepository(session).namespaces_with_rules(RuleType.BALANCE_THRESHOLD)
 
-        for namespace in await self.deps.reading(namespaces):
+        followed = await self.deps.reading(namespaces)
+        self._threshold_namespaces = frozenset(followed)
+        for namespace in followed:
             offset = 0
             while True:
                 page = await self.service.ent.entitlements.search(namespace, limit=1000, offset=offset)

@@ -16,6 +16,7 @@ import orjson
 import pytest
 from standardwebhooks.webhooks import Webhook
 
+from common.ingest_notifications import IngestNotification
 from entitlements.db.migrate import upgrade_database
 from entitlements.domain import Expiration, ExpirationDuration
 from entitlements.notifications.dispatcher import DeliveryPolicy, Dispatcher
@@ -138,6 +139,38 @@ async def test_usage_crossing_is_delivered_signed_once(world: World, receiver: W
     await asyncio.sleep(0.2)
     event = await world.service.get_event(NS, listed.items[0].id)
     assert event.deliveries[0].state is DeliveryState.SUCCESS
+
+
+async def test_ingest_bursts_cost_one_lookup_per_subject_and_none_without_threshold_rules(
+    world: World, receiver: WebhookReceiver
+) -> None:
+    ent = await world.h.setup(grant_amount=100, recurring=False)
+    await world.channel_and_rule(receiver.url, [{"type": "USAGE_VALUE", "value": 10}])
+    world.h.usage.add("tokens", "acme", T0 + timedelta(minutes=1), 20)
+    world.h.clock.advance_to(T0 + timedelta(hours=1))
+    service = world.h.ents.entitlements
+    search = service.search
+    lookups: list[tuple[str, tuple[str, ...]]] = []
+
+    async def counting(namespace: str, **kw: Any) -> Any:
+        if kw.get("subject_keys"):
+            lookups.append((namespace, tuple(kw["subject_keys"])))
+        return await search(namespace, **kw)
+
+    service.search = counting  # type: ignore[method-assign]
+    await world.watcher.sweep()  # learns which namespaces have threshold rules
+    at = T0 + timedelta(minutes=1)
+
+    def note(namespace: str, subject: str, sequence: int) -> IngestNotification:
+        return IngestNotification(namespace, subject, "tokens", at, at, at, "s", sequence)
+
+    burst = [note(NS, "acme", i) for i in range(50)] + [note("elsewhere", f"c-{i}", 50 + i) for i in range(50)]
+    world.watcher.on_ingest(burst)
+    await world.watcher.start()
+    await asyncio.sleep(0.1)
+    await world.watcher.idle()
+    assert lookups == [(NS, ("acme",))]  # 50 notes of one subject: one lookup; no rule elsewhere: none
+    assert [e.payload["data"]["entitlement"]["id"] for e in await world.events()] == [ent]  # type: ignore[attr-defined]
 
 
 async def test_a_grant_expiring_crosses_a_balance_threshold_at_that_instant(
