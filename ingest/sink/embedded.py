@@ -203,7 +203,7 @@ class EmbeddedLog:
         self._next_offset = start + len(decoded)
         items = [Item(start + i, d) for i, d in enumerate(decoded)]
         range_id = RangeId(EMBEDDED_TOPIC, EMBEDDED_PARTITION, OffsetRange(start, start + len(decoded) - 1))
-        batch = Batch(range_id, items_digest(items), items)
+        batch = processor.prepare(Batch(range_id, items_digest(items), items))
         recorded: list[LedgerRecord] = []
         try:
             result = await self._write_with_retry(processor, batch, recorded)

@@ -145,21 +145,34 @@ class ClickHouseKeyCheck:
             return
         offsets = np.fromiter(map(_OFFSET, items), dtype=np.int64, count=len(items))
         at = np.searchsorted(offsets, np.fromiter(map(_OFFSET, kept), dtype=np.int64, count=len(kept)))
-        payloads = self._payloads.of_items(kept)
+        self.remember_hashes(lookup.hashes[at], self._payloads.of_items(kept))
+
+    def remember_hashes(self, key_hashes: Hashes, payload_hashes: Hashes) -> None:
+        """`remember` with the kept items' key and payload hashes computed already (prepare.py)."""
         with self._lock:
-            self._set.add(lookup.hashes[at], payloads)
+            self._set.add(key_hashes, payload_hashes)
 
     # the check ---------------------------------------------------------------------------------
-    def stored(self, range_id: RangeId, items: Sequence[Item], *, replay: bool = False) -> KeyLookup:
+    def stored(
+        self,
+        range_id: RangeId,
+        items: Sequence[Item],
+        *,
+        replay: bool = False,
+        hashes: Hashes | None = None,
+        payloads: Hashes | None = None,
+    ) -> KeyLookup:
         """Fingerprints of the batch's keys already stored by other ranges (blocking).
 
         `replay`: the range may already be (partly) stored, by this process or another (a range found
         in the ledger or the write-ahead file): its own rows are in the set, so a hit whose payload
         matches proves nothing and every hit is looked up (the lookup leaves the range's own rows out).
+        `hashes`, `payloads`: the items' key and payload hashes when computed already (prepare.py).
         """
         if self._loaded_at is None or self._clock.now() - self._loaded_at >= self._window:
             self.load()
-        hashes = self._hasher.of_items(items)
+        if hashes is None:
+            hashes = self._hasher.of_items(items)
         if not items:
             return KeyLookup({}, hashes)
         with self._lock:
@@ -174,7 +187,8 @@ class ClickHouseKeyCheck:
         hit_at = np.flatnonzero(hits)
         if len(hit_at) and not replay:
             hit_items = [items[i] for i in hit_at.tolist()]
-            same = self._payloads.of_items(hit_items) == stored_payloads[hit_at]
+            hit_payloads = self._payloads.of_items(hit_items) if payloads is None else payloads[hit_at]
+            same = hit_payloads == stored_payloads[hit_at]
             for item, is_copy in zip(hit_items, same.tolist(), strict=True):
                 if is_copy:
                     found[(item.decoded.namespace, item.decoded.event.source, item.decoded.event.id)] = fingerprint(

@@ -13,7 +13,7 @@ table itself, so a failed write leaves no trace that could hide an event.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -25,7 +25,8 @@ from ingest.sink.dedupe import Conflict, Item, resolve_hashed, to_millis
 from ingest.sink.keycheck import ClickHouseKeyCheck
 from ingest.sink.keyindex import as_hashes, key_hash
 from ingest.sink.ledger import ClickHouseLedger, LedgerRecord
-from ingest.sink.rows import INSERT_FORMAT, RangeId, encode_rows
+from ingest.sink.prepare import Prepared, Preparer
+from ingest.sink.rows import INSERT_FORMAT, RangeId
 
 # Settings every insert pins, because exactly-once depends on them (defaults differ across versions:
 # chdb defaults to async_insert=1, and 26.x ignores insert_deduplicate=0 in favour of deduplicate_insert).
@@ -39,20 +40,25 @@ PINNED_INSERT_SETTINGS: dict[str, Any] = {
 
 @dataclass(frozen=True, slots=True)
 class Batch:
-    """The decoded messages of one range; `malformed` are (offset, reason) pairs."""
+    """The decoded messages of one range; `malformed` are (offset, reason) pairs; `prepared`: the items'
+    precomputed values (prepare.py), made by the writer when absent."""
 
     range_id: RangeId
     digest: str
     items: Sequence[Item]
     malformed: Sequence[tuple[int, str]] = ()
+    prepared: Prepared | None = None
 
 
 def stored_groups(batch: Batch, rec: LedgerRecord) -> tuple[list[EventGroup], datetime]:
     """What a stored batch's ingest notifications say: its events grouped by (namespace, subject, type), and
     the storage time its rows carry (common.ingest_notifications)."""
+    stored_at = datetime.fromtimestamp(rec.stored_at_ms / 1000, UTC)
+    if batch.prepared is not None:
+        return batch.prepared.groups, stored_at
     events = ((i.decoded.namespace, i.decoded.event.subject, i.decoded.event.type, i.decoded.event.time)
               for i in batch.items)  # fmt: skip
-    return group_events(events), datetime.fromtimestamp(rec.stored_at_ms / 1000, UTC)
+    return group_events(events), stored_at
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,6 +103,11 @@ class BatchProcessor:
         self.ledger = ClickHouseLedger(ch)
         self.keys = ClickHouseKeyCheck(ch, window=dedupe_window, clock=clock)
         self._settings = supported_insert_settings(ch)
+        self._preparer = Preparer()
+
+    def prepare(self, batch: Batch) -> Batch:
+        """The batch with its precomputed values (prepare.py), as `write` would make them."""
+        return batch if batch.prepared is not None else replace(batch, prepared=self._preparer.prepare(batch.items))
 
     def record(self, range_id: RangeId, digest: str) -> LedgerRecord:
         """Durably record a new range, stamping the stored_at its rows will carry forever."""
@@ -117,14 +128,22 @@ class BatchProcessor:
         some of its rows may be stored already (see ClickHouseKeyCheck.stored)."""
         if rec.range_id != batch.range_id or rec.digest != batch.digest:
             raise ValueError("the ledger record does not describe this batch")
-        lookup = self.keys.stored(batch.range_id, batch.items, replay=replay)
+        prepared = self.prepare(batch).prepared
+        assert prepared is not None
+        lookup = self.keys.stored(
+            batch.range_id, batch.items, replay=replay, hashes=prepared.key_hashes, payloads=prepared.payload_hashes
+        )
         stored_hashes = as_hashes(key_hash(*key) for key in lookup.found)
         resolution = resolve_hashed(batch.items, lookup.hashes, lookup.found, stored_hashes)
         if resolution.keep:
-            block = encode_rows(batch.range_id, resolution.keep, rec.stored_at_ms)
+            # resolve_hashed keeps a subsequence: as long as the items, it is all of them
+            at = None if len(resolution.keep) == len(batch.items) else prepared.kept_at(resolution.keep)
+            block = prepared.encode(batch.range_id, at, rec.stored_at_ms)
             settings = {**self._settings, "insert_deduplication_token": rec.token}
             self._ch.call(
                 lambda c: c.raw_insert(self._table, self._columns, block, settings=settings, fmt=INSERT_FORMAT)
             )
-        self.keys.remember(batch.items, lookup, resolution.keep)
+            kept_payloads = prepared.payload_hashes if at is None else prepared.payload_hashes[at]
+            kept_hashes = lookup.hashes if at is None else lookup.hashes[at]
+            self.keys.remember_hashes(kept_hashes, kept_payloads)
         return BatchResult(len(resolution.keep), resolution.duplicates, resolution.conflicts)

@@ -214,6 +214,8 @@ class SinkWorker:
                 batch, letters = batch_from_records(
                     tp.topic, tp.partition, cut.range, records, self.settings.default_namespace
                 )
+                # what the writer needs of it, computed here: the writer thread is the critical path
+                batch = self.processor.prepare(batch)
                 rec = state.records_by_start.get(cut.range.start) if cut.recorded else None
                 if rec is not None and rec.digest != batch.digest:
                     log.warning("sink_ledger_digest_mismatch", partition=tp.partition, start=cut.range.start)

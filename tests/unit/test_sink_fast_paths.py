@@ -12,10 +12,12 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from common.cloudevents import CloudEvent
+from common.ingest_notifications import group_events
 from ingest.sink.batch import OffsetRange
 from ingest.sink.decode import Decoded
 from ingest.sink.dedupe import Fingerprint, Item, fingerprint, resolve, resolve_hashed
-from ingest.sink.keyindex import KeyHasher, as_hashes, key_hash
+from ingest.sink.keyindex import KeyHasher, PayloadHasher, as_hashes, key_hash
+from ingest.sink.prepare import Preparer
 from ingest.sink.rows import RangeId, build_columns, encode_rows, message_digest
 
 T = datetime(2026, 3, 1, tzinfo=UTC)
@@ -146,3 +148,49 @@ def test_message_digest_known_value() -> None:
     """Pinned: a digest computed by an earlier version must still match after any rewrite."""
     assert message_digest([10, 12], [1, 2], [b"x", None]) == "863d50f2cbaea2ac53cf2b3e"
     assert message_digest([], [], []) == hashlib.blake2b(b"", digest_size=12).hexdigest()
+
+
+prepared_events = st.lists(
+    st.tuples(
+        st.sampled_from(["ns", "n2"]),
+        st.text(max_size=6),  # source, subject (any text, the memo keys)
+        st.sampled_from(["t", "u"]),
+        st.integers(min_value=0, max_value=7_258_118_399_999),  # event time, ms (before 2200)
+        st.integers(min_value=0, max_value=7_258_118_399_999_999),  # ingested_at, us (any precision)
+        st.sampled_from(["null", '{"n":1}', '{"k":"\\u00e9"}']),
+    ),
+    max_size=25,
+)
+
+
+@given(prepared_events, st.data())
+def test_a_prepared_batch_gives_the_plain_definitions_answers(
+    rows: list[tuple[str, str, str, int, int, str]], data: st.DataObject
+) -> None:
+    """Key and payload hashes, notification groups and the insert block of any kept subsequence, from the one
+    pass (prepare.py), equal those of the separate definitions they replace."""
+    epoch = datetime(1970, 1, 1, tzinfo=UTC)
+    items = [
+        Item(
+            7 + 2 * i,  # offsets increase, with gaps
+            Decoded(
+                ns,
+                CloudEvent(f"e{i}", text, event_type, text, epoch + timedelta(milliseconds=ms), payload),
+                epoch + timedelta(microseconds=us),
+            ),
+        )
+        for i, (ns, text, event_type, ms, us, payload) in enumerate(rows)
+    ]
+    prepared = Preparer().prepare(items)
+    assert prepared.key_hashes.tolist() == KeyHasher().of_items(items).tolist()
+    assert prepared.payload_hashes.tolist() == PayloadHasher().of_items(items).tolist()
+    assert prepared.groups == group_events(
+        (i.decoded.namespace, i.decoded.event.subject, i.decoded.event.type, i.decoded.event.time) for i in items
+    )
+    rid = RangeId("topic", 1, OffsetRange(7, 7 + 2 * max(len(items) - 1, 0)))
+    assert prepared.encode(rid, None, 1_767_225_600_123) == encode_rows(rid, items, 1_767_225_600_123)
+    flags = data.draw(st.lists(st.booleans(), min_size=len(items), max_size=len(items)))
+    kept = [item for item, flag in zip(items, flags, strict=True) if flag]
+    if kept:
+        at = prepared.kept_at(kept)
+        assert prepared.encode(rid, at, 5) == encode_rows(rid, kept, 5)
