@@ -4,8 +4,10 @@
 2. the sink worker: decoding and validation of both CloudEvents bindings, in-batch and stored-key
    dedupe, ledger record, tokenised insert, commit;
 3. HTTP ingest: POST /api/v1/events in batches of 100 through `metergate dev` (embedded path) on
-   uvicorn, in a subprocess with its own chdb folder; twice with the body handling before the compiled
-   schema (tests/support/legacy_decoder.py) and twice with it, alternating ("before" and "after");
+   uvicorn, in a subprocess with its own chdb folder; twice "before" and twice "after" (this checkout),
+   alternating. "Before" is the code of a git revision (`--http-before REV`: `git archive` of it, run from
+   a temporary folder with the same interpreter), or by default this checkout with the body handling
+   before the compiled schema (tests/support/legacy_decoder.py);
 4. the sink's event-loop ceiling: aiokafka consume alone, and consume + decode/validate on the same thread
    with no writes at all (what one Python worker could reach if writing cost nothing).
 
@@ -13,7 +15,7 @@ Rates are events/s measured from the first message fetched to the last batch com
 join is excluded). `targets` repeats the ratios the sink issue set (sink / raw, consume + decode /
 consume only, HTTP after / before). Kafka is tansu on loopback unless KAFKA_BOOTSTRAP_SERVERS is set.
 
-    python bench/ingest.py [--events 300000] [--http-events 50000] [--workers N]
+    python bench/ingest.py [--events 300000] [--http-events 50000] [--http-before REV] [--workers N]
 
 `--workers N` (N > 1) asks for the scale-out figure: N sink worker processes in one consumer group. That
 needs a Kafka and a ClickHouse server (KAFKA_BOOTSTRAP_SERVERS and METERGATE_CLICKHOUSE__URL); chdb allows
@@ -35,6 +37,7 @@ import sys
 import tempfile
 import time
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -168,21 +171,24 @@ sys.exit(main())
 """
 
 
-def http_ingest(events: int, batch: int = 100, concurrency: int = 32, *, legacy: bool = False) -> dict[str, Any]:
+def http_ingest(
+    events: int, batch: int = 100, concurrency: int = 32, *, legacy: bool = False, code: Path = ROOT
+) -> dict[str, Any]:
     """`metergate dev` in a subprocess (embedded path), driven by an httpx client with N connections;
-    `legacy`: with the body handling before the compiled schema."""
+    `legacy`: with the body handling before the compiled schema; `code`: the source tree it runs from."""
     import httpx
 
-    if not (ROOT / "metergate" / "app.py").exists():
+    if not (code / "metergate" / "app.py").exists():
         return {"skipped": "metergate/app.py not present"}
     port = free_port()
     with tempfile.TemporaryDirectory(prefix="bench-dev-") as data_dir:
         env = {k: v for k, v in os.environ.items() if not k.startswith("METERGATE_")}
         env["METERGATE_LOG__LEVEL"] = "WARNING"
-        command = ["-c", LEGACY_DEV, str(ROOT)] if legacy else ["-m", "metergate"]
+        env["PYTHONPATH"] = str(code)  # its packages before the installed (editable) ones
+        command = ["-c", LEGACY_DEV, str(code)] if legacy else ["-m", "metergate"]
         proc = subprocess.Popen(
             [sys.executable, *command, "dev", "--data-dir", data_dir, "--port", str(port)],
-            cwd=ROOT,
+            cwd=code,
             env=env,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
@@ -286,16 +292,35 @@ async def kafka_part(events: int, batch: int) -> dict[str, Any]:
     }
 
 
-def http_before_after(events: int, rounds: int = 2) -> dict[str, Any]:
-    """HTTP ingest with the body handling before the compiled schema and with it, alternating, `rounds`
-    times each; the best of each side (the machine is shared) and every run."""
+@contextlib.contextmanager
+def source_tree(revision: str | None) -> Iterator[Path | None]:
+    """The source tree of a git revision in a temporary folder (`git archive`), or None for the legacy decoder."""
+    if revision is None:
+        yield None
+        return
+    with tempfile.TemporaryDirectory(prefix="bench-before-") as folder:
+        archive = subprocess.run(["git", "-C", str(ROOT), "archive", revision], capture_output=True, check=True)
+        subprocess.run(["tar", "-x", "-C", folder], input=archive.stdout, check=True)
+        yield Path(folder)
+
+
+def http_before_after(events: int, rounds: int = 2, before_revision: str | None = None) -> dict[str, Any]:
+    """HTTP ingest before and after, alternating, `rounds` times each; the best of each side (the machine is
+    shared) and every run. Before: the code of `before_revision`, or this checkout with the legacy decoder."""
     runs: dict[str, list[dict[str, Any]]] = {"before": [], "after": []}
-    for _ in range(rounds):
-        for side in ("before", "after"):
-            runs[side].append(http_ingest(events, legacy=side == "before"))
+    with source_tree(before_revision) as before_code:
+        for _ in range(rounds):
+            for side in ("before", "after"):
+                if side == "after":
+                    runs[side].append(http_ingest(events))
+                elif before_code is None:
+                    runs[side].append(http_ingest(events, legacy=True))
+                else:
+                    runs[side].append(http_ingest(events, code=before_code))
     rates = {side: [r.get("events_per_s", 0) for r in results] for side, results in runs.items()}
     before, after = max(rates["before"]), max(rates["after"])
     return {
+        "before": f"git revision {before_revision}" if before_revision else "this checkout, legacy decoder",
         "before_events_per_s": before,
         "after_events_per_s": after,
         "after_to_before_ratio": round(after / before, 3) if before else None,
@@ -335,6 +360,7 @@ def main() -> None:
     parser.add_argument("--events", type=int, default=300_000)
     parser.add_argument("--http-events", type=int, default=50_000)
     parser.add_argument("--batch", type=int, default=SinkSettings().batch_size, help="events per write (both)")
+    parser.add_argument("--http-before", default=None, help="git revision whose code is the HTTP 'before'")
     parser.add_argument("--workers", type=int, default=1, help="N > 1: sink workers in one group (needs real servers)")
     args = parser.parse_args()
     configure_logging(LogSettings(level="WARNING"))  # logs to stderr; stdout is the JSON result
@@ -345,7 +371,7 @@ def main() -> None:
     }
     result.update(asyncio.run(kafka_part(args.events, args.batch)))
     result["http_ingest_batches_of_100"] = (
-        http_before_after(args.http_events) if args.http_events else {"skipped": True}
+        http_before_after(args.http_events, before_revision=args.http_before) if args.http_events else {"skipped": True}
     )
     result["targets"] = targets(result)
     if args.workers > 1:
