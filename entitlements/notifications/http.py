@@ -146,7 +146,7 @@ async def create_rule(request: Request, namespace: Namespace, notes: Notes) -> R
     BALANCE_VALUE (NUMBER and PERCENT are accepted as the deprecated aliases)."""
     spec = RuleInput.parse(decode_body(await request.body()))
     rule = await notes.service.create_rule(namespace, spec)
-    notes.watcher.sweep_soon()
+    notes.watcher.rule_changed(namespace)
     return json_response((await _rule_api(notes, namespace, [rule]))[0], 201)
 
 
@@ -160,7 +160,7 @@ async def get_rule(namespace: Namespace, notes: Notes, rule_id: RuleId) -> Respo
 async def update_rule(request: Request, namespace: Namespace, notes: Notes, rule_id: RuleId) -> Response:
     spec = RuleInput.parse(decode_body(await request.body()))
     rule = await notes.service.update_rule(namespace, rule_id, spec)
-    notes.watcher.sweep_soon()
+    notes.watcher.rule_changed(namespace)
     return json_response((await _rule_api(notes, namespace, [rule]))[0])
 
 

@@ -3,7 +3,7 @@
 - state changes (grant, void, reset, override, entitlement create): `entitlement_changed`;
 - new usage (the ingest notification stream): `on_ingest`, for namespaces with an active threshold rule
   (only a threshold can be crossed by usage; the set of such namespaces is read again by every sweep, and
-  a rule created or changed starts a sweep);
+  a rule created or changed adds its namespace at once and starts a sweep: `rule_changed`);
 - time: after each evaluation the next instant the engine knows changes the value by itself (period end,
   grant activation, expiry, recurrence) is put on a timer, so a crossing caused by a grant expiring is noticed
   at that instant, not at the next event;
@@ -266,8 +266,15 @@ class NotificationWatcher:
         self._timer_wake.set()
 
     def sweep_soon(self) -> None:
-        """A rule was created or changed: evaluate what it covers now, not at the next sweep."""
+        """Evaluate what the rules cover now, not at the next sweep."""
         self._sweep_wake.set()
+
+    def rule_changed(self, namespace: str) -> None:
+        """A rule of the namespace was created or changed: its usage is followed from now on (until a sweep
+        finds no active threshold rule there), and what the rules cover is evaluated now."""
+        if self._threshold_namespaces is not None:
+            self._threshold_namespaces |= {namespace}
+        self.sweep_soon()
 
     async def sweep(self) -> None:
         """Queue every metered entitlement of every namespace that has an active threshold rule."""
@@ -290,10 +297,10 @@ class NotificationWatcher:
 
     async def _sweep_loop(self) -> None:
         while True:
+            self._sweep_wake.clear()  # before the sweep: a rule changed while it runs asks for another
             try:
                 await self._shielded(self.sweep())
             except Exception:
                 log.exception("notification_sweep_failed")
-            self._sweep_wake.clear()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._sweep_wake.wait(), self.sweep_interval.total_seconds())

@@ -173,6 +173,30 @@ async def test_ingest_bursts_cost_one_lookup_per_subject_and_none_without_thresh
     assert [e.payload["data"]["entitlement"]["id"] for e in await world.events()] == [ent]  # type: ignore[attr-defined]
 
 
+async def test_usage_right_after_a_namespace_s_first_rule_is_followed(world: World, receiver: WebhookReceiver) -> None:
+    await world.h.setup(grant_amount=100, recurring=False)
+    service = world.h.ents.entitlements
+    search = service.search
+    lookups: list[tuple[str, tuple[str, ...]]] = []
+
+    async def counting(namespace: str, **kw: Any) -> Any:
+        if kw.get("subject_keys"):
+            lookups.append((namespace, tuple(kw["subject_keys"])))
+        return await search(namespace, **kw)
+
+    service.search = counting  # type: ignore[method-assign]
+    await world.watcher.sweep()  # no rule yet: the namespace's usage is not followed
+    at = T0 + timedelta(minutes=1)
+    world.watcher.on_ingest([IngestNotification(NS, "acme", "tokens", at, at, at, "s", 1)])
+    await world.channel_and_rule(receiver.url, [{"type": "USAGE_VALUE", "value": 10}])
+    world.watcher.rule_changed(NS)  # what the rule routes do: followed at once, not from the next sweep
+    world.watcher.on_ingest([IngestNotification(NS, "acme", "tokens", at, at, at, "s", 2)])
+    await world.watcher.start()
+    await asyncio.sleep(0.1)
+    await world.watcher.idle()
+    assert lookups == [(NS, ("acme",))]  # the note after the rule, not the one before it
+
+
 async def test_a_grant_expiring_crosses_a_balance_threshold_at_that_instant(
     world: World, receiver: WebhookReceiver
 ) -> None:
