@@ -141,13 +141,8 @@ async def test_usage_crossing_is_delivered_signed_once(world: World, receiver: W
     assert event.deliveries[0].state is DeliveryState.SUCCESS
 
 
-async def test_ingest_bursts_cost_one_lookup_per_subject_and_none_without_threshold_rules(
-    world: World, receiver: WebhookReceiver
-) -> None:
-    ent = await world.h.setup(grant_amount=100, recurring=False)
-    await world.channel_and_rule(receiver.url, [{"type": "USAGE_VALUE", "value": 10}])
-    world.h.usage.add("tokens", "acme", T0 + timedelta(minutes=1), 20)
-    world.h.clock.advance_to(T0 + timedelta(hours=1))
+def subject_lookups(world: World) -> list[tuple[str, tuple[str, ...]]]:
+    """(namespace, subjects) of every entitlement search by subject from now on (the watcher's lookups)."""
     service = world.h.ents.entitlements
     search = service.search
     lookups: list[tuple[str, tuple[str, ...]]] = []
@@ -158,6 +153,17 @@ async def test_ingest_bursts_cost_one_lookup_per_subject_and_none_without_thresh
         return await search(namespace, **kw)
 
     service.search = counting  # type: ignore[method-assign]
+    return lookups
+
+
+async def test_ingest_bursts_cost_one_lookup_per_subject_and_none_without_threshold_rules(
+    world: World, receiver: WebhookReceiver
+) -> None:
+    ent = await world.h.setup(grant_amount=100, recurring=False)
+    await world.channel_and_rule(receiver.url, [{"type": "USAGE_VALUE", "value": 10}])
+    world.h.usage.add("tokens", "acme", T0 + timedelta(minutes=1), 20)
+    world.h.clock.advance_to(T0 + timedelta(hours=1))
+    lookups = subject_lookups(world)
     await world.watcher.sweep()  # learns which namespaces have threshold rules
     at = T0 + timedelta(minutes=1)
 
@@ -175,16 +181,7 @@ async def test_ingest_bursts_cost_one_lookup_per_subject_and_none_without_thresh
 
 async def test_usage_right_after_a_namespace_s_first_rule_is_followed(world: World, receiver: WebhookReceiver) -> None:
     await world.h.setup(grant_amount=100, recurring=False)
-    service = world.h.ents.entitlements
-    search = service.search
-    lookups: list[tuple[str, tuple[str, ...]]] = []
-
-    async def counting(namespace: str, **kw: Any) -> Any:
-        if kw.get("subject_keys"):
-            lookups.append((namespace, tuple(kw["subject_keys"])))
-        return await search(namespace, **kw)
-
-    service.search = counting  # type: ignore[method-assign]
+    lookups = subject_lookups(world)
     await world.watcher.sweep()  # no rule yet: the namespace's usage is not followed
     at = T0 + timedelta(minutes=1)
     world.watcher.on_ingest([IngestNotification(NS, "acme", "tokens", at, at, at, "s", 1)])
