@@ -17,10 +17,11 @@ consume only, HTTP after / before). Kafka is tansu on loopback unless KAFKA_BOOT
 
     python bench/ingest.py [--events 300000] [--http-events 50000] [--http-before REV] [--workers N]
 
-`--workers N` (N > 1) asks for the scale-out figure: N sink worker processes in one consumer group. That
-needs a Kafka and a ClickHouse server (KAFKA_BOOTSTRAP_SERVERS and METERGATE_CLICKHOUSE__URL); chdb allows
-one process per folder, so on a machine with tansu + chdb the JSON's `workers` entry says why it was skipped.
-The multi-process measurement itself is not written yet: with both servers set, the entry says so too.
+`--workers N` (N > 1, at most the topic's 4 partitions) adds the scale-out figure: on the same topic, one
+sink worker process (`python -m ingest.sink`) and then N in one consumer group, each timed from the group's
+first committed offset to the last. With METERGATE_CLICKHOUSE__URL the workers share that server (the
+production shape); without it each worker has its own embedded engine (chdb allows one process per folder),
+which measures the workers' side of the scale-out only. Kafka is tansu unless KAFKA_BOOTSTRAP_SERVERS is set.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ import gc
 import json
 import os
 import platform
+import signal
 import subprocess
 import sys
 import tempfile
@@ -54,7 +56,7 @@ from ingest.settings import SinkSettings  # noqa: E402
 from ingest.sink.tuning import tuned_interpreter  # noqa: E402
 from ingest.sink.worker import open_worker  # noqa: E402
 from tests.support.services import free_port, kafka_bootstrap  # noqa: E402
-from tests.support.sink_kafka import make_topics, produce  # noqa: E402
+from tests.support.sink_kafka import committed_offsets, make_topics, produce  # noqa: E402
 from tests.support.sink_stream import build_stream  # noqa: E402
 
 PARTITIONS = 4
@@ -341,18 +343,101 @@ def targets(result: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def workers_part(workers: int) -> dict[str, Any]:
-    """What `--workers N` can measure here, and why not when it cannot (also said on stderr)."""
-    missing = [v for v in ("KAFKA_BOOTSTRAP_SERVERS", "METERGATE_CLICKHOUSE__URL") if not os.environ.get(v)]
-    if missing:
-        reason = (
-            f"skipped: {' and '.join(missing)} not set; N sink workers in one group need a ClickHouse server "
-            "(chdb, the embedded engine used otherwise, allows one process per data folder)"
+def spawn_worker(env: dict[str, str]) -> subprocess.Popen[bytes]:
+    """A sink worker process (`python -m ingest.sink`) with these settings."""
+    return subprocess.Popen([sys.executable, "-m", "ingest.sink"], cwd=ROOT, env=env, stderr=subprocess.DEVNULL)
+
+
+async def group_rate(kafka: KafkaSettings, workers: int, total: int, batch: int, data_dir: Path) -> dict[str, Any]:
+    """`workers` sink processes (`python -m ingest.sink`) in one new consumer group over the whole topic: events/s
+    from the first committed offset to the last (the processes' start and the group's join are excluded).
+    ClickHouse: the server of METERGATE_CLICKHOUSE__URL (a database per measurement), else one embedded engine
+    per worker (chdb allows one process per folder)."""
+    group = f"scale-{workers}-{uuid.uuid4().hex[:8]}"
+    server = os.environ.get("METERGATE_CLICKHOUSE__URL")
+    base = {k: v for k, v in os.environ.items() if not k.startswith("METERGATE_")}
+    base |= {
+        "METERGATE_KAFKA__BOOTSTRAP_SERVERS": str(kafka.bootstrap_servers),
+        "METERGATE_KAFKA__EVENTS_TOPIC": kafka.events_topic,
+        "METERGATE_KAFKA__DEAD_LETTER_TOPIC": kafka.dead_letter_topic,
+        "METERGATE_SINK__CONSUMER_GROUP": group,
+        "METERGATE_SINK__SESSION_TIMEOUT_MS": "2000",
+        "METERGATE_SINK__BATCH_SIZE": str(batch),
+        "METERGATE_LOG__LEVEL": "WARNING",
+    }
+    procs = []
+    for i in range(workers):
+        env = dict(base)
+        if server:
+            env |= {
+                "METERGATE_CLICKHOUSE__URL": server,
+                "METERGATE_CLICKHOUSE__DATABASE": f"bench_{group}".replace("-", "_"),
+            }
+        else:
+            env["METERGATE_CLICKHOUSE__PATH"] = str(data_dir / f"{group}-{i}")
+        procs.append(spawn_worker(env))
+    try:
+        first: tuple[float, int] | None = None
+        deadline = time.monotonic() + 600
+        while True:
+            committed = sum(
+                max(0, v)
+                for v in (
+                    await committed_offsets(str(kafka.bootstrap_servers), group, kafka.events_topic, PARTITIONS)
+                ).values()
+            )
+            now = time.perf_counter()
+            if first is None and committed > 0:
+                first = (now, committed)
+            if committed >= total:
+                break
+            if time.monotonic() > deadline or any(p.poll() is not None for p in procs):
+                return {"error": f"the workers stopped or stalled at {committed} of {total} messages"}
+            await asyncio.sleep(0.05)
+        assert first is not None
+        if now <= first[0]:
+            return {"error": "everything was committed at the first look: use more --events"}
+        return {"events_per_s": round((total - first[1]) / (now - first[0])), "messages_timed": total - first[1]}
+    finally:
+        for p in procs:
+            p.send_signal(signal.SIGTERM)
+        for p in procs:
+            try:
+                p.wait(60)
+            except subprocess.TimeoutExpired:
+                p.kill()
+
+
+async def workers_part(workers: int, events: int, batch: int) -> dict[str, Any]:
+    """One sink worker process and then `workers` of them in one group, on the same topic: the scale-out."""
+    if workers > PARTITIONS:
+        return {"requested": workers, "skipped": True, "reason": f"the bench topic has {PARTITIONS} partitions"}
+    stream = build_stream(events, duplicate_rate=0.02, conflict_rate=0.0, malformed_rate=0.0, id_prefix="scale")
+    total = len(stream.messages)
+    with kafka_bootstrap() as bootstrap, tempfile.TemporaryDirectory(prefix="bench-scale-") as folder:
+        kafka = KafkaSettings(
+            bootstrap_servers=bootstrap,
+            events_topic=f"bench-scale-{uuid.uuid4().hex[:8]}",
+            dead_letter_topic=f"bench-scale-dlq-{uuid.uuid4().hex[:8]}",
+            topic_partitions=PARTITIONS,
         )
-    else:
-        reason = "skipped: the multi-process measurement against real servers is not implemented yet"
-    print(f"bench/ingest.py --workers {workers}: {reason}", file=sys.stderr)
-    return {"requested": workers, "skipped": True, "reason": reason}
+        await make_topics(kafka)
+        await produce(bootstrap, kafka.events_topic, stream.messages)
+        one = await group_rate(kafka, 1, total, batch, Path(folder))
+        many = await group_rate(kafka, workers, total, batch, Path(folder))
+    server = bool(os.environ.get("METERGATE_CLICKHOUSE__URL"))
+    out: dict[str, Any] = {
+        "requested": workers,
+        "messages": total,
+        "one_worker": one,
+        f"{workers}_workers": many,
+        "clickhouse": "the server of METERGATE_CLICKHOUSE__URL"
+        if server
+        else "one embedded engine per worker: the workers' side of the scale-out, not a shared server's",
+    }
+    if "events_per_s" in one and "events_per_s" in many:
+        out["scaling"] = round(many["events_per_s"] / one["events_per_s"], 2)
+    return out
 
 
 def main() -> None:
@@ -375,7 +460,7 @@ def main() -> None:
     )
     result["targets"] = targets(result)
     if args.workers > 1:
-        result["workers"] = workers_part(args.workers)
+        result["workers"] = asyncio.run(workers_part(args.workers, args.events, args.batch))
     print(json.dumps(result, indent=2))
 
 
