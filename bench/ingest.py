@@ -57,7 +57,7 @@ from ingest.sink.tuning import tuned_interpreter  # noqa: E402
 from ingest.sink.worker import open_worker  # noqa: E402
 from tests.support.services import free_port, kafka_bootstrap  # noqa: E402
 from tests.support.sink_kafka import committed_offsets, make_topics, produce  # noqa: E402
-from tests.support.sink_stream import build_stream  # noqa: E402
+from tests.support.sink_stream import Message, build_stream  # noqa: E402
 
 PARTITIONS = 4
 
@@ -260,20 +260,26 @@ def http_ingest(
                 proc.kill()
 
 
+async def topic_with(bootstrap: str, prefix: str, messages: list[Message]) -> KafkaSettings:
+    """A new events topic (and dead-letter topic) of PARTITIONS partitions holding these messages."""
+    kafka = KafkaSettings(
+        bootstrap_servers=bootstrap,
+        events_topic=f"{prefix}-{uuid.uuid4().hex[:8]}",
+        dead_letter_topic=f"{prefix}-dlq-{uuid.uuid4().hex[:8]}",
+        topic_partitions=PARTITIONS,
+    )
+    await make_topics(kafka)
+    await produce(bootstrap, kafka.events_topic, messages)
+    return kafka
+
+
 async def kafka_part(events: int, batch: int) -> dict[str, Any]:
     stream = build_stream(events, duplicate_rate=0.02, conflict_rate=0.0, malformed_rate=0.0)
     total = len(stream.messages)
     gc.collect()
     gc.freeze()  # the generated data is not the system under test: keep it out of the collector's scans
     with kafka_bootstrap() as bootstrap, tempfile.TemporaryDirectory(prefix="bench-chdb-") as folder:
-        kafka = KafkaSettings(
-            bootstrap_servers=bootstrap,
-            events_topic=f"bench-{uuid.uuid4().hex[:8]}",
-            dead_letter_topic=f"bench-dlq-{uuid.uuid4().hex[:8]}",
-            topic_partitions=PARTITIONS,
-        )
-        await make_topics(kafka)
-        await produce(bootstrap, kafka.events_topic, stream.messages)
+        kafka = await topic_with(bootstrap, "bench", stream.messages)
         ch_settings = ClickHouseSettings(path=Path(folder), database="bench")
         raw = await raw_baseline(bootstrap, kafka.events_topic, ch_settings, total, batch)
         sink, counters = await sink_worker(kafka, ch_settings, total, batch)
@@ -415,14 +421,7 @@ async def workers_part(workers: int, events: int, batch: int) -> dict[str, Any]:
     stream = build_stream(events, duplicate_rate=0.02, conflict_rate=0.0, malformed_rate=0.0, id_prefix="scale")
     total = len(stream.messages)
     with kafka_bootstrap() as bootstrap, tempfile.TemporaryDirectory(prefix="bench-scale-") as folder:
-        kafka = KafkaSettings(
-            bootstrap_servers=bootstrap,
-            events_topic=f"bench-scale-{uuid.uuid4().hex[:8]}",
-            dead_letter_topic=f"bench-scale-dlq-{uuid.uuid4().hex[:8]}",
-            topic_partitions=PARTITIONS,
-        )
-        await make_topics(kafka)
-        await produce(bootstrap, kafka.events_topic, stream.messages)
+        kafka = await topic_with(bootstrap, "bench-scale", stream.messages)
         one = await group_rate(kafka, 1, total, batch, Path(folder))
         many = await group_rate(kafka, workers, total, batch, Path(folder))
     server = bool(os.environ.get("METERGATE_CLICKHOUSE__URL"))

@@ -40,7 +40,6 @@ import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from operator import attrgetter
 from typing import Any
 from zlib import crc32
 
@@ -58,7 +57,6 @@ log = structlog.get_logger(__name__)
 
 _DEFAULT_MAX_QUERY_SIZE = 262_144
 LOOKUP_BY_ID = 2_000
-_OFFSET = attrgetter("offset")
 
 
 @dataclass(frozen=True, slots=True)
@@ -138,17 +136,9 @@ class ClickHouseKeyCheck:
                 self._set.add(hashes, payloads)
         log.info("sink_key_set_partitions_loaded", partitions=list(partitions), keys=len(hashes))
 
-    def remember(self, items: Sequence[Item], lookup: KeyLookup, kept: Sequence[Item]) -> None:
-        """Add the keys and payloads a batch stored (`kept`, a subsequence of `items`), once its insert
-        succeeded. Copies that were dropped add nothing: their key is stored with its first payload."""
-        if not kept:
-            return
-        offsets = np.fromiter(map(_OFFSET, items), dtype=np.int64, count=len(items))
-        at = np.searchsorted(offsets, np.fromiter(map(_OFFSET, kept), dtype=np.int64, count=len(kept)))
-        self.remember_hashes(lookup.hashes[at], self._payloads.of_items(kept))
-
-    def remember_hashes(self, key_hashes: Hashes, payload_hashes: Hashes) -> None:
-        """`remember` with the kept items' key and payload hashes computed already (prepare.py)."""
+    def remember(self, key_hashes: Hashes, payload_hashes: Hashes) -> None:
+        """Add the key and payload hashes of the events a batch stored, once its insert succeeded. Copies that
+        were dropped are not among them: their key is stored with its first payload."""
         with self._lock:
             self._set.add(key_hashes, payload_hashes)
 

@@ -1,13 +1,13 @@
 """What the writer needs of a batch, computed ahead of it in one pass (pure: numpy and zlib, no I/O).
 
-The writer thread is the sink's critical path: it records, checks keys, inserts and commits one batch after
-the other, and every microsecond of Python it spends per event holds the GIL against the loop decoding the
-next batch. So everything about a batch that depends only on its decoded messages is computed before the
-batch is queued, in one loop over its items instead of four (measured per 10k events: key hashes 9.5 ms,
-payload hashes 15.5 ms, insert columns 15 ms, notification groups 13 ms apart; together ~30 ms):
+The worker spends about one core on Python per event, so this is one loop over a batch's items instead of four
+(measured per 10k events, best of 5: key hashes 9.5-13.5 ms, payload hashes 15.5-25 ms, insert columns 15-26
+ms, notification groups 13-20 ms apart; together ~46 ms, plus 6-11 ms to encode the kept rows), done before
+the batch is queued, off the writer thread, which records, checks keys, inserts and commits one batch after
+the other:
 
 - the key hashes and payload hashes of the key check (keyindex.KeyHasher / PayloadHasher: the same values);
-- the insert columns of every item (rows.encode_rows: the same bytes once the kept items are picked);
+- the insert columns of every item (rows.build_columns' values, DateTime64 columns as `rows.seconds`);
 - the (namespace, subject, type) groups of the ingest notifications (common.ingest_notifications).
 
 The writer then picks the kept items' values by index (C-level), and the set and the insert get them.
@@ -16,7 +16,7 @@ The writer then picks the kept items' values by index (C-level), and the set and
 from __future__ import annotations
 
 from collections.abc import Sequence
-from datetime import UTC, datetime
+from datetime import datetime
 from operator import itemgetter
 from typing import Any, NamedTuple
 from zlib import crc32
@@ -28,9 +28,7 @@ import orjson
 from common.ingest_notifications import EventGroup
 from ingest.sink.dedupe import Item, to_millis
 from ingest.sink.keyindex import Hashes
-from ingest.sink.rows import RangeId
-
-_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+from ingest.sink.rows import RangeId, seconds
 
 
 class Prepared(NamedTuple):
@@ -39,7 +37,7 @@ class Prepared(NamedTuple):
     key_hashes: Hashes
     payload_hashes: Hashes
     offsets: npt.NDArray[np.int64]
-    # encode_rows' per-item columns: namespace, id, source, type, subject, time (s), data, ingested_at (s)
+    # build_columns' per-item columns: namespace, id, source, type, subject, time (s), data, ingested_at (s)
     columns: tuple[list[Any], ...]
     groups: list[EventGroup]
 
@@ -49,7 +47,14 @@ class Prepared(NamedTuple):
         return np.searchsorted(self.offsets, wanted)
 
     def encode(self, range_id: RangeId, at: npt.NDArray[np.intp] | None, stored_at_ms: int) -> bytes:
-        """rows.encode_rows of the items at `at` (None: all of them), the same bytes."""
+        """The rows of the items at `at` (None: all of them) as one JSONCompactColumns block, `[[col 1 values],
+        [col 2 values], ...]`, in build_columns' order and values.
+
+        orjson writes it in C and the engine parses it in C++ without the GIL, where the driver's Native
+        encoder loops over every value in Python. A DateTime64 column goes as seconds with the milliseconds as
+        the fraction (ClickHouse reads an integer as whole seconds): `ms / 1000` is the double nearest the
+        exact value, and orjson prints the shortest text that reads back as that double, which for 13
+        significant digits (any millisecond before 2286) is the exact decimal: no instant moves."""
         if at is None:
             picked: list[Any] = list(self.columns)
             offsets: list[int] = self.offsets.tolist()
@@ -66,11 +71,6 @@ class Prepared(NamedTuple):
         return orjson.dumps(
             [*picked, [stored_at_ms / 1000] * n, [range_id.topic] * n, [range_id.partition] * n, offsets]
         )
-
-
-def _seconds(t: datetime) -> float:
-    """rows._seconds: the instant as the float `to_millis(t) / 1000`."""
-    return t.timestamp() if not t.microsecond % 1000 else to_millis(t) / 1000
 
 
 class Preparer:
@@ -115,19 +115,19 @@ class Preparer:
             prefix = prefixes.get((event_type, subject))
             if prefix is None:
                 prefix = prefixes[(event_type, subject)] = crc32(f"{event_type}\0{subject}\0".encode())
-            seconds = time.timestamp()
-            payload_hashes.append((crc32(data.encode()) << 32) | crc32(str(round(seconds * 1000)).encode(), prefix))
-            # the insert columns (rows.encode_rows)
+            time_s = time.timestamp()
+            payload_hashes.append((crc32(data.encode()) << 32) | crc32(str(round(time_s * 1000)).encode(), prefix))
+            # the insert columns (rows.build_columns; times as rows.seconds, inlined)
             namespaces.append(namespace)
             ids.append(event_id)
             sources.append(source)
             types.append(event_type)
             subjects.append(subject)
-            times.append(seconds if not time.microsecond % 1000 else to_millis(time) / 1000)
+            times.append(time_s if not time.microsecond % 1000 else to_millis(time) / 1000)
             datas.append(data)
             at = ingested_memo.get(ingested_at)
             if at is None:
-                at = ingested_memo[ingested_at] = _seconds(ingested_at)
+                at = ingested_memo[ingested_at] = seconds(ingested_at)
             ingested.append(at)
             # the notification groups (common.ingest_notifications.group_events)
             span = spans.get((namespace, subject, event_type))

@@ -145,5 +145,5 @@ class BatchProcessor:
             )
             kept_payloads = prepared.payload_hashes if at is None else prepared.payload_hashes[at]
             kept_hashes = lookup.hashes if at is None else lookup.hashes[at]
-            self.keys.remember_hashes(kept_hashes, kept_payloads)
+            self.keys.remember(kept_hashes, kept_payloads)
         return BatchResult(len(resolution.keep), resolution.duplicates, resolution.conflicts)

@@ -11,11 +11,9 @@ import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from operator import attrgetter
 from typing import Any
 
 import numpy as np
-import orjson
 
 from common.events_table import EVENT_COLUMNS
 from ingest.sink.batch import OffsetRange
@@ -83,48 +81,7 @@ assert len(EVENT_COLUMNS) == 12, "build_columns must follow EVENT_COLUMNS"
 INSERT_FORMAT = "JSONCompactColumns"
 
 
-def _seconds(t: datetime) -> float:
-    """An instant as the float `to_millis(t) / 1000`, fast when t is on a
-    millisecond: datetime.timestamp() is the exact quotient correctly rounded, as is ms / 1000."""
+def seconds(t: datetime) -> float:
+    """An instant as the float `to_millis(t) / 1000` (a DateTime64 value of the insert block), fast when t is
+    on a millisecond: datetime.timestamp() is the exact quotient correctly rounded, as is ms / 1000."""
     return t.timestamp() if not t.microsecond % 1000 else to_millis(t) / 1000
-
-
-def encode_rows(range_id: RangeId, items: Sequence[Item], stored_at_ms: int) -> bytes:
-    """build_columns' rows as one JSONCompactColumns block, `[[col 1 values], [col 2 values], ...]`.
-
-    orjson writes it in C and the engine parses it in C++ without the GIL, where the driver's Native
-    encoder loops over every value in Python; one pass over the items, not build_columns and a second
-    pass (tests hold both to the same bytes). A DateTime64 column goes as seconds with the milliseconds
-    as the fraction (ClickHouse reads an integer as whole seconds): `ms / 1000` is the double nearest the
-    exact value, and orjson prints the shortest text that reads back as that double, which for 13
-    significant digits (any millisecond before 2286) is the exact decimal: no instant moves."""
-    decoded = [item.decoded for item in items]
-    events = list(map(_EVENT, decoded))
-    n = len(items)
-    memo: dict[datetime, float] = {}  # a batch's messages mostly share their ingested_at
-    ingested: list[float] = []
-    for at in map(_INGESTED_AT, decoded):
-        seconds = memo.get(at)
-        if seconds is None:
-            seconds = memo[at] = _seconds(at)
-        ingested.append(seconds)
-    return orjson.dumps(
-        [
-            list(map(_NAMESPACE, decoded)),
-            list(map(_ID, events)),
-            list(map(_SOURCE, events)),
-            list(map(_TYPE, events)),
-            list(map(_SUBJECT, events)),
-            [_seconds(t) for t in map(_TIME, events)],
-            list(map(_DATA, events)),
-            ingested,
-            [stored_at_ms / 1000] * n,
-            [range_id.topic] * n,
-            [range_id.partition] * n,
-            list(map(_OFFSET, items)),
-        ]
-    )
-
-
-_EVENT, _INGESTED_AT, _NAMESPACE, _OFFSET = map(attrgetter, ("event", "ingested_at", "namespace", "offset"))
-_ID, _SOURCE, _TYPE, _SUBJECT, _TIME, _DATA = map(attrgetter, ("id", "source", "type", "subject", "time", "data"))

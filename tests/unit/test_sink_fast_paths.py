@@ -18,7 +18,7 @@ from ingest.sink.decode import Decoded
 from ingest.sink.dedupe import Fingerprint, Item, fingerprint, resolve, resolve_hashed
 from ingest.sink.keyindex import KeyHasher, PayloadHasher, as_hashes, key_hash
 from ingest.sink.prepare import Preparer
-from ingest.sink.rows import RangeId, build_columns, encode_rows, message_digest
+from ingest.sink.rows import RangeId, build_columns, message_digest
 
 T = datetime(2026, 3, 1, tzinfo=UTC)
 
@@ -30,8 +30,8 @@ copies = st.tuples(
 
 
 def encode_columns(columns: list[list[Any]]) -> bytes:
-    """The plain definition encode_rows must match: build_columns' columns as JSONCompactColumns, the
-    DateTime64 columns (time, ingested_at, stored_at) as decimal seconds."""
+    """The plain definition the insert block (prepare.Prepared.encode) must match: build_columns' columns as
+    JSONCompactColumns, the DateTime64 columns (time, ingested_at, stored_at) as decimal seconds."""
     block = list(columns)
     for i in (5, 7, 8):
         block[i] = [ms / 1000 for ms in columns[i]]
@@ -76,7 +76,7 @@ def test_resolve_hashed_is_resolve(
         max_size=20,
     )
 )
-def test_encode_rows_is_encode_columns_of_build_columns(rows: list[tuple[int, int, str]]) -> None:
+def test_the_insert_block_is_encode_columns_of_build_columns(rows: list[tuple[int, int, str]]) -> None:
     epoch = datetime(1970, 1, 1, tzinfo=UTC)
     items = [
         Item(
@@ -97,7 +97,8 @@ def test_encode_rows_is_encode_columns_of_build_columns(rows: list[tuple[int, in
         for i, (ms, us, text) in enumerate(rows)
     ]
     rid = RangeId("topic", 2, OffsetRange(100, 100 + max(len(items) - 1, 0)))
-    assert encode_rows(rid, items, 1_767_225_600_123) == encode_columns(build_columns(rid, items, 1_767_225_600_123))
+    block = Preparer().prepare(items).encode(rid, None, 1_767_225_600_123)
+    assert block == encode_columns(build_columns(rid, items, 1_767_225_600_123))
 
 
 @given(
@@ -188,9 +189,10 @@ def test_a_prepared_batch_gives_the_plain_definitions_answers(
         (i.decoded.namespace, i.decoded.event.subject, i.decoded.event.type, i.decoded.event.time) for i in items
     )
     rid = RangeId("topic", 1, OffsetRange(7, 7 + 2 * max(len(items) - 1, 0)))
-    assert prepared.encode(rid, None, 1_767_225_600_123) == encode_rows(rid, items, 1_767_225_600_123)
+    block = prepared.encode(rid, None, 1_767_225_600_123)
+    assert block == encode_columns(build_columns(rid, items, 1_767_225_600_123))
     flags = data.draw(st.lists(st.booleans(), min_size=len(items), max_size=len(items)))
     kept = [item for item, flag in zip(items, flags, strict=True) if flag]
     if kept:
         at = prepared.kept_at(kept)
-        assert prepared.encode(rid, at, 5) == encode_rows(rid, kept, 5)
+        assert prepared.encode(rid, at, 5) == encode_columns(build_columns(rid, kept, 5))
