@@ -8,7 +8,8 @@ whatever the number of meters (see README "Ingest cost independent of the number
   lookup; an event of a type no meter counts drops out there), extracts the value and group values along
   the route's paths (the same value rule as `sql.value_exprs`, over the same raw JSON text) and passes
   one row per (event, meter) to `meter_routed` (a Null table), where
-- one view per aggregation family (`FAMILIES`) turns its meters' rows into minute and hour states in
+- one view per aggregation family (`FAMILIES`, created with the family's first meter) turns its meters'
+  rows into minute and hour states in
   `meter_rollups` (COUNT, SUM, AVG), `meter_rollups_minmax`, `meter_rollups_unique`, `meter_rollups_latest`:
   rows keyed by (rollup_id, tier, namespace, subject, time, groups).
 - `meter_rollup_<id>` / `meter_rollup_<id>_hour`: plain views (no insert cost), one pair per meter, with
@@ -17,6 +18,7 @@ whatever the number of meters (see README "Ingest cost independent of the number
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
@@ -295,14 +297,21 @@ def family_view_ddl(database: str, fam: Family) -> str:
 
 
 def schema_ddl(database: str) -> list[str]:
-    """Every statement of the shared rollup, in order (idempotent)."""
+    """Every statement of the shared rollup, in order (idempotent). A family's view is not among them: it
+    is created with the family's first meter (`family_views_ddl`), because a view costs fixed work on
+    every insert even when no row reaches it (README "Ingest cost independent of the number of meters")."""
     return [
         *(rollups_table_ddl(database, f) for f in FAMILIES),
         routes_table_ddl(database),
         routed_table_ddl(database),
-        *(family_view_ddl(database, f) for f in FAMILIES),
         router_view_ddl(database),
     ]
+
+
+def families_of(codes: Iterable[int]) -> list[Family]:
+    """The families of these aggregation codes (`AGG_CODE`, a route's `agg`), in `FAMILIES` order."""
+    wanted = set(codes)
+    return [f for f in FAMILIES if any(AGG_CODE[a] in wanted for a in f.aggregations)]
 
 
 def group_expr_over(raw: str) -> str:

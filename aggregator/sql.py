@@ -83,7 +83,8 @@ def raw_value_rule(aggregation: Aggregation, raw: str) -> tuple[str, str]:
     dec = f"toDecimal128OrNull({text}, {VALUE_SCALE})"
     # A value that converts to 0 must be written as a zero (0, 0.0, 0e5): `1e-400` underflows every
     # conversion to 0 and would be counted as zero, where meter.parse_number calls it invalid.
-    zero = f"(match({text}, {_ZERO_SQL}) OR {dec} != 0)"
+    # (`OR` evaluates its right side only where the left is false: the regex runs on zeros alone.)
+    zero = f"({dec} != 0 OR match({text}, {_ZERO_SQL}))"
     valid = (
         f"(match({text}, {_NUMBER_SQL}) AND {dec} IS NOT NULL AND toDecimal256OrNull({text}, 40) = {dec} AND {zero})"
     )

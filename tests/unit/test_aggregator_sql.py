@@ -9,7 +9,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from aggregator import routing, sql
-from aggregator.meter import WindowSize, parse_meter
+from aggregator.meter import Aggregation, WindowSize, parse_meter
 from aggregator.query import InvalidQuery, QueryParams, decimal_text, params_from_mapping, to_query
 from common.cloudevents import MAX_EVENT_TIME, MIN_EVENT_TIME
 
@@ -198,3 +198,14 @@ def test_hour_tier_only_when_it_saves_enough_rows() -> None:
     spans, _, raw = sql.plan_tiers(sql.Query(meter=M, namespace="ns", start=s, end=e, hour_tier=False))
     assert [(t.column, a, b) for t, a, b in spans] == [("minute", T0 + timedelta(minutes=11), e)]
     assert raw == [(s, T0 + timedelta(minutes=11))]
+
+
+def test_family_views_are_created_with_their_first_meter_not_with_the_schema() -> None:
+    assert not [
+        stmt
+        for stmt in routing.schema_ddl("db")
+        if stmt.lstrip().startswith("CREATE MATERIALIZED VIEW") and "_mv" in stmt
+    ]
+    assert [f.table for f in routing.families_of([])] == []
+    codes = [routing.AGG_CODE[Aggregation.LATEST], routing.AGG_CODE[Aggregation.AVG], routing.AGG_CODE[Aggregation.SUM]]
+    assert [f.table for f in routing.families_of(codes)] == ["meter_rollups", "meter_rollups_latest"]
