@@ -76,6 +76,21 @@ def block(run: int, events: int, meters: int) -> tuple[bytes, int]:
     return orjson.dumps([cols[c] for c in EVENT_COLUMNS]), total
 
 
+def timed_insert(target: ClickHouse, data: bytes, token: str, settings: dict[str, Any]) -> float:
+    """Insert a `block` the way the sink does (its settings, a token); the time it took, ms."""
+    t = time.perf_counter()
+    target.call(
+        lambda c: c.raw_insert(
+            target.table(EVENTS_TABLE),
+            list(EVENT_COLUMNS),
+            data,
+            settings={**settings, "insert_deduplication_token": token},
+            fmt="JSONCompactColumns",
+        )
+    )
+    return (time.perf_counter() - t) * 1000
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--meters", default="0,100,1000,10000")
@@ -95,17 +110,7 @@ def main() -> None:
         settings = ch.supported(PINNED_INSERT_SETTINGS)
 
         def insert(target: ClickHouse, data: bytes, token: str) -> float:
-            t = time.perf_counter()
-            target.call(
-                lambda c: c.raw_insert(
-                    target.table(EVENTS_TABLE),
-                    list(EVENT_COLUMNS),
-                    data,
-                    settings={**settings, "insert_deduplication_token": token},
-                    fmt="JSONCompactColumns",
-                )
-            )
-            return (time.perf_counter() - t) * 1000
+            return timed_insert(target, data, token, settings)
 
         results: list[dict[str, Any]] = []
         meters: list[Any] = []

@@ -32,13 +32,12 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from meter_ingest import NAMESPACES, block, meter_body
+from meter_ingest import NAMESPACES, block, meter_body, timed_insert
 
 from aggregator import routing, sql
 from aggregator.meter import parse_meter
 from aggregator.repository import ClickHouseMeterRepository
 from common.clickhouse import ClickHouse, connect_clickhouse
-from common.events_table import EVENT_COLUMNS, EVENTS_TABLE
 from common.settings import ClickHouseSettings
 from ingest.sink.processor import PINNED_INSERT_SETTINGS
 
@@ -72,19 +71,6 @@ def main() -> None:
                 db.command(f"DROP VIEW {sql.qualified(name, routing.ROUTER_VIEW)} SYNC")
             dbs[name] = db
 
-        def insert(db: ClickHouse, data: bytes, token: str) -> float:
-            started = time.perf_counter()
-            db.call(
-                lambda c: c.raw_insert(
-                    db.table(EVENTS_TABLE),
-                    list(EVENT_COLUMNS),
-                    data,
-                    settings={**settings, "insert_deduplication_token": token},
-                    fmt="JSONCompactColumns",
-                )
-            )
-            return (time.perf_counter() - started) * 1000
-
         times: dict[str, list[float]] = {name: [] for name in DATABASES}
         total = 0
         for b in range(args.warmup + args.batches):
@@ -92,7 +78,7 @@ def main() -> None:
             total += tokens
             order = DATABASES if b % 2 else tuple(reversed(DATABASES))
             for name in order:
-                ms = insert(dbs[name], data, f"bench-{b}")
+                ms = timed_insert(dbs[name], data, f"bench-{b}", settings)
                 if b >= args.warmup:
                     times[name].append(ms)
         events = (args.warmup + args.batches) * args.events
