@@ -301,17 +301,27 @@ class ClickHouseMeterRepository:
         self._write_many(meters, CREATING, cutover)
         self._settle(cutover)
         for meter in meters:
-            self._backfill(meter, cutover)
+            self._backfill(meter, cutover, record=False)
             for tier in sql.TIERS:
                 self.ch.command(routing.meter_view_ddl(self.db, meter, routing.rollup_id(meter, cutover), tier))
         self._write_many(meters, READY, cutover)
 
-    def _backfill(self, meter: Meter, cutover: datetime, *, after: int = 0, progress: Progress | None = None) -> None:
+    def _backfill(
+        self,
+        meter: Meter,
+        cutover: datetime,
+        *,
+        after: int = 0,
+        progress: Progress | None = None,
+        record: bool = True,
+    ) -> None:
         """Roll up the meter's events stored before the cutover, month by month (event-time partitions), so
         a long backfill shows its progress and each insert stays bounded; the months are disjoint and cover
         every row stored before the cutover. One dedupe token per month and tier: a retry counts once. Each
         complete month is recorded (`backfilled`): a restart continues after it. `after`: months up to it
-        are done already."""
+        are done already. `record=False` (bulk creation, all or nothing: the meters stay `creating` until
+        every one is done, and are rebuilt from nothing after a failure) records no month and does not
+        check the build against the meter's row."""
         rid = routing.rollup_id(meter, cutover)
         started = time.monotonic()
         months = [(int(m), int(n)) for m, n in self.ch.rows(sql.backfill_months_sql(self.db, meter, cutover))]
@@ -326,8 +336,9 @@ class ClickHouseMeterRepository:
                     settings={"insert_deduplication_token": f"backfill:{rid}:{tier.column}:{month}"},
                 )
             done += events
-            stored = self._check_building(meter, cutover)
-            self._write(stored, BACKFILLING, cutover, backfilled=month)
+            if record:
+                stored = self._check_building(meter, cutover)
+                self._write(stored, BACKFILLING, cutover, backfilled=month)
             if progress is not None:
                 progress(month, done, total)
             log.info(

@@ -126,3 +126,32 @@ def test_a_family_first_meter_created_while_events_stream_counts_each_once(click
         from_rollups, from_raw = answers(clickhouse, m)
         assert from_rollups == from_raw, m.aggregation
         assert from_raw, m.aggregation
+
+
+def test_bulk_creation_builds_every_family_and_backfills_history(clickhouse: ClickHouse) -> None:
+    """`create_many` (many meters under one cutover): the families' views before the routes, the history
+    before the cutover backfilled, what comes after counted live; every meter equals raw events."""
+    repo = ClickHouseMeterRepository(clickhouse)
+    repo.migrate()
+    history = [
+        {"id": f"h{i}", "time": T + timedelta(minutes=i), "subject": "s", "type": "call", "data": {"n": i + 1}}
+        for i in range(6)
+    ]
+    insert(clickhouse, "ns", history, "history")
+    meters = [meter("SUM"), meter("COUNT"), meter("MIN"), meter("UNIQUE_COUNT"), meter("AVG")]
+    repo.create_many(meters)
+    assert family_views(clickhouse) == {
+        routing.ROLLUPS_TABLE + "_mv",
+        routing.ROLLUPS_TABLE + "_minmax_mv",
+        routing.ROLLUPS_TABLE + "_unique_mv",
+    }
+    live = [
+        {"id": f"l{i}", "time": T + timedelta(minutes=30 + i), "subject": "s", "type": "call", "data": {"n": 10 * i}}
+        for i in range(4)
+    ]
+    insert(clickhouse, "ns", live, "live")
+    assert {m.id for m in repo.live()} == {m.id for m in meters}
+    for m in meters:
+        from_rollups, from_raw = answers(clickhouse, m)
+        assert from_rollups == from_raw, m.aggregation
+        assert from_raw, m.aggregation
