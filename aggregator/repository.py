@@ -11,7 +11,7 @@ the per-meter design is moved to the router).
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -99,15 +99,11 @@ class ClickHouseMeterRepository:
         """The schema (`schema_sql`), and `inserted_at` materialised on parts written before it existed."""
         for stmt in self.schema_sql(self.db):
             self.ch.command(stmt)
-        self._family_views.clear()  # the database may have been recreated
         # Every family a live route counts into has its view (created with its first meter; this also
-        # mends a database that lost one).
-        codes = [
-            int(r[0]) for r in self.ch.rows(f"SELECT DISTINCT agg FROM {sql.qualified(self.db, routing.ROUTES_TABLE)}")
-        ]
-        for fam in routing.families_of(codes):
-            self.ch.command(routing.family_view_ddl(self.db, fam))
-            self._family_views.add(fam.table)
+        # mends a database that lost one, or was recreated under this repository).
+        self._family_views.clear()
+        routes = sql.qualified(self.db, routing.ROUTES_TABLE)
+        self._family_views_for(int(r[0]) for r in self.ch.rows(f"SELECT DISTINCT agg FROM {routes}"))
         # Parts written before the column existed would compute DEFAULT now64() at read time (always
         # "after" any cutover); materialise it once so old rows carry a fixed, earlier insert time.
         rows = self.ch.rows(
@@ -235,7 +231,7 @@ class ClickHouseMeterRepository:
         raw events (unless `replace`: an earlier build stays live, its views answer, until `complete`)."""
         if not replace:
             self._drop_rollups(meter)
-        self._family_views_for([meter])
+        self._family_views_for([routing.AGG_CODE[meter.aggregation]])
         cutover = self._server_now() + CUTOVER_MARGIN
         rid = routing.rollup_id(meter, cutover)
         self._insert_routes([routing.route_row(meter, cutover)])
@@ -284,7 +280,7 @@ class ClickHouseMeterRepository:
         if not meters:
             return
         self._write_many(meters, CREATING, NO_CUTOVER)
-        self._family_views_for(meters)
+        self._family_views_for(routing.AGG_CODE[m.aggregation] for m in meters)
         # Adding the routes takes longer with their number: the cutover leaves room for it.
         cutover = self._server_now() + CUTOVER_MARGIN + timedelta(milliseconds=len(meters) // 5)
         self._insert_routes([routing.route_row(m, cutover) for m in meters])
@@ -350,11 +346,12 @@ class ClickHouseMeterRepository:
                 seconds=round(time.monotonic() - started, 3),
             )
 
-    def _family_views_for(self, meters: list[Meter]) -> None:
-        """The views of the meters' aggregation families, created before their routes (a route without its
-        family's view would count into nothing) and before a cutover is chosen (the CREATE takes time). A
-        view, once created, stays: other processes may route into it."""
-        for fam in routing.families_of(routing.AGG_CODE[m.aggregation] for m in meters):
+    def _family_views_for(self, codes: Iterable[int]) -> None:
+        """The views of these aggregation codes' families (`routing.AGG_CODE`), created before the routes
+        that count into them (a route without its family's view would count into nothing) and before a
+        cutover is chosen (the CREATE takes time). A view, once created, stays: other processes may route
+        into it."""
+        for fam in routing.families_of(codes):
             if fam.table not in self._family_views:
                 self.ch.command(routing.family_view_ddl(self.db, fam))
                 self._family_views.add(fam.table)

@@ -298,7 +298,7 @@ def family_view_ddl(database: str, fam: Family) -> str:
 
 def schema_ddl(database: str) -> list[str]:
     """Every statement of the shared rollup, in order (idempotent). A family's view is not among them: it
-    is created with the family's first meter (`family_views_ddl`), because a view costs fixed work on
+    is created with the family's first meter (`families_of`, `family_view_ddl`), because a view costs fixed work on
     every insert even when no row reaches it (README "Ingest cost independent of the number of meters")."""
     return [
         *(rollups_table_ddl(database, f) for f in FAMILIES),

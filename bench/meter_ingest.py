@@ -109,9 +109,6 @@ def main() -> None:
         ClickHouseMeterRepository(empty).migrate()
         settings = ch.supported(PINNED_INSERT_SETTINGS)
 
-        def insert(target: ClickHouse, data: bytes, token: str) -> float:
-            return timed_insert(target, data, token, settings)
-
         results: list[dict[str, Any]] = []
         meters: list[Any] = []
         metered_total = 0
@@ -132,9 +129,9 @@ def main() -> None:
                 token = f"bench-{run}"
                 run += 1
                 if b % 2:
-                    t1, t0 = insert(ch, data, token), insert(empty, data0, token)
+                    t1, t0 = timed_insert(ch, data, token, settings), timed_insert(empty, data0, token, settings)
                 else:
-                    t0, t1 = insert(empty, data0, token), insert(ch, data, token)
+                    t0, t1 = timed_insert(empty, data0, token, settings), timed_insert(ch, data, token, settings)
                 if b >= args.warmup:
                     with_meters.append(t1)
                     without.append(t0)
