@@ -22,6 +22,7 @@ from clickhouse_connect.driver.exceptions import DatabaseError
 
 from aggregator import routing, sql
 from aggregator.meter import InvalidMeter, Meter, parse_meter
+from aggregator.roller import ROLLUP_WRITE, ClickHouseRoller, server_now, settle
 from common.clickhouse import ClickHouse
 from common.clock import utc_from_storage
 from common.events_table import EVENTS_TABLE, INSERTED_AT, events_table_ddl
@@ -69,9 +70,8 @@ class MeterBuildFailed(InvalidMeter):
 # (month YYYYMM just completed, events done, events in all): a backfill's progress, for logs and tests.
 Progress = Callable[[int, int, int], None]
 
-# The view must exist before the cutover instant; this margin covers the CREATE statement itself.
+# The route must exist before the cutover instant; this margin covers adding it.
 CUTOVER_MARGIN = timedelta(milliseconds=300)
-SETTLE_TIMEOUT_S = 60.0
 
 
 class ClickHouseMeterRepository:
@@ -80,6 +80,7 @@ class ClickHouseMeterRepository:
         self.ch = ch
         self.db = ch.database
         self._family_views: set[str] = set()  # family tables whose view this process has seen created
+        self.roller = ClickHouseRoller(ch)
 
     # --- schema --------------------------------------------------------------------------------
 
@@ -92,11 +93,15 @@ class ClickHouseMeterRepository:
             sql.meters_table_ddl(database),
             sql.meters_backfilled_ddl(database),
             sql.inserted_at_ddl(database),
+            sql.inserted_at_index_ddl(database),
             *routing.schema_ddl(database),
         ]
 
     def migrate(self) -> None:
-        """The schema (`schema_sql`), and `inserted_at` materialised on parts written before it existed."""
+        """The schema (`schema_sql`), `inserted_at` and its index materialised on parts written before they
+        existed, the roller's first mark, and the move from counting at insert (a routing view on `events`,
+        the earlier design) to the roller: the view goes and every meter is rebuilt (by `reconcile`)."""
+        had_index = self._has_index()
         for stmt in self.schema_sql(self.db):
             self.ch.command(stmt)
         # Every family a live route counts into has its view (created with its first meter; this also
@@ -112,12 +117,41 @@ class ClickHouseMeterRepository:
             "AND table = {t:String} AND active AND column = {c:String})",
             parameters={"db": self.db, "t": EVENTS_TABLE, "c": INSERTED_AT},
         )
+        events = sql.qualified(self.db, EVENTS_TABLE)
         if int(rows[0][0]) > 0:
             log.info("materializing_inserted_at", parts=int(rows[0][0]))
+            self.ch.command(f"ALTER TABLE {events} MATERIALIZE COLUMN {INSERTED_AT}", settings={"mutations_sync": 2})
+        if not had_index:
             self.ch.command(
-                f"ALTER TABLE {sql.qualified(self.db, EVENTS_TABLE)} MATERIALIZE COLUMN {INSERTED_AT}",
-                settings={"mutations_sync": 2},
+                f"ALTER TABLE {events} MATERIALIZE INDEX {sql.INSERTED_AT_INDEX}", settings={"mutations_sync": 2}
             )
+        if self._has_router_view():
+            # Counted at insert until now: the view goes, then the roller starts and every meter is rebuilt
+            # under it (its rows from the view's time are dropped with its build).
+            self.ch.command(routing.drop_router_view_sql(self.db))
+            moved = [m for m, state, _ in self.all_rows() if state in USABLE]
+            log.info("meters_moving_to_roller", meters=len(moved))
+            if moved:
+                self._write_many(moved, CREATING, NO_CUTOVER)
+            # Their routes counted at insert: the roller starts after them (the rebuilds add new ones).
+            routes = sql.qualified(self.db, routing.ROUTES_TABLE)
+            self.ch.command(f"ALTER TABLE {routes} DELETE WHERE 1", settings={"mutations_sync": 2})
+        self.roller.initialize()
+
+    def _has_index(self) -> bool:
+        rows = self.ch.rows(
+            "SELECT count() FROM system.data_skipping_indices WHERE database = {db:String} AND table = {t:String} "
+            "AND name = {n:String}",
+            parameters={"db": self.db, "t": EVENTS_TABLE, "n": sql.INSERTED_AT_INDEX},
+        )
+        return int(rows[0][0]) > 0
+
+    def _has_router_view(self) -> bool:
+        rows = self.ch.rows(
+            "SELECT count() FROM system.tables WHERE database = {db:String} AND name = {n:String}",
+            parameters={"db": self.db, "n": routing.ROUTER_VIEW},
+        )
+        return int(rows[0][0]) > 0
 
     # --- meter rows ----------------------------------------------------------------------------
 
@@ -268,6 +302,9 @@ class ClickHouseMeterRepository:
             self.ch.command(routing.delete_backfill_sql(self.db, meter, rid, None))
             log.info("meter_backfill_superseded", slug=meter.slug, id=meter.id)
             return
+        # The views switch to the rollup once the roller has counted from the cutover on: from then on,
+        # rollup (before the roller's mark) + raw tail (after it) holds every event once.
+        self.roller.catch_up(cutover)
         for tier in sql.TIERS:
             self.ch.command(routing.meter_view_ddl(self.db, meter, rid, tier))
         self._write(stored, READY, cutover)
@@ -298,6 +335,8 @@ class ClickHouseMeterRepository:
         self._settle(cutover)
         for meter in meters:
             self._backfill(meter, cutover, record=False)
+        self.roller.catch_up(cutover)
+        for meter in meters:
             for tier in sql.TIERS:
                 self.ch.command(routing.meter_view_ddl(self.db, meter, routing.rollup_id(meter, cutover), tier))
         self._write_many(meters, READY, cutover)
@@ -329,7 +368,10 @@ class ClickHouseMeterRepository:
             for tier in sql.TIERS:
                 self.ch.command(
                     routing.backfill_sql(self.db, meter, cutover, tier, month),
-                    settings={"insert_deduplication_token": f"backfill:{rid}:{tier.column}:{month}"},
+                    settings={
+                        "insert_deduplication_token": f"backfill:{rid}:{tier.column}:{month}",
+                        "log_comment": ROLLUP_WRITE,
+                    },
                 )
             done += events
             if record:
@@ -484,10 +526,15 @@ class ClickHouseMeterRepository:
         return refused + self.unreadable()
 
     def subjects(self, meter: Meter, namespace: str) -> list[str]:
+        """The subjects with counted events: from the hour rollup, and the raw tail the roller has not
+        counted yet (events stored since its mark)."""
         rows = self.ch.rows(
-            f"SELECT DISTINCT subject FROM {sql.qualified(self.db, sql.tier_table(meter, sql.HOUR))} "
-            "WHERE namespace = {ns:String} ORDER BY subject",
-            parameters={"ns": namespace},
+            f"SELECT subject FROM (SELECT subject FROM {sql.qualified(self.db, sql.tier_table(meter, sql.HOUR))} "
+            "WHERE namespace = {ns:String} "
+            f"UNION DISTINCT SELECT subject FROM {sql.qualified(self.db, EVENTS_TABLE)} "
+            f"PREWHERE namespace = {{ns:String}} AND {INSERTED_AT} >= {{mark:DateTime64(3, 'UTC')}} "
+            f"WHERE {sql.meter_filter(meter)}) ORDER BY subject",
+            parameters={"ns": namespace, "mark": self.roller.marks().done},
         )
         return [str(r[0]) for r in rows]
 
@@ -532,25 +579,9 @@ class ClickHouseMeterRepository:
     # --- the cutover ---------------------------------------------------------------------------
 
     def _server_now(self) -> datetime:
-        return utc_from_storage(self.ch.rows("SELECT now64(3, 'UTC')")[0][0])
+        return server_now(self.ch)
 
     def _settle(self, cutover: datetime) -> None:
-        """Wait until the cutover has passed on the server and no INSERT that began before it still runs."""
-        deadline = time.monotonic() + SETTLE_TIMEOUT_S
-        while True:
-            now = self._server_now()
-            busy = 0
-            if now >= cutover:
-                busy = int(
-                    self.ch.rows(
-                        "SELECT count() FROM system.processes WHERE query_kind = 'Insert' "
-                        "AND now64(3, 'UTC') - toIntervalMillisecond(toUInt64(elapsed * 1000) + 1000) "
-                        "< {c:DateTime64(3, 'UTC')}",
-                        parameters={"c": cutover},
-                    )[0][0]
-                )
-                if busy == 0:
-                    return
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"inserts started before the meter cutover are still running ({busy})")
-            time.sleep(0.05)
+        """Wait until the cutover has passed on the server and no INSERT into events that began before it
+        still runs."""
+        settle(self.ch, cutover)

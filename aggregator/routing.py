@@ -46,7 +46,8 @@ from common.events_table import EVENTS_TABLE, INSERTED_AT
 ROLLUPS_TABLE = "meter_rollups"
 ROUTES_TABLE = "meter_routes"
 ROUTED_TABLE = "meter_routed"
-ROUTER_VIEW = "meter_router"
+ROUTER_VIEW = "meter_router"  # the earlier design's view on events (dropped by migrate)
+ROLLS_TABLE = "meter_rolls"
 TIER_CODE = {"minute": 0, "hour": 1}
 AGG_CODE = {
     Aggregation.COUNT: 1,
@@ -243,14 +244,20 @@ def _fold(path: str) -> str:
     return f"arrayFold({step}, {path}, data)"
 
 
-def router_view_ddl(database: str) -> str:
+def router_select(database: str) -> str:
+    """The router: events stored in [{lo}, {hi}) of `inserted_at` (server-side parameters), each joined to
+    the routes that count it, as one row per (event, meter) with its value (`meter_routed`'s columns)."""
     events, routes = qualified(database, EVENTS_TABLE), qualified(database, ROUTES_TABLE)
+    stored = (
+        f"SELECT namespace, subject, time, source, id, data, {INSERTED_AT}, type FROM {events} "
+        f"WHERE {INSERTED_AT} >= {{lo:DateTime64(3, 'UTC')}} AND {INSERTED_AT} < {{hi:DateTime64(3, 'UTC')}}"
+    )
     # 1. every event twice (its namespace, and '' for config meters), joined to its routes: a hash lookup.
     joined = (
         f"SELECT namespace, subject, time, source, id, data, rollup_id, agg, value_path, group_paths "
         f"FROM (SELECT namespace, subject, time, source, id, data, {INSERTED_AT}, type, route_namespace, "
         f"cityHash64(route_namespace, type) AS route_key "
-        f"FROM {events} ARRAY JOIN [namespace, ''] AS route_namespace) AS e "
+        f"FROM ({stored}) ARRAY JOIN [namespace, ''] AS route_namespace) AS e "
         f"ALL INNER JOIN {routes} AS r USING (route_key) "
         f"WHERE e.route_namespace = r.route_namespace AND e.type = r.route_type "
         f"AND e.{INSERTED_AT} >= r.cutover AND e.time >= r.event_from"
@@ -266,16 +273,38 @@ def router_view_ddl(database: str) -> str:
     text, unique_valid = raw_value_rule(Aggregation.UNIQUE_COUNT, "raw")
     count, unique = AGG_CODE[Aggregation.COUNT], AGG_CODE[Aggregation.UNIQUE_COUNT]
     valid = f"multiIf(agg = {count}, 1, agg = {unique}, {unique_valid}, {num_valid})"
-    values = (
+    # 4. per aggregation family, the states for both tiers (`family_view_ddl`, on `meter_routed`).
+    return (
         f"SELECT rollup_id, agg, namespace, subject, time, source, id, groups, "
         f"if(agg IN ({count}, {unique}), toDecimal128(0, 9), {num_value}) AS v, {text} AS text "
         f"FROM ({extracted}) WHERE {valid}"
     )
-    # 4. per aggregation family, the states for both tiers (`family_view_ddl`).
-    return (
-        f"CREATE MATERIALIZED VIEW IF NOT EXISTS {qualified(database, ROUTER_VIEW)} "
-        f"TO {qualified(database, ROUTED_TABLE)} AS {values}"
-    )
+
+
+def roll_sql(database: str) -> str:
+    """One roll: the router over the events stored in [{lo}, {hi}) into `meter_routed`, whose family views
+    write the minute and hour states (see `aggregator.roller`)."""
+    return f"INSERT INTO {qualified(database, ROUTED_TABLE)} {router_select(database)}"
+
+
+def rolls_table_ddl(database: str) -> str:
+    """The roller's marks: `intent` (the end of the roll being written) and `done` (every event stored
+    before it is rolled up). Only the greatest of each kind matters (`max(mark)`; merges keep it)."""
+    return f"""
+CREATE TABLE IF NOT EXISTS {qualified(database, ROLLS_TABLE)}
+(
+    kind LowCardinality(String) COMMENT 'intent: a roll up to mark is being written; done: it is written',
+    mark DateTime64(3, 'UTC') COMMENT 'events with inserted_at before it are (being) rolled up'
+)
+ENGINE = ReplacingMergeTree(mark)
+ORDER BY kind
+COMMENT 'the meter roller: how far the rollups have counted the events table (read max(mark) per kind)'
+"""
+
+
+def drop_router_view_sql(database: str) -> str:
+    """The routing view on `events` of the earlier design (counting at insert), replaced by the roller."""
+    return f"DROP VIEW IF EXISTS {qualified(database, ROUTER_VIEW)} SYNC"
 
 
 def family_view_ddl(database: str, fam: Family) -> str:
@@ -304,7 +333,7 @@ def schema_ddl(database: str) -> list[str]:
         *(rollups_table_ddl(database, f) for f in FAMILIES),
         routes_table_ddl(database),
         routed_table_ddl(database),
-        router_view_ddl(database),
+        rolls_table_ddl(database),
     ]
 
 

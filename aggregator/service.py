@@ -43,6 +43,9 @@ log = structlog.get_logger(__name__)
 
 STATS_SECONDS = 60.0  # how stale the tier planner's row counts may be (they only steer speed, never answers)
 BACKFILL_RETRY_SECONDS = (1.0, 60.0)  # a failed backfill is retried with backoff between these bounds
+READ_ATTEMPTS = 5  # a read that overlapped a roll is retried; then it is answered from raw events
+READ_RETRY_SECONDS = 0.05
+ROLL_RETRY_SECONDS = (1.0, 30.0)  # a failed roll is retried with backoff between these bounds
 
 
 class MeterNotFound(NotFound):
@@ -115,6 +118,7 @@ class MeterService:
         clock: Clock | None = None,
         cache_seconds: float = 2.0,
         max_meters: int = 200,
+        roll_seconds: float = 1.0,
     ) -> None:
         self.repository = repository
         self.config_meters = list(config_meters or [])
@@ -122,6 +126,8 @@ class MeterService:
         self.clock: Clock = clock or SystemClock()
         self.cache_seconds = cache_seconds
         self.max_meters = max_meters
+        self.roll_seconds = roll_seconds
+        self._roller: asyncio.Task[None] | None = None
         self._lock = asyncio.Lock()
         self._meters: list[Meter] = []
         self._status: dict[str, MeterStatus] = {}
@@ -137,8 +143,10 @@ class MeterService:
         self.guard = guard
 
     def set_catalog_lock(self, lock: CatalogLock) -> None:
-        """Meter create, update and delete hold this lock too, so two API processes cannot create one slug twice."""
+        """Meter create, update and delete hold this lock too, so two API processes cannot create one slug twice;
+        the roller holds it for each roll, so one process at a time rolls up."""
         self.catalog_lock = lock
+        self.repository.roller.share_lock(lock.hold_sync)
 
     @contextlib.asynccontextmanager
     async def _changing(self, namespace: str) -> AsyncIterator[None]:
@@ -163,16 +171,44 @@ class MeterService:
             if status is not None and status.state == BACKFILLING:
                 self._spawn_backfill(meter, status.cutover)
 
+    def start_rolling(self) -> None:
+        """Start the roller of this process (after `set_catalog_lock` when API processes share a database:
+        a roll always holds it). Idempotent."""
+        if self._roller is None and not self._closed:
+            self._roller = asyncio.create_task(self._roll_loop(), name="meter-roller")
+
+    async def _roll_loop(self) -> None:
+        """Roll up the events stored since the roller's mark, every `roll_seconds` (at once again while a
+        backlog is being caught up in bounded rolls); failures are retried with backoff, nothing is lost:
+        the next roll starts from the mark."""
+        delay = ROLL_RETRY_SECONDS[0]
+        roller = self.repository.roller
+        while True:
+            try:
+                roll = await asyncio.to_thread(roller.roll_once)
+                delay = ROLL_RETRY_SECONDS[0]
+                behind = roll is not None and roll.events >= roller.max_events
+                await asyncio.sleep(0 if behind else self.roll_seconds)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - any failure: the next roll redoes it from the marks
+                log.warning("meter_roll_failed", error=str(exc)[:300], retry_s=delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, ROLL_RETRY_SECONDS[1])
+
     async def start(self) -> None:
         """Migrate and reconcile (idempotent), then `load`: for tests and single-process use."""
         await asyncio.to_thread(self.repository.migrate)
         await asyncio.to_thread(lambda: self.repository.reconcile(self.config_meters, finish_backfills=False))
         await self.load()
+        self.start_rolling()
 
     async def close(self) -> None:
         """Stop the backfills running here; each resumes from its last complete month at the next start."""
         self._closed = True
         tasks = list(self._backfills.values())
+        if self._roller is not None:
+            tasks.append(self._roller)
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
@@ -346,15 +382,30 @@ class MeterService:
     async def run(self, q: sql.Query) -> list[Row]:
         if self.backfilling(q.meter):
             # Its rollup is not complete yet: the exact answer comes from raw events alone.
-            text, params = sql.raw_query(self.repository.db, q)
-            return shape_rows(q, await asyncio.to_thread(self.repository.query_rows, text, params))
+            return await self._raw(q)
         if q.subjects and q.hour_tier:
             # A few subjects: the hour table is worth a table read only if it saves enough rows.
             stats = await self._stats(q.meter)
             q = dataclasses.replace(q, hour_tier=sql.hour_tier_pays(stats, len(q.subjects)))
-        text, params = sql.build_query(self.repository.db, q)
-        rows = await asyncio.to_thread(self.repository.query_rows, text, params)
-        return shape_rows(q, rows)
+        roller = self.repository.roller
+        for attempt in range(READ_ATTEMPTS):
+            # The rollups hold the events stored before `done`; the tail after it is read raw. A roll that
+            # began during the query (its intent is past `done` afterwards) may have shown some of its rows:
+            # read again (rolls take milliseconds to a second).
+            before = await asyncio.to_thread(roller.marks)
+            text, params = sql.build_query(self.repository.db, q, stored_from=before.done)
+            rows = await asyncio.to_thread(self.repository.query_rows, text, params)
+            after = await asyncio.to_thread(roller.marks)
+            if after.intent <= before.done:
+                return shape_rows(q, rows)
+            await asyncio.sleep(READ_RETRY_SECONDS * (attempt + 1))
+        # Rolls keep overlapping this query (or a roll stopped half-way and waits for its redo): raw events.
+        log.info("meter_read_from_raw", slug=q.meter.slug, attempts=READ_ATTEMPTS)
+        return await self._raw(q)
+
+    async def _raw(self, q: sql.Query) -> list[Row]:
+        text, params = sql.raw_query(self.repository.db, q)
+        return shape_rows(q, await asyncio.to_thread(self.repository.query_rows, text, params))
 
     async def _stats(self, meter: Meter) -> sql.TierStats:
         """The planner's row counts for a meter, re-read at most every STATS_SECONDS."""

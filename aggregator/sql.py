@@ -190,6 +190,18 @@ def meters_backfilled_ddl(database: str) -> str:
     return f"ALTER TABLE {qualified(database, METERS_TABLE)} ADD COLUMN IF NOT EXISTS {BACKFILLED_COLUMN}"
 
 
+INSERTED_AT_INDEX = "idx_inserted_at"
+
+
+def inserted_at_index_ddl(database: str) -> str:
+    """Granules by insert time: the rollups' tail (events stored since the roller's mark) and each roll
+    read only the granules holding recent inserts."""
+    return (
+        f"ALTER TABLE {qualified(database, EVENTS_TABLE)} ADD INDEX IF NOT EXISTS {INSERTED_AT_INDEX} "
+        f"{INSERTED_AT} TYPE minmax GRANULARITY 1"
+    )
+
+
 def inserted_at_ddl(database: str) -> str:
     return (
         f"ALTER TABLE {qualified(database, EVENTS_TABLE)} ADD COLUMN IF NOT EXISTS {INSERTED_AT} "
@@ -366,15 +378,34 @@ def _group_filters(q: Query, params: dict[str, Any], *, from_raw: bool) -> list[
     return where
 
 
-def _raw_select(database: str, q: Query, params: dict[str, Any], intervals: list[tuple[datetime, datetime]]) -> str:
+def _raw_select(
+    database: str,
+    q: Query,
+    params: dict[str, Any],
+    intervals: list[tuple[datetime, datetime]],
+    *,
+    stored_from: datetime | None = None,
+    skip: list[datetime] | None = None,
+    prefix: str = "",
+) -> str:
+    """States from raw events in `intervals` of event time (minus the whole minutes in `skip`); with
+    `stored_from`, only the events stored at or after it (the rollups' tail: what the roller has not
+    counted yet, found through the `inserted_at` skip index)."""
     # PREWHERE narrows to the key range (namespace, type, subject, time) before any JSON is parsed: the
     # value rule then runs on the few rows at the edges, not on whole granules.
     prewhere = [*_key_filters(q, params), f"type = {literal(q.meter.event_type)}"]
     spans = []
     for i, (lo, hi) in enumerate(intervals):
-        spans.append(f"(time >= {{lo{i}:DateTime64(3, 'UTC')}} AND time < {{hi{i}:DateTime64(3, 'UTC')}})")
-        params[f"lo{i}"], params[f"hi{i}"] = lo, hi
+        lo_name, hi_name = f"{prefix}lo{i}", f"{prefix}hi{i}"
+        spans.append(f"(time >= {{{lo_name}:DateTime64(3, 'UTC')}} AND time < {{{hi_name}:DateTime64(3, 'UTC')}})")
+        params[lo_name], params[hi_name] = lo, hi
     prewhere.append("(" + " OR ".join(spans) + ")")
+    if stored_from is not None:
+        prewhere.append(f"{INSERTED_AT} >= {{{prefix}stored:DateTime64(3, 'UTC')}}")
+        params[f"{prefix}stored"] = stored_from
+    if skip:
+        prewhere.append(f"toStartOfMinute(time) NOT IN {{{prefix}skip:Array(DateTime('UTC'))}}")
+        params[f"{prefix}skip"] = skip
     where = [*_group_filters(q, params, from_raw=True), meter_filter(q.meter)]
     # Explicit boundaries may fall inside a second: bucket on the millisecond time, not on whole seconds.
     keys = _select_keys(q, "time" if q.boundaries is not None else "toDateTime(time, 'UTC')", from_raw=True)
@@ -489,10 +520,14 @@ def plan_tiers(q: Query) -> tuple[list[Span], list[datetime], list[tuple[datetim
     return [s for s in spans if s[1] < s[2]], skip, raw
 
 
-def build_query(database: str, q: Query) -> tuple[str, dict[str, Any]]:
+def build_query(database: str, q: Query, stored_from: datetime | None = None) -> tuple[str, dict[str, Any]]:
     """Hour rollup for whole hours, minute rollup for whole minutes, raw events for the partial minutes
     at the edges; all as aggregate states, merged once. Rows: bucket, bucket_end, subject_key, group
-    values..., values."""
+    values..., values.
+
+    `stored_from`: the roller's `done` mark. The rollups hold the events stored before it; the events
+    stored since (the tail) are read raw over the rollup spans. None: the rollups are complete (tests of
+    the tiers alone)."""
     params: dict[str, Any] = {}
     if q.boundaries is not None and not _one_window(q):
         params["bounds"] = list(q.boundaries)
@@ -520,6 +555,10 @@ def build_query(database: str, q: Query) -> tuple[str, dict[str, Any]]:
         parts.append(f"SELECT {', '.join(keys + states)} FROM {table} WHERE {' AND '.join(where)}")
     if raw:
         parts.append(_raw_select(database, q, params, raw))
+    if spans and stored_from is not None:
+        # The spans are contiguous: one interval, minus the minutes cut by a window boundary (read raw above).
+        whole = [(spans[0][1], spans[-1][2])]
+        parts.append(_raw_select(database, q, params, whole, stored_from=stored_from, skip=skip, prefix="t"))
     if not parts:
         return "SELECT 1 WHERE 0", params
     return _outer(q, " UNION ALL ".join(parts)), params

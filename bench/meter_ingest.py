@@ -8,8 +8,11 @@ event of a `bench` batch matches exactly one meter (event i is for meter i % met
 no meter counts); `bench_empty` gets the same shape of events. At each stage the two inserts alternate
 (A B, B A, ...), so the load of a shared machine weighs on both alike, and the ratio of their medians is
 the cost of the meters. Each figure is the median of `--batches` inserts (fresh ids and tokens) after
-`--warmup` unmeasured ones. The rollups are checked against the events at the end (the SUM over every
-meter equals the sum of the values).
+`--warmup` unmeasured ones. An insert does no meter work (the roller counts behind ingest): after each
+stage's inserts the roller rolls them all up, timed, and the figures include that cost per batch and per
+event (`roll_ms_per_batch`, `ratio_with_roll_p50` = (insert + its share of the roll) / meter-less insert).
+The rollups are checked against the events at the end (the SUM over every meter equals the sum of the
+values).
 
     python bench/meter_ingest.py [--meters 0,100,1000,10000] [--events 10000] [--batches 30]
 """
@@ -34,6 +37,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from aggregator import routing, sql
 from aggregator.meter import parse_meter
 from aggregator.repository import ClickHouseMeterRepository
+from aggregator.roller import server_now
 from common.clickhouse import ClickHouse, connect_clickhouse
 from common.events_table import EVENT_COLUMNS, EVENTS_TABLE
 from common.settings import ClickHouseSettings
@@ -137,6 +141,11 @@ def main() -> None:
                     without.append(t0)
                 if count:
                     metered_total += total
+            inserted = args.warmup + args.batches
+            t = time.perf_counter()
+            repo.roller.catch_up(server_now(ch))
+            roll_s = time.perf_counter() - t
+            roll_ms_per_batch = roll_s * 1000 / inserted
             results.append(
                 {
                     "meters": count,
@@ -146,6 +155,12 @@ def main() -> None:
                     "no_meters_ms_p50": round(statistics.median(without), 1),
                     "no_meters_ms_min": round(min(without), 1),
                     "ratio_p50": round(statistics.median(with_meters) / statistics.median(without), 2),
+                    "roll_s": round(roll_s, 2),
+                    "roll_ms_per_batch": round(roll_ms_per_batch, 1),
+                    "roll_us_per_event": round(roll_s * 1e6 / (inserted * args.events), 2),
+                    "ratio_with_roll_p50": round(
+                        (statistics.median(with_meters) + roll_ms_per_batch) / statistics.median(without), 2
+                    ),
                 }
             )
             print(json.dumps(results[-1]), file=sys.stderr)

@@ -1,7 +1,9 @@
 """Meter query benchmark (prints JSON): 10M events, 1,000 subjects, 30 days, on the embedded engine.
 
 In one run: SUM per subject per hour over the 30 days from the minute rollup vs from raw events (the
-same answer is checked), and one subject's monthly total p50/p99 (minute-aligned and off-minute bounds).
+same answer is checked), and one subject's monthly total p50/p99 (minute-aligned and off-minute bounds),
+each read as the service makes it: the roller's marks, rollups plus the raw tail stored since the mark (an
+extra read of `events` through its `inserted_at` index), the marks again.
 Events are generated straight into the events table with INSERT ... SELECT FROM numbers(); the meter is
 created afterwards, so the run also measures what meter creation answers in (`create_meter_answer_s`, the
 part POST /api/v1/meters waits for) and the backfill that runs behind it.
@@ -28,6 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from aggregator import routing, sql
 from aggregator.meter import WindowSize, parse_meter
 from aggregator.repository import ClickHouseMeterRepository
+from aggregator.roller import ClickHouseRoller
 from common.clickhouse import connect_clickhouse
 from common.events_table import EVENT_COLUMNS, EVENTS_TABLE
 from common.settings import ClickHouseSettings
@@ -71,6 +74,16 @@ def timed(ch: Any, text: str, params: dict[str, Any], runs: int) -> tuple[list[f
         rows = ch.rows(text, parameters=params)
         times.append((time.perf_counter() - t) * 1000)
     return times, rows
+
+
+def read_ms(ch: Any, roller: ClickHouseRoller, q: sql.Query) -> float:
+    """One read as the service makes it: the roller's marks, the query (rollups + the raw tail stored since
+    the mark), the marks again (a roll that overlapped would make it read again); ms."""
+    t = time.perf_counter()
+    text, params = sql.build_query(ch.database, q, stored_from=roller.marks().done)
+    ch.rows(text, parameters=params)
+    roller.marks()
+    return (time.perf_counter() - t) * 1000
 
 
 def pct(values: list[float], p: float) -> float:
@@ -126,7 +139,7 @@ def main() -> None:
         hourly = sql.Query(
             meter=meter, namespace="bench", start=START, end=end, window=WindowSize.HOUR, group_subject=True
         )
-        rollup_text, rollup_params = sql.build_query(ch.database, hourly)
+        rollup_text, rollup_params = sql.build_query(ch.database, hourly, stored_from=repo.roller.marks().done)
         raw_text, raw_params = sql.raw_query(ch.database, hourly)
         # End to end: every result row (1,000 subjects x 720 hours) decoded into Python with Decimals.
         rollup_ms, rollup_rows_out = timed(ch, rollup_text, rollup_params, runs=args.runs)
@@ -146,7 +159,7 @@ def main() -> None:
             q = sql.Query(
                 meter=meter, namespace="bench", start=START, end=end, subjects=(subject,), hour_tier=hour_tier
             )
-            aligned += timed(ch, *sql.build_query(ch.database, q), runs=1)[0]
+            aligned.append(read_ms(ch, repo.roller, q))
             off = timedelta(milliseconds=rng.randrange(1, 59_999))
             q = sql.Query(
                 meter=meter,
@@ -156,7 +169,7 @@ def main() -> None:
                 subjects=(subject,),
                 hour_tier=hour_tier,
             )
-            unaligned += timed(ch, *sql.build_query(ch.database, q), runs=1)[0]
+            unaligned.append(read_ms(ch, repo.roller, q))
 
         rollup_med, raw_med = statistics.median(rollup_ms), statistics.median(raw_ms)
         rollup_eng, raw_eng = statistics.median(rollup_engine_ms), statistics.median(raw_engine_ms)

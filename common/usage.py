@@ -8,7 +8,7 @@ half-open [start, end). Amounts are Decimal, never float.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from contextlib import AbstractAsyncContextManager
+from contextlib import AbstractAsyncContextManager, AbstractContextManager
 from dataclasses import dataclass, field
 from datetime import datetime
 from decimal import Decimal
@@ -97,6 +97,10 @@ class CatalogLock(Protocol):
     """Serialises changes to the meter catalogue across every API process (the state database provides it)."""
 
     def hold(self, key: str) -> AbstractAsyncContextManager[None]: ...
+
+    def hold_sync(self, key: str) -> AbstractContextManager[None]:
+        """The same lock, for code running in a worker thread (the meter roller)."""
+        ...
 
 
 class MeterUseGuard(Protocol):

@@ -230,6 +230,7 @@ async def _build_entitlements(services: Services, settings: ApiServiceSettings, 
     meters.set_guard(entitlements.features)
     meters.set_customers(entitlements.customers)
     meters.set_catalog_lock(entitlements.deps.db)  # API replicas on one PostgreSQL change meters one at a time
+    meters.start_rolling()  # only now: every roll holds the shared lock (one replica rolls at a time)
     services.entitlements = entitlements
     services.on_close(lambda: asyncio.to_thread(entitlements.close))
 

@@ -123,5 +123,18 @@ class Database:
         finally:
             await asyncio.to_thread(conn.close)
 
+    @contextlib.contextmanager
+    def hold_sync(self, key: str) -> Iterator[None]:
+        """`hold` for a worker thread: the same advisory lock, taken and released on this thread."""
+        if self.dialect != "postgresql":
+            yield
+            return
+        with self.engine.connect() as conn:
+            conn.execute(text("SELECT pg_advisory_lock(hashtext(:key))"), {"key": key})
+            try:
+                yield
+            finally:
+                conn.execute(text("SELECT pg_advisory_unlock(hashtext(:key))"), {"key": key})
+
     def dispose(self) -> None:
         self.engine.dispose()

@@ -1,5 +1,6 @@
-"""A family's routing view exists once a meter of its family does (an unused view costs every insert),
-is created before the meter's route, and comes back at migrate if lost (real ClickHouse engine, chdb)."""
+"""A family's view exists once a meter of its family does (an unused view costs every roll), is created
+before the meter's route, and comes back at migrate if lost; meters created while events stream and the
+roller rolls count every event once (real ClickHouse engine, chdb)."""
 
 from __future__ import annotations
 
@@ -27,7 +28,7 @@ def family_views(ch: ClickHouse) -> set[str]:
         "SELECT name FROM system.tables WHERE database = {db:String} AND engine = 'MaterializedView'",
         parameters={"db": ch.database},
     )
-    return {str(r[0]) for r in rows} - {routing.ROUTER_VIEW}
+    return {str(r[0]) for r in rows}
 
 
 def meter(aggregation: str) -> Meter:
@@ -45,7 +46,7 @@ def minute_value(ch: ClickHouse, m: Meter, merge: str) -> Decimal:
 def test_family_views_follow_the_meters_and_survive_migrate(clickhouse: ClickHouse) -> None:
     repo = ClickHouseMeterRepository(clickhouse)
     repo.migrate()
-    assert family_views(clickhouse) == set()  # no meter: an insert runs the router alone
+    assert family_views(clickhouse) == set()  # no meter, no view (and never one on events)
 
     total = meter("SUM")
     repo.build(total)
@@ -59,6 +60,7 @@ def test_family_views_follow_the_meters_and_survive_migrate(clickhouse: ClickHou
         {"id": f"e{i}", "time": T, "subject": "s", "type": "call", "data": {"n": n}} for i, n in enumerate([3, 9, 4])
     ]
     insert(clickhouse, "ns", events, "first")
+    repo.roller.roll_once()
     assert minute_value(clickhouse, total, "sumMerge") == 16
     assert minute_value(clickhouse, peak, "maxMerge") == 9
 
@@ -67,12 +69,14 @@ def test_family_views_follow_the_meters_and_survive_migrate(clickhouse: ClickHou
     ClickHouseMeterRepository(clickhouse).migrate()
     assert routing.ROLLUPS_TABLE + "_minmax_mv" in family_views(clickhouse)
     insert(clickhouse, "ns", [{"id": "e9", "time": T, "subject": "s", "type": "call", "data": {"n": 12}}], "second")
+    repo.roller.roll_once()
     assert minute_value(clickhouse, peak, "maxMerge") == 12
     assert minute_value(clickhouse, total, "sumMerge") == 28
 
 
 def answers(ch: ClickHouse, m: Meter) -> tuple[list[tuple[str, str]], list[tuple[str, str]]]:
-    """The meter's hourly answer from its rollups and from raw events (the reference)."""
+    """The meter's hourly answer from its rollups alone (call after a roll that covers every insert) and from
+    raw events (the reference)."""
     q = sql.Query(
         meter=m,
         namespace="ns",
@@ -92,11 +96,18 @@ def answers(ch: ClickHouse, m: Meter) -> tuple[list[tuple[str, str]], list[tuple
 
 def test_a_family_first_meter_created_while_events_stream_counts_each_once(clickhouse: ClickHouse) -> None:
     """The first meter of a family is created (its view, its route, its cutover, its backfill) while another
-    thread keeps inserting: every event is counted exactly once, by the backfill or by the new view."""
+    thread keeps inserting and a third keeps rolling: every event is counted exactly once, by the backfill
+    or by the roller."""
     repo = ClickHouseMeterRepository(clickhouse)
     repo.migrate()
     stop = threading.Event()
     batches = [0]
+    rolls = [0]
+
+    def roll() -> None:
+        while not stop.is_set():
+            if repo.roller.roll_once() is not None:
+                rolls[0] += 1
 
     def stream() -> None:
         while not stop.is_set() or batches[0] < 5:
@@ -109,8 +120,9 @@ def test_a_family_first_meter_created_while_events_stream_counts_each_once(click
             insert(clickhouse, "ns", events, f"stream-{b}")
             batches[0] += 1
 
-    writer = threading.Thread(target=stream)
+    writer, roller = threading.Thread(target=stream), threading.Thread(target=roll)
     writer.start()
+    roller.start()
     try:
         meters = [meter("MAX"), meter("SUM"), meter("UNIQUE_COUNT"), meter("LATEST")]
         before = batches[0]
@@ -120,7 +132,10 @@ def test_a_family_first_meter_created_while_events_stream_counts_each_once(click
     finally:
         stop.set()
         writer.join(60)
+        roller.join(60)
     assert during > 0, "no insert landed while the meters were created"
+    assert rolls[0] > 0, "the roller never rolled while the meters were created"
+    repo.roller.roll_once()
     assert family_views(clickhouse) == {f.table + "_mv" for f in routing.FAMILIES}
     for m in meters:
         from_rollups, from_raw = answers(clickhouse, m)
@@ -150,6 +165,7 @@ def test_bulk_creation_builds_every_family_and_backfills_history(clickhouse: Cli
         for i in range(4)
     ]
     insert(clickhouse, "ns", live, "live")
+    repo.roller.roll_once()
     assert {m.id for m in repo.live()} == {m.id for m in meters}
     for m in meters:
         from_rollups, from_raw = answers(clickhouse, m)

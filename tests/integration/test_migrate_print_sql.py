@@ -52,4 +52,4 @@ def test_the_printed_sql_builds_what_migrate_builds(
     assert printed["tables"] == migrated["tables"]
     # The same columns, defaults included; the database name appears only where a view names its tables.
     assert printed["columns"] == migrated["columns"]
-    assert {"events", "meters", "meter_rollups", "meter_router", "sink_ledger"} <= {t[0] for t in migrated["tables"]}
+    assert {"events", "meters", "meter_rollups", "meter_rolls", "sink_ledger"} <= {t[0] for t in migrated["tables"]}

@@ -21,6 +21,7 @@ from aggregator import sql
 from aggregator.meter import Meter, WindowSize, parse_meter, parse_number, value_error
 from aggregator.query import shape_rows
 from aggregator.repository import ClickHouseMeterRepository
+from aggregator.roller import ClickHouseRoller
 from aggregator.usage import ceil_to_millisecond
 from common.clickhouse import ClickHouse
 from common.cloudevents import MAX_EVENT_TIME, MIN_EVENT_TIME
@@ -93,8 +94,14 @@ def events(draw: st.DrawFn) -> dict[str, Any]:
     }
 
 
-def answer(ch: ClickHouse, q: sql.Query, *, raw: bool) -> list[tuple[Any, ...]]:
-    text, params = (sql.raw_query if raw else sql.build_query)(ch.database, q)
+def answer(ch: ClickHouse, q: sql.Query, *, raw: bool, tail: bool = True) -> list[tuple[Any, ...]]:
+    """The query's rows from raw events alone, or as the service reads them: rollups for the events stored
+    before the roller's mark plus the raw tail after it (`tail=False`: the rollups alone)."""
+    if raw:
+        text, params = sql.raw_query(ch.database, q)
+    else:
+        mark = ClickHouseRoller(ch).marks().done if tail else None
+        text, params = sql.build_query(ch.database, q, stored_from=mark)
     rows = shape_rows(q, ch.rows(text, parameters=params))
     return [(r.window_start, r.window_end, r.subject, tuple(sorted(r.group_by.items())), r.value) for r in rows]
 
@@ -145,6 +152,7 @@ def make_meters(repo: ClickHouseMeterRepository) -> list[Meter]:
     stream=st.lists(events(), min_size=1, max_size=40),
     batches=st.integers(1, 4),
     retries=st.lists(st.integers(0, 3), max_size=3),
+    rolls=st.lists(st.booleans(), min_size=5, max_size=5),
     windows=st.lists(
         st.tuples(
             instants,
@@ -164,9 +172,10 @@ def test_rollup_answer_equals_raw_answer(
     stream: list[dict[str, Any]],
     batches: int,
     retries: list[int],
+    rolls: list[bool],
     windows: list[Any],
 ) -> None:
-    _, meters = repo_meters
+    repo, meters = repo_meters
     namespace = "ns_" + uuid.uuid4().hex[:10]
     for i, e in enumerate(stream):
         e["id"] = f"e{i}"
@@ -174,9 +183,14 @@ def test_rollup_answer_equals_raw_answer(
     for i, chunk in enumerate(chunks):
         if chunk:
             insert(clickhouse, namespace, chunk, f"{namespace}:{i}")
-    for r in retries:  # a retried insert: same rows, same token -> dropped by the raw table AND the rollups
+        if rolls[i]:  # the roller runs between some inserts: part in the rollups, part in the raw tail
+            repo.roller.roll_once()
+    for r in retries:  # a retried insert: same rows, same token -> dropped by the raw table
         if r < len(chunks) and chunks[r]:
             insert(clickhouse, namespace, chunks[r], f"{namespace}:{r}")
+    rolled_up = rolls[4]
+    if rolled_up:
+        repo.roller.roll_once()  # everything stored is in the rollups: they alone must answer
     for a, b, window, tz, by_group, (from_given, to_given) in windows:
         start, end = min(a, b), max(a, b) + timedelta(milliseconds=1)
         # A bound not given is the whole event range (OpenMeter): whole windows, rows spanning their events.
@@ -198,6 +212,8 @@ def test_rollup_answer_equals_raw_answer(
             )
             got_rows = answer(clickhouse, q, raw=False)
             assert got_rows == answer(clickhouse, q, raw=True), (meter.slug, window, tz)
+            if rolled_up:
+                assert answer(clickhouse, q, raw=False, tail=False) == got_rows, (meter.slug, window, tz)
             if meter is meters[0] and sql.spans_events(q) and not group_by:
                 # Python reference: a row per subject, spanning the minutes of its counted events.
                 assert got_rows == span_reference(meter, stream, q), (from_given, to_given)
@@ -284,6 +300,7 @@ def test_meter_created_after_events_covers_the_past(clickhouse: ClickHouse, repo
     meter = make_meters(repo)[0]
     insert(clickhouse, "ns", evs[5:], "after")
     insert(clickhouse, "ns", evs[5:], "after")  # retried: counted once
+    repo.roller.roll_once()
     q = sql.Query(meter=meter, namespace="ns", start=BASE, end=BASE + timedelta(days=1))
     assert [r[4] for r in answer(clickhouse, q, raw=False)] == [Decimal(45)]
     rows = clickhouse.rows(f"SELECT sumMerge(value) FROM {sql.qualified(clickhouse.database, meter.rollup_table)}")

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import dataclasses
 import itertools
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
@@ -76,7 +77,12 @@ def test_rollup_ddl_keeps_dedupe_window_and_exact_types() -> None:
 
 def test_router_and_backfill_split_on_the_cutover() -> None:
     cut = datetime(2024, 1, 1, 0, 0, 1, 500000, tzinfo=UTC)
-    assert "e.inserted_at >= r.cutover" in routing.router_view_ddl("db")
+    router = routing.router_select("db")
+    assert "e.inserted_at >= r.cutover" in router
+    # The roller reads one range of stored events; nothing on `events` counts at insert.
+    assert "inserted_at >= {lo:DateTime64(3, 'UTC')} AND inserted_at < {hi:DateTime64(3, 'UTC')}" in router
+    assert routing.roll_sql("db").startswith("INSERT INTO `db`.`meter_routed` SELECT")
+    assert not [stmt for stmt in routing.schema_ddl("db") if "MATERIALIZED VIEW" in stmt]
     route = dict(zip(routing.ROUTE_COLUMNS, routing.route_row(M, cut), strict=True))
     assert route["cutover"] == cut
     assert route["rollup_id"] == routing.rollup_id(M, cut) == "abc_1704067201500"
@@ -209,3 +215,24 @@ def test_family_views_are_created_with_their_first_meter_not_with_the_schema() -
     assert [f.table for f in routing.families_of([])] == []
     codes = [routing.AGG_CODE[Aggregation.LATEST], routing.AGG_CODE[Aggregation.AVG], routing.AGG_CODE[Aggregation.SUM]]
     assert [f.table for f in routing.families_of(codes)] == ["meter_rollups", "meter_rollups_latest"]
+
+
+def test_the_raw_tail_covers_the_rollup_spans_for_events_stored_after_the_mark() -> None:
+    mark = datetime(2024, 1, 2, tzinfo=UTC)
+    s, e = T0 + timedelta(minutes=10, seconds=5), T0 + timedelta(days=3, minutes=3, seconds=2)
+    q = sql.Query(meter=M, namespace="ns", start=s, end=e, window=WindowSize.DAY)
+    without, _ = sql.build_query("db", q)
+    text, params = sql.build_query("db", q, stored_from=mark)
+    assert "inserted_at" not in without
+    assert text.count("FROM `db`.`events`") == 2  # the edges, and the tail over the rollup spans
+    assert params["tstored"] == mark
+    spans, _, _ = sql.plan_tiers(q)
+    assert (params["tlo0"], params["thi0"]) == (spans[0][1], spans[-1][2])
+    # Minutes cut by a window boundary are read raw whole: the tail leaves them out.
+    cut = dataclasses.replace(q, window=None, boundaries=(s, T0 + timedelta(hours=5, seconds=30), e))
+    text, params = sql.build_query("db", cut, stored_from=mark)
+    assert params["tskip"] == [T0 + timedelta(hours=5)]
+    assert "toStartOfMinute(time) NOT IN {tskip:Array(DateTime('UTC'))}" in text
+    # Nothing from the rollups (a range inside one minute): no tail either.
+    inner = sql.Query(meter=M, namespace="ns", start=s, end=s + timedelta(seconds=10))
+    assert "inserted_at" not in sql.build_query("db", inner, stored_from=mark)[0]

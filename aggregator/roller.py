@@ -1,0 +1,236 @@
+"""The roller (I/O): counts the stored events into the meters' rollups behind ingest.
+
+An insert into `events` does no meter work at all. The roller rolls up what was stored since its mark, one
+range of `inserted_at` at a time: `INSERT INTO meter_routed SELECT <router> FROM events WHERE inserted_at
+in [done, hi)`, whose family views write the minute and hour states. Readers add the raw events stored at
+or after `done` (`sql.build_query`'s tail), so answers are exact whatever the roller's lag.
+
+One roll, crash-safe and exact:
+
+1. `hi` = the server's now; wait until no INSERT into `events` that began before it is still running
+   (every row stamped `< hi` is stored); shrink `hi` so the range holds at most `max_events` events.
+2. Record the intent `hi` (`meter_rolls`), then insert the range under the dedupe token `roll:<lo>:<hi>`,
+   squashed into one block (so a retry writes the same blocks and the family tables drop what the first
+   attempt already wrote), then record `done = hi`.
+3. A roller that finds `intent > done` (a crash between 2's writes) redoes exactly that range with the same
+   token: nothing is counted twice, nothing is lost.
+
+A reader that read `done` before its query and finds `intent <= done` after it saw no row of a later roll:
+its rollup part holds exactly the events stored before `done` (see `MeterService.run`).
+
+Rolls never run concurrently: a lock in this process and, with several processes on one database, the
+shared lock the state database provides (a PostgreSQL advisory lock).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import NamedTuple
+
+import structlog
+
+from aggregator import routing, sql
+from common.clickhouse import ClickHouse
+from common.clock import utc_from_storage
+from common.events_table import EVENTS_TABLE, INSERTED_AT
+
+log = structlog.get_logger(__name__)
+
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+ROLL_MAX_EVENTS = 500_000
+SETTLE_TIMEOUT_S = 60.0
+LOCK_KEY = "metergate:meter-roller"
+# The `log_comment` of the rollup writes (rolls, backfills): `settle` waits for inserts into events only.
+ROLLUP_WRITE = "metergate-rollup-write"
+# One block per roll: the roll's rows reach each family table as one insert block per partition, the
+# unit ClickHouse's dedupe works on, so a redo with the same token drops exactly what was written.
+_ONE_BLOCK = {
+    "min_insert_block_size_rows": 1_000_000_000,
+    "min_insert_block_size_bytes": 1 << 40,
+    "max_insert_block_size": 1_000_000_000,
+    "min_insert_block_size_rows_for_materialized_views": 1_000_000_000,
+    "min_insert_block_size_bytes_for_materialized_views": 1 << 40,
+    "max_insert_threads": 1,
+    "deduplicate_blocks_in_dependent_materialized_views": 1,
+    "log_comment": ROLLUP_WRITE,
+}
+
+
+class Marks(NamedTuple):
+    intent: datetime
+    done: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class Roll:
+    lo: datetime
+    hi: datetime
+    events: int
+    seconds: float
+    redo: bool
+
+
+def server_now(ch: ClickHouse) -> datetime:
+    return utc_from_storage(ch.rows("SELECT now64(3, 'UTC')")[0][0])
+
+
+def settle(ch: ClickHouse, instant: datetime, timeout_s: float = SETTLE_TIMEOUT_S) -> None:
+    """Wait until `instant` has passed on the server and no INSERT into `events` that began before it (with
+    a second of margin on `elapsed`) still runs: every events row stamped before it is stored. The rollup
+    writes (the roller's, the backfill's) are not waited for."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        now = server_now(ch)
+        busy = 0
+        if now >= instant:
+            busy = int(
+                ch.rows(
+                    "SELECT count() FROM system.processes WHERE query_kind = 'Insert' "
+                    f"AND Settings['log_comment'] != '{ROLLUP_WRITE}' "
+                    "AND now64(3, 'UTC') - toIntervalMillisecond(toUInt64(elapsed * 1000) + 1000) "
+                    "< {c:DateTime64(3, 'UTC')}",
+                    parameters={"c": instant},
+                )[0][0]
+            )
+            if busy == 0:
+                return
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"inserts into events started before {instant.isoformat()} are still running ({busy})")
+        time.sleep(0.05)
+
+
+class ClickHouseRoller:
+    def __init__(self, ch: ClickHouse, *, max_events: int = ROLL_MAX_EVENTS) -> None:
+        self.ch = ch
+        self.db = ch.database
+        self.max_events = max_events
+        self._local = threading.Lock()
+        self._shared: Callable[[str], AbstractContextManager[None]] | None = None
+        self._table = sql.qualified(self.db, routing.ROLLS_TABLE)
+
+    def share_lock(self, hold: Callable[[str], AbstractContextManager[None]]) -> None:
+        """Several processes on one database: rolls also hold this lock (a PostgreSQL advisory lock)."""
+        self._shared = hold
+
+    @contextlib.contextmanager
+    def _exclusive(self) -> Iterator[None]:
+        with self._local:
+            if self._shared is None:
+                yield
+            else:
+                with self._shared(LOCK_KEY):
+                    yield
+
+    # --- marks ---------------------------------------------------------------------------------
+
+    def marks(self) -> Marks:
+        """The greatest intent and done marks; both at 1970 before the first roll (then the rollups hold
+        nothing a reader may use and the whole answer comes from the raw tail)."""
+        found = self.ch.rows(f"SELECT kind, max(mark) FROM {self._table} GROUP BY kind")
+        rows = {str(k): utc_from_storage(m) for k, m in found}
+        done = rows.get("done", EPOCH)
+        return Marks(max(rows.get("intent", done), done), done)
+
+    def _mark(self, kind: str, at: datetime) -> None:
+        self.ch.command(
+            f"INSERT INTO {self._table} (kind, mark) VALUES ({{k:String}}, {{m:DateTime64(3, 'UTC')}})",
+            parameters={"k": kind, "m": at},
+        )
+
+    def initialize(self) -> None:
+        """The first mark (idempotent): the server's now, once the inserts begun before it are stored, or the
+        earliest cutover of a route if one is older (a meter built before the first roll is counted from its
+        cutover on). Events stored before it are counted by the meters' backfills."""
+        with self._exclusive():
+            self._initialize()
+
+    def _initialize(self) -> None:
+        if self.ch.rows(f"SELECT count() FROM {self._table} WHERE kind = 'done'")[0][0]:
+            return
+        now = server_now(self.ch)
+        settle(self.ch, now)
+        routes = self.ch.rows(f"SELECT count(), min(cutover) FROM {sql.qualified(self.db, routing.ROUTES_TABLE)}")
+        first = min(now, utc_from_storage(routes[0][1])) if int(routes[0][0]) else now
+        self._mark("intent", first)
+        self._mark("done", first)
+        log.info("meter_roller_initialized", mark=first.isoformat())
+
+    # --- rolls ---------------------------------------------------------------------------------
+
+    def roll_once(self) -> Roll | None:
+        """One roll (or the redo of an interrupted one); None when there is nothing to roll yet."""
+        with self._exclusive():
+            return self._roll()
+
+    def catch_up(self, until: datetime) -> None:
+        """Roll until every event stored before `until` is rolled up."""
+        while self.marks().done < until:
+            if self.roll_once() is None:
+                time.sleep(0.05)
+
+    def _roll(self) -> Roll | None:
+        started = time.monotonic()
+        self._initialize()
+        intent, done = self.marks()
+        redo = intent > done
+        if redo:
+            hi = intent
+            settle(self.ch, hi)
+        else:
+            hi = server_now(self.ch)
+            if hi <= done:
+                return None
+            settle(self.ch, hi)
+            hi = self._bounded(done, hi)
+            self._mark("intent", hi)
+        events = int(
+            self.ch.rows(
+                f"SELECT count() FROM {sql.qualified(self.db, EVENTS_TABLE)} "
+                f"WHERE {INSERTED_AT} >= {{lo:DateTime64(3, 'UTC')}} AND {INSERTED_AT} < {{hi:DateTime64(3, 'UTC')}}",
+                parameters={"lo": done, "hi": hi},
+            )[0][0]
+        )
+        if events:
+            token = f"roll:{_ms(done)}:{_ms(hi)}"
+            self.ch.command(
+                routing.roll_sql(self.db),
+                parameters={"lo": done, "hi": hi},
+                settings={**_ONE_BLOCK, "insert_deduplication_token": token},
+            )
+        self._mark("done", hi)
+        roll = Roll(done, hi, events, time.monotonic() - started, redo)
+        if redo or events:
+            log.info(
+                "meter_roll",
+                lo=done.isoformat(),
+                hi=hi.isoformat(),
+                events=events,
+                redo=redo,
+                seconds=round(roll.seconds, 3),
+            )
+        return roll
+
+    def _bounded(self, lo: datetime, hi: datetime) -> datetime:
+        """`hi`, or an earlier end so that [lo, end) holds about `max_events` events (whole inserts: rows of
+        one insert share their `inserted_at`; a single insert larger than that is one roll)."""
+        rows = self.ch.rows(
+            f"SELECT {INSERTED_AT} FROM {sql.qualified(self.db, EVENTS_TABLE)} "
+            f"WHERE {INSERTED_AT} >= {{lo:DateTime64(3, 'UTC')}} AND {INSERTED_AT} < {{hi:DateTime64(3, 'UTC')}} "
+            f"ORDER BY {INSERTED_AT} LIMIT 1 OFFSET {{n:UInt64}}",
+            parameters={"lo": lo, "hi": hi, "n": self.max_events},
+        )
+        if not rows:
+            return hi
+        end = utc_from_storage(rows[0][0])
+        return end if end > lo else lo + timedelta(milliseconds=1)
+
+
+def _ms(t: datetime) -> int:
+    return (t - EPOCH) // timedelta(milliseconds=1)
