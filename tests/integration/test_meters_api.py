@@ -284,3 +284,32 @@ async def test_migrate_moves_a_meter_of_the_per_meter_design_to_the_router(env: 
     assert [tuple(r) for r in engines] == [("meter_rollup_old1", "View"), ("meter_rollup_old1_hour", "View")]
     r = await env.client.get("/api/v1/meters/old/query", params={"groupBy": "subject"})
     assert sorted((d["subject"], d["value"]) for d in r.json()["data"]) == [("alice", 12.5), ("bob", 4)]
+
+
+async def test_migrate_moves_a_database_that_counted_at_insert_to_the_roller(env: SimpleNamespace) -> None:
+    """A database of the design that counted at insert (a routing view on events, its routes and rows): the
+    view goes, the meters are rebuilt under the roller, and their answers stay exact."""
+    db = env.ch.database
+    r = await env.client.post("/api/v1/meters", json={**TOKENS, "slug": "moved"})
+    assert r.status_code == 201
+    await env.service.wait_backfills()
+    before = (await env.client.get("/api/v1/meters/moved/query", params={"groupBy": "subject"})).json()["data"]
+    assert before
+    # What that design left: the view on events, and rows its builds counted (here: a stray rollup row).
+    env.ch.command(
+        f"CREATE MATERIALIZED VIEW `{db}`.meter_router TO `{db}`.meter_routed AS SELECT '' AS rollup_id, "
+        f"toUInt8(0) AS agg, namespace, subject, time, source, id, CAST([], 'Array(String)') AS groups, toDecimal128(0, 9) AS v, "
+        f"'' AS text FROM `{db}`.events WHERE 0"
+    )
+    old = env.ch.rows(f"SELECT rollup_id FROM `{db}`.meter_routes WHERE startsWith(rollup_id, {{p:String}})",
+                      parameters={"p": r.json()["id"] + "_"})  # fmt: skip
+    await env.service.start()  # migrate + reconcile
+    tables = {str(t[0]) for t in env.ch.rows("SELECT name FROM system.tables WHERE database = {db:String}",
+                                              parameters={"db": db})}  # fmt: skip
+    assert "meter_router" not in tables
+    new = env.ch.rows(f"SELECT rollup_id FROM `{db}`.meter_routes WHERE startsWith(rollup_id, {{p:String}})",
+                      parameters={"p": r.json()["id"] + "_"})  # fmt: skip
+    assert new
+    assert new != old  # a new build, under the roller
+    after = (await env.client.get("/api/v1/meters/moved/query", params={"groupBy": "subject"})).json()["data"]
+    assert after == before
