@@ -2,8 +2,8 @@
 
 `ClickHouseMeterRepository` stores meter definitions in the `meters` table (ReplacingMergeTree keyed by
 namespace, slug, id; read with FINAL) and owns each meter's rollup lifecycle on the shared router
-(`routing`): add its route, backfill the past under a new rollup id, point its views at it; rebuild behind
-a live build (new group-by keys); remove routes, rows and views. Every step is idempotent and `reconcile`
+(`routing`): add its route (the roller counts from its cutover on), backfill the past under a new rollup
+id, point its views at it; rebuild behind a live build (new group-by keys); remove routes, rows and views. Every step is idempotent and `reconcile`
 finishes whatever a crash interrupted (a meter left in state `creating` is rebuilt from scratch; a meter of
 the per-meter design is moved to the router).
 """
@@ -87,7 +87,7 @@ class ClickHouseMeterRepository:
     @staticmethod
     def schema_sql(database: str) -> list[str]:
         """The meters' schema, in order (idempotent statements): the meters table, the server-side insert
-        time on events (see README: backfill), the shared rollup tables and the one routing view."""
+        time on events and its index (see README: the roller), the shared rollup tables and the roller's marks."""
         return [
             events_table_ddl(database),
             sql.meters_table_ddl(database),

@@ -1,19 +1,21 @@
-"""SQL for the shared rollup (pure): one routing view feeds every meter, so an insert costs the same
-whatever the number of meters (see README "Ingest cost independent of the number of meters").
+"""SQL for the shared rollup (pure): one router feeds every meter, so counting costs the same whatever the
+number of meters, and the roller runs it behind ingest (see README "Ingest cost independent of the number
+of meters" and "The roller").
 
 - `meter_routes` (Join engine, in memory, persisted): one row per live meter build, keyed by
   (namespace, event type) (`''` = a config meter, every namespace), with the meter's aggregation, its
   JSONPaths as segment arrays, its cutover and eventFrom.
-- `meter_router`, the one materialized view on `events`: joins each inserted event to its routes (a hash
-  lookup; an event of a type no meter counts drops out there), extracts the value and group values along
-  the route's paths (the same value rule as `sql.value_exprs`, over the same raw JSON text) and passes
-  one row per (event, meter) to `meter_routed` (a Null table), where
+- `router_select`: the events stored in one `inserted_at` range, each joined to its routes (a hash lookup;
+  an event of a type no meter counts drops out there), the value and group values extracted along the
+  route's paths (the same value rule as `sql.value_exprs`, over the same raw JSON text): one row per
+  (event, meter), inserted by each roll (`roll_sql`) into `meter_routed` (a Null table), where
 - one view per aggregation family (`FAMILIES`, created with the family's first meter) turns its meters'
   rows into minute and hour states in
   `meter_rollups` (COUNT, SUM, AVG), `meter_rollups_minmax`, `meter_rollups_unique`, `meter_rollups_latest`:
   rows keyed by (rollup_id, tier, namespace, subject, time, groups).
-- `meter_rollup_<id>` / `meter_rollup_<id>_hour`: plain views (no insert cost), one pair per meter, with
-  the per-meter columns dashboards and `sql.build_query` read (`minute`|`hour`, `group_<key>`, `value`).
+- `meter_rolls`: the roller's marks (`aggregator.roller`).
+- `meter_rollup_<id>` / `meter_rollup_<id>_hour`: plain views (no cost when rolling), one pair per meter,
+  with the per-meter columns dashboards and `sql.build_query` read (`minute`|`hour`, `group_<key>`, `value`).
 """
 
 from __future__ import annotations
@@ -328,7 +330,7 @@ def family_view_ddl(database: str, fam: Family) -> str:
 def schema_ddl(database: str) -> list[str]:
     """Every statement of the shared rollup, in order (idempotent). A family's view is not among them: it
     is created with the family's first meter (`families_of`, `family_view_ddl`), because a view costs fixed work on
-    every insert even when no row reaches it (README "Ingest cost independent of the number of meters")."""
+    every write even when no row reaches it (README "Ingest cost independent of the number of meters")."""
     return [
         *(rollups_table_ddl(database, f) for f in FAMILIES),
         routes_table_ddl(database),

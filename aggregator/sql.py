@@ -1,4 +1,4 @@
-"""ClickHouse SQL for meters (pure): rollup DDL, the materialized view, the backfill, window queries.
+"""ClickHouse SQL for meters (pure): the value rule, the backfill cut, window queries over rollups and raw events.
 
 Values are Decimal(38, 9) end to end (never Float64): a value is valid when its JSON text (a number,
 or a numeric string) parses exactly into Decimal(38, 9); otherwise the event is skipped for the meter,
@@ -22,8 +22,6 @@ from aggregator.jsonpath import Segment, clickhouse_args
 from aggregator.meter import VALUE_SCALE, Aggregation, Meter, WindowSize
 from common.events_table import EVENTS_TABLE, INSERTED_AT
 
-# Server-side insert time of each events row: the cut between what the view counts and what the
-# backfill counts (see README "Backfill without a gap or a double count").
 ROLLUP_DEDUPLICATION_WINDOW = 10_000
 METERS_TABLE = "meters"
 _NUMBER_RE = r"^[+-]?([0-9]+\.?[0-9]*|\.[0-9]+)([eE][+-]?[0-9]+)?$"
@@ -170,7 +168,7 @@ CREATE TABLE IF NOT EXISTS {qualified(database, METERS_TABLE)}
     id String COMMENT 'meter id; the rollup table is meter_rollup_<id>',
     definition String COMMENT 'the meter as OpenMeter v1 JSON',
     state LowCardinality(String) COMMENT 'creating | backfilling | ready | failed | deleted',
-    cutover DateTime64(3, 'UTC') COMMENT 'events inserted before: backfilled; at or after: the view',
+    cutover DateTime64(3, 'UTC') COMMENT 'events inserted before: backfilled; at or after: the roller',
     created_at DateTime64(3, 'UTC'),
     version UInt64,
     {BACKFILLED_COLUMN}
@@ -206,7 +204,7 @@ def inserted_at_ddl(database: str) -> str:
     return (
         f"ALTER TABLE {qualified(database, EVENTS_TABLE)} ADD COLUMN IF NOT EXISTS {INSERTED_AT} "
         f"DateTime64(3, 'UTC') DEFAULT now64(3) "
-        f"COMMENT 'set by ClickHouse at insert; separates meter backfill from the meter view'"
+        f"COMMENT 'set by ClickHouse at insert; what the meter roller and backfills cut on'"
     )
 
 

@@ -7,8 +7,8 @@ from __future__ import annotations
 
 EVENTS_TABLE = "events"
 
-# Set by ClickHouse when an insert starts (DEFAULT now64(3), added by the aggregator's migration): meters cut
-# their backfill from their live counting on it (a replayed batch gets a new one: aggregator/README.md).
+# Set by ClickHouse when an insert starts (DEFAULT now64(3), added by the aggregator's migration): the meter
+# roller rolls up one range of it at a time, and meters cut their backfill from the roller's count on it.
 INSERTED_AT = "inserted_at"
 
 # Insert dedupe (ClickHouse drops a retried block with the same insert_deduplication_token) only works
