@@ -3,9 +3,9 @@
 `ClickHouseMeterRepository` stores meter definitions in the `meters` table (ReplacingMergeTree keyed by
 namespace, slug, id; read with FINAL) and owns each meter's rollup lifecycle on the shared router
 (`routing`): add its route (the roller counts from its cutover on), backfill the past under a new rollup
-id, point its views at it; rebuild behind a live build (new group-by keys); remove routes, rows and views. Every step is idempotent and `reconcile`
-finishes whatever a crash interrupted (a meter left in state `creating` is rebuilt from scratch; a meter of
-the per-meter design is moved to the router).
+id, point its views at it; rebuild behind a live build (new group-by keys); remove routes, rows and views.
+Every step is idempotent and `reconcile` finishes whatever a crash interrupted (a meter left in state
+`creating` is rebuilt from scratch; a meter of the per-meter design is moved to the router).
 """
 
 from __future__ import annotations

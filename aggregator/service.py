@@ -43,8 +43,10 @@ log = structlog.get_logger(__name__)
 
 STATS_SECONDS = 60.0  # how stale the tier planner's row counts may be (they only steer speed, never answers)
 BACKFILL_RETRY_SECONDS = (1.0, 60.0)  # a failed backfill is retried with backoff between these bounds
-READ_ATTEMPTS = 5  # a read that overlapped a roll is retried; then it is answered from raw events
-READ_RETRY_SECONDS = 0.05
+# A read waits for a roll being written (or reads again after one that overlapped it) this long at most,
+# polling the marks; then it is answered from raw events.
+READ_WAIT_SECONDS = 2.0
+READ_POLL_SECONDS = 0.01
 ROLL_RETRY_SECONDS = (1.0, 30.0)  # a failed roll is retried with backoff between these bounds
 
 
@@ -388,19 +390,22 @@ class MeterService:
             stats = await self._stats(q.meter)
             q = dataclasses.replace(q, hour_tier=sql.hour_tier_pays(stats, len(q.subjects)))
         roller = self.repository.roller
-        for attempt in range(READ_ATTEMPTS):
-            # The rollups hold the events stored before `done`; the tail after it is read raw. A roll that
-            # began during the query (its intent is past `done` afterwards) may have shown some of its rows:
-            # read again (rolls take milliseconds to a second).
+        deadline = time.monotonic() + READ_WAIT_SECONDS
+        while time.monotonic() < deadline:
+            # The rollups hold the events stored before `done`; the tail since is read raw. While a roll is
+            # being written (intent past done) the rollups may show part of it: wait for its done. A roll
+            # that began during the query (intent past `done` afterwards): read again.
             before = await asyncio.to_thread(roller.marks)
+            if before.intent > before.done:
+                await asyncio.sleep(READ_POLL_SECONDS)
+                continue
             text, params = sql.build_query(self.repository.db, q, stored_from=before.done)
             rows = await asyncio.to_thread(self.repository.query_rows, text, params)
             after = await asyncio.to_thread(roller.marks)
             if after.intent <= before.done:
                 return shape_rows(q, rows)
-            await asyncio.sleep(READ_RETRY_SECONDS * (attempt + 1))
-        # Rolls keep overlapping this query (or a roll stopped half-way and waits for its redo): raw events.
-        log.info("meter_read_from_raw", slug=q.meter.slug, attempts=READ_ATTEMPTS)
+        # Rolls kept overlapping the reads (or a roll stopped half-way and waits for its redo): raw events.
+        log.info("meter_read_from_raw", slug=q.meter.slug, waited_s=READ_WAIT_SECONDS)
         return await self._raw(q)
 
     async def _raw(self, q: sql.Query) -> list[Row]:

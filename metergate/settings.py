@@ -32,6 +32,9 @@ class ApiServiceSettings(BaseSettings):
     port: int = Field(default=8888, ge=0, le=65535)
     max_body_bytes: int = Field(default=1024 * 1024, ge=1024, description="request body limit (413 past it)")
     meters_file: Path | None = Field(default=None, description="YAML file of meters loaded at start")
+    meter_roll_seconds: float = Field(
+        default=1.0, gt=0, le=3600, description="how often the meter roller rolls the stored events up"
+    )
     clock_frozen_at: AwareDatetime | None = Field(
         default=None,
         description="test only: freeze the service clock here (one clock for every namespace); "

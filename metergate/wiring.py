@@ -181,6 +181,7 @@ async def _build_meters(services: Services, settings: ApiServiceSettings) -> Met
         config_meters=load_config(settings.meters_file),
         clock=services.clock,
         max_meters=settings.quotas.meters_per_namespace,
+        roll_seconds=settings.meter_roll_seconds,
     )
     await meters.load()
     services.on_close(meters.close)  # backfills running here stop; the next start resumes them

@@ -298,7 +298,8 @@ async def test_migrate_moves_a_database_that_counted_at_insert_to_the_roller(env
     # What that design left: the view on events, and rows its builds counted (here: a stray rollup row).
     env.ch.command(
         f"CREATE MATERIALIZED VIEW `{db}`.meter_router TO `{db}`.meter_routed AS SELECT '' AS rollup_id, "
-        f"toUInt8(0) AS agg, namespace, subject, time, source, id, CAST([], 'Array(String)') AS groups, toDecimal128(0, 9) AS v, "
+        f"toUInt8(0) AS agg, namespace, subject, time, source, id, CAST([], 'Array(String)') AS groups, "
+        f"toDecimal128(0, 9) AS v, "
         f"'' AS text FROM `{db}`.events WHERE 0"
     )
     old = env.ch.rows(f"SELECT rollup_id FROM `{db}`.meter_routes WHERE startsWith(rollup_id, {{p:String}})",
