@@ -83,14 +83,24 @@ def clickhouse_schema_sql(database: str) -> list[str]:
     return out
 
 
-def migrate_meter_rollups(ch: ClickHouse, meters_file: Path | None) -> None:
-    """Hook (aggregator): create, backfill and drop per-meter rollups to match the meters."""
+def migrate_meter_rollups(ch: ClickHouse, meters_file: Path | None, database: DatabaseSettings | None = None) -> None:
+    """Hook (aggregator): create, backfill and drop per-meter rollups to match the meters. A meter's build
+    rolls up to its cutover: with a PostgreSQL state database, under the advisory lock the API processes'
+    rollers hold (never two rolls at once)."""
     from aggregator.config import load_config
     from aggregator.repository import ClickHouseMeterRepository
+    from entitlements.db.session import Database
 
     repository = ClickHouseMeterRepository(ch)
-    repository.migrate()
-    repository.reconcile(load_config(meters_file))
+    shared = Database(database.url) if database is not None and database.url.startswith("postgresql") else None
+    try:
+        if shared is not None:
+            repository.roller.share_lock(shared.hold_sync)
+        repository.migrate()
+        repository.reconcile(load_config(meters_file))
+    finally:
+        if shared is not None:
+            shared.dispose()
     log.info("migrated_meter_rollups", meters_file=str(meters_file) if meters_file else None)
 
 
@@ -116,7 +126,9 @@ async def run_migrations(settings: MigrateSettings, clickhouse: ClickHouse | Non
         await retrying("events tables", lambda: asyncio.to_thread(migrate_events_tables, ch), wait)
         await retrying("Kafka topics", lambda: create_kafka_topics(settings.kafka), wait)
         await retrying(
-            "meter rollups", lambda: asyncio.to_thread(migrate_meter_rollups, ch, settings.meters_file), wait
+            "meter rollups",
+            lambda: asyncio.to_thread(migrate_meter_rollups, ch, settings.meters_file, settings.database),
+            wait,
         )
         await retrying(
             "state database", lambda: asyncio.to_thread(migrate_entitlements_database, settings.database), wait
