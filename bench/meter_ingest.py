@@ -40,7 +40,8 @@ from aggregator.repository import ClickHouseMeterRepository
 from aggregator.roller import server_now
 from common.clickhouse import ClickHouse, connect_clickhouse
 from common.events_table import EVENT_COLUMNS, EVENTS_TABLE
-from common.settings import ClickHouseSettings
+from common.logging import configure_logging
+from common.settings import ClickHouseSettings, LogSettings
 from ingest.sink.processor import PINNED_INSERT_SETTINGS
 
 NAMESPACES = 1000
@@ -102,6 +103,7 @@ def main() -> None:
     parser.add_argument("--batches", type=int, default=30)
     parser.add_argument("--warmup", type=int, default=3)
     args = parser.parse_args()
+    configure_logging(LogSettings(level="WARNING"))  # logs go to stderr; stdout is the JSON only
     counts = [int(x) for x in args.meters.split(",")]
     folder = tempfile.mkdtemp(prefix="metergate-bench-ingest-")
     try:

@@ -33,7 +33,8 @@ from aggregator.repository import ClickHouseMeterRepository
 from aggregator.roller import ClickHouseRoller
 from common.clickhouse import connect_clickhouse
 from common.events_table import EVENT_COLUMNS, EVENTS_TABLE
-from common.settings import ClickHouseSettings
+from common.logging import configure_logging
+from common.settings import ClickHouseSettings, LogSettings
 
 START = datetime(2024, 1, 1, tzinfo=UTC)
 
@@ -99,6 +100,7 @@ def main() -> None:
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--point-queries", type=int, default=300)
     args = ap.parse_args()
+    configure_logging(LogSettings(level="WARNING"))  # logs go to stderr; stdout is the JSON only
     folder = Path(tempfile.mkdtemp(prefix="bench-meter-"))
     try:
         ch = connect_clickhouse(ClickHouseSettings(path=folder, database="bench"))
