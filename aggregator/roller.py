@@ -114,6 +114,7 @@ class ClickHouseRoller:
         self._local = threading.Lock()
         self._shared: Callable[[str], AbstractContextManager[None]] | None = None
         self._table = sql.qualified(self.db, routing.ROLLS_TABLE)
+        self._initialized = False
 
     def share_lock(self, hold: Callable[[str], AbstractContextManager[None]]) -> None:
         """Several processes on one database: rolls also hold this lock (a PostgreSQL advisory lock)."""
@@ -138,6 +139,22 @@ class ClickHouseRoller:
         done = rows.get("done", EPOCH)
         return Marks(max(rows.get("intent", done), done), done)
 
+    def marks_and_tail(self, namespace: str, event_type: str, subjects: tuple[str, ...]) -> tuple[Marks, bool]:
+        """The marks, and whether any event of this namespace and type (and these subjects, if any) was
+        stored since `done`, in one query: a read with no tail skips the raw tail read (~5 ms of fixed work
+        on chdb for its value rule and states, even when the index finds nothing)."""
+        rolls = self._table
+        subject = " AND subject IN {s:Array(String)}" if subjects else ""
+        row = self.ch.rows(
+            f"WITH (SELECT max(mark) FROM {rolls} WHERE kind = 'done') AS d "
+            f"SELECT d, (SELECT max(mark) FROM {rolls} WHERE kind = 'intent'), (SELECT count() FROM (SELECT 1 "
+            f"FROM {sql.qualified(self.db, EVENTS_TABLE)} PREWHERE namespace = {{ns:String}} AND type = {{ty:String}}"
+            f"{subject} AND {INSERTED_AT} >= d LIMIT 1))",
+            parameters={"ns": namespace, "ty": event_type, "s": list(subjects)},
+        )[0]
+        done = utc_from_storage(row[0])
+        return Marks(max(utc_from_storage(row[1]), done), done), bool(row[2])
+
     def _mark(self, kind: str, at: datetime) -> None:
         self.ch.command(
             f"INSERT INTO {self._table} (kind, mark) VALUES ({{k:String}}, {{m:DateTime64(3, 'UTC')}})",
@@ -152,7 +169,10 @@ class ClickHouseRoller:
             self._initialize()
 
     def _initialize(self) -> None:
+        if self._initialized:
+            return
         if self.ch.rows(f"SELECT count() FROM {self._table} WHERE kind = 'done'")[0][0]:
+            self._initialized = True
             return
         now = server_now(self.ch)
         settle(self.ch, now)
@@ -160,6 +180,7 @@ class ClickHouseRoller:
         first = min(now, utc_from_storage(routes[0][1])) if int(routes[0][0]) else now
         self._mark("intent", first)
         self._mark("done", first)
+        self._initialized = True
         log.info("meter_roller_initialized", mark=first.isoformat())
 
     # --- rolls ---------------------------------------------------------------------------------

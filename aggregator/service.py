@@ -395,11 +395,12 @@ class MeterService:
             # The rollups hold the events stored before `done`; the tail since is read raw. While a roll is
             # being written (intent past done) the rollups may show part of it: wait for its done. A roll
             # that began during the query (intent past `done` afterwards): read again.
-            before = await asyncio.to_thread(roller.marks)
+            before, tail = await asyncio.to_thread(roller.marks_and_tail, q.namespace, q.meter.event_type, q.subjects)
             if before.intent > before.done:
                 await asyncio.sleep(READ_POLL_SECONDS)
                 continue
-            text, params = sql.build_query(self.repository.db, q, stored_from=before.done)
+            # No event stored since `done` (for this namespace, type and subjects): the rollups alone answer.
+            text, params = sql.build_query(self.repository.db, q, stored_from=before.done if tail else None)
             rows = await asyncio.to_thread(self.repository.query_rows, text, params)
             after = await asyncio.to_thread(roller.marks)
             if after.intent <= before.done:

@@ -2,8 +2,8 @@
 
 In one run: SUM per subject per hour over the 30 days from the minute rollup vs from raw events (the
 same answer is checked), and one subject's monthly total p50/p99 (minute-aligned and off-minute bounds),
-each read as the service makes it: the roller's marks, rollups plus the raw tail stored since the mark (an
-extra read of `events` through its `inserted_at` index), the marks again.
+each read through `MeterService.run` as the API makes it (the roller's marks and whether anything was stored
+since its mark, one query; the rollups, plus the raw tail when there is one; the marks again).
 Events are generated straight into the events table with INSERT ... SELECT FROM numbers(); the meter is
 created afterwards, so the run also measures what meter creation answers in (`create_meter_answer_s`, the
 part POST /api/v1/meters waits for) and the backfill that runs behind it.
@@ -14,6 +14,7 @@ part POST /api/v1/meters waits for) and the backfill that runs behind it.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import random
 import shutil
@@ -30,7 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from aggregator import routing, sql
 from aggregator.meter import WindowSize, parse_meter
 from aggregator.repository import ClickHouseMeterRepository
-from aggregator.roller import ClickHouseRoller
+from aggregator.service import MeterService
 from common.clickhouse import connect_clickhouse
 from common.events_table import EVENT_COLUMNS, EVENTS_TABLE
 from common.logging import configure_logging
@@ -77,14 +78,16 @@ def timed(ch: Any, text: str, params: dict[str, Any], runs: int) -> tuple[list[f
     return times, rows
 
 
-def read_ms(ch: Any, roller: ClickHouseRoller, q: sql.Query) -> float:
-    """One read as the service makes it: the roller's marks, the query (rollups + the raw tail stored since
-    the mark), the marks again (a roll that overlapped would make it read again); ms."""
-    t = time.perf_counter()
-    text, params = sql.build_query(ch.database, q, stored_from=roller.marks().done)
-    ch.rows(text, parameters=params)
-    roller.marks()
-    return (time.perf_counter() - t) * 1000
+async def point_reads(service: MeterService, queries: list[sql.Query]) -> list[float]:
+    """Each query as the API reads it (`MeterService.run`: the roller's marks and whether anything was stored
+    since, the rollups plus the raw tail when there is one, the marks again), ms each."""
+    await service._refresh()
+    out = []
+    for q in queries:
+        t = time.perf_counter()
+        await service.run(q)
+        out.append((time.perf_counter() - t) * 1000)
+    return out
 
 
 def pct(values: list[float], p: float) -> float:
@@ -155,23 +158,28 @@ def main() -> None:
         # The service's planner: the hour table only when it saves enough rows for one subject.
         hour_tier = sql.hour_tier_pays(repo.tier_stats(meter), 1)
         rng = random.Random(7)
-        aligned, unaligned = [], []
+        aligned_q, unaligned_q = [], []
         for _ in range(args.point_queries):
             subject = f"subject-{rng.randrange(args.subjects)}"
-            q = sql.Query(
-                meter=meter, namespace="bench", start=START, end=end, subjects=(subject,), hour_tier=hour_tier
+            aligned_q.append(
+                sql.Query(
+                    meter=meter, namespace="bench", start=START, end=end, subjects=(subject,), hour_tier=hour_tier
+                )
             )
-            aligned.append(read_ms(ch, repo.roller, q))
             off = timedelta(milliseconds=rng.randrange(1, 59_999))
-            q = sql.Query(
-                meter=meter,
-                namespace="bench",
-                start=START + off,
-                end=end - off,
-                subjects=(subject,),
-                hour_tier=hour_tier,
+            unaligned_q.append(
+                sql.Query(
+                    meter=meter,
+                    namespace="bench",
+                    start=START + off,
+                    end=end - off,
+                    subjects=(subject,),
+                    hour_tier=hour_tier,
+                )
             )
-            unaligned.append(read_ms(ch, repo.roller, q))
+        service = MeterService(repo, cache_seconds=3600)
+        aligned = asyncio.run(point_reads(service, aligned_q))
+        unaligned = asyncio.run(point_reads(service, unaligned_q))
 
         rollup_med, raw_med = statistics.median(rollup_ms), statistics.median(raw_ms)
         rollup_eng, raw_eng = statistics.median(rollup_engine_ms), statistics.median(raw_engine_ms)
