@@ -395,11 +395,15 @@ class MeterService:
             # The rollups hold the events stored before `done`; the tail since is read raw. While a roll is
             # being written (intent past done) the rollups may show part of it: wait for its done. A roll
             # that began during the query (intent past `done` afterwards): read again.
-            before, tail = await asyncio.to_thread(roller.marks_and_tail, q.namespace, q.meter.event_type, q.subjects)
+            before = await asyncio.to_thread(roller.marks)
             if before.intent > before.done:
                 await asyncio.sleep(READ_POLL_SECONDS)
                 continue
-            # No event stored since `done` (for this namespace, type and subjects): the rollups alone answer.
+            # No event stored since `done` (for this namespace, type and subjects): the rollups alone answer
+            # (an event stored after this check is after the read, as for any snapshot).
+            tail = await asyncio.to_thread(
+                roller.stored_since, before.done, q.namespace, q.meter.event_type, q.subjects
+            )
             text, params = sql.build_query(self.repository.db, q, stored_from=before.done if tail else None)
             rows = await asyncio.to_thread(self.repository.query_rows, text, params)
             after = await asyncio.to_thread(roller.marks)
