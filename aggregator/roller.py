@@ -217,18 +217,19 @@ class ClickHouseRoller:
 
     # --- rolls ---------------------------------------------------------------------------------
 
-    def roll_once(self) -> Roll | None:
-        """One roll (or the redo of an interrupted one); None when there is nothing to roll yet."""
+    def roll_once(self, *, force: bool = False) -> Roll | None:
+        """One roll (or the redo of an interrupted one); None when nothing was stored since the mark (an
+        idle roll costs one key read and writes nothing) unless `force`, which moves `done` to now anyway."""
         with self._exclusive():
-            return self._roll()
+            return self._roll(force)
 
     def catch_up(self, until: datetime) -> None:
         """Roll until every event stored before `until` is rolled up."""
         while self.marks().done < until:
-            if self.roll_once() is None:
+            if self.roll_once(force=True) is None:
                 time.sleep(0.05)
 
-    def _roll(self) -> Roll | None:
+    def _roll(self, force: bool) -> Roll | None:
         started = time.monotonic()
         self._initialize()
         intent, done = self.marks()
@@ -237,12 +238,13 @@ class ClickHouseRoller:
             hi = intent
             settle(self.ch, hi)
         else:
+            if not force and not self._stored_since(done):
+                return None  # idle: nothing to count, no mark to move (readers find no roll in progress)
             hi = server_now(self.ch)
             if hi <= done:
                 return None
             settle(self.ch, hi)
             hi = self._bounded(done, hi)
-            self._mark("intent", hi)
         events = int(
             self.ch.rows(
                 f"SELECT count() FROM {sql.qualified(self.db, EVENTS_TABLE)} "
@@ -251,6 +253,8 @@ class ClickHouseRoller:
             )[0][0]
         )
         if events:
+            if not redo:
+                self._mark("intent", hi)  # before any row of the range can reach a rollup table
             token = f"roll:{_ms(done)}:{_ms(hi)}"
             self.ch.command(
                 routing.roll_sql(self.db),
@@ -269,6 +273,14 @@ class ClickHouseRoller:
                 seconds=round(roll.seconds, 3),
             )
         return roll
+
+    def _stored_since(self, mark: datetime) -> bool:
+        rows = self.ch.rows(
+            f"SELECT 1 FROM {sql.qualified(self.db, EVENTS_TABLE)} "
+            f"PREWHERE {INSERTED_AT} >= {{m:DateTime64(3, 'UTC')}} LIMIT 1",
+            parameters={"m": mark},
+        )
+        return bool(rows)
 
     def _bounded(self, lo: datetime, hi: datetime) -> datetime:
         """`hi`, or an earlier end so that [lo, end) holds about `max_events` events (whole inserts: rows of
