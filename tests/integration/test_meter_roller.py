@@ -46,6 +46,17 @@ def batch(b: int, size: int = 50) -> list[dict[str, Any]]:
     ]  # fmt: skip
 
 
+def meter_with_batches(
+    clickhouse: ClickHouse, repo: ClickHouseMeterRepository, batches: int, prefix: str, size: int = 50
+) -> Meter:
+    """A SUM meter, then `batches` inserts of `size` events stored after it (not rolled up yet)."""
+    m = sum_meter()
+    repo.create(m)
+    for b in range(batches):
+        insert(clickhouse, "ns", batch(b, size), f"{prefix}-{b}")
+    return m
+
+
 def query(m: Meter) -> sql.Query:
     return sql.Query(
         meter=m,
@@ -90,10 +101,7 @@ def repo(clickhouse: ClickHouse) -> ClickHouseMeterRepository:
 def test_a_roll_interrupted_after_its_insert_is_redone_and_counted_once(
     clickhouse: ClickHouse, repo: ClickHouseMeterRepository
 ) -> None:
-    m = sum_meter()
-    repo.create(m)
-    for b in range(3):
-        insert(clickhouse, "ns", batch(b), f"redo-{b}")
+    m = meter_with_batches(clickhouse, repo, 3, "redo")
     crashing = CrashBeforeDone(clickhouse)
     with pytest.raises(Crash):
         crashing.roll_once()  # the rollup insert is written; `done` is not
@@ -113,10 +121,7 @@ def test_a_roll_interrupted_after_its_insert_is_redone_and_counted_once(
 def test_a_backlog_rolls_in_bounded_ranges_of_whole_inserts(
     clickhouse: ClickHouse, repo: ClickHouseMeterRepository
 ) -> None:
-    m = sum_meter()
-    repo.create(m)
-    for b in range(8):
-        insert(clickhouse, "ns", batch(b), f"backlog-{b}")
+    m = meter_with_batches(clickhouse, repo, 8, "backlog")
     repo.roller.max_events = 120  # at most ~two inserts of 50 per roll
     done: list[int] = []
     while (roll := repo.roller.roll_once()) is not None and roll.events:
@@ -131,10 +136,7 @@ def test_a_backlog_rolls_in_bounded_ranges_of_whole_inserts(
 async def test_reads_while_rolls_run_are_exact(clickhouse: ClickHouse, repo: ClickHouseMeterRepository) -> None:
     """Everything is stored before the reads start; a thread then rolls it up in many small rolls while the
     service reads: every answer equals the raw one (rollups before the mark + raw tail, never both)."""
-    m = sum_meter()
-    repo.create(m)
-    for b in range(12):
-        insert(clickhouse, "ns", batch(b, 40), f"reads-{b}")
+    m = meter_with_batches(clickhouse, repo, 12, "reads", size=40)
     q = query(m)
     expected = rows(clickhouse, q, raw=True)
     service = MeterService(repo, cache_seconds=0)
