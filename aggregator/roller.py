@@ -45,6 +45,7 @@ log = structlog.get_logger(__name__)
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 ROLL_MAX_EVENTS = 500_000
+LOG_ROLL_EVENTS = 10_000
 SETTLE_TIMEOUT_S = 60.0
 LOCK_KEY = "metergate:meter-roller"
 # The `log_comment` of the rollup writes (rolls, backfills): `settle` waits for inserts into events only.
@@ -263,8 +264,8 @@ class ClickHouseRoller:
             )
         self._mark("done", hi)
         roll = Roll(done, hi, events, time.monotonic() - started, redo)
-        if redo or events:
-            log.info(
+        if redo or events >= LOG_ROLL_EVENTS or roll.seconds >= 1:
+            log.info(  # a redo, a large or a slow roll; the usual once-a-second roll would flood the log
                 "meter_roll",
                 lo=done.isoformat(),
                 hi=hi.isoformat(),
