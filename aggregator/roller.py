@@ -7,11 +7,12 @@ or after `done` (`sql.build_query`'s tail), so answers are exact whatever the ro
 
 One roll, crash-safe and exact:
 
-1. `hi` = the server's now; wait until no INSERT into `events` that began before it is still running
-   (every row stamped `< hi` is stored); shrink `hi` so the range holds at most `max_events` events.
+1. Nothing stored since `done`: nothing to do (one key read; no mark moves). Else `hi` = the server's now;
+   wait until no INSERT into `events` that began before it is still running (every row stamped `< hi` is
+   stored); shrink `hi` so the range holds at most `max_events` events.
 2. Record the intent `hi` (`meter_rolls`), then insert the range under the dedupe token `roll:<lo>:<hi>`,
    squashed into one block (so a retry writes the same blocks and the family tables drop what the first
-   attempt already wrote), then record `done = hi`.
+   attempt already wrote), then record `done = hi` (a range with no events records `done` only).
 3. A roller that finds `intent > done` (a crash between 2's writes) redoes exactly that range with the same
    token: nothing is counted twice, nothing is lost.
 
