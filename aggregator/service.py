@@ -130,6 +130,7 @@ class MeterService:
         self.max_meters = max_meters
         self.roll_seconds = roll_seconds
         self._roller: asyncio.Task[None] | None = None
+        self._stop_rolling = asyncio.Event()
         self._lock = asyncio.Lock()
         self._meters: list[Meter] = []
         self._status: dict[str, MeterStatus] = {}
@@ -182,21 +183,21 @@ class MeterService:
     async def _roll_loop(self) -> None:
         """Roll up the events stored since the roller's mark, every `roll_seconds` (at once again while a
         backlog is being caught up in bounded rolls); failures are retried with backoff, nothing is lost:
-        the next roll starts from the mark."""
+        the next roll starts from the mark. `close` lets the roll in flight finish (its worker thread holds
+        connections and, across replicas, the shared lock)."""
         delay = ROLL_RETRY_SECONDS[0]
         roller = self.repository.roller
-        while True:
+        while not self._stop_rolling.is_set():
             try:
                 roll = await asyncio.to_thread(roller.roll_once)
                 delay = ROLL_RETRY_SECONDS[0]
                 behind = roll is not None and roll.events >= roller.max_events
-                await asyncio.sleep(0 if behind else self.roll_seconds)
-            except asyncio.CancelledError:
-                raise
+                pause = 0 if behind else self.roll_seconds
             except Exception as exc:  # noqa: BLE001 - any failure: the next roll redoes it from the marks
                 log.warning("meter_roll_failed", error=str(exc)[:300], retry_s=delay)
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, ROLL_RETRY_SECONDS[1])
+                pause, delay = delay, min(delay * 2, ROLL_RETRY_SECONDS[1])
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stop_rolling.wait(), timeout=pause)
 
     async def start(self) -> None:
         """Migrate and reconcile (idempotent), then `load`: for tests and single-process use."""
@@ -209,11 +210,17 @@ class MeterService:
         """Stop the backfills running here; each resumes from its last complete month at the next start."""
         self._closed = True
         tasks = list(self._backfills.values())
-        if self._roller is not None:
-            tasks.append(self._roller)
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+        await self.stop_rolling()
+
+    async def stop_rolling(self) -> None:
+        """No new roll starts; the one in flight (a worker thread holding connections and, across replicas,
+        the shared lock) finishes. Idempotent."""
+        if self._roller is not None:
+            self._stop_rolling.set()
+            await asyncio.gather(self._roller, return_exceptions=True)
 
     async def _refresh(self) -> None:
         rows = await asyncio.to_thread(self.repository.statuses)

@@ -234,6 +234,7 @@ async def _build_entitlements(services: Services, settings: ApiServiceSettings, 
     meters.start_rolling()  # only now: every roll holds the shared lock (one replica rolls at a time)
     services.entitlements = entitlements
     services.on_close(lambda: asyncio.to_thread(entitlements.close))
+    services.on_close(meters.stop_rolling)  # closers run last-registered first: rolls stop before the database
 
 
 async def _build_notifications(services: Services, settings: ApiServiceSettings) -> None:
