@@ -266,10 +266,10 @@ class ClickHouseMeterRepository:
         if not replace:
             self._drop_rollups(meter)
         self._family_views_for([routing.AGG_CODE[meter.aggregation]])
-        cutover = self._server_now() + CUTOVER_MARGIN
+        cutover = server_now(self.ch) + CUTOVER_MARGIN
         rid = routing.rollup_id(meter, cutover)
         self._insert_routes([routing.route_row(meter, cutover)])
-        if self._server_now() >= cutover:
+        if server_now(self.ch) >= cutover:
             # The route may have been added after the cutover: rows in between would be missed.
             log.warning("meter_cutover_missed_retrying", slug=meter.slug)
             self.ch.command(routing.delete_routes_sql(self.db, meter, only=rid), settings={"mutations_sync": 2})
@@ -287,7 +287,7 @@ class ClickHouseMeterRepository:
         and forget earlier builds. `resume_from`: a backfill interrupted after that month (YYYYMM, 0 for
         none) continues with the next one, its unfinished month's rows forgotten first."""
         rid = routing.rollup_id(meter, cutover)
-        self._settle(cutover)
+        settle(self.ch, cutover)
         started = time.monotonic()
         if resume_from is not None:
             self.ch.command(
@@ -319,9 +319,9 @@ class ClickHouseMeterRepository:
         self._write_many(meters, CREATING, NO_CUTOVER)
         self._family_views_for(routing.AGG_CODE[m.aggregation] for m in meters)
         # Adding the routes takes longer with their number: the cutover leaves room for it.
-        cutover = self._server_now() + CUTOVER_MARGIN + timedelta(milliseconds=len(meters) // 5)
+        cutover = server_now(self.ch) + CUTOVER_MARGIN + timedelta(milliseconds=len(meters) // 5)
         self._insert_routes([routing.route_row(m, cutover) for m in meters])
-        if self._server_now() >= cutover:
+        if server_now(self.ch) >= cutover:
             log.warning("meter_cutover_missed_retrying", meters=len(meters))
             routes = sql.qualified(self.db, routing.ROUTES_TABLE)
             self.ch.command(
@@ -332,7 +332,7 @@ class ClickHouseMeterRepository:
             self.create_many(meters)
             return
         self._write_many(meters, CREATING, cutover)
-        self._settle(cutover)
+        settle(self.ch, cutover)
         for meter in meters:
             self._backfill(meter, cutover, record=False)
         self.roller.catch_up(cutover)
@@ -575,13 +575,3 @@ class ClickHouseMeterRepository:
 
     def query_rows(self, text: str, params: dict[str, Any]) -> list[tuple[Any, ...]]:
         return [tuple(r) for r in self.ch.rows(text, parameters=params)]
-
-    # --- the cutover ---------------------------------------------------------------------------
-
-    def _server_now(self) -> datetime:
-        return server_now(self.ch)
-
-    def _settle(self, cutover: datetime) -> None:
-        """Wait until the cutover has passed on the server and no INSERT into events that began before it
-        still runs."""
-        settle(self.ch, cutover)

@@ -115,6 +115,7 @@ class _Process:
 
     lock: threading.Lock = field(default_factory=threading.Lock)
     marks: Marks | None = None
+    initialized: bool = False  # the first marks exist (checked once per process, not once per roller)
     client: object = None  # the engine this entry belongs to (ids of collected objects are reused)
 
 
@@ -139,7 +140,6 @@ class ClickHouseRoller:
         self._process = _process_state(ch)
         self._shared: Callable[[str], AbstractContextManager[None]] | None = None
         self._table = sql.qualified(self.db, routing.ROLLS_TABLE)
-        self._initialized = False
 
     def share_lock(self, hold: Callable[[str], AbstractContextManager[None]]) -> None:
         """Several processes on one database: rolls also hold this lock (a PostgreSQL advisory lock)."""
@@ -171,15 +171,27 @@ class ClickHouseRoller:
             self._process.marks = marks
         return marks
 
-    def stored_since(self, mark: datetime, namespace: str, event_type: str, subjects: tuple[str, ...]) -> bool:
-        """Whether any event of this namespace and type (and these subjects, if any) was stored at or after
-        `mark`: a read with no tail skips the raw tail read (~5 ms of fixed work on chdb for its value rule
-        and states, even when the `inserted_at` index finds nothing; this check costs ~3 ms)."""
-        subject = " AND subject IN {s:Array(String)}" if subjects else ""
+    def stored_since(
+        self,
+        mark: datetime,
+        namespace: str | None = None,
+        event_type: str | None = None,
+        subjects: tuple[str, ...] = (),
+    ) -> bool:
+        """Whether any event (of this namespace and type, and these subjects, if given) was stored at or after
+        `mark`. A read with no tail skips the raw tail read (~5 ms of fixed work on chdb for its value rule
+        and states, even when the `inserted_at` index finds nothing; this check costs ~3 ms); an idle roll
+        stops here."""
+        scope = [f"{INSERTED_AT} >= {{m:DateTime64(3, 'UTC')}}"]
+        if namespace is not None:
+            scope.append("namespace = {ns:String}")
+        if event_type is not None:
+            scope.append("type = {ty:String}")
+        if subjects:
+            scope.append("subject IN {s:Array(String)}")
         rows = self.ch.rows(
-            f"SELECT 1 FROM {sql.qualified(self.db, EVENTS_TABLE)} PREWHERE namespace = {{ns:String}} "
-            f"AND type = {{ty:String}}{subject} AND {INSERTED_AT} >= {{m:DateTime64(3, 'UTC')}} LIMIT 1",
-            parameters={"ns": namespace, "ty": event_type, "s": list(subjects), "m": mark},
+            f"SELECT 1 FROM {sql.qualified(self.db, EVENTS_TABLE)} PREWHERE {' AND '.join(scope)} LIMIT 1",
+            parameters={"m": mark, "ns": namespace, "ty": event_type, "s": list(subjects)},
         )
         return bool(rows)
 
@@ -203,10 +215,10 @@ class ClickHouseRoller:
             self._initialize()
 
     def _initialize(self) -> None:
-        if self._initialized:
+        if self._process.initialized:
             return
         if self.ch.rows(f"SELECT count() FROM {self._table} WHERE kind = 'done'")[0][0]:
-            self._initialized = True
+            self._process.initialized = True
             return
         now = server_now(self.ch)
         settle(self.ch, now)
@@ -214,7 +226,7 @@ class ClickHouseRoller:
         first = min(now, utc_from_storage(routes[0][1])) if int(routes[0][0]) else now
         self._mark("intent", first)
         self._mark("done", first)
-        self._initialized = True
+        self._process.initialized = True
         log.info("meter_roller_initialized", mark=first.isoformat())
 
     # --- rolls ---------------------------------------------------------------------------------
@@ -240,7 +252,7 @@ class ClickHouseRoller:
             hi = intent
             settle(self.ch, hi)
         else:
-            if not force and not self._stored_since(done):
+            if not force and not self.stored_since(done):
                 return None  # idle: nothing to count, no mark to move (readers find no roll in progress)
             hi = server_now(self.ch)
             if hi <= done:
@@ -275,14 +287,6 @@ class ClickHouseRoller:
                 seconds=round(roll.seconds, 3),
             )
         return roll
-
-    def _stored_since(self, mark: datetime) -> bool:
-        rows = self.ch.rows(
-            f"SELECT 1 FROM {sql.qualified(self.db, EVENTS_TABLE)} "
-            f"PREWHERE {INSERTED_AT} >= {{m:DateTime64(3, 'UTC')}} LIMIT 1",
-            parameters={"m": mark},
-        )
-        return bool(rows)
 
     def _bounded(self, lo: datetime, hi: datetime) -> datetime:
         """`hi`, or an earlier end so that [lo, end) holds about `max_events` events (whole inserts: rows of
