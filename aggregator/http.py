@@ -35,7 +35,7 @@ def json_response(value: Any, status_code: int = 200) -> Response:
     return http.json_response(value, status_code)
 
 
-def meter_service(request: Request) -> MeterService:
+async def meter_service(request: Request) -> MeterService:
     """The app's MeterService (`app.state.services.meters`, see metergate/wiring.py)."""
     service = getattr(request.app.state.services, "meters", None)
     if not isinstance(service, MeterService):

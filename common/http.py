@@ -63,7 +63,7 @@ def problem_for(error: MetergateError) -> Response:
     return problem(status, error.title, error.message, **extra)
 
 
-def current_namespace(request: Request) -> str:
+async def current_namespace(request: Request) -> str:
     namespace = getattr(request.state, "namespace", None)
     if not isinstance(namespace, str):
         raise Unauthenticated("no namespace resolved for this request: send Authorization: Bearer <api key>")

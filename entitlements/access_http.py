@@ -29,8 +29,8 @@ MAX_FEATURES = 100
 router = APIRouter(tags=["entitlements"])
 
 
-def access_service(request: Request) -> AccessService:
-    ents: Entitlements = services(request)
+async def access_service(request: Request) -> AccessService:
+    ents: Entitlements = await services(request)
     return ents.access
 
 

@@ -49,8 +49,9 @@ ENT = "/api/v1/subjects/{subjectIdOrKey}/entitlements"
 MAX_LIMIT = 1000
 
 
-def services(request: Request) -> Entitlements:
-    """The app's entitlement services (the dependency behind `Ents`)."""
+async def services(request: Request) -> Entitlements:
+    """The app's entitlement services (the dependency behind `Ents`). Every dependency of the routes is a
+    coroutine: FastAPI runs a plain function in its thread pool, a thread hop on every request."""
     found = getattr(getattr(request.app.state, "services", None), "entitlements", None)
     if not isinstance(found, Entitlements):
         raise Unavailable("the entitlement service is not configured in this process")

@@ -55,7 +55,7 @@ class IngestServices(Protocol):
     def event_validation(self) -> EventValidationHook | None: ...
 
 
-def ingest_services(request: Request) -> IngestServices:
+async def ingest_services(request: Request) -> IngestServices:
     """The app's services (`app.state.services`, built by the composition root)."""
     services: IngestServices = request.app.state.services
     return services

@@ -144,12 +144,19 @@ class _Spans:
     spans: list[tuple[datetime, datetime]] = field(default_factory=list)
 
     def add(self, lo: datetime, hi: datetime) -> None:
-        self.spans.append((lo, hi))
-        if len(self.spans) > MAX_SPANS_PER_KEY:
-            # Merging two spans covers more instants than they did: conservative, never wrong.
-            self.spans.sort()
-            (a, b), (c, d) = self.spans[0], self.spans[1]
-            self.spans[0:2] = [(min(a, c), max(b, d))]
+        spans = self.spans
+        if spans:
+            last_lo, last_hi = spans[-1]
+            if last_lo <= lo and hi <= last_hi:
+                return  # covered already (a stream often repeats its latest span)
+        spans.append((lo, hi))
+        if len(spans) > MAX_SPANS_PER_KEY:
+            # Merging the earliest spans into one covers more instants than they did: conservative, never
+            # wrong. Down to half the bound at once, so the sort is paid once per that many spans, not per span.
+            spans.sort()
+            merged = len(spans) - MAX_SPANS_PER_KEY // 2 + 1
+            head = spans[:merged]
+            spans[:merged] = [(head[0][0], max(h for _, h in head))]
 
     def next_after(self, at: datetime) -> datetime | None:
         """The first instant > at (or `at` itself) that may hold a stored event not counted at `at`."""
@@ -280,16 +287,20 @@ class BalanceCache:
 
     def on_ingest(self, notes: Sequence[IngestNotification]) -> None:
         """Follow the ingest notification stream (common.ingest_notifications), from one or more publishers."""
+        observe, future, usage = self._streams.observe, self._future, self._usage
+        mark = self._mark()  # moves only with reads, which cannot run during this call
         for note in notes:
-            if self._streams.observe(note.stream, note.sequence) is Seen.GAP:
+            if observe(note.stream, note.sequence) is Seen.GAP:
                 # A new publisher (a restart) or a skipped sequence: some notification may have been missed.
                 self.stats.gaps += 1
                 self.clear()
-            mark = self._mark()
             if mark is None or note.latest_event_time >= mark:
-                spans = self._future.setdefault((note.namespace, note.subject, note.event_type), _Spans())
+                key = (note.namespace, note.subject, note.event_type)
+                spans = future.get(key)
+                if spans is None:
+                    spans = future[key] = _Spans()
                 spans.add(note.earliest_event_time, note.latest_event_time)
-            self._usage(note)
+            usage(note)
 
     def on_changes(self, stream: str, sequence: int, changes: Sequence[tuple[str, str]]) -> None:
         """State changes another API process committed (its writes invalidate its own cache directly)."""
@@ -346,17 +357,27 @@ class BalanceCache:
         """New usage of `note.event_type` for the subject: refresh what the open window covers, drop the rest."""
         self._generation += 1
         mark_key = (note.namespace, note.subject, note.event_type)
-        marks = self._marks.setdefault(mark_key, [])
-        marks.append((self._generation, note.earliest_event_time))
-        if len(marks) > MAX_MARKS_PER_KEY:
-            # Merging two marks keeps the newer generation and the earlier time: it refuses more, never less.
-            (g1, e1), (g2, e2) = marks[0], marks[1]
-            marks[0:2] = [(max(g1, g2), min(e1, e2))]
-        self._marks.move_to_end(mark_key)
-        while len(self._marks) > MAX_GENERATIONS:
-            _, pushed = self._marks.popitem(last=False)
-            self._floor = max(self._floor, *(g for g, _ in pushed))
-        for key in list(self._by_subject.get((note.namespace, note.subject), ())):
+        all_marks = self._marks
+        marks = all_marks.get(mark_key)
+        if marks is None:
+            all_marks[mark_key] = [(self._generation, note.earliest_event_time)]
+            while len(all_marks) > MAX_GENERATIONS:
+                _, pushed = all_marks.popitem(last=False)
+                self._floor = max(self._floor, *(g for g, _ in pushed))
+        else:
+            marks.append((self._generation, note.earliest_event_time))
+            if len(marks) > MAX_MARKS_PER_KEY:
+                # Merging the oldest marks into one keeps the newest generation of them (marks are in generation
+                # order) and their earliest time: it refuses more, never less. Down to half the bound at once.
+                merged = len(marks) - MAX_MARKS_PER_KEY // 2 + 1
+                head = marks[:merged]
+                marks[:merged] = [(head[-1][0], min(e for _, e in head))]
+            all_marks.move_to_end(mark_key)
+        self.stats.invalidations += 1
+        cached = self._by_subject.get((note.namespace, note.subject))
+        if not cached:
+            return
+        for key in list(cached):
             entry = self._entries.get(key)
             if entry is None or entry.event_type != note.event_type:
                 continue
@@ -365,7 +386,6 @@ class BalanceCache:
                     self._entries[key] = replace(entry, stale=True)
             else:
                 self._drop(key)
-        self.stats.invalidations += 1
 
     def _drop(self, key: tuple[str, str]) -> None:
         entry = self._entries.pop(key, None)

@@ -36,7 +36,7 @@ class Notifications:
     dispatcher: Dispatcher
 
 
-def notifications_of(request: Request) -> Notifications:
+async def notifications_of(request: Request) -> Notifications:
     found = getattr(getattr(request.app.state, "services", None), "notifications", None)
     if not isinstance(found, Notifications):
         raise Unavailable("notifications are not configured in this process")
