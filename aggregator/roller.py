@@ -7,7 +7,8 @@ or after `done` (`sql.build_query`'s tail), so answers are exact whatever the ro
 
 One roll, crash-safe and exact:
 
-1. Nothing stored since `done`: nothing to do (one key read; no mark moves). Else `hi` = the server's now;
+1. Nothing stored since `done`: nothing to do (one key read; no mark moves). Else `hi` = the server's now
+   (with no meter at all, `done` moves to `hi` and that is the roll: nothing in the range counts for a meter);
    wait until no INSERT into `events` that began before it is still running (every row stamped `< hi` is
    stored); shrink `hi` so the range holds at most `max_events` events.
 2. Record the intent `hi` (`meter_rolls`), then insert the range under the dedupe token `roll:<lo>:<hi>`,
@@ -171,6 +172,11 @@ class ClickHouseRoller:
             self._process.marks = marks
         return marks
 
+    def known_marks(self) -> Marks | None:
+        """The marks when this process keeps them (the embedded engine, after the first read): no I/O, so a
+        reader on the event loop takes them without a thread hop."""
+        return self._process.marks
+
     def stored_since(
         self,
         mark: datetime,
@@ -257,6 +263,12 @@ class ClickHouseRoller:
             hi = server_now(self.ch)
             if hi <= done:
                 return None
+            if not self._routed():
+                # No meter anywhere: nothing stored before `hi` counts for a meter. A route added after this
+                # read has its cutover after the moment it became visible (the repository checks that when
+                # it adds one), so after `hi`: that meter's backfill counts the range. Skip reading it.
+                self._mark("done", hi)
+                return Roll(done, hi, 0, time.monotonic() - started, False)
             settle(self.ch, hi)
             hi = self._bounded(done, hi)
         events = int(
@@ -287,6 +299,11 @@ class ClickHouseRoller:
                 seconds=round(roll.seconds, 3),
             )
         return roll
+
+    def _routed(self) -> bool:
+        """Whether any meter is routed (the routes table is small: one row per meter)."""
+        found = self.ch.rows(f"SELECT count() FROM {sql.qualified(self.db, routing.ROUTES_TABLE)}")
+        return bool(int(found[0][0]))
 
     def _bounded(self, lo: datetime, hi: datetime) -> datetime:
         """`hi`, or an earlier end so that [lo, end) holds about `max_events` events (whole inserts: rows of

@@ -118,6 +118,28 @@ def test_a_roll_interrupted_after_its_insert_is_redone_and_counted_once(
     assert sum(r[3] for r in rows(clickhouse, q, raw=False)) == sum(e["data"]["n"] for b in range(3) for e in batch(b))
 
 
+def test_with_no_meter_a_roll_moves_the_mark_without_reading_events(
+    clickhouse: ClickHouse, repo: ClickHouseMeterRepository
+) -> None:
+    for b in range(3):
+        insert(clickhouse, "ns", batch(b), f"nometer-{b}")
+    before = repo.roller.marks().done
+    roll = repo.roller.roll_once()
+    assert roll is not None
+    assert roll.events == 0  # not read: no meter could count them
+    assert repo.roller.marks() == (roll.hi, roll.hi)
+    assert roll.lo == before < roll.hi
+    # A meter created afterwards counts them (its backfill, before its cutover) and what comes after (rolls).
+    m = sum_meter()
+    repo.create(m)
+    insert(clickhouse, "ns", batch(3), "nometer-3")
+    while (later := repo.roller.roll_once()) is not None and later.events:
+        pass
+    q = query(m)
+    assert rows(clickhouse, q, raw=False) == rows(clickhouse, q, raw=True)
+    assert sum(r[3] for r in rows(clickhouse, q, raw=False)) == sum(e["data"]["n"] for b in range(4) for e in batch(b))
+
+
 def test_a_backlog_rolls_in_bounded_ranges_of_whole_inserts(
     clickhouse: ClickHouse, repo: ClickHouseMeterRepository
 ) -> None:
