@@ -34,6 +34,7 @@ from aggregator.query import (
     unknown_key,
 )
 from aggregator.repository import BACKFILLING, USABLE, ClickHouseMeterRepository, MeterStatus
+from aggregator.roller import Marks
 from common.clock import Clock, SystemClock, format_time
 from common.cloudevents import CloudEvent
 from common.errors import Conflict, NotFound
@@ -396,29 +397,37 @@ class MeterService:
             # A few subjects: the hour table is worth a table read only if it saves enough rows.
             stats = await self._stats(q.meter)
             q = dataclasses.replace(q, hour_tier=sql.hour_tier_pays(stats, len(q.subjects)))
-        roller = self.repository.roller
         deadline = time.monotonic() + READ_WAIT_SECONDS
         while time.monotonic() < deadline:
             # The rollups hold the events stored before `done`; the tail since is read raw. While a roll is
             # being written (intent past done) the rollups may show part of it: wait for its done. A roll
             # that began during the query (intent past `done` afterwards): read again.
-            before = await asyncio.to_thread(roller.marks)
+            before = await self._marks()
             if before.intent > before.done:
                 await asyncio.sleep(READ_POLL_SECONDS)
                 continue
-            # No event stored since `done` (for this namespace, type and subjects): the rollups alone answer
-            # (an event stored after this check is after the read, as for any snapshot).
-            tail = await asyncio.to_thread(
-                roller.stored_since, before.done, q.namespace, q.meter.event_type, q.subjects
-            )
-            text, params = sql.build_query(self.repository.db, q, stored_from=before.done if tail else None)
-            rows = await asyncio.to_thread(self.repository.query_rows, text, params)
-            after = await asyncio.to_thread(roller.marks)
+            rows = await asyncio.to_thread(self._read, q, before.done)
+            after = await self._marks()
             if after.intent <= before.done:
                 return shape_rows(q, rows)
         # Rolls kept overlapping the reads (or a roll stopped half-way and waits for its redo): raw events.
         log.info("meter_read_from_raw", slug=q.meter.slug, waited_s=READ_WAIT_SECONDS)
         return await self._raw(q)
+
+    async def _marks(self) -> Marks:
+        """The roller's marks: kept in memory with the embedded engine (no thread hop), else read."""
+        roller = self.repository.roller
+        known = roller.known_marks()
+        return known if known is not None else await asyncio.to_thread(roller.marks)
+
+    def _read(self, q: sql.Query, done: datetime) -> list[tuple[Any, ...]]:
+        """The rollups up to `done`, plus the raw tail stored since when there is one (one thread hop: each
+        hop waits for the GIL behind the event loop)."""
+        # No event stored since `done` (for this namespace, type and subjects): the rollups alone answer (an
+        # event stored after this check is after the read, as for any snapshot).
+        tail = self.repository.roller.stored_since(done, q.namespace, q.meter.event_type, q.subjects)
+        text, params = sql.build_query(self.repository.db, q, stored_from=done if tail else None)
+        return self.repository.query_rows(text, params)
 
     async def _raw(self, q: sql.Query) -> list[Row]:
         text, params = sql.raw_query(self.repository.db, q)
