@@ -39,7 +39,7 @@ import structlog
 
 from aggregator import routing, sql
 from common.clickhouse import ClickHouse
-from common.clock import utc_from_storage
+from common.clock import to_millis, utc_from_storage
 from common.events_table import EVENTS_TABLE, INSERTED_AT
 
 log = structlog.get_logger(__name__)
@@ -281,7 +281,7 @@ class ClickHouseRoller:
         if events:
             if not redo:
                 self._mark("intent", hi)  # before any row of the range can reach a rollup table
-            token = f"roll:{_ms(done)}:{_ms(hi)}"
+            token = f"roll:{to_millis(done)}:{to_millis(hi)}"
             self.ch.command(
                 routing.roll_sql(self.db),
                 parameters={"lo": done, "hi": hi},
@@ -318,7 +318,3 @@ class ClickHouseRoller:
             return hi
         end = utc_from_storage(rows[0][0])
         return end if end > lo else lo + timedelta(milliseconds=1)
-
-
-def _ms(t: datetime) -> int:
-    return (t - EPOCH) // timedelta(milliseconds=1)

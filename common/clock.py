@@ -16,6 +16,15 @@ class Clock(Protocol):
         ...
 
 
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_MS = timedelta(milliseconds=1)
+
+
+def to_millis(t: datetime) -> int:
+    """An aware instant as whole milliseconds since the epoch (floor), as stored in DateTime64(3) columns."""
+    return (t - EPOCH) // _MS
+
+
 def utc_from_storage(value: object) -> datetime:
     """A datetime read from ClickHouse or an SQL database, as an aware UTC instant.
 

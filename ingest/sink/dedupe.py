@@ -9,18 +9,16 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
 from typing import NamedTuple
 
 import numpy as np
 import numpy.typing as npt
 
+from common.clock import to_millis
 from common.cloudevents import CloudEvent
 from ingest.sink.decode import Decoded
 
 EventKey = tuple[str, str, str]
-_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
-_MS = timedelta(milliseconds=1)
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,10 +51,6 @@ class Resolution:
     keep: list[Item]
     duplicates: int
     conflicts: list[Conflict]
-
-
-def to_millis(t: datetime) -> int:
-    return (t - _EPOCH) // _MS
 
 
 def event_key(namespace: str, event: CloudEvent) -> EventKey:

@@ -28,7 +28,7 @@ import orjson
 import structlog
 
 from common.clickhouse import ClickHouse
-from common.clock import Clock, SystemClock
+from common.clock import Clock, SystemClock, to_millis
 from common.cloudevents import CloudEvent
 from common.errors import Unavailable
 from common.events_table import EVENTS_TABLE
@@ -36,7 +36,7 @@ from common.ingest_notifications import IngestNotifier
 from ingest.settings import SinkSettings
 from ingest.sink.batch import OffsetRange
 from ingest.sink.decode import Decoded
-from ingest.sink.dedupe import Item, to_millis
+from ingest.sink.dedupe import Item
 from ingest.sink.dlq import ClickHouseDeadLetters, DeadLetter, DeadLetterSink
 from ingest.sink.ledger import LedgerRecord
 from ingest.sink.migrations import migrate_clickhouse

@@ -47,9 +47,9 @@ import numpy as np
 import structlog
 
 from common.clickhouse import ClickHouse
-from common.clock import Clock
+from common.clock import Clock, to_millis
 from common.events_table import EVENTS_TABLE
-from ingest.sink.dedupe import EventKey, Fingerprint, Item, fingerprint, to_millis
+from ingest.sink.dedupe import EventKey, Fingerprint, Item, fingerprint
 from ingest.sink.keyindex import KEY_HASH_SQL, PAYLOAD_HASH_SQL, Hashes, KeyHasher, KeyHashSet, PayloadHasher
 from ingest.sink.rows import RangeId
 

@@ -25,8 +25,9 @@ import numpy as np
 import numpy.typing as npt
 import orjson
 
+from common.clock import to_millis
 from common.ingest_notifications import EventGroup
-from ingest.sink.dedupe import Item, to_millis
+from ingest.sink.dedupe import Item
 from ingest.sink.keyindex import Hashes
 from ingest.sink.rows import RangeId, seconds
 

@@ -18,10 +18,10 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from common.clickhouse import ClickHouse
-from common.clock import Clock
+from common.clock import Clock, to_millis
 from common.events_table import EVENT_COLUMNS, EVENTS_TABLE
 from common.ingest_notifications import EventGroup, group_events
-from ingest.sink.dedupe import Conflict, Item, resolve_hashed, to_millis
+from ingest.sink.dedupe import Conflict, Item, resolve_hashed
 from ingest.sink.keycheck import ClickHouseKeyCheck
 from ingest.sink.keyindex import as_hashes, key_hash
 from ingest.sink.ledger import ClickHouseLedger, LedgerRecord

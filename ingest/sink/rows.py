@@ -15,9 +15,10 @@ from typing import Any
 
 import numpy as np
 
+from common.clock import to_millis
 from common.events_table import EVENT_COLUMNS
 from ingest.sink.batch import OffsetRange
-from ingest.sink.dedupe import Item, to_millis
+from ingest.sink.dedupe import Item
 
 TOKEN_VERSION = "v1"  # noqa: S105 - an insert dedupe token, not a secret
 

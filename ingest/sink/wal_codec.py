@@ -24,10 +24,11 @@ from typing import Any
 
 import orjson
 
+from common.clock import to_millis
 from common.cloudevents import CloudEvent
 from ingest.sink.batch import OffsetRange
 from ingest.sink.decode import Decoded
-from ingest.sink.dedupe import Item, to_millis
+from ingest.sink.dedupe import Item
 from ingest.sink.rows import RangeId
 
 _HEADER = struct.Struct(">II")
