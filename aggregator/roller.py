@@ -183,11 +183,13 @@ class ClickHouseRoller:
         namespace: str | None = None,
         event_type: str | None = None,
         subjects: tuple[str, ...] = (),
+        within: tuple[datetime, datetime] | None = None,
     ) -> bool:
-        """Whether any event (of this namespace and type, and these subjects, if given) was stored at or after
-        `mark`. A read with no tail skips the raw tail read (~5 ms of fixed work on chdb for its value rule
-        and states, even when the `inserted_at` index finds nothing; this check costs ~3 ms); an idle roll
-        stops here."""
+        """Whether any event (of this namespace and type, these subjects and event times `within` [from, to),
+        where given) was stored at or after `mark`. A read with no tail skips the raw tail read (~5 ms of fixed
+        work on chdb for its value rule and states, even when the `inserted_at` index finds nothing); an idle
+        roll stops here. The event-time bounds keep the check to the partitions (months) and key ranges the
+        read covers: without them it consulted every part of the subjects' whole history."""
         scope = [f"{INSERTED_AT} >= {{m:DateTime64(3, 'UTC')}}"]
         if namespace is not None:
             scope.append("namespace = {ns:String}")
@@ -195,9 +197,12 @@ class ClickHouseRoller:
             scope.append("type = {ty:String}")
         if subjects:
             scope.append("subject IN {s:Array(String)}")
+        if within is not None:
+            scope.append("time >= {lo:DateTime64(3, 'UTC')} AND time < {hi:DateTime64(3, 'UTC')}")
+        lo, hi = within or (None, None)
         rows = self.ch.rows(
             f"SELECT 1 FROM {sql.qualified(self.db, EVENTS_TABLE)} PREWHERE {' AND '.join(scope)} LIMIT 1",
-            parameters={"m": mark, "ns": namespace, "ty": event_type, "s": list(subjects)},
+            parameters={"m": mark, "ns": namespace, "ty": event_type, "s": list(subjects), "lo": lo, "hi": hi},
         )
         return bool(rows)
 

@@ -423,9 +423,14 @@ class MeterService:
     def _read(self, q: sql.Query, done: datetime) -> list[tuple[Any, ...]]:
         """The rollups up to `done`, plus the raw tail stored since when there is one (one thread hop: each
         hop waits for the GIL behind the event loop)."""
-        # No event stored since `done` (for this namespace, type and subjects): the rollups alone answer (an
-        # event stored after this check is after the read, as for any snapshot).
-        tail = self.repository.roller.stored_since(done, q.namespace, q.meter.event_type, q.subjects)
+        # No event stored since `done` (for this namespace, type and subjects, in the event time the rollups
+        # answer for): the rollups alone answer (an event stored after this check is after the read, as for
+        # any snapshot). A query that reads raw events only has no tail to check.
+        within = sql.rollup_interval(q)
+        roller = self.repository.roller
+        tail = within is not None and roller.stored_since(
+            done, q.namespace, q.meter.event_type, q.subjects, within=within
+        )
         text, params = sql.build_query(self.repository.db, q, stored_from=done if tail else None)
         return self.repository.query_rows(text, params)
 

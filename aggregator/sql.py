@@ -518,6 +518,13 @@ def plan_tiers(q: Query) -> tuple[list[Span], list[datetime], list[tuple[datetim
     return [s for s in spans if s[1] < s[2]], skip, raw
 
 
+def rollup_interval(q: Query) -> tuple[datetime, datetime] | None:
+    """The event-time interval `build_query` answers from the rollups (the span of its tiers), None when it
+    reads raw events only: the rollups' tail (events stored since the roller's mark) matters only there."""
+    spans = plan_tiers(q)[0]
+    return (spans[0][1], spans[-1][2]) if spans else None
+
+
 def build_query(database: str, q: Query, stored_from: datetime | None = None) -> tuple[str, dict[str, Any]]:
     """Hour rollup for whole hours, minute rollup for whole minutes, raw events for the partial minutes
     at the edges; all as aggregate states, merged once. Rows: bucket, bucket_end, subject_key, group

@@ -25,6 +25,7 @@ from tests.support.meter_events import insert
 pytestmark = pytest.mark.integration
 
 T = datetime(2025, 5, 1, 8, 0, tzinfo=UTC)
+DAY = timedelta(days=1)
 
 
 def sum_meter() -> Meter:
@@ -138,6 +139,17 @@ def test_with_no_meter_a_roll_moves_the_mark_without_reading_events(
     q = query(m)
     assert rows(clickhouse, q, raw=False) == rows(clickhouse, q, raw=True)
     assert sum(r[3] for r in rows(clickhouse, q, raw=False)) == sum(e["data"]["n"] for b in range(4) for e in batch(b))
+
+
+def test_stored_since_keeps_to_the_event_times_asked(clickhouse: ClickHouse, repo: ClickHouseMeterRepository) -> None:
+    repo.roller.roll_once(force=True)
+    done = repo.roller.marks().done
+    insert(clickhouse, "ns", [{"id": "late", "time": T, "subject": "s1", "type": "call", "data": {"n": 1}}], "within")
+    assert repo.roller.stored_since(done, "ns", "call", ("s1",))
+    assert repo.roller.stored_since(done, "ns", "call", ("s1",), within=(T, T + timedelta(minutes=1)))
+    assert not repo.roller.stored_since(done, "ns", "call", ("s1",), within=(T + timedelta(minutes=1), T + DAY))
+    assert not repo.roller.stored_since(done, "ns", "call", ("s1",), within=(T - DAY, T))  # [from, to)
+    assert not repo.roller.stored_since(done, "ns", "call", ("s2",), within=(T, T + DAY))
 
 
 def test_a_backlog_rolls_in_bounded_ranges_of_whole_inserts(
