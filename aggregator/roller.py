@@ -32,19 +32,17 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import NamedTuple
 
 import structlog
 
 from aggregator import routing, sql
 from common.clickhouse import ClickHouse
-from common.clock import to_millis, utc_from_storage
+from common.clock import EPOCH, to_millis, utc_from_storage
 from common.events_table import EVENTS_TABLE, INSERTED_AT
 
 log = structlog.get_logger(__name__)
-
-EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 ROLL_MAX_EVENTS = 500_000
 LOG_ROLL_EVENTS = 10_000

@@ -19,12 +19,12 @@ import struct
 import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 import orjson
 
-from common.clock import to_millis
+from common.clock import EPOCH, to_millis
 from common.cloudevents import CloudEvent
 from ingest.sink.batch import OffsetRange
 from ingest.sink.decode import Decoded
@@ -33,7 +33,6 @@ from ingest.sink.rows import RangeId
 
 _HEADER = struct.Struct(">II")
 HEADER_SIZE = _HEADER.size
-_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
 class WalCorrupt(ValueError):
@@ -125,7 +124,7 @@ def encode_checkpoint(next_offset: int) -> bytes:
 
 
 def _millis(ms: int) -> datetime:
-    return _EPOCH + timedelta(milliseconds=ms)
+    return EPOCH + timedelta(milliseconds=ms)
 
 
 def decode_record(payload: bytes) -> WalRecord:
