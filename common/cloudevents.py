@@ -24,6 +24,7 @@ import orjson
 from common import exactjson
 from common.clock import format_time
 from common.errors import InvalidInput
+from common.records import equal_to_own_kind
 
 SPEC_VERSION = "1.0"
 MAX_ATTRIBUTE_LENGTH = 1024
@@ -61,6 +62,7 @@ class EventValidationError(InvalidInput):
         return f"{prefix}.{self.field}" if self.field else (prefix or "$")
 
 
+@equal_to_own_kind
 class CloudEvent(NamedTuple):
     """A validated event. `time` is UTC with millisecond precision; `data` is canonical JSON text.
 
@@ -75,15 +77,6 @@ class CloudEvent(NamedTuple):
     subject: str
     time: datetime
     data: str
-
-    def __eq__(self, other: object) -> bool:
-        return type(other) is CloudEvent and tuple.__eq__(self, other)
-
-    def __ne__(self, other: object) -> bool:
-        return not self == other
-
-    def __hash__(self) -> int:
-        return tuple.__hash__(self)
 
     @property
     def key(self) -> tuple[str, str]:

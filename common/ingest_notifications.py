@@ -33,10 +33,12 @@ import orjson
 import structlog
 
 from common.clock import utc_from_storage
+from common.records import equal_to_own_kind
 
 log = structlog.get_logger(__name__)
 
 
+@equal_to_own_kind
 class IngestNotification(NamedTuple):
     """A NamedTuple rather than a frozen dataclass: one is built per (namespace, subject, type) of every
     committed batch (0.3 us against 1 us); equal only to an IngestNotification, as the dataclass was."""
@@ -49,15 +51,6 @@ class IngestNotification(NamedTuple):
     stored_at: datetime
     stream: str
     sequence: int
-
-    def __eq__(self, other: object) -> bool:
-        return type(other) is IngestNotification and tuple.__eq__(self, other)
-
-    def __ne__(self, other: object) -> bool:
-        return not self == other
-
-    def __hash__(self) -> int:
-        return tuple.__hash__(self)
 
 
 IngestListener = Callable[[Sequence[IngestNotification]], None]
