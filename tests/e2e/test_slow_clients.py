@@ -3,6 +3,7 @@ requests go on. Timeouts are set short here; the clients trickle bytes far longe
 
 from __future__ import annotations
 
+import re
 import socket
 import time
 from collections.abc import Iterator
@@ -94,3 +95,49 @@ def test_oversized_headers_are_refused(dev: DevServer) -> None:
     r = httpx.get(f"{dev.base_url}/healthz", headers={"X-Big": "a" * 40_000}, timeout=5)
     assert r.status_code == 431
     assert "larger than" in r.json()["detail"]
+
+
+def read_until_closed(sock: socket.socket, deadline_s: float = 5) -> bytes:
+    sock.settimeout(deadline_s)
+    received = b""
+    try:
+        while chunk := sock.recv(65536):
+            received += chunk
+    except (TimeoutError, ConnectionResetError):
+        pass
+    return received
+
+
+def test_an_endless_header_is_refused_before_it_completes(dev: DevServer) -> None:
+    """Headers that never end are not buffered without bound: past twice the header limit (16 KiB by
+    default) the server answers 431 and closes, before the client ever finishes them."""
+    sock = connect(dev)
+    sock.settimeout(5)
+    sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Endless: ")
+    refused = False
+    for _ in range(20):  # 80 KiB offered in all, 4 KiB at a time, no end of line
+        try:
+            sock.sendall(b"a" * 4096)
+        except (ConnectionResetError, BrokenPipeError):
+            refused = True
+            break
+        time.sleep(0.01)
+    response = read_until_closed(sock)
+    sock.close()
+    assert response.startswith(b"HTTP/1.1 431"), response[:200]
+    assert b"larger than 32768 bytes" in response
+    assert refused or response, "the server kept reading an endless header"
+    assert httpx.get(f"{dev.base_url}/healthz", timeout=5).status_code == 200
+
+
+def test_pipelined_requests_are_all_answered_in_order(dev: DevServer) -> None:
+    sock = connect(dev)
+    sock.settimeout(5)
+    sock.sendall(
+        b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n"
+        b"GET /nowhere HTTP/1.1\r\nHost: x\r\n\r\n"
+        b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    )
+    response = read_until_closed(sock)
+    sock.close()
+    assert re.findall(rb"HTTP/1\.1 ([0-9]{3}) ", response) == [b"200", b"404", b"200"], response
