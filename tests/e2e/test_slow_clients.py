@@ -141,3 +141,31 @@ def test_pipelined_requests_are_all_answered_in_order(dev: DevServer) -> None:
     response = read_until_closed(sock)
     sock.close()
     assert re.findall(rb"HTTP/1\.1 ([0-9]{3}) ", response) == [b"200", b"404", b"200"], response
+
+
+def test_slow_headers_of_a_second_request_on_a_kept_alive_connection_are_cut_off(dev: DevServer) -> None:
+    """The header deadline is armed again for each request on a connection, not only for its first."""
+    sock = connect(dev)
+    sock.settimeout(5)
+    sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+    assert sock.recv(4096).startswith(b"HTTP/1.1 200")
+    sock.settimeout(TRICKLE_EVERY)
+    # 0.1 s apart (keep-alive allows 1 s idle, headers 1 s in all): only the header deadline can end this
+    request = b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Slow: " + b"a" * 100 + b"\r\n\r\n"
+    sent = 0
+    closed = False
+    for sent, byte in enumerate(request[:TRICKLE_BYTES]):  # noqa: B007
+        try:
+            sock.sendall(bytes([byte]))
+            time.sleep(0.1)
+            if sock.recv(1024) == b"":
+                closed = True
+                break
+        except TimeoutError:
+            continue
+        except (ConnectionResetError, BrokenPipeError):
+            closed = True
+            break
+    sock.close()
+    assert closed, "a second request trickling its headers was never cut off"
+    assert sent < TRICKLE_BYTES
