@@ -75,10 +75,23 @@ def value_exprs(meter: Meter) -> tuple[str | None, str]:
 def raw_value_rule(aggregation: Aggregation, raw: str) -> tuple[str, str]:
     """(value expression, validity predicate) over `raw`, the JSON text at the value path ('' if missing):
     the one value rule, used with a static path (`value_exprs`) and by the router (`routing`)."""
-    text = f"if(startsWith({raw}, '\"'), JSONExtractString({raw}), {raw})"
+    text = _text_of(raw)
+    return _value_rule(aggregation, raw, text, _decimal_of(text))
+
+
+def _text_of(raw: str) -> str:
+    return f"if(startsWith({raw}, '\"'), JSONExtractString({raw}), {raw})"
+
+
+def _decimal_of(text: str) -> str:
+    return f"toDecimal128OrNull({text}, {VALUE_SCALE})"
+
+
+def _value_rule(aggregation: Aggregation, raw: str, text: str, dec: str) -> tuple[str, str]:
+    """The value rule over the raw JSON text, its text (strings unquoted) and its decimal, each an expression
+    or the alias of one."""
     if aggregation is Aggregation.UNIQUE_COUNT:
         return text, f"(startsWith({raw}, '\"') OR match({raw}, {_NUMBER_SQL}))"
-    dec = f"toDecimal128OrNull({text}, {VALUE_SCALE})"
     # A value that converts to 0 must be written as a zero (0, 0.0, 0e5): `1e-400` underflows every
     # conversion to 0 and would be counted as zero, where meter.parse_number calls it invalid.
     # (`OR` evaluates its right side only where the left is false: the regex runs on zeros alone.)
@@ -89,9 +102,32 @@ def raw_value_rule(aggregation: Aggregation, raw: str) -> tuple[str, str]:
     return f"assumeNotNull({dec})", valid
 
 
-def state_columns(meter: Meter) -> list[tuple[str, str, str]]:
-    """(column, AggregateFunction type, state expression over an events row) per rollup state."""
-    value, _ = value_exprs(meter)
+# The aliases of a raw read's WITH clause (names no events column or query alias has).
+_RAW_ALIAS, _TEXT_ALIAS, _DEC_ALIAS = "mg_value_raw", "mg_value_text", "mg_value_dec"
+
+
+def aliased_value_rule(meter: Meter) -> tuple[str, str | None, str]:
+    """(WITH definitions, value expression, validity predicate) of the meter for a read of raw events: the
+    same rule as `value_exprs`, with the JSON text, its unquoted text and its decimal each written once as
+    an alias. The engine plans a query's expressions from their text: spelled out, the rule repeats the
+    extraction a dozen times and costs ~1 ms more per read (5.8 -> 4.8 ms for a subject's partial minutes
+    on the embedded engine), paid by every meter read with raw edges or a tail."""
+    segments = meter.value_segments
+    if segments is None:
+        return "", None, "1"
+    definitions = (
+        f"{_raw(segments)} AS {_RAW_ALIAS}, {_text_of(_RAW_ALIAS)} AS {_TEXT_ALIAS}, "
+        f"{_decimal_of(_TEXT_ALIAS)} AS {_DEC_ALIAS}"
+    )
+    value, valid = _value_rule(meter.aggregation, _RAW_ALIAS, _TEXT_ALIAS, _DEC_ALIAS)
+    return definitions, value, valid
+
+
+def state_columns(meter: Meter, value: str | None = None) -> list[tuple[str, str, str]]:
+    """(column, AggregateFunction type, state expression over an events row) per rollup state; `value`: the
+    value expression to aggregate (default: `value_exprs`')."""
+    if value is None:
+        value, _ = value_exprs(meter)
     match meter.aggregation:
         case Aggregation.COUNT:
             return [("value", "AggregateFunction(count)", "countState()")]
@@ -404,11 +440,13 @@ def _raw_select(
     if skip:
         prewhere.append(f"toStartOfMinute(time) NOT IN {{{prefix}skip:Array(DateTime('UTC'))}}")
         params[f"{prefix}skip"] = skip
-    where = [*_group_filters(q, params, from_raw=True), meter_filter(q.meter)]
+    definitions, value, valid = aliased_value_rule(q.meter)
+    where = [*_group_filters(q, params, from_raw=True), meter_scope(q.meter), valid]  # meter_filter, aliased
     # Explicit boundaries may fall inside a second: bucket on the millisecond time, not on whole seconds.
     keys = _select_keys(q, "time" if q.boundaries is not None else "toDateTime(time, 'UTC')", from_raw=True)
-    states = [f"{expr} AS {ident(name)}" for name, _, expr in state_columns(q.meter)]
+    states = [f"{expr} AS {ident(name)}" for name, _, expr in state_columns(q.meter, value)]
     return (
+        f"{'WITH ' + definitions + ' ' if definitions else ''}"
         f"SELECT {', '.join(keys + states)} FROM {qualified(database, EVENTS_TABLE)} "
         f"PREWHERE {' AND '.join(prewhere)} WHERE {' AND '.join(where)} "
         f"GROUP BY bucket, bucket_end, subject_key{''.join(', ' + ident(group_column(k)) for k in q.group_by)}"
