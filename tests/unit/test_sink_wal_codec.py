@@ -111,3 +111,47 @@ def test_an_intact_record_that_is_not_a_record_is_an_error() -> None:
         decode_record(b'{"k":"batch","start":1}')
     with pytest.raises(WalCorrupt):
         decode_record(b"not json")
+
+
+def _digest_as_defined(items: list[Item]) -> str:
+    """The digest as its docstring defines it (write-ahead entries on disk carry it: it must never change)."""
+    import hashlib
+
+    import orjson
+
+    from common.clock import to_millis
+
+    h = hashlib.blake2b(digest_size=12)
+    for item in items:
+        d, e = item.decoded, item.decoded.event
+        row = [item.offset, d.namespace, e.id, e.source, e.type, e.subject, to_millis(e.time), e.data]
+        h.update(orjson.dumps([*row, to_millis(d.ingested_at)]))
+    return h.hexdigest()
+
+
+@given(
+    st.lists(
+        st.tuples(
+            st.text(max_size=8),
+            st.integers(0, 10**12),
+            st.integers(0, 3),  # which of a few ingested_at instants: shared objects, equal copies, distinct
+        ),
+        max_size=12,
+    )
+)
+def test_items_digest_is_its_definition(rows: list[tuple[str, int, int]]) -> None:
+    ingested = [T0, T0 + timedelta(milliseconds=1), T0 + timedelta(microseconds=1500)]
+    items = []
+    for i, (text, ms, which) in enumerate(rows):
+        at = ingested[which] if which < 3 else T0.replace()  # an equal datetime that is another object
+        event = CloudEvent(f"id-{text}", "src", "t", text or "s", T0 + timedelta(milliseconds=ms), '{"v":1}')
+        items.append(Item(100 + i, Decoded("ns", event, at)))
+    assert items_digest(items) == _digest_as_defined(items)
+
+
+def test_items_digest_bytes_are_pinned() -> None:
+    """The digest of one fixed batch, as written by every earlier version (a change here breaks recovery of a
+    write-ahead file written before it)."""
+    event = CloudEvent("e1", "s", "t", "x", T0, '{"a":1}')
+    items = [Item(0, Decoded("ns", event, T0)), Item(1, Decoded("ns", event._replace(id="e2"), T0))]
+    assert items_digest(items) == "8fa3b6bfd89cb6d4e2e5f3fa"
