@@ -33,6 +33,8 @@ import gc
 import json
 import os
 import platform
+import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -173,11 +175,73 @@ sys.exit(main())
 """
 
 
+# wrk's script: each request a new batch of unique events (ids from the request counter), as the httpx driver
+# sends them. Lua builds a 100-event body in ~0.1 ms: the load generator is never what limits the rate.
+WRK_SCRIPT = """
+local counter = 0
+local batch = tonumber(os.getenv("BENCH_BATCH"))
+local prefix = os.getenv("BENCH_PREFIX")
+local headers = {["Content-Type"] = "application/cloudevents-batch+json"}
+request = function()
+  counter = counter + 1
+  local parts = {}
+  for i = 0, batch - 1 do
+    parts[i + 1] = string.format(
+      '{"specversion":"1.0","id":"%s-%d-%d","source":"bench","type":"llm.tokens","subject":"customer-%d",' ..
+      '"time":"2026-03-01T12:00:00.123Z","data":{"tokens":%d,"model":"m"}}',
+      prefix, counter, i, (counter * batch + i) % 1000, i)
+  end
+  return wrk.format("POST", "/api/v1/events", headers, "[" .. table.concat(parts, ",") .. "]")
+end
+"""
+
+
+def _wrk_ingest(base: str, batch: int, concurrency: int, seconds: int) -> dict[str, Any]:
+    """POST batches with wrk (one thread, C) for `seconds`: events/s = requests/s x batch."""
+    with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as script:
+        script.write(WRK_SCRIPT)
+    try:
+        env = {**os.environ, "BENCH_BATCH": str(batch), "BENCH_PREFIX": f"wrk-{uuid.uuid4().hex[:8]}"}
+        argv = ["wrk", "-t1", f"-c{concurrency}", f"-d{seconds}s", "-s", script.name, f"{base}/api/v1/events"]
+        out = subprocess.run(argv, capture_output=True, text=True, check=True, env=env).stdout
+    finally:
+        os.unlink(script.name)
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
+    non2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    errors = re.search(r"Socket errors: (.*)", out)
+    return {
+        "events_per_s": round(rps * batch),
+        "batch": batch,
+        "concurrency": concurrency,
+        "seconds": seconds,
+        "driver": "wrk",
+        "failed_requests": int(non2xx.group(1)) if non2xx else 0,
+        **({"socket_errors": errors.group(1)} if errors else {}),
+    }
+
+
+def http_driver(choice: str) -> str:
+    """wrk when installed (a C load generator: the server, not the client, sets the rate on 2 cores), else
+    httpx (a Python client in this process, which on a small machine can be what limits the figure)."""
+    if choice == "auto":
+        return "wrk" if shutil.which("wrk") else "httpx"
+    if choice == "wrk" and not shutil.which("wrk"):
+        raise SystemExit("--http-driver wrk: wrk is not installed (apt-get install wrk)")
+    return choice
+
+
 def http_ingest(
-    events: int, batch: int = 100, concurrency: int = 32, *, legacy: bool = False, code: Path = ROOT
+    events: int,
+    batch: int = 100,
+    concurrency: int = 32,
+    *,
+    legacy: bool = False,
+    code: Path = ROOT,
+    driver: str = "httpx",
 ) -> dict[str, Any]:
-    """`metergate dev` in a subprocess (embedded path), driven by an httpx client with N connections;
-    `legacy`: with the body handling before the compiled schema; `code`: the source tree it runs from."""
+    """`metergate dev` in a subprocess (embedded path), driven by N connections of an httpx client (`events`
+    in all) or of wrk (for events / 10,000 seconds, at least 3); `legacy`: with the body handling before the
+    compiled schema; `code`: the source tree it runs from."""
     import httpx
 
     if not (code / "metergate" / "app.py").exists():
@@ -205,6 +269,8 @@ def http_ingest(
                 if proc.poll() is not None or time.monotonic() > deadline:
                     return {"error": "metergate dev did not start"}
                 time.sleep(0.2)
+            if driver == "wrk":
+                return _wrk_ingest(base, batch, concurrency, max(3, round(events / 10_000)))
             bodies = [
                 orjson.dumps(
                     [
@@ -249,6 +315,7 @@ def http_ingest(
                 "events_per_s": round(len(bodies) * batch / elapsed),
                 "batch": batch,
                 "concurrency": concurrency,
+                "driver": "httpx",
                 "events": len(bodies) * batch,
                 "failed_requests": failures,
             }
@@ -312,7 +379,9 @@ def source_tree(revision: str | None) -> Iterator[Path | None]:
         yield Path(folder)
 
 
-def http_before_after(events: int, rounds: int = 2, before_revision: str | None = None) -> dict[str, Any]:
+def http_before_after(
+    events: int, rounds: int = 2, before_revision: str | None = None, driver: str = "httpx"
+) -> dict[str, Any]:
     """HTTP ingest before and after, alternating, `rounds` times each; the best of each side (the machine is
     shared) and every run. Before: the code of `before_revision`, or this checkout with the legacy decoder."""
     runs: dict[str, list[dict[str, Any]]] = {"before": [], "after": []}
@@ -320,11 +389,11 @@ def http_before_after(events: int, rounds: int = 2, before_revision: str | None 
         for _ in range(rounds):
             for side in ("before", "after"):
                 if side == "after":
-                    runs[side].append(http_ingest(events))
+                    runs[side].append(http_ingest(events, driver=driver))
                 elif before_code is None:
-                    runs[side].append(http_ingest(events, legacy=True))
+                    runs[side].append(http_ingest(events, legacy=True, driver=driver))
                 else:
-                    runs[side].append(http_ingest(events, code=before_code))
+                    runs[side].append(http_ingest(events, code=before_code, driver=driver))
     rates = {side: [r.get("events_per_s", 0) for r in results] for side, results in runs.items()}
     before, after = max(rates["before"]), max(rates["after"])
     return {
@@ -333,6 +402,7 @@ def http_before_after(events: int, rounds: int = 2, before_revision: str | None 
         "after_events_per_s": after,
         "after_to_before_ratio": round(after / before, 3) if before else None,
         "runs_events_per_s": rates,
+        "driver": driver,
         "batch": 100,
         "failed_requests": sum(r.get("failed_requests", 0) for results in runs.values() for r in results),
     }
@@ -445,6 +515,12 @@ def main() -> None:
     parser.add_argument("--http-events", type=int, default=50_000)
     parser.add_argument("--batch", type=int, default=SinkSettings().batch_size, help="events per write (both)")
     parser.add_argument("--http-before", default=None, help="git revision whose code is the HTTP 'before'")
+    parser.add_argument(
+        "--http-driver",
+        choices=("auto", "wrk", "httpx"),
+        default="auto",
+        help="HTTP load generator (auto: wrk if installed)",
+    )
     parser.add_argument("--workers", type=int, default=1, help="N > 1: sink workers in one group (needs real servers)")
     args = parser.parse_args()
     configure_logging(LogSettings(level="WARNING"))  # logs to stderr; stdout is the JSON result
@@ -455,7 +531,9 @@ def main() -> None:
     }
     result.update(asyncio.run(kafka_part(args.events, args.batch)))
     result["http_ingest_batches_of_100"] = (
-        http_before_after(args.http_events, before_revision=args.http_before) if args.http_events else {"skipped": True}
+        http_before_after(args.http_events, before_revision=args.http_before, driver=http_driver(args.http_driver))
+        if args.http_events
+        else {"skipped": True}
     )
     result["targets"] = targets(result)
     if args.workers > 1:
