@@ -7,7 +7,10 @@
    uvicorn, in a subprocess with its own chdb folder; twice "before" and twice "after" (this checkout),
    alternating. "Before" is the code of a git revision (`--http-before REV`: `git archive` of it, run from
    a temporary folder with the same interpreter), or by default this checkout with the body handling
-   before the compiled schema (tests/support/legacy_decoder.py);
+   before the compiled schema (tests/support/legacy_decoder.py). The load comes from wrk when installed
+   (`--http-driver`: a Lua script posting batches of unique events, 32 connections, one thread in C), else
+   from an httpx client in this process, which on 2 cores limits the figure itself (35k/s where wrk shows
+   the same server taking 55-60k/s);
 4. the sink's event-loop ceiling: aiokafka consume alone, and consume + decode/validate on the same thread
    with no writes at all (what one Python worker could reach if writing cost nothing).
 
