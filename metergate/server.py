@@ -1,9 +1,9 @@
 """The HTTP server (uvicorn on the httptools parser) and its defences against slow and greedy clients,
 configured from ServerSettings.
 
-httptools is llhttp, the C parser Node.js uses: against uvicorn's pure-Python h11 it cuts the server's own
-cost per request by about a third (`bench/gateway.py`: `/healthz` and cached entitlement checks 1.3-1.4x the
-requests per second at 16 connections), which is what a gateway calling the value endpoint inline pays.
+httptools is llhttp, the C parser Node.js uses: against uvicorn's pure-Python h11 it serves `/healthz` and
+cached entitlement checks 1.29-1.36x the requests per second at 16 connections (`bench/gateway.py`, side by
+side), which is what a gateway calling the value endpoint inline pays for.
 
 uvicorn bounds idle keep-alive connections and concurrent connections, but not how long a client may take
 to send its headers or body, nor (on httptools) how many header bytes it may send: a client sending one
