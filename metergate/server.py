@@ -11,10 +11,11 @@ header byte every few seconds holds a connection (and with many such clients, ev
 and one sending an endless header grows the parser's buffer without end. `GuardedHttpToolsProtocol`
 closes a connection whose request headers are not complete within `header_timeout` of their first byte (or
 of the connection), or whose body is not complete within `body_timeout` of its headers, and answers 431
-(then closes) once the request line and headers pass `max_incomplete_header_bytes` before they are
-complete. Headers that arrive complete are measured by the app (`InputHygieneMiddleware`, 431 past
-`max_header_bytes`), so the limit users see is the same whichever way the bytes arrive. Normal requests
-never notice: a request that arrives whole arms no timer at all.
+(then closes) once the request line and headers pass `max_incomplete_header_bytes` (twice
+`max_header_bytes`) before they are complete. Headers that arrive complete are measured by the app
+(`InputHygieneMiddleware`, 431 past `max_header_bytes`): the protocol's bound only keeps the parser's buffer
+finite meanwhile, and its 431 names the bound that was passed. Normal requests never notice: a request that
+arrives whole arms no timer at all.
 """
 
 from __future__ import annotations
@@ -57,7 +58,7 @@ def headers_too_large_response(limit: int) -> bytes:
 class GuardedHttpToolsProtocol(HttpToolsProtocol):
     header_timeout: float = 10.0
     body_timeout: float = 30.0
-    max_header_bytes: int = 16 * 1024
+    max_incomplete_header_bytes: int = 32 * 1024
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
@@ -106,7 +107,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         super().data_received(data)
         phase = self._phase
         if phase == "headers" or (phase == "idle" and data and self.parser is not None):
-            if self._header_bytes > self.max_header_bytes:
+            if self._header_bytes > self.max_incomplete_header_bytes:
                 self._refuse_headers()
             elif self._waiting_for != "headers":
                 self._arm(self.header_timeout, "headers")
@@ -120,7 +121,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         self._disarm()
         log.warning("oversized_headers_refused", client=str(self.client), bytes=self._header_bytes)
         if self.transport is not None and not self.transport.is_closing():
-            self.transport.write(headers_too_large_response(self.max_header_bytes))
+            self.transport.write(headers_too_large_response(self.max_incomplete_header_bytes))
             self.transport.close()
 
     def on_response_complete(self) -> None:
@@ -142,7 +143,7 @@ def protocol_class(settings: ServerSettings) -> type[GuardedHttpToolsProtocol]:
             "header_timeout": settings.header_timeout_seconds,
             "body_timeout": settings.body_timeout_seconds,
             # headers that arrive whole are measured by the app; this bounds the parser's buffer meanwhile
-            "max_header_bytes": 2 * settings.max_header_bytes,
+            "max_incomplete_header_bytes": 2 * settings.max_header_bytes,
         },
     )
 
