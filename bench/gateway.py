@@ -132,13 +132,19 @@ def _ms(text: str) -> float:
     return float(m.group(1)) * _WRK_UNITS[m.group(2)]
 
 
+def wrk_rate(out: str) -> tuple[float, int]:
+    """(requests/s, non-2xx/3xx responses) of wrk's report."""
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
+    non2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    return rps, int(non2xx.group(1)) if non2xx else 0
+
+
 def wrk(url: str, connections: int, duration: int) -> dict[str, float]:
     argv = pinned(1, ["wrk", "-t1", f"-c{connections}", f"-d{duration}s", "--latency", url])
     out = subprocess.run(argv, capture_output=True, text=True, check=True).stdout
-    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
+    rps, non2xx = wrk_rate(out)
     lat = {p: _ms(re.search(rf"\s{p}%\s+(\S+)", out).group(1)) for p in ("50", "99")}  # type: ignore[union-attr]
-    non2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
-    return {"rps": rps, "p50_ms": lat["50"], "p99_ms": lat["99"], "non_2xx": float(non2xx.group(1)) if non2xx else 0}
+    return {"rps": rps, "p50_ms": lat["50"], "p99_ms": lat["99"], "non_2xx": float(non2xx)}
 
 
 async def _client_load(url: str, connections: int, duration: int) -> dict[str, float]:

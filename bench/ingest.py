@@ -209,8 +209,9 @@ def _wrk_ingest(base: str, batch: int, concurrency: int, seconds: int) -> dict[s
         out = subprocess.run(argv, capture_output=True, text=True, check=True, env=env).stdout
     finally:
         os.unlink(script.name)
-    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
-    non2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    from bench.gateway import wrk_rate
+
+    rps, non2xx = wrk_rate(out)
     errors = re.search(r"Socket errors: (.*)", out)
     return {
         "events_per_s": round(rps * batch),
@@ -218,7 +219,7 @@ def _wrk_ingest(base: str, batch: int, concurrency: int, seconds: int) -> dict[s
         "concurrency": concurrency,
         "seconds": seconds,
         "driver": "wrk",
-        "failed_requests": int(non2xx.group(1)) if non2xx else 0,
+        "failed_requests": non2xx,
         **({"socket_errors": errors.group(1)} if errors else {}),
     }
 
