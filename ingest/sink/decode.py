@@ -15,12 +15,13 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any, NamedTuple
 
 import orjson
 
 from common import exactjson
+from common.clock import EPOCH
 from common.cloudevents import (
     ATTRIBUTE_NAMES,
     MAX_EVENT_TIME,
@@ -41,7 +42,6 @@ BINARY_PREFIX = "ce_"
 SPECVERSION_HEADER = "ce_specversion"
 MAX_VALUE_BYTES = 1024 * 1024
 MAX_HEADER_BYTES = 4096
-_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 STRUCTURED_CONTENT_TYPE_BYTES = STRUCTURED_CONTENT_TYPE.encode()
 JSON_CONTENT_TYPE_BYTES = b"application/json"
 # Binary mode needs at least five ce_ headers: sets of up to four go through the structured-mode memo.
@@ -68,7 +68,7 @@ def timestamp_to_datetime(timestamp_ms: int) -> datetime | None:
     """A Kafka timestamp (ms since the epoch) as an aware UTC datetime, None when unusable."""
     if not isinstance(timestamp_ms, int) or timestamp_ms < 0:
         return None
-    at = _EPOCH + timedelta(milliseconds=timestamp_ms)
+    at = EPOCH + timedelta(milliseconds=timestamp_ms)
     return at if MIN_EVENT_TIME <= at < MAX_EVENT_TIME else None
 
 
@@ -303,8 +303,8 @@ class Decoder:
         """timestamp_to_datetime, memoised: messages produced together share their timestamp."""
         if type(timestamp_ms) is not int:
             return timestamp_to_datetime(timestamp_ms)
-        at = self._timestamps.get(timestamp_ms, _EPOCH)
-        if at is _EPOCH:
+        at = self._timestamps.get(timestamp_ms, EPOCH)
+        if at is EPOCH:
             at = timestamp_to_datetime(timestamp_ms)
             if len(self._timestamps) >= self.MEMO_LIMIT:
                 self._timestamps.clear()
