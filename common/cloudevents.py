@@ -14,6 +14,7 @@ from __future__ import annotations
 import base64
 import binascii
 import re
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta, timezone
 from decimal import Decimal
 from typing import Annotated, Any, Literal, NamedTuple
@@ -203,6 +204,7 @@ _DOCUMENT = msgspec.json.Decoder(EventDocument, float_hook=Decimal)
 _DOCUMENTS = msgspec.json.Decoder(list[EventDocument], float_hook=Decimal)
 _DOCUMENT_OR_LIST = msgspec.json.Decoder(EventDocument | list[EventDocument], float_hook=Decimal)
 _DATA = msgspec.json.Decoder(dict[str, Any] | None, float_hook=Decimal)
+DOCUMENT_DECODE = _DOCUMENT.decode  # raises msgspec.DecodeError: `decode_document` is the checked form
 ATTRIBUTE_NAMES = frozenset(field.name for field in msgspec.structs.fields(_Attributes))
 _convert = msgspec.convert
 _SORT_KEYS = orjson.OPT_SORT_KEYS
@@ -223,9 +225,12 @@ def _exact_float(value: object) -> float:
     raise _InexactFloat
 
 
-def event_from_document(doc: EventDocument, default_time: datetime | None) -> CloudEvent | None:
+def _event_from_document(doc: EventDocument, default_time: datetime | None) -> CloudEvent | None:
     """The event of a decoded document, or None when a rule outside the compiled schema refuses it, or it
-    has no time and `default_time` is None (the caller then takes the general path, which says why)."""
+    has no time and `default_time` is None (the caller then takes the general path, which says why).
+
+    The reference: `event_from_document` is this function compiled (common/_cevents.c) when the extension
+    was built, and must decide as this does on every input."""
     event_id, source, event_type, subject = doc.id, doc.source, doc.type, doc.subject
     if event_id.isspace() or source.isspace() or event_type.isspace() or subject.isspace():
         return None
@@ -234,13 +239,37 @@ def event_from_document(doc: EventDocument, default_time: datetime | None) -> Cl
         if raw_time is not None:
             time = parse_time(raw_time)
         elif default_time is not None:
-            time = truncate_to_millis(default_time.astimezone(UTC))
+            time = _default_time(default_time)
         else:
             return None
         data = "null" if doc.data is None else _dumps(doc.data, default=_exact_float, option=_SORT_KEYS).decode()
     except (EventValidationError, orjson.JSONEncodeError):
         return None
     return CloudEvent(event_id, source, event_type, subject, time, data)
+
+
+def _default_time(default_time: datetime) -> datetime:
+    return truncate_to_millis(default_time.astimezone(UTC))
+
+
+event_from_document: Callable[[EventDocument, datetime | None], CloudEvent | None]
+try:
+    from common import _cevents
+except ImportError:  # built without a C compiler: the reference, in Python
+    _cevents = None  # type: ignore[assignment]
+    event_from_document = _event_from_document
+else:
+    _cevents.configure(
+        cloud_event=CloudEvent,
+        parse_time=parse_time,
+        default_time=_default_time,
+        dumps=_dumps,
+        exact_float=_exact_float,
+        sort_keys=_SORT_KEYS,
+        refusals=(EventValidationError, orjson.JSONEncodeError),
+    )
+    event_from_document = _cevents.event_from_document
+NATIVE = _cevents is not None  # the compiled decoder runs (common/_cevents.c)
 
 
 def event_from_binary(attributes: bytes, value: bytes | None, default_time: datetime | None) -> CloudEvent | None:

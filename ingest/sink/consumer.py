@@ -8,44 +8,32 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from operator import attrgetter
 from typing import Any
 
 from ingest.sink.batch import Cut, OffsetRange, plan_cuts
-from ingest.sink.decode import Decoded, Decoder, Malformed
+from ingest.sink.decode import Decoder
 from ingest.sink.dedupe import Conflict, Item
 from ingest.sink.dlq import DeadLetter
 from ingest.sink.ledger import LedgerRecord
 from ingest.sink.processor import Batch
 from ingest.sink.rows import RangeId, message_digest
 
-_OFFSET, _TIMESTAMP, _VALUE = map(attrgetter, ("offset", "timestamp", "value"))
-
 
 def batch_from_records(
     topic: str, partition: int, offsets: OffsetRange, records: Sequence[Any], default_namespace: str
 ) -> tuple[Batch, list[DeadLetter]]:
     """Decode aiokafka ConsumerRecords of one range into a Batch plus dead letters for the malformed."""
-    items: list[Item] = []
+    decoded = Decoder(default_namespace).decode_records(list(records), Item)
     malformed: list[tuple[int, str]] = []
     letters: list[DeadLetter] = []
-    decode = Decoder(default_namespace).decode
-    keep = items.append  # the loop runs once per message: no attribute lookups it can avoid
-    for rec in records:
-        decoded = decode(rec.value, rec.headers, rec.timestamp)
-        if type(decoded) is Decoded:
-            keep(Item(rec.offset, decoded))
-        else:
-            assert isinstance(decoded, Malformed)
-            malformed.append((rec.offset, decoded.reason))
-            letters.append(
-                DeadLetter(
-                    "malformed", decoded.reason, topic, partition, rec.offset, rec.key, rec.value, list(rec.headers)
-                )
-            )
-    # attrgetter reads the columns in C instead of a generator expression
-    digest = message_digest(list(map(_OFFSET, records)), list(map(_TIMESTAMP, records)), list(map(_VALUE, records)))
-    return Batch(RangeId(topic, partition, offsets), digest, items, malformed), letters
+    for index, refused in decoded.rejected:
+        rec = records[index]
+        malformed.append((rec.offset, refused.reason))
+        letters.append(
+            DeadLetter("malformed", refused.reason, topic, partition, rec.offset, rec.key, rec.value, list(rec.headers))
+        )
+    digest = message_digest(decoded.offsets, decoded.timestamps, decoded.values)
+    return Batch(RangeId(topic, partition, offsets), digest, decoded.items, malformed), letters
 
 
 def conflict_letters(

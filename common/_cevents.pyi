@@ -1,0 +1,31 @@
+"""The compiled decoder (common/_cevents.c): see common.cloudevents and ingest.sink.consumer."""
+
+from collections.abc import Callable
+from datetime import datetime
+from typing import Any
+
+def configure(
+    *,
+    cloud_event: type[tuple[Any, ...]],
+    parse_time: Callable[[str], datetime],
+    default_time: Callable[[datetime], datetime],
+    dumps: Callable[..., bytes],
+    exact_float: Callable[[object], float],
+    sort_keys: int,
+    refusals: tuple[type[BaseException], ...],
+) -> None: ...
+def event_from_document(doc: Any, default_time: datetime | None, /) -> Any: ...
+def fast_time(text: object, /) -> datetime | None: ...
+def kafka_time(timestamp: object, /) -> datetime | None: ...
+def decode_records(
+    records: list[Any],
+    plans: dict[Any, Any],
+    plan_of: Callable[[Any], Any],
+    document: Callable[[bytes], Any],
+    decode: Callable[[bytes | None, Any, int], Any],
+    decoded_type: type[tuple[Any, ...]],
+    item_type: type[tuple[Any, ...]],
+    max_value: int,
+    max_headers: int,
+    /,
+) -> tuple[list[Any], list[tuple[int, Any]], list[int], list[int], list[bytes | None]]: ...

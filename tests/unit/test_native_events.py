@@ -1,0 +1,205 @@
+"""The compiled decoder (common/_cevents.c) decides as its Python reference on every input: the time readers,
+`event_from_document`, and the sink's per-batch loop (`Decoder.decode_records` against `_decode_records`
+and, message by message, the hand-written decoder it all replaced). Generated and hostile input: the
+strategies of test_decoder_oracle, in batches, with aiokafka's own record type."""
+
+from __future__ import annotations
+
+import os
+from datetime import UTC, datetime
+from typing import Any
+
+import orjson
+import pytest
+from aiokafka.structs import ConsumerRecord
+from hypothesis import HealthCheck, example, given, settings
+from hypothesis import strategies as st
+
+from common import cloudevents
+from common.cloudevents import EventValidationError, decode_document, parse_time
+from ingest.sink.consumer import batch_from_records
+from ingest.sink.decode import Decoded, Decoder, timestamp_to_datetime
+from ingest.sink.dedupe import Item
+from tests.support import legacy_decoder as legacy
+from tests.unit.test_decoder_oracle import TIMES, documents, kafka_messages, sink_outcome, times
+
+if os.environ.get("METERGATE_REQUIRE_NATIVE"):  # scripts/test.sh: an install that fell back to Python fails
+    from common import _cevents
+else:
+    _cevents = pytest.importorskip("common._cevents", reason="the C extension was not built (no compiler)")
+
+SETTINGS = settings(max_examples=600, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+RECEIVED = datetime(2025, 1, 2, 3, 4, 5, 678901, tzinfo=UTC)
+
+
+def test_the_compiled_decoder_is_the_one_running() -> None:
+    assert cloudevents.NATIVE
+    assert cloudevents.event_from_document is _cevents.event_from_document
+
+
+# --- the time readers -------------------------------------------------------------------------------------
+
+
+def parsed(text: object) -> object:
+    try:
+        return parse_time(text)
+    except EventValidationError:
+        return "refused"
+
+
+@SETTINGS
+@given(
+    st.one_of(st.sampled_from(TIMES), times, st.from_regex(r"\A[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9:.]{8,20}(Z|\+00:00)\Z"))
+)
+@example("2024-02-29T23:59:59.999999999Z")
+@example("2023-02-29T00:00:00Z")
+@example("1970-01-01T00:00:00+00:00")
+@example("2199-12-31T23:59:59.9999Z")
+@example("2026-03-01T00:00:00.Z")
+@example("2026-03-01T00:00:00.1234567890Z")
+def test_the_fast_time_reader_agrees_with_parse_time_or_leaves_it(text: object) -> None:
+    fast = _cevents.fast_time(text)
+    if fast is not None:
+        reference = parsed(text)
+        assert fast == reference
+        assert isinstance(reference, datetime)
+        assert fast.tzinfo is reference.tzinfo
+
+
+def test_the_fast_time_reader_takes_the_usual_forms() -> None:
+    for text in ["2026-03-01T00:00:00Z", "2026-03-01T00:00:00.037Z", "2026-03-01T00:00:00.1239995+00:00"]:
+        assert _cevents.fast_time(text) == parse_time(text)
+
+
+@SETTINGS
+@given(st.one_of(st.integers(-(2**70), 2**70), st.integers(0, 7_258_118_400_000 + 5)))
+@example(0)
+@example(-1)
+@example(7_258_118_400_000 - 1)
+@example(7_258_118_400_000)
+@example(951_782_400_000)  # 2000-02-29
+def test_kafka_times_agree_with_timestamp_to_datetime(timestamp: int) -> None:
+    fast = _cevents.kafka_time(timestamp)
+    try:
+        reference = timestamp_to_datetime(timestamp)
+    except OverflowError:
+        reference = None
+    assert fast == reference
+    if fast is not None:
+        assert fast.tzinfo is UTC
+
+
+DOC = b'{"specversion":"1.0","id":"a","source":"s","type":"t","subject":"x","data":%s}'
+
+
+# --- one document -----------------------------------------------------------------------------------------
+
+
+@SETTINGS
+@given(documents(), st.sampled_from([RECEIVED, None, datetime(2026, 1, 1, 5, tzinfo=UTC)]))
+@example(b'{"specversion":"1.0","id":"\\u2003","source":"s","type":"t","subject":"x"}', RECEIVED)
+@example(b'{"specversion":"1.0","id":"a","source":"s","type":"t","subject":"x","data":{"n":0.1}}', None)
+@example(b'{"specversion":"1.0","id":"a","source":"s","type":"t","subject":"x","data":{"n":1e400}}', None)
+@example(
+    b'{"specversion":"1.0","id":"a","source":"s","type":"t","subject":"x","data":{"n":18446744073709551616}}', None
+)
+def test_event_from_document_agrees_with_the_python_reference(raw: bytes, default_time: datetime | None) -> None:
+    doc = decode_document(raw)
+    if doc is None:
+        return
+    compiled = _cevents.event_from_document(doc, default_time)
+    reference = cloudevents._event_from_document(doc, default_time)
+    assert compiled == reference
+    if compiled is not None:
+        assert type(compiled) is cloudevents.CloudEvent
+        assert compiled.time.tzinfo is reference.time.tzinfo  # type: ignore[union-attr]
+
+
+# --- batches of Kafka records -----------------------------------------------------------------------------
+
+
+def record(offset: int, message: tuple[bytes | None, Any, int]) -> ConsumerRecord[bytes, bytes]:
+    value, headers, timestamp = message
+    return ConsumerRecord("events", 0, offset, timestamp, 0, None, value, None, -1, -1, headers)
+
+
+@st.composite
+def batches(draw: st.DrawFn) -> list[ConsumerRecord[bytes, bytes]]:
+    """Records as aiokafka builds them (headers a tuple), some sharing a header set and a timestamp (the
+    memo and the time cache at work), a few with headers as a list."""
+    messages = draw(st.lists(kafka_messages(), min_size=1, max_size=12))
+    out = []
+    for offset, (value, headers, timestamp) in enumerate(messages):
+        shape = draw(st.integers(0, 9))
+        as_given: Any = list(headers) if shape == 0 else tuple(headers)
+        out.append(record(100 + offset, (value, as_given, timestamp)))
+    return out
+
+
+def outcomes(decoded: Any) -> list[Any]:
+    return (
+        [(item.offset, sink_outcome(item.decoded)) for item in decoded.items],
+        [(index, refused) for index, refused in decoded.rejected],
+        decoded.offsets,
+        decoded.timestamps,
+        decoded.values,
+    )
+
+
+STRUCTURED = (("content-type", b"application/cloudevents+json"), ("namespace", b"acme"))
+BLANK_ID = b'{"specversion":"1.0","id":"\\u2003","source":"s","type":"t","subject":"x"}'
+
+
+@settings(max_examples=800, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(batches())
+@example([record(1, (BLANK_ID, STRUCTURED, 1_767_225_600_000)), record(2, (BLANK_ID, STRUCTURED, -1))])
+def test_decode_records_agrees_with_the_python_loop_and_the_old_decoder(records: list[Any]) -> None:
+    compiled = Decoder("default").decode_records(records, Item)
+    reference = Decoder("default")._decode_records(records, Item)
+    assert outcomes(compiled) == outcomes(reference)
+    assert [type(item) for item in compiled.items] == [Item] * len(compiled.items)
+    assert all(type(item.decoded) is Decoded for item in compiled.items)
+    # and message by message, the hand-written decoder the compiled schema replaced
+    kept = {item.offset: item.decoded for item in compiled.items}
+    refused = {records[index].offset: malformed for index, malformed in compiled.rejected}
+    for rec in records:
+        old = legacy.Decoder("default").decode(rec.value, list(rec.headers), rec.timestamp)
+        assert sink_outcome(kept.get(rec.offset) or refused[rec.offset]) == sink_outcome(old)
+
+
+def test_the_batch_of_a_usual_stream_is_the_same_either_way() -> None:
+    """A batch like a producer's: one header set, one timestamp for many messages, every event valid."""
+    headers = STRUCTURED
+    records = [
+        record(
+            offset,
+            (
+                orjson.dumps(
+                    {
+                        "specversion": "1.0",
+                        "id": f"e-{offset}",
+                        "source": "svc",
+                        "type": "llm",
+                        "subject": f"c-{offset % 3}",
+                        "time": f"2026-03-01T00:00:{offset % 60:02d}.{offset:03d}Z",
+                        "data": {"tokens": offset, "model": "m"},
+                    }
+                ),
+                headers,
+                1_767_225_600_000 + offset // 4,
+            ),
+        )
+        for offset in range(200)
+    ]
+    compiled = Decoder("default").decode_records(records, Item)
+    assert outcomes(compiled) == outcomes(Decoder("default")._decode_records(records, Item))
+    assert len(compiled.items) == 200
+    assert not compiled.rejected
+    batch, letters = batch_from_records("events", 0, None, records, "default")  # type: ignore[arg-type]
+    assert not letters
+    assert batch.items == compiled.items
+
+
+def test_a_record_without_the_fields_of_a_record_is_an_error_not_a_decision() -> None:
+    with pytest.raises(AttributeError):
+        Decoder("default").decode_records([object()], Item)
