@@ -12,7 +12,9 @@
    from an httpx client in this process, which on 2 cores limits the figure itself (35k/s where wrk shows
    the same server taking 55-60k/s);
 4. the sink's event-loop ceiling: aiokafka consume alone, and consume + decode/validate on the same thread
-   with no writes at all (what one Python worker could reach if writing cost nothing).
+   with no writes at all (what one Python worker could reach if writing cost nothing);
+5. when the compiled decoder (common/_cevents.c) is built, 2 and 4 again on its Python reference
+   (`python_decoder`): the extension's gain, side by side in one run.
 
 Rates are events/s measured from the first message fetched to the last batch committed (the group
 join is excluded). `targets` repeats the ratios the sink issue set (sink / raw, consume + decode /
@@ -54,7 +56,9 @@ sys.path.insert(0, str(ROOT))
 import orjson  # noqa: E402
 from aiokafka import AIOKafkaConsumer  # noqa: E402
 
+from common import cloudevents  # noqa: E402
 from common.clickhouse import connect_clickhouse  # noqa: E402
+from common.cloudevents import NATIVE  # noqa: E402
 from common.logging import configure_logging  # noqa: E402
 from common.settings import ClickHouseSettings, KafkaSettings, LogSettings  # noqa: E402
 from ingest.settings import SinkSettings  # noqa: E402
@@ -353,9 +357,26 @@ async def kafka_part(events: int, batch: int) -> dict[str, Any]:
         kafka = await topic_with(bootstrap, "bench", stream.messages)
         ch_settings = ClickHouseSettings(path=Path(folder), database="bench")
         raw = await raw_baseline(bootstrap, kafka.events_topic, ch_settings, total, batch)
+        python: dict[str, Any] = {"skipped": "the C extension is not built"}
+        if NATIVE:  # the same topic through the Python reference of the compiled decoder, side by side
+            with python_decoder():  # a database of its own: the sink below must not find these events stored
+                py_settings = ClickHouseSettings(path=Path(folder), database="bench_python")
+                py_sink, py_counters = await sink_worker(kafka, py_settings, total, batch)
+                py_only, py_decode = await consume_and_decode(bootstrap, kafka.events_topic, total, batch)
+            assert py_counters["stored"] == len(stream.expected), py_counters
         sink, counters = await sink_worker(kafka, ch_settings, total, batch)
         consume_only, consume_decode = await consume_and_decode(bootstrap, kafka.events_topic, total, batch)
         assert counters["stored"] == len(stream.expected), counters
+        if NATIVE:
+            python = {
+                "sink_events_per_s": round(py_sink),
+                "sink_to_raw_ratio": round(py_sink / raw, 3),
+                "consume_only_events_per_s": round(py_only),
+                "consume_and_decode_events_per_s": round(py_decode),
+                "consume_and_decode_to_consume_only_ratio": round(py_decode / py_only, 3),
+                "compiled_to_python_sink": round(sink / py_sink, 3),
+                "compiled_to_python_consume_and_decode": round(consume_decode / py_decode, 3),
+            }
     return {
         "messages": total,
         "unique_events": len(stream.expected),
@@ -368,7 +389,22 @@ async def kafka_part(events: int, batch: int) -> dict[str, Any]:
         "consume_and_decode_events_per_s": round(consume_decode),
         "consume_and_decode_to_consume_only_ratio": round(consume_decode / consume_only, 3),
         "sink_to_consume_and_decode_ratio": round(sink / consume_decode, 3),
+        # the same with the compiled decoder's Python reference (common/_cevents.c not used)
+        "python_decoder": python,
     }
+
+
+@contextlib.contextmanager
+def python_decoder() -> Iterator[None]:
+    """The sink's decoding on the Python reference of common/_cevents.c while in the block."""
+    import ingest.sink.decode as decode
+
+    saved = decode.NATIVE, decode.event_from_document
+    decode.NATIVE, decode.event_from_document = False, cloudevents._event_from_document
+    try:
+        yield
+    finally:
+        decode.NATIVE, decode.event_from_document = saved
 
 
 @contextlib.contextmanager

@@ -159,15 +159,12 @@ static int refused(void) {
     return 0;
 }
 
-/* The event of a decoded EventDocument: a new CloudEvent, Py_None when a rule refuses it (or it has no time
- * and no default), NULL with an exception where the Python function would raise. */
-static PyObject *event_of(PyObject *doc, PyObject *default_time) {
-    PyObject *items[6] = {NULL, NULL, NULL, NULL, NULL, NULL};
-    PyObject *names[4] = {s_id, s_source, s_type, s_subject};
-    PyObject *raw = NULL;
+/* The event of its parts: the four text attributes (new references, stolen), the raw time (a str, or
+ * Py_None) and the decoded data (borrowed). A new CloudEvent, Py_None when a rule refuses it (or it has no
+ * time and no default), NULL with an exception where `_event_from_document` would raise. */
+static PyObject *event_of_parts(PyObject **attributes, PyObject *raw_time, PyObject *data, PyObject *default_time) {
+    PyObject *items[6] = {attributes[0], attributes[1], attributes[2], attributes[3], NULL, NULL};
     for (int k = 0; k < 4; k++) {
-        items[k] = PyObject_GetAttr(doc, names[k]);
-        if (items[k] == NULL) goto error;
         if (!PyUnicode_Check(items[k])) {
             PyErr_SetString(PyExc_TypeError, "an attribute of the document is not text");
             goto error;
@@ -176,13 +173,12 @@ static PyObject *event_of(PyObject *doc, PyObject *default_time) {
     for (int k = 0; k < 4; k++) {
         if (is_space(items[k])) goto refuse;
     }
-    raw = PyObject_GetAttr(doc, s_time);
-    if (raw == NULL) goto error;
-    if (raw != Py_None) {
-        items[4] = PyUnicode_Check(raw) ? fast_time(raw) : NULL;
+    if (raw_time != Py_None) {
+        items[4] = PyUnicode_Check(raw_time) ? fast_time(raw_time) : NULL;
         if (items[4] == NULL) {
             if (PyErr_Occurred()) goto error;
-            items[4] = PyObject_CallOneArg(parse_time, raw);
+            items[4] = PyObject_CallOneArg(parse_time, raw_time);
+            if (items[4] == NULL) goto check;
         }
     } else if (default_time != Py_None) {
         items[4] = PyObject_CallOneArg(default_time_of, default_time);
@@ -190,14 +186,10 @@ static PyObject *event_of(PyObject *doc, PyObject *default_time) {
     } else {
         goto refuse;
     }
-    Py_CLEAR(raw);
-    if (items[4] == NULL) goto check;
-    raw = PyObject_GetAttr(doc, s_data);
-    if (raw == NULL) goto error;
-    if (raw == Py_None) {
+    if (data == Py_None) {
         items[5] = Py_NewRef(null_text);
     } else {
-        PyObject *args[3] = {raw, exact_float, sort_keys};
+        PyObject *args[3] = {data, exact_float, sort_keys};
         PyObject *text = PyObject_Vectorcall(dumps, args, 1, dumps_kwnames);
         if (text == NULL) goto check;
         if (!PyBytes_Check(text)) {
@@ -209,17 +201,37 @@ static PyObject *event_of(PyObject *doc, PyObject *default_time) {
         Py_DECREF(text);
         if (items[5] == NULL) goto error;
     }
-    Py_CLEAR(raw);
     return named_tuple(CloudEventType, 6, items);
 check:
     if (!refused()) goto error;
 refuse:
     for (int k = 0; k < 6; k++) Py_XDECREF(items[k]);
-    Py_XDECREF(raw);
     Py_RETURN_NONE;
 error:
     for (int k = 0; k < 6; k++) Py_XDECREF(items[k]);
-    Py_XDECREF(raw);
+    return NULL;
+}
+
+/* The event of a decoded EventDocument (as `event_of_parts`). */
+static PyObject *event_of(PyObject *doc, PyObject *default_time) {
+    PyObject *attributes[4] = {NULL, NULL, NULL, NULL};
+    PyObject *names[4] = {s_id, s_source, s_type, s_subject};
+    PyObject *raw_time = NULL, *data = NULL, *event = NULL;
+    for (int k = 0; k < 4; k++) {
+        attributes[k] = PyObject_GetAttr(doc, names[k]);
+        if (attributes[k] == NULL) goto error;
+    }
+    raw_time = PyObject_GetAttr(doc, s_time);
+    if (raw_time == NULL) goto error;
+    data = PyObject_GetAttr(doc, s_data);
+    if (data == NULL) goto error;
+    event = event_of_parts(attributes, raw_time, data, default_time);
+    Py_DECREF(raw_time);
+    Py_DECREF(data);
+    return event;
+error:
+    for (int k = 0; k < 4; k++) Py_XDECREF(attributes[k]);
+    Py_XDECREF(raw_time);
     return NULL;
 }
 
@@ -239,6 +251,25 @@ static PyObject *fast_time_py(PyObject *self, PyObject *text) {
     return at;
 }
 
+/* --- the sink's loop ---------------------------------------------------------------------------------- */
+
+static PyObject *document_decode;   /* the compiled schema: EventDocument from a structured-mode value */
+static PyObject *data_decode;       /* the data of binary mode: a JSON object or null */
+static Py_ssize_t max_value_bytes;  /* a larger value is refused (by the Python decoder) */
+static Py_ssize_t max_plan_headers; /* header sets up to this size go through the structured-mode memo */
+static Py_ssize_t max_header_bytes; /* a longer header value is refused (by the Python decoder) */
+static Py_ssize_t max_attribute_length;
+static PyObject *s_plans, *s_plan_of, *s_namespaces, *s_namespace_of, *s_ingested, *s_ingested_of, *s_decode,
+    *s_default_namespace;
+
+/* The headers binary mode reads, by their index in `header_names` (the first seven are the attributes, in
+ * the order of `attribute_names`). */
+enum { H_ID, H_SOURCE, H_SPECVERSION, H_TYPE, H_SUBJECT, H_TIME, H_DATACONTENTTYPE, H_CONTENT_TYPE, H_NAMESPACE,
+       H_INGESTED_AT, H_COUNT };
+static char header_names[H_COUNT][32] = {"ce_id",   "ce_source", "ce_specversion", "ce_type", "ce_subject",
+                                         "ce_time", "ce_datacontenttype"};
+static Py_ssize_t header_lengths[H_COUNT];
+
 /* A value from a memo dict, or from its filler (which memoises) on a miss. New reference; NULL with an
  * exception when the key cannot be hashed or the filler raised. */
 static PyObject *memo(PyObject *dict, PyObject *key, PyObject *fill) {
@@ -248,8 +279,6 @@ static PyObject *memo(PyObject *dict, PyObject *key, PyObject *fill) {
     return PyObject_CallOneArg(fill, key);
 }
 
-/* The structured-mode fast path of `Decoder.decode` for one record: a new Decoded, or NULL (no exception
- * left pending) when the record needs the Python decoder. Raises only what is not an Exception. */
 typedef struct {
     PyObject *timestamp; /* the last Kafka timestamp converted (messages produced together share theirs) */
     PyObject *at;        /* its datetime */
@@ -267,66 +296,217 @@ static PyObject *cached_kafka_time(TimeCache *cache, PyObject *timestamp) {
     return at;
 }
 
-static PyObject *fast_decoded(PyObject *value, PyObject *headers, PyObject *timestamp, PyObject *plans,
-                              PyObject *plan_of, TimeCache *times, PyObject *document, PyObject *decoded_type,
-                              Py_ssize_t max_value, Py_ssize_t max_headers) {
+/* What one batch decodes with: the Decoder's memos and their fillers (read once per batch). */
+typedef struct {
+    PyObject *plans, *plan_of;           /* header set -> (namespace, ingested_at or None) | None */
+    PyObject *namespaces, *namespace_of; /* namespace header value -> namespace */
+    PyObject *ingested, *ingested_of;    /* ingested_at header value -> datetime */
+    PyObject *decode;                    /* Decoder.decode: the reference, for any record the fast paths leave */
+    PyObject *default_namespace;
+    PyObject *decoded_type;
+    TimeCache times;
+} Sink;
+
+static void sink_clear(Sink *sink) {
+    PyObject **refs[] = {&sink->plans,    &sink->plan_of,     &sink->namespaces,        &sink->namespace_of,
+                         &sink->ingested, &sink->ingested_of, &sink->decode,            &sink->default_namespace,
+                         &sink->times.timestamp, &sink->times.at};
+    for (size_t k = 0; k < sizeof(refs) / sizeof(refs[0]); k++) Py_CLEAR(*refs[k]);
+}
+
+static int sink_open(Sink *sink, PyObject *decoder, PyObject *decoded_type) {
+    memset(sink, 0, sizeof(*sink));
+    sink->decoded_type = decoded_type;
+    PyObject **refs[] = {&sink->plans,    &sink->plan_of,     &sink->namespaces, &sink->namespace_of,
+                         &sink->ingested, &sink->ingested_of, &sink->decode,     &sink->default_namespace};
+    PyObject *names[] = {s_plans,    s_plan_of,     s_namespaces, s_namespace_of,
+                         s_ingested, s_ingested_of, s_decode,     s_default_namespace};
+    for (size_t k = 0; k < sizeof(refs) / sizeof(refs[0]); k++) {
+        *refs[k] = PyObject_GetAttr(decoder, names[k]);
+        if (*refs[k] == NULL) goto error;
+    }
+    if (!PyDict_CheckExact(sink->plans) || !PyDict_CheckExact(sink->namespaces) ||
+        !PyDict_CheckExact(sink->ingested) || !PyUnicode_Check(sink->default_namespace)) {
+        PyErr_SetString(PyExc_TypeError, "the decoder's memos must be dicts, its default namespace text");
+        goto error;
+    }
+    return 1;
+error:
+    sink_clear(sink);
+    return 0;
+}
+
+/* Leave the record to the Python decoder: clear what went wrong (an Exception: the decoder meets it again
+ * and decides), keep anything else (MemoryError is an Exception too, and meets it again as well). */
+static PyObject *leave(void) {
+    if (PyErr_Occurred() && PyErr_ExceptionMatches(PyExc_Exception)) PyErr_Clear();
+    return NULL;
+}
+
+/* The structured-mode fast path of `Decoder.decode`: a new Decoded, or NULL (no exception pending) when
+ * the record needs the Python decoder. */
+static PyObject *structured(Sink *sink, PyObject *value, PyObject *headers, PyObject *timestamp) {
     PyObject *plan = NULL, *doc = NULL, *kafka_time = NULL, *event = NULL;
-    if (!PyTuple_CheckExact(headers) || PyTuple_GET_SIZE(headers) > max_headers || !PyBytes_CheckExact(value) ||
-        PyBytes_GET_SIZE(value) == 0 || PyBytes_GET_SIZE(value) > max_value)
-        return NULL;
-    plan = memo(plans, headers, plan_of);
-    if (plan == NULL) goto fail;
-    if (!PyTuple_CheckExact(plan) || PyTuple_GET_SIZE(plan) != 2) goto fail;
-    doc = PyObject_CallOneArg(document, value);
-    if (doc == NULL || doc == Py_None) goto fail;
-    kafka_time = cached_kafka_time(times, timestamp);
+    plan = memo(sink->plans, headers, sink->plan_of);
+    if (plan == NULL || !PyTuple_CheckExact(plan) || PyTuple_GET_SIZE(plan) != 2) goto fail;
+    doc = PyObject_CallOneArg(document_decode, value);
+    if (doc == NULL) goto fail;
+    kafka_time = cached_kafka_time(&sink->times, timestamp);
     if (kafka_time == NULL) goto fail; /* outside 1970-2200 or not an int: the Python decoder decides */
     PyObject *ingested_at = PyTuple_GET_ITEM(plan, 1);
     if (ingested_at == Py_None) ingested_at = kafka_time;
-    if (ingested_at == Py_None) goto fail;
     event = event_of(doc, kafka_time);
     if (event == NULL || event == Py_None) goto fail;
     PyObject *items[3] = {Py_NewRef(PyTuple_GET_ITEM(plan, 0)), event, Py_NewRef(ingested_at)};
-    PyObject *decoded = named_tuple(decoded_type, 3, items);
     Py_DECREF(plan);
     Py_DECREF(doc);
     Py_DECREF(kafka_time);
-    return decoded;
+    return named_tuple(sink->decoded_type, 3, items);
 fail:
     Py_XDECREF(plan);
     Py_XDECREF(doc);
     Py_XDECREF(kafka_time);
     Py_XDECREF(event);
-    if (PyErr_Occurred() && PyErr_ExceptionMatches(PyExc_Exception)) PyErr_Clear();
-    return NULL;
+    return leave();
 }
 
-/* decode_records(records, plans, plan_of, document, decode, decoded_type, item_type, max_value,
- *                max_headers) -> (items, rejected, offsets, timestamps, values)
+/* Which header binary mode reads a name is (-1: none, or not plain text). */
+static int header_index(PyObject *name) {
+    if (!PyUnicode_CheckExact(name) || !PyUnicode_IS_COMPACT_ASCII(name)) return -1;
+    Py_ssize_t n = PyUnicode_GET_LENGTH(name);
+    const char *text = (const char *)PyUnicode_DATA(name);
+    for (int k = 0; k < H_COUNT; k++) {
+        if (header_lengths[k] == n && memcmp(header_names[k], text, (size_t)n) == 0) return k;
+    }
+    return -1;
+}
+
+/* An attribute's header value as the text the schema would give it, NULL (no exception pending) for
+ * anything it would refuse: empty, too long, not UTF-8, past the attribute length. (Quotes, backslashes
+ * and control characters are text like any other: the Python fast path leaves them to its general path
+ * only because it builds JSON of the headers, and that path takes them as they are.) */
+static PyObject *attribute_text(PyObject *raw) {
+    Py_ssize_t n = PyBytes_GET_SIZE(raw);
+    if (n == 0 || n > max_header_bytes) return NULL;
+    PyObject *text = PyUnicode_DecodeUTF8(PyBytes_AS_STRING(raw), n, NULL);
+    if (text == NULL) return leave();
+    if (PyUnicode_GET_LENGTH(text) > max_attribute_length) {
+        Py_DECREF(text);
+        return NULL;
+    }
+    return text;
+}
+
+static int bytes_equal(PyObject *raw, const char *text) {
+    size_t n = strlen(text);
+    return PyBytes_GET_SIZE(raw) == (Py_ssize_t)n && memcmp(PyBytes_AS_STRING(raw), text, n) == 0;
+}
+
+/* The binary-mode fast path of `Decoder.decode` (the attributes in ce_ headers, the value the data): a new
+ * Decoded, or NULL (no exception pending) when the record needs the Python decoder: a header it does not
+ * read (an extension attribute, upper case, a repeated name), a value the schema would not pass as is. */
+static PyObject *binary(Sink *sink, PyObject *value, PyObject *headers, PyObject *timestamp) {
+    PyObject *found[H_COUNT] = {NULL};
+    Py_ssize_t n = PyTuple_GET_SIZE(headers);
+    for (Py_ssize_t i = 0; i < n; i++) {
+        PyObject *header = PyTuple_GET_ITEM(headers, i);
+        if (!PyTuple_CheckExact(header) || PyTuple_GET_SIZE(header) != 2) return NULL;
+        int k = header_index(PyTuple_GET_ITEM(header, 0));
+        PyObject *raw = PyTuple_GET_ITEM(header, 1);
+        if (k < 0 || found[k] != NULL || !PyBytes_CheckExact(raw)) return NULL;
+        found[k] = raw;
+    }
+    for (int k = H_ID; k <= H_SUBJECT; k++) {
+        if (found[k] == NULL) return NULL;
+    }
+    if (!bytes_equal(found[H_SPECVERSION], "1.0")) return NULL;
+    if (found[H_DATACONTENTTYPE] != NULL && !bytes_equal(found[H_DATACONTENTTYPE], "application/json")) return NULL;
+    if (found[H_CONTENT_TYPE] != NULL && !bytes_equal(found[H_CONTENT_TYPE], "application/json")) return NULL;
+    if (value != Py_None && (!PyBytes_CheckExact(value) || PyBytes_GET_SIZE(value) > max_value_bytes)) return NULL;
+
+    PyObject *namespace = NULL, *kafka_time = NULL, *ingested_at = NULL, *raw_time = NULL, *data = NULL;
+    PyObject *attributes[4] = {NULL, NULL, NULL, NULL};
+    namespace = found[H_NAMESPACE] == NULL ? Py_NewRef(sink->default_namespace)
+                                           : memo(sink->namespaces, found[H_NAMESPACE], sink->namespace_of);
+    if (namespace == NULL) goto fail;
+    kafka_time = cached_kafka_time(&sink->times, timestamp);
+    if (kafka_time == NULL) goto fail;
+    ingested_at = found[H_INGESTED_AT] == NULL ? Py_NewRef(kafka_time)
+                                               : memo(sink->ingested, found[H_INGESTED_AT], sink->ingested_of);
+    if (ingested_at == NULL) goto fail;
+    int which[4] = {H_ID, H_SOURCE, H_TYPE, H_SUBJECT};
+    for (int k = 0; k < 4; k++) {
+        attributes[k] = attribute_text(found[which[k]]);
+        if (attributes[k] == NULL) goto fail;
+    }
+    if (found[H_TIME] == NULL) {
+        raw_time = Py_NewRef(Py_None);
+    } else {
+        raw_time = attribute_text(found[H_TIME]);
+        if (raw_time == NULL) goto fail;
+    }
+    if (value == Py_None || PyBytes_GET_SIZE(value) == 0) {
+        data = Py_NewRef(Py_None);
+    } else {
+        data = PyObject_CallOneArg(data_decode, value);
+        if (data == NULL) goto fail;
+    }
+    PyObject *event = event_of_parts(attributes, raw_time, data, kafka_time);
+    for (int k = 0; k < 4; k++) attributes[k] = NULL; /* stolen */
+    Py_CLEAR(raw_time);
+    Py_CLEAR(data);
+    Py_CLEAR(kafka_time);
+    if (event == NULL || event == Py_None) {
+        Py_XDECREF(event);
+        goto fail;
+    }
+    PyObject *items[3] = {namespace, event, ingested_at};
+    return named_tuple(sink->decoded_type, 3, items);
+fail:
+    for (int k = 0; k < 4; k++) Py_XDECREF(attributes[k]);
+    Py_XDECREF(namespace);
+    Py_XDECREF(kafka_time);
+    Py_XDECREF(ingested_at);
+    Py_XDECREF(raw_time);
+    Py_XDECREF(data);
+    return leave();
+}
+
+/* One record by a fast path: a new Decoded, or NULL (an exception pending only if it is not an Exception)
+ * when the Python decoder decides it. */
+static PyObject *fast_decoded(Sink *sink, PyObject *value, PyObject *headers, PyObject *timestamp) {
+    if (!PyTuple_CheckExact(headers)) return NULL;
+    if (PyTuple_GET_SIZE(headers) <= max_plan_headers) {
+        if (!PyBytes_CheckExact(value) || PyBytes_GET_SIZE(value) == 0 || PyBytes_GET_SIZE(value) > max_value_bytes)
+            return NULL;
+        return structured(sink, value, headers, timestamp);
+    }
+    return binary(sink, value, headers, timestamp);
+}
+
+/* decode_records(records, decoder, decoded_type, item_type) -> (items, rejected, offsets, timestamps, values)
  *
- * The Decoder's memo of header sets and its filler (plans, plan_of: header set -> (namespace,
- * ingested_at or None)), the compiled schema's `decode` (document) and
- * `Decoder.decode` for any record the fast path leaves. items: an Item(offset, Decoded) per decoded record,
- * in order; rejected: (index, Malformed) per record the decoder refused; offsets, timestamps, values: the
- * records' columns (for the batch digest). */
+ * `Decoder.decode` over a batch of aiokafka records, with the decoder's memos: items, an Item(offset,
+ * Decoded) per decoded record in order; rejected, (index, Malformed) per refused record; offsets,
+ * timestamps and values, the records' columns (the batch digest's). */
 static PyObject *decode_records(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
-    if (nargs != 9) {
-        PyErr_SetString(PyExc_TypeError,
-                        "decode_records(records, plans, plan_of, document, decode, decoded_type, item_type, "
-                        "max_value, max_headers)");
+    if (nargs != 4) {
+        PyErr_SetString(PyExc_TypeError, "decode_records(records, decoder, decoded_type, item_type)");
         return NULL;
     }
     if (!configured()) return NULL;
-    PyObject *records = args[0], *plans = args[1], *plan_of = args[2], *document = args[3], *decode = args[4];
-    PyObject *decoded_type = args[5], *item_type = args[6];
-    if (!PyList_CheckExact(records) || !PyDict_CheckExact(plans)) {
-        PyErr_SetString(PyExc_TypeError, "records must be a list, plans a dict");
+    if (document_decode == NULL) {
+        PyErr_SetString(PyExc_RuntimeError, "common._cevents: configure_sink was not called");
+        return NULL;
+    }
+    PyObject *records = args[0], *decoded_type = args[2], *item_type = args[3];
+    if (!PyList_CheckExact(records)) {
+        PyErr_SetString(PyExc_TypeError, "records must be a list");
         return NULL;
     }
     if (!tuple_type(decoded_type) || !tuple_type(item_type)) return NULL;
-    Py_ssize_t max_value = PyLong_AsSsize_t(args[7]), max_headers = PyLong_AsSsize_t(args[8]);
-    if (PyErr_Occurred()) return NULL;
-    TimeCache times = {NULL, NULL};
+    Sink sink;
+    if (!sink_open(&sink, args[1], decoded_type)) return NULL;
     Py_ssize_t n = PyList_GET_SIZE(records);
     PyObject *items = PyList_New(0), *rejected = PyList_New(0);
     PyObject *offsets = PyList_New(n), *timestamps = PyList_New(n), *values = PyList_New(n);
@@ -344,15 +524,14 @@ static PyObject *decode_records(PyObject *self, PyObject *const *args, Py_ssize_
         PyList_SET_ITEM(offsets, i, offset);
         PyObject *headers = PyObject_GetAttr(rec, s_headers);
         if (headers == NULL) goto error;
-        PyObject *decoded = fast_decoded(value, headers, timestamp, plans, plan_of, &times, document,
-                                         decoded_type, max_value, max_headers);
+        PyObject *decoded = fast_decoded(&sink, value, headers, timestamp);
         if (decoded == NULL) {
             if (PyErr_Occurred()) {
                 Py_DECREF(headers);
                 goto error;
             }
             PyObject *call[3] = {value, headers, timestamp};
-            decoded = PyObject_Vectorcall(decode, call, 3, NULL);
+            decoded = PyObject_Vectorcall(sink.decode, call, 3, NULL);
         }
         Py_DECREF(headers);
         if (decoded == NULL) goto error;
@@ -375,18 +554,43 @@ static PyObject *decode_records(PyObject *self, PyObject *const *args, Py_ssize_
         }
         Py_DECREF(kept);
     }
-    Py_XDECREF(times.timestamp);
-    Py_XDECREF(times.at);
+    sink_clear(&sink);
     return Py_BuildValue("(NNNNN)", items, rejected, offsets, timestamps, values);
 error:
-    Py_XDECREF(times.timestamp);
-    Py_XDECREF(times.at);
+    sink_clear(&sink);
     Py_XDECREF(items);
     Py_XDECREF(rejected);
     Py_XDECREF(offsets);
     Py_XDECREF(timestamps);
     Py_XDECREF(values);
     return NULL;
+}
+
+static PyObject *configure_sink(PyObject *self, PyObject *args, PyObject *kwargs) {
+    static char *keywords[] = {"document", "data", "max_value_bytes", "max_plan_headers", "max_header_bytes",
+                               "max_attribute_length", "content_type_header", "namespace_header",
+                               "ingested_at_header", NULL};
+    PyObject *document, *data;
+    Py_ssize_t sizes[4];
+    const char *names[3];
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "OOnnnnsss:configure_sink", keywords, &document, &data, &sizes[0],
+                                     &sizes[1], &sizes[2], &sizes[3], &names[0], &names[1], &names[2]))
+        return NULL;
+    for (int k = 0; k < 3; k++) {
+        if (strlen(names[k]) >= sizeof(header_names[0])) {
+            PyErr_SetString(PyExc_ValueError, "header name too long");
+            return NULL;
+        }
+        strcpy(header_names[H_CONTENT_TYPE + k], names[k]);
+    }
+    for (int k = 0; k < H_COUNT; k++) header_lengths[k] = (Py_ssize_t)strlen(header_names[k]);
+    Py_XSETREF(document_decode, Py_NewRef(document));
+    Py_XSETREF(data_decode, Py_NewRef(data));
+    max_value_bytes = sizes[0];
+    max_plan_headers = sizes[1];
+    max_header_bytes = sizes[2];
+    max_attribute_length = sizes[3];
+    Py_RETURN_NONE;
 }
 
 static PyObject *configure(PyObject *self, PyObject *args, PyObject *kwargs) {
@@ -413,8 +617,9 @@ static PyMethodDef methods[] = {
     {"event_from_document", (PyCFunction)(void (*)(void))event_from_document, METH_FASTCALL,
      "event_from_document(doc, default_time) -> CloudEvent | None"},
     {"decode_records", (PyCFunction)(void (*)(void))decode_records, METH_FASTCALL,
-     "decode_records(records, plans, plan_of, document, decode, decoded_type, item_type, max_value, "
-     "max_headers)"},
+     "decode_records(records, decoder, decoded_type, item_type)"},
+    {"configure_sink", (PyCFunction)(void (*)(void))configure_sink, METH_VARARGS | METH_KEYWORDS,
+     "Give the sink's loop its schema decoders, bounds and header names (once, at import)."},
     {"kafka_time", (PyCFunction)kafka_time_py, METH_O,
      "A Kafka timestamp (ms) as a UTC datetime, or None where timestamp_to_datetime decides."},
     {"fast_time", (PyCFunction)fast_time_py, METH_O,
@@ -427,11 +632,15 @@ static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_cevents", NULL, -1,
 PyMODINIT_FUNC PyInit__cevents(void) {
     PyDateTime_IMPORT;
     if (PyDateTimeAPI == NULL) return NULL;
-    PyObject **names[] = {&s_id, &s_source, &s_type, &s_subject, &s_time, &s_data,
-                          &s_value, &s_headers, &s_timestamp, &s_offset, &null_text};
-    const char *texts[] = {"id", "source", "type", "subject", "time", "data",
-                           "value", "headers", "timestamp", "offset", "null"};
-    for (int k = 0; k < 11; k++) {
+    PyObject **names[] = {&s_id,         &s_source,       &s_type,       &s_subject,    &s_time,
+                          &s_data,       &s_value,        &s_headers,    &s_timestamp,  &s_offset,
+                          &null_text,    &s_plans,        &s_plan_of,    &s_namespaces, &s_namespace_of,
+                          &s_ingested,   &s_ingested_of,  &s_decode,     &s_default_namespace};
+    const char *texts[] = {"id",         "source",        "type",     "subject",     "time",
+                           "data",       "value",         "headers",  "timestamp",   "offset",
+                           "null",       "_plans",        "_structured_plan", "_namespaces", "_namespace",
+                           "_times",     "_ingested_at",  "decode",   "default_namespace"};
+    for (size_t k = 0; k < sizeof(texts) / sizeof(texts[0]); k++) {
         *names[k] = PyUnicode_InternFromString(texts[k]);
         if (*names[k] == NULL) return NULL;
     }

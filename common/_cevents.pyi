@@ -18,14 +18,17 @@ def event_from_document(doc: Any, default_time: datetime | None, /) -> Any: ...
 def fast_time(text: object, /) -> datetime | None: ...
 def kafka_time(timestamp: object, /) -> datetime | None: ...
 def decode_records(
-    records: list[Any],
-    plans: dict[Any, Any],
-    plan_of: Callable[[Any], Any],
-    document: Callable[[bytes], Any],
-    decode: Callable[[bytes | None, Any, int], Any],
-    decoded_type: type[tuple[Any, ...]],
-    item_type: type[tuple[Any, ...]],
-    max_value: int,
-    max_headers: int,
-    /,
+    records: list[Any], decoder: Any, decoded_type: type[tuple[Any, ...]], item_type: type[tuple[Any, ...]], /
 ) -> tuple[list[Any], list[tuple[int, Any]], list[int], list[int], list[bytes | None]]: ...
+def configure_sink(
+    *,
+    document: Callable[[bytes], Any],
+    data: Callable[[bytes], Any],
+    max_value_bytes: int,
+    max_plan_headers: int,
+    max_header_bytes: int,
+    max_attribute_length: int,
+    content_type_header: str,
+    namespace_header: str,
+    ingested_at_header: str,
+) -> None: ...

@@ -205,6 +205,7 @@ _DOCUMENTS = msgspec.json.Decoder(list[EventDocument], float_hook=Decimal)
 _DOCUMENT_OR_LIST = msgspec.json.Decoder(EventDocument | list[EventDocument], float_hook=Decimal)
 _DATA = msgspec.json.Decoder(dict[str, Any] | None, float_hook=Decimal)
 DOCUMENT_DECODE = _DOCUMENT.decode  # raises msgspec.DecodeError: `decode_document` is the checked form
+DATA_DECODE = _DATA.decode  # the data of binary mode (raises msgspec.DecodeError)
 ATTRIBUTE_NAMES = frozenset(field.name for field in msgspec.structs.fields(_Attributes))
 _convert = msgspec.convert
 _SORT_KEYS = orjson.OPT_SORT_KEYS

@@ -25,7 +25,9 @@ from common import exactjson
 from common.clock import EPOCH
 from common.cloudevents import (
     ATTRIBUTE_NAMES,
+    DATA_DECODE,
     DOCUMENT_DECODE,
+    MAX_ATTRIBUTE_LENGTH,
     MAX_EVENT_TIME,
     MIN_EVENT_TIME,
     NATIVE,
@@ -85,9 +87,12 @@ class Records(NamedTuple, Generic[T]):
     values: list[bytes | None]
 
 
+_MAX_TIMESTAMP_MS = (MAX_EVENT_TIME - EPOCH) // timedelta(milliseconds=1)
+
+
 def timestamp_to_datetime(timestamp_ms: int) -> datetime | None:
     """A Kafka timestamp (ms since the epoch) as an aware UTC datetime, None when unusable."""
-    if not isinstance(timestamp_ms, int) or timestamp_ms < 0:
+    if not isinstance(timestamp_ms, int) or not 0 <= timestamp_ms < _MAX_TIMESTAMP_MS:  # no timedelta overflow
         return None
     at = EPOCH + timedelta(milliseconds=timestamp_ms)
     return at if MIN_EVENT_TIME <= at < MAX_EVENT_TIME else None
@@ -231,18 +236,9 @@ class Decoder:
         `_decode_records`; the two agree on every batch."""
         if not NATIVE:
             return self._decode_records(records, item)
-        out = _cevents.decode_records(
-            records,
-            self._plans,
-            self._structured_plan,
-            DOCUMENT_DECODE,
-            self.decode,
-            Decoded,
-            item,  # type: ignore[arg-type]
-            MAX_VALUE_BYTES,
-            _PLAN_MAX_HEADERS,
-        )
-        return Records(*out)
+        # C reads the memos and their fillers by name: _plans/_structured_plan, _namespaces/_namespace,
+        # _times/_ingested_at, decode, default_namespace
+        return Records(*_cevents.decode_records(records, self, Decoded, item))  # type: ignore[arg-type]
 
     def _decode_records(self, records: list[Any], item: Callable[[int, Decoded], T]) -> Records[T]:
         """The reference of `decode_records`, in Python."""
@@ -453,3 +449,17 @@ def decode_message(
 ) -> Decoded | Malformed:
     """Decode one message of the events topic. Never raises."""
     return Decoder(default_namespace).decode(value, headers, timestamp_ms)
+
+
+if NATIVE:
+    _cevents.configure_sink(
+        document=DOCUMENT_DECODE,
+        data=DATA_DECODE,
+        max_value_bytes=MAX_VALUE_BYTES,
+        max_plan_headers=_PLAN_MAX_HEADERS,
+        max_header_bytes=MAX_HEADER_BYTES,
+        max_attribute_length=MAX_ATTRIBUTE_LENGTH,
+        content_type_header=CONTENT_TYPE_HEADER,
+        namespace_header=NAMESPACE_HEADER,
+        ingested_at_header=INGESTED_AT_HEADER,
+    )
