@@ -484,11 +484,12 @@ static PyObject *fast_decoded(Sink *sink, PyObject *value, PyObject *headers, Py
     return binary(sink, value, headers, timestamp);
 }
 
-/* decode_records(records, decoder, decoded_type, item_type) -> (items, rejected, offsets, timestamps, values)
+/* decode_records(records, decoder, decoded_type, item_type) -> (items, rejected, numbers, values)
  *
  * `Decoder.decode` over a batch of aiokafka records, with the decoder's memos: items, an Item(offset,
- * Decoded) per decoded record in order; rejected, (index, Malformed) per refused record; offsets,
- * timestamps and values, the records' columns (the batch digest's). */
+ * Decoded) per decoded record in order; rejected, (index, Malformed) per refused record; numbers, the
+ * batch digest's (offset, timestamp, value length or -1) triples as native int64 bytes, as
+ * `digest_numbers` writes them (None when one does not fit); values, the records' values. */
 static PyObject *decode_records(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
     if (nargs != 4) {
         PyErr_SetString(PyExc_TypeError, "decode_records(records, decoder, decoded_type, item_type)");
@@ -508,20 +509,32 @@ static PyObject *decode_records(PyObject *self, PyObject *const *args, Py_ssize_
     Sink sink;
     if (!sink_open(&sink, args[1], decoded_type)) return NULL;
     Py_ssize_t n = PyList_GET_SIZE(records);
-    PyObject *items = PyList_New(0), *rejected = PyList_New(0);
-    PyObject *offsets = PyList_New(n), *timestamps = PyList_New(n), *values = PyList_New(n);
-    if (items == NULL || rejected == NULL || offsets == NULL || timestamps == NULL || values == NULL) goto error;
+    PyObject *items = PyList_New(0), *rejected = PyList_New(0), *values = PyList_New(n);
+    PyObject *numbers = PyBytes_FromStringAndSize(NULL, n * 3 * (Py_ssize_t)sizeof(long long));
+    PyObject *timestamp = NULL, *offset = NULL;
+    if (items == NULL || rejected == NULL || values == NULL || numbers == NULL) goto error;
+    long long *triples = (long long *)PyBytes_AS_STRING(numbers);
+    int numbered = 1; /* every offset and timestamp fits int64 (else numbers is None: digest_numbers says why) */
     for (Py_ssize_t i = 0; i < n; i++) {
         PyObject *rec = PyList_GET_ITEM(records, i);
         PyObject *value = PyObject_GetAttr(rec, s_value);
         if (value == NULL) goto error;
         PyList_SET_ITEM(values, i, value);
-        PyObject *timestamp = PyObject_GetAttr(rec, s_timestamp);
+        timestamp = PyObject_GetAttr(rec, s_timestamp);
         if (timestamp == NULL) goto error;
-        PyList_SET_ITEM(timestamps, i, timestamp);
-        PyObject *offset = PyObject_GetAttr(rec, s_offset);
+        offset = PyObject_GetAttr(rec, s_offset);
         if (offset == NULL) goto error;
-        PyList_SET_ITEM(offsets, i, offset);
+        if (numbered) {
+            long long triple[3] = {PyLong_Check(offset) ? PyLong_AsLongLong(offset) : -1,
+                                   PyLong_Check(timestamp) ? PyLong_AsLongLong(timestamp) : -1,
+                                   value == Py_None ? -1 : (long long)PyObject_Length(value)};
+            if (PyErr_Occurred() || !PyLong_Check(offset) || !PyLong_Check(timestamp)) {
+                if (!PyErr_ExceptionMatches(PyExc_Exception) && PyErr_Occurred()) goto error;
+                PyErr_Clear();
+                numbered = 0;
+            }
+            memcpy(triples + 3 * i, triple, sizeof(triple));
+        }
         PyObject *headers = PyObject_GetAttr(rec, s_headers);
         if (headers == NULL) goto error;
         PyObject *decoded = fast_decoded(&sink, value, headers, timestamp);
@@ -553,15 +566,19 @@ static PyObject *decode_records(PyObject *self, PyObject *const *args, Py_ssize_
             }
         }
         Py_DECREF(kept);
+        Py_CLEAR(timestamp);
+        Py_CLEAR(offset);
     }
     sink_clear(&sink);
-    return Py_BuildValue("(NNNNN)", items, rejected, offsets, timestamps, values);
+    if (!numbered) Py_SETREF(numbers, Py_NewRef(Py_None));
+    return Py_BuildValue("(NNNN)", items, rejected, numbers, values);
 error:
     sink_clear(&sink);
+    Py_XDECREF(timestamp);
+    Py_XDECREF(offset);
     Py_XDECREF(items);
     Py_XDECREF(rejected);
-    Py_XDECREF(offsets);
-    Py_XDECREF(timestamps);
+    Py_XDECREF(numbers);
     Py_XDECREF(values);
     return NULL;
 }

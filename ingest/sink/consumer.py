@@ -13,10 +13,11 @@ from typing import Any
 from ingest.sink.batch import Cut, OffsetRange, plan_cuts
 from ingest.sink.decode import Decoder
 from ingest.sink.dedupe import Conflict, Item
+from ingest.sink.digest import digest_numbers, digest_of
 from ingest.sink.dlq import DeadLetter
 from ingest.sink.ledger import LedgerRecord
 from ingest.sink.processor import Batch
-from ingest.sink.rows import RangeId, message_digest
+from ingest.sink.rows import RangeId
 
 
 def batch_from_records(
@@ -32,7 +33,10 @@ def batch_from_records(
         letters.append(
             DeadLetter("malformed", refused.reason, topic, partition, rec.offset, rec.key, rec.value, list(rec.headers))
         )
-    digest = message_digest(decoded.offsets, decoded.timestamps, decoded.values)
+    numbers = decoded.numbers
+    if numbers is None:  # a record whose offset or timestamp does not fit int64: digest_numbers raises why
+        numbers = digest_numbers([rec.offset for rec in records], [rec.timestamp for rec in records], decoded.values)
+    digest = digest_of(numbers, decoded.values)
     return Batch(RangeId(topic, partition, offsets), digest, decoded.items, malformed), letters
 
 

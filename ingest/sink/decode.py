@@ -41,6 +41,7 @@ from common.cloudevents import (
 )
 from common.records import equal_to_own_kind
 from common.settings import NAMESPACE_PATTERN
+from ingest.sink.digest import digest_numbers
 from ingest.wire import CONTENT_TYPE_HEADER, INGESTED_AT_HEADER, NAMESPACE_HEADER, STRUCTURED_CONTENT_TYPE
 
 if NATIVE:
@@ -78,12 +79,12 @@ _OFFSET, _TIMESTAMP, _VALUE, _HEADERS = map(attrgetter, ("offset", "timestamp", 
 
 class Records(NamedTuple, Generic[T]):
     """A batch of Kafka records decoded: the kept items in order, the refused by their index in the batch,
-    and the records' offsets, timestamps and values (the batch digest's columns)."""
+    the (offset, timestamp, value length) triples of the batch digest as native int64 bytes (None when one
+    does not fit: `digest_numbers` then says why) and the records' values."""
 
     items: list[T]
     rejected: list[tuple[int, Malformed]]
-    offsets: list[int]
-    timestamps: list[int]
+    numbers: bytes | None
     values: list[bytes | None]
 
 
@@ -248,6 +249,10 @@ class Decoder:
         keep = items.append  # the loop runs once per message: no attribute lookups it can avoid
         offsets, timestamps = list(map(_OFFSET, records)), list(map(_TIMESTAMP, records))
         values = list(map(_VALUE, records))
+        try:
+            numbers: bytes | None = digest_numbers(offsets, timestamps, values)
+        except (OverflowError, TypeError, ValueError):
+            numbers = None
         for index, (offset, timestamp, value, headers) in enumerate(
             zip(offsets, timestamps, values, map(_HEADERS, records), strict=True)
         ):
@@ -257,7 +262,7 @@ class Decoder:
             else:
                 assert isinstance(decoded, Malformed)
                 rejected.append((index, decoded))
-        return Records(items, rejected, offsets, timestamps, values)
+        return Records(items, rejected, numbers, values)
 
     def _structured_plan(self, headers: tuple[object, ...]) -> tuple[str, datetime | None] | None:
         """(namespace, ingested_at, or None for the Kafka timestamp) of a structured-mode header set,

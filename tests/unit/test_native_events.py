@@ -20,6 +20,7 @@ from common.cloudevents import EventValidationError, decode_document, parse_time
 from ingest.sink.consumer import batch_from_records
 from ingest.sink.decode import Decoded, Decoder, timestamp_to_datetime
 from ingest.sink.dedupe import Item
+from ingest.sink.digest import message_digest
 from tests.support import legacy_decoder as legacy
 from tests.unit.test_decoder_oracle import TIMES, documents, kafka_messages, sink_outcome, times
 
@@ -133,12 +134,11 @@ def batches(draw: st.DrawFn) -> list[ConsumerRecord[bytes, bytes]]:
     return out
 
 
-def outcomes(decoded: Any) -> list[Any]:
+def outcomes(decoded: Any) -> tuple[Any, ...]:
     return (
         [(item.offset, sink_outcome(item.decoded)) for item in decoded.items],
         [(index, refused) for index, refused in decoded.rejected],
-        decoded.offsets,
-        decoded.timestamps,
+        decoded.numbers,
         decoded.values,
     )
 
@@ -195,6 +195,9 @@ def test_the_batch_of_a_usual_stream_is_the_same_either_way() -> None:
     batch, letters = batch_from_records("events", 0, None, records, "default")  # type: ignore[arg-type]
     assert not letters
     assert batch.items == compiled.items
+    assert batch.digest == message_digest(
+        [rec.offset for rec in records], [rec.timestamp for rec in records], [rec.value for rec in records]
+    )
 
 
 def test_a_record_without_the_fields_of_a_record_is_an_error_not_a_decision() -> None:

@@ -12,7 +12,8 @@ from common.cloudevents import CloudEvent
 from ingest.sink.batch import Cut, OffsetRange, plan_cuts
 from ingest.sink.decode import Decoded
 from ingest.sink.dedupe import Fingerprint, Item, fingerprint, resolve
-from ingest.sink.rows import RangeId, build_columns, message_digest
+from ingest.sink.digest import message_digest
+from ingest.sink.rows import RangeId, build_columns
 
 R = OffsetRange
 

@@ -16,9 +16,10 @@ from common.ingest_notifications import group_events
 from ingest.sink.batch import OffsetRange
 from ingest.sink.decode import Decoded
 from ingest.sink.dedupe import Fingerprint, Item, fingerprint, resolve, resolve_hashed
+from ingest.sink.digest import message_digest
 from ingest.sink.keyindex import KeyHasher, PayloadHasher, as_hashes, key_hash
 from ingest.sink.prepare import Preparer
-from ingest.sink.rows import RangeId, build_columns, message_digest
+from ingest.sink.rows import RangeId, build_columns
 
 T = datetime(2026, 3, 1, tzinfo=UTC)
 
