@@ -12,6 +12,8 @@
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 #include <datetime.h>
+#include <math.h>
+#include <stdint.h>
 
 static PyObject *CloudEventType;  /* common.cloudevents.CloudEvent (a NamedTuple) */
 static PyObject *parse_time;      /* cloudevents.parse_time: any time the fast reader leaves */
@@ -259,6 +261,7 @@ static Py_ssize_t max_value_bytes;  /* a larger value is refused (by the Python 
 static Py_ssize_t max_plan_headers; /* header sets up to this size go through the structured-mode memo */
 static Py_ssize_t max_header_bytes; /* a longer header value is refused (by the Python decoder) */
 static Py_ssize_t max_attribute_length;
+static PyObject *to_millis_of; /* common.clock.to_millis, for a datetime that is not UTC */
 static PyObject *s_plans, *s_plan_of, *s_namespaces, *s_namespace_of, *s_ingested, *s_ingested_of, *s_decode,
     *s_default_namespace;
 
@@ -583,15 +586,288 @@ error:
     return NULL;
 }
 
+/* --- the writer's precomputed values of a batch (ingest/sink/prepare.py) --------------------------------- */
+
+static uint32_t crc_table[256];
+
+static void crc_init(void) {
+    for (uint32_t n = 0; n < 256; n++) {
+        uint32_t c = n;
+        for (int k = 0; k < 8; k++) c = (c & 1) ? 0xEDB88320u ^ (c >> 1) : c >> 1;
+        crc_table[n] = c;
+    }
+}
+
+/* zlib.crc32(data, crc): CRC-32 (IEEE 802.3), continuing from `crc`. */
+static uint32_t crc32_of(const char *data, Py_ssize_t n, uint32_t crc) {
+    const unsigned char *p = (const unsigned char *)data;
+    crc = ~crc;
+    for (Py_ssize_t i = 0; i < n; i++) crc = crc_table[(crc ^ p[i]) & 0xFF] ^ (crc >> 8);
+    return ~crc;
+}
+
+/* Days from 1970-01-01 of a proleptic Gregorian date (H. Hinnant's days_from_civil). */
+static long long days_from_civil(long long y, long long m, long long d) {
+    y -= m <= 2;
+    long long era = (y >= 0 ? y : y - 399) / 400;
+    long long yoe = y - era * 400;
+    long long doy = (153 * (m > 2 ? m - 3 : m + 9) + 2) / 5 + d - 1;
+    long long doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    return era * 146097 + doe - 719468;
+}
+
+/* Microseconds since the epoch of a UTC datetime; 0 (and *ok = 0) when it is not one (the caller then asks
+ * Python). */
+static long long utc_micros(PyObject *t, int *ok) {
+    *ok = PyDateTime_CheckExact(t) && PyDateTime_DATE_GET_TZINFO(t) == PyDateTime_TimeZone_UTC;
+    if (!*ok) return 0;
+    long long days = days_from_civil(PyDateTime_GET_YEAR(t), PyDateTime_GET_MONTH(t), PyDateTime_GET_DAY(t));
+    long long secs = days * 86400 + PyDateTime_DATE_GET_HOUR(t) * 3600 + PyDateTime_DATE_GET_MINUTE(t) * 60 +
+                     PyDateTime_DATE_GET_SECOND(t);
+    return secs * 1000000 + PyDateTime_DATE_GET_MICROSECOND(t);
+}
+
+static long long floor_div(long long a, long long b) {
+    long long q = a / b;
+    return (a % b != 0 && ((a < 0) != (b < 0))) ? q - 1 : q;
+}
+
+/* datetime.timestamp() of a UTC datetime (the exact quotient of its microseconds, correctly rounded: both
+ * operands are exact doubles below 2**53), and `seconds` (rows.py): the same on a millisecond, else the
+ * floor millisecond / 1000. Python's own for any other datetime. 0 on success, -1 with an exception. */
+static int instant_seconds(PyObject *t, double *timestamp, double *column) {
+    int ok;
+    long long micros = utc_micros(t, &ok);
+    if (ok) {
+        *timestamp = (double)micros / 1e6;
+        *column = micros % 1000 == 0 ? *timestamp : (double)floor_div(micros, 1000) / 1000.0;
+        return 0;
+    }
+    PyObject *value = PyObject_CallMethod(t, "timestamp", NULL);
+    if (value == NULL) return -1;
+    *timestamp = PyFloat_AsDouble(value);
+    Py_DECREF(value);
+    if (*timestamp == -1.0 && PyErr_Occurred()) return -1;
+    PyObject *ms = PyObject_CallOneArg(to_millis_of, t);
+    if (ms == NULL) return -1;
+    long long m = PyLong_AsLongLong(ms);
+    Py_DECREF(ms);
+    if (m == -1 && PyErr_Occurred()) return -1;
+    *column = PyDateTime_DATE_GET_MICROSECOND(t) % 1000 == 0 ? *timestamp : (double)m / 1000.0;
+    return 0;
+}
+
+/* UTF-8 of a str (cached in the object by CPython), as `str.encode()` gives it. */
+static const char *utf8(PyObject *text, Py_ssize_t *n) {
+    if (!PyUnicode_Check(text)) {
+        PyErr_SetString(PyExc_TypeError, "expected text");
+        return NULL;
+    }
+    return PyUnicode_AsUTF8AndSize(text, n);
+}
+
+/* A memo lookup of a two-text key; new reference or NULL (an exception pending only on error). */
+static PyObject *pair_key(PyObject *a, PyObject *b) { return PyTuple_Pack(2, a, b); }
+
+/* prepare_items(items, suffixes, prefixes) -> (key_hashes, payload_hashes, offsets, columns, spans)
+ *
+ * `Preparer._prepare` (ingest/sink/prepare.py) in C: the key and payload hashes (uint64) and offsets (int64)
+ * as native bytearrays, the eight insert columns (namespace, id, source, type, subject, time in seconds,
+ * data, ingested_at in seconds) and the notification spans {(namespace, subject, type): [first, last]}.
+ * `suffixes` and `prefixes` are the Preparer's memos, filled as in Python. */
+static PyObject *prepare_items(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs != 3 || !PyList_CheckExact(args[0]) || !PyDict_CheckExact(args[1]) || !PyDict_CheckExact(args[2])) {
+        PyErr_SetString(PyExc_TypeError, "prepare_items(items: list, suffixes: dict, prefixes: dict)");
+        return NULL;
+    }
+    if (to_millis_of == NULL) {
+        PyErr_SetString(PyExc_RuntimeError, "common._cevents: configure_sink was not called");
+        return NULL;
+    }
+    PyObject *items = args[0], *suffixes = args[1], *prefixes = args[2];
+    Py_ssize_t n = PyList_GET_SIZE(items);
+    PyObject *keys = PyByteArray_FromStringAndSize(NULL, n * 8);
+    PyObject *payloads = PyByteArray_FromStringAndSize(NULL, n * 8);
+    PyObject *offsets = PyByteArray_FromStringAndSize(NULL, n * 8);
+    PyObject *columns[8] = {NULL};
+    PyObject *spans = PyDict_New();
+    PyObject *last_ingested = NULL, *last_ingested_seconds = NULL;
+    int failed = keys == NULL || payloads == NULL || offsets == NULL || spans == NULL;
+    for (int c = 0; c < 8 && !failed; c++) failed = (columns[c] = PyList_New(n)) == NULL;
+    if (failed) goto error;
+    uint64_t *key_out = (uint64_t *)PyByteArray_AS_STRING(keys);
+    uint64_t *payload_out = (uint64_t *)PyByteArray_AS_STRING(payloads);
+    int64_t *offset_out = (int64_t *)PyByteArray_AS_STRING(offsets);
+    for (Py_ssize_t i = 0; i < n; i++) {
+        PyObject *item = PyList_GET_ITEM(items, i);
+        if (!PyTuple_Check(item) || PyTuple_GET_SIZE(item) != 2) goto not_an_item;
+        PyObject *decoded = PyTuple_GET_ITEM(item, 1);
+        if (!PyTuple_Check(decoded) || PyTuple_GET_SIZE(decoded) != 3) goto not_an_item;
+        PyObject *event = PyTuple_GET_ITEM(decoded, 1);
+        if (!PyTuple_Check(event) || PyTuple_GET_SIZE(event) != 6) goto not_an_item;
+        PyObject *namespace = PyTuple_GET_ITEM(decoded, 0), *ingested_at = PyTuple_GET_ITEM(decoded, 2);
+        PyObject *event_id = PyTuple_GET_ITEM(event, 0), *source = PyTuple_GET_ITEM(event, 1);
+        PyObject *event_type = PyTuple_GET_ITEM(event, 2), *subject = PyTuple_GET_ITEM(event, 3);
+        PyObject *time = PyTuple_GET_ITEM(event, 4), *data = PyTuple_GET_ITEM(event, 5);
+        long long offset = PyLong_AsLongLong(PyTuple_GET_ITEM(item, 0));
+        if (offset == -1 && PyErr_Occurred()) goto error;
+        offset_out[i] = offset;
+
+        /* the key hash (keyindex.KeyHasher) */
+        PyObject *key = pair_key(namespace, source);
+        if (key == NULL) goto error;
+        PyObject *suffix = PyDict_GetItemWithError(suffixes, key);
+        if (suffix == NULL) {
+            if (PyErr_Occurred()) {
+                Py_DECREF(key);
+                goto error;
+            }
+            suffix = PyUnicode_FromFormat("%c%U%c%U", 0, namespace, 0, source);
+            PyObject *encoded = suffix == NULL ? NULL : PyUnicode_AsUTF8String(suffix);
+            Py_XDECREF(suffix);
+            if (encoded == NULL || PyDict_SetItem(suffixes, key, encoded) < 0) {
+                Py_XDECREF(encoded);
+                Py_DECREF(key);
+                goto error;
+            }
+            Py_DECREF(encoded); /* the memo holds it */
+            suffix = encoded;
+        }
+        Py_DECREF(key);
+        if (!PyBytes_Check(suffix)) {
+            PyErr_SetString(PyExc_TypeError, "a key suffix is not bytes");
+            goto error;
+        }
+        Py_ssize_t len;
+        const char *text = utf8(event_id, &len);
+        if (text == NULL) goto error;
+        uint32_t high = crc32_of(text, len, 0);
+        key_out[i] = ((uint64_t)high << 32) | crc32_of(PyBytes_AS_STRING(suffix), PyBytes_GET_SIZE(suffix), high);
+
+        /* the payload hash (keyindex.PayloadHasher) */
+        key = pair_key(event_type, subject);
+        if (key == NULL) goto error;
+        PyObject *prefix = PyDict_GetItemWithError(prefixes, key);
+        uint32_t start;
+        if (prefix == NULL) {
+            if (PyErr_Occurred()) {
+                Py_DECREF(key);
+                goto error;
+            }
+            PyObject *joined = PyUnicode_FromFormat("%U%c%U%c", event_type, 0, subject, 0);
+            Py_ssize_t joined_len;
+            const char *joined_text = joined == NULL ? NULL : PyUnicode_AsUTF8AndSize(joined, &joined_len);
+            if (joined_text == NULL) {
+                Py_XDECREF(joined);
+                Py_DECREF(key);
+                goto error;
+            }
+            start = crc32_of(joined_text, joined_len, 0);
+            Py_DECREF(joined);
+            PyObject *value = PyLong_FromUnsignedLong(start);
+            if (value == NULL || PyDict_SetItem(prefixes, key, value) < 0) {
+                Py_XDECREF(value);
+                Py_DECREF(key);
+                goto error;
+            }
+            Py_DECREF(value);
+        } else {
+            start = (uint32_t)PyLong_AsUnsignedLong(prefix);
+            if (PyErr_Occurred()) {
+                Py_DECREF(key);
+                goto error;
+            }
+        }
+        Py_DECREF(key);
+        double time_s, time_column;
+        if (instant_seconds(time, &time_s, &time_column) < 0) goto error;
+        double ms = nearbyint(time_s * 1000); /* round(): half to even, as the default rounding mode */
+        char digits_buf[32];
+        int digits_len = snprintf(digits_buf, sizeof(digits_buf), "%lld", (long long)ms);
+        const char *data_text = utf8(data, &len);
+        if (data_text == NULL) goto error;
+        payload_out[i] = ((uint64_t)crc32_of(data_text, len, 0) << 32) | crc32_of(digits_buf, digits_len, start);
+
+        /* the insert columns (rows.build_columns; times as rows.seconds) */
+        PyObject *texts[5] = {namespace, event_id, source, event_type, subject};
+        for (int c = 0; c < 5; c++) PyList_SET_ITEM(columns[c], i, Py_NewRef(texts[c]));
+        PyObject *time_value = PyFloat_FromDouble(time_column);
+        if (time_value == NULL) goto error;
+        PyList_SET_ITEM(columns[5], i, time_value);
+        PyList_SET_ITEM(columns[6], i, Py_NewRef(data));
+        if (ingested_at != last_ingested) {
+            double ignored, ingested_column;
+            if (instant_seconds(ingested_at, &ignored, &ingested_column) < 0) goto error;
+            PyObject *value = PyFloat_FromDouble(ingested_column);
+            if (value == NULL) goto error;
+            Py_XSETREF(last_ingested_seconds, value);
+            last_ingested = ingested_at;
+        }
+        PyList_SET_ITEM(columns[7], i, Py_NewRef(last_ingested_seconds));
+
+        /* the notification spans (common.ingest_notifications.group_events) */
+        PyObject *group = PyTuple_Pack(3, namespace, subject, event_type);
+        if (group == NULL) goto error;
+        PyObject *span = PyDict_GetItemWithError(spans, group);
+        if (span == NULL) {
+            if (PyErr_Occurred()) {
+                Py_DECREF(group);
+                goto error;
+            }
+            span = PyList_New(2);
+            if (span == NULL) {
+                Py_DECREF(group);
+                goto error;
+            }
+            PyList_SET_ITEM(span, 0, Py_NewRef(time));
+            PyList_SET_ITEM(span, 1, Py_NewRef(time));
+            int rc = PyDict_SetItem(spans, group, span);
+            Py_DECREF(span);
+            Py_DECREF(group);
+            if (rc < 0) goto error;
+        } else {
+            Py_DECREF(group);
+            int below = PyObject_RichCompareBool(time, PyList_GET_ITEM(span, 0), Py_LT);
+            if (below < 0) goto error;
+            if (below) {
+                Py_INCREF(time);
+                PyList_SetItem(span, 0, time);
+            } else {
+                int above = PyObject_RichCompareBool(time, PyList_GET_ITEM(span, 1), Py_GT);
+                if (above < 0) goto error;
+                if (above) {
+                    Py_INCREF(time);
+                    PyList_SetItem(span, 1, time);
+                }
+            }
+        }
+    }
+    Py_XDECREF(last_ingested_seconds);
+    PyObject *column_tuple = PyTuple_New(8);
+    if (column_tuple == NULL) goto error;
+    for (int c = 0; c < 8; c++) PyTuple_SET_ITEM(column_tuple, c, columns[c]);
+    return Py_BuildValue("(NNNNN)", keys, payloads, offsets, column_tuple, spans);
+not_an_item:
+    PyErr_SetString(PyExc_TypeError, "an item is not Item(offset, Decoded(namespace, CloudEvent, ingested_at))");
+error:
+    Py_XDECREF(last_ingested_seconds);
+    Py_XDECREF(keys);
+    Py_XDECREF(payloads);
+    Py_XDECREF(offsets);
+    Py_XDECREF(spans);
+    for (int c = 0; c < 8; c++) Py_XDECREF(columns[c]);
+    return NULL;
+}
+
 static PyObject *configure_sink(PyObject *self, PyObject *args, PyObject *kwargs) {
     static char *keywords[] = {"document", "data", "max_value_bytes", "max_plan_headers", "max_header_bytes",
                                "max_attribute_length", "content_type_header", "namespace_header",
-                               "ingested_at_header", NULL};
-    PyObject *document, *data;
+                               "ingested_at_header", "to_millis", NULL};
+    PyObject *document, *data, *to_millis;
     Py_ssize_t sizes[4];
     const char *names[3];
-    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "OOnnnnsss:configure_sink", keywords, &document, &data, &sizes[0],
-                                     &sizes[1], &sizes[2], &sizes[3], &names[0], &names[1], &names[2]))
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "OOnnnnsssO:configure_sink", keywords, &document, &data, &sizes[0],
+                                     &sizes[1], &sizes[2], &sizes[3], &names[0], &names[1], &names[2], &to_millis))
         return NULL;
     for (int k = 0; k < 3; k++) {
         if (strlen(names[k]) >= sizeof(header_names[0])) {
@@ -603,6 +879,7 @@ static PyObject *configure_sink(PyObject *self, PyObject *args, PyObject *kwargs
     for (int k = 0; k < H_COUNT; k++) header_lengths[k] = (Py_ssize_t)strlen(header_names[k]);
     Py_XSETREF(document_decode, Py_NewRef(document));
     Py_XSETREF(data_decode, Py_NewRef(data));
+    Py_XSETREF(to_millis_of, Py_NewRef(to_millis));
     max_value_bytes = sizes[0];
     max_plan_headers = sizes[1];
     max_header_bytes = sizes[2];
@@ -637,6 +914,8 @@ static PyMethodDef methods[] = {
      "decode_records(records, decoder, decoded_type, item_type)"},
     {"configure_sink", (PyCFunction)(void (*)(void))configure_sink, METH_VARARGS | METH_KEYWORDS,
      "Give the sink's loop its schema decoders, bounds and header names (once, at import)."},
+    {"prepare_items", (PyCFunction)(void (*)(void))prepare_items, METH_FASTCALL,
+     "prepare_items(items, suffixes, prefixes) -> (key_hashes, payload_hashes, offsets, columns, spans)"},
     {"kafka_time", (PyCFunction)kafka_time_py, METH_O,
      "A Kafka timestamp (ms) as a UTC datetime, or None where timestamp_to_datetime decides."},
     {"fast_time", (PyCFunction)fast_time_py, METH_O,
@@ -649,6 +928,7 @@ static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_cevents", NULL, -1,
 PyMODINIT_FUNC PyInit__cevents(void) {
     PyDateTime_IMPORT;
     if (PyDateTimeAPI == NULL) return NULL;
+    crc_init();
     PyObject **names[] = {&s_id,         &s_source,       &s_type,       &s_subject,    &s_time,
                           &s_data,       &s_value,        &s_headers,    &s_timestamp,  &s_offset,
                           &null_text,    &s_plans,        &s_plan_of,    &s_namespaces, &s_namespace_of,

@@ -31,4 +31,8 @@ def configure_sink(
     content_type_header: str,
     namespace_header: str,
     ingested_at_header: str,
+    to_millis: Callable[[datetime], int],
 ) -> None: ...
+def prepare_items(
+    items: list[Any], suffixes: dict[tuple[str, str], bytes], prefixes: dict[tuple[str, str], int], /
+) -> tuple[bytearray, bytearray, bytearray, tuple[list[Any], ...], dict[tuple[str, str, str], list[datetime]]]: ...

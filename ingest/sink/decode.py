@@ -22,7 +22,7 @@ from typing import Any, Generic, NamedTuple, TypeVar
 import orjson
 
 from common import exactjson
-from common.clock import EPOCH
+from common.clock import EPOCH, to_millis
 from common.cloudevents import (
     ATTRIBUTE_NAMES,
     DATA_DECODE,
@@ -467,4 +467,5 @@ if NATIVE:
         content_type_header=CONTENT_TYPE_HEADER,
         namespace_header=NAMESPACE_HEADER,
         ingested_at_header=INGESTED_AT_HEADER,
+        to_millis=to_millis,
     )
