@@ -666,25 +666,21 @@ static const char *utf8(PyObject *text, Py_ssize_t *n) {
     return PyUnicode_AsUTF8AndSize(text, n);
 }
 
-/* A memo lookup of a two-text key; new reference or NULL (an exception pending only on error). */
-static PyObject *pair_key(PyObject *a, PyObject *b) { return PyTuple_Pack(2, a, b); }
-
-/* prepare_items(items, suffixes, prefixes) -> (key_hashes, payload_hashes, offsets, columns, spans)
+/* prepare_items(items) -> (key_hashes, payload_hashes, offsets, columns, spans)
  *
  * `Preparer._prepare` (ingest/sink/prepare.py) in C: the key and payload hashes (uint64) and offsets (int64)
  * as native bytearrays, the eight insert columns (namespace, id, source, type, subject, time in seconds,
- * data, ingested_at in seconds) and the notification spans {(namespace, subject, type): [first, last]}.
- * `suffixes` and `prefixes` are the Preparer's memos, filled as in Python. */
+ * data, ingested_at in seconds) and the notification spans {(namespace, subject, type): [first, last]}. */
 static PyObject *prepare_items(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
-    if (nargs != 3 || !PyList_CheckExact(args[0]) || !PyDict_CheckExact(args[1]) || !PyDict_CheckExact(args[2])) {
-        PyErr_SetString(PyExc_TypeError, "prepare_items(items: list, suffixes: dict, prefixes: dict)");
+    if (nargs != 1 || !PyList_CheckExact(args[0])) {
+        PyErr_SetString(PyExc_TypeError, "prepare_items(items: list)");
         return NULL;
     }
     if (to_millis_of == NULL) {
         PyErr_SetString(PyExc_RuntimeError, "common._cevents: configure_sink was not called");
         return NULL;
     }
-    PyObject *items = args[0], *suffixes = args[1], *prefixes = args[2];
+    PyObject *items = args[0];
     Py_ssize_t n = PyList_GET_SIZE(items);
     PyObject *keys = PyByteArray_FromStringAndSize(NULL, n * 8);
     PyObject *payloads = PyByteArray_FromStringAndSize(NULL, n * 8);
@@ -713,80 +709,36 @@ static PyObject *prepare_items(PyObject *self, PyObject *const *args, Py_ssize_t
         if (offset == -1 && PyErr_Occurred()) goto error;
         offset_out[i] = offset;
 
-        /* the key hash (keyindex.KeyHasher) */
-        PyObject *key = pair_key(namespace, source);
-        if (key == NULL) goto error;
-        PyObject *suffix = PyDict_GetItemWithError(suffixes, key);
-        if (suffix == NULL) {
-            if (PyErr_Occurred()) {
-                Py_DECREF(key);
-                goto error;
-            }
-            suffix = PyUnicode_FromFormat("%c%U%c%U", 0, namespace, 0, source);
-            PyObject *encoded = suffix == NULL ? NULL : PyUnicode_AsUTF8String(suffix);
-            Py_XDECREF(suffix);
-            if (encoded == NULL || PyDict_SetItem(suffixes, key, encoded) < 0) {
-                Py_XDECREF(encoded);
-                Py_DECREF(key);
-                goto error;
-            }
-            Py_DECREF(encoded); /* the memo holds it */
-            suffix = encoded;
-        }
-        Py_DECREF(key);
-        if (!PyBytes_Check(suffix)) {
-            PyErr_SetString(PyExc_TypeError, "a key suffix is not bytes");
-            goto error;
-        }
-        Py_ssize_t len;
-        const char *text = utf8(event_id, &len);
-        if (text == NULL) goto error;
-        uint32_t high = crc32_of(text, len, 0);
-        key_out[i] = ((uint64_t)high << 32) | crc32_of(PyBytes_AS_STRING(suffix), PyBytes_GET_SIZE(suffix), high);
+        /* the key hash (keyindex.KeyHasher): crc32 of the id, then on over "\0namespace\0source" (a CRC
+         * runs on over parts as over their concatenation: no joined text to build, no memo to look up) */
+        Py_ssize_t len, namespace_len, source_len, type_len, subject_len;
+        const char *id_text = utf8(event_id, &len);
+        const char *namespace_text = id_text == NULL ? NULL : utf8(namespace, &namespace_len);
+        const char *source_text = namespace_text == NULL ? NULL : utf8(source, &source_len);
+        const char *type_text = source_text == NULL ? NULL : utf8(event_type, &type_len);
+        const char *subject_text = type_text == NULL ? NULL : utf8(subject, &subject_len);
+        if (subject_text == NULL) goto error;
+        uint32_t high = crc32_of(id_text, len, 0);
+        uint32_t low = crc32_of("\0", 1, high);
+        low = crc32_of(namespace_text, namespace_len, low);
+        low = crc32_of("\0", 1, low);
+        low = crc32_of(source_text, source_len, low);
+        key_out[i] = ((uint64_t)high << 32) | low;
 
-        /* the payload hash (keyindex.PayloadHasher) */
-        key = pair_key(event_type, subject);
-        if (key == NULL) goto error;
-        PyObject *prefix = PyDict_GetItemWithError(prefixes, key);
-        uint32_t start;
-        if (prefix == NULL) {
-            if (PyErr_Occurred()) {
-                Py_DECREF(key);
-                goto error;
-            }
-            PyObject *joined = PyUnicode_FromFormat("%U%c%U%c", event_type, 0, subject, 0);
-            Py_ssize_t joined_len;
-            const char *joined_text = joined == NULL ? NULL : PyUnicode_AsUTF8AndSize(joined, &joined_len);
-            if (joined_text == NULL) {
-                Py_XDECREF(joined);
-                Py_DECREF(key);
-                goto error;
-            }
-            start = crc32_of(joined_text, joined_len, 0);
-            Py_DECREF(joined);
-            PyObject *value = PyLong_FromUnsignedLong(start);
-            if (value == NULL || PyDict_SetItem(prefixes, key, value) < 0) {
-                Py_XDECREF(value);
-                Py_DECREF(key);
-                goto error;
-            }
-            Py_DECREF(value);
-        } else {
-            start = (uint32_t)PyLong_AsUnsignedLong(prefix);
-            if (PyErr_Occurred()) {
-                Py_DECREF(key);
-                goto error;
-            }
-        }
-        Py_DECREF(key);
+        /* the payload hash (keyindex.PayloadHasher): crc32 of "type\0subject\0", on over the time in ms */
+        uint32_t start = crc32_of(type_text, type_len, 0);
+        start = crc32_of("\0", 1, start);
+        start = crc32_of(subject_text, subject_len, start);
+        start = crc32_of("\0", 1, start);
         double time_s, time_column;
         if (instant_seconds(time, &time_s, &time_column) < 0) goto error;
         double ms = nearbyint(time_s * 1000); /* round(): half to even, as the default rounding mode */
         char digits_buf[32];
         int digits_len = snprintf(digits_buf, sizeof(digits_buf), "%lld", (long long)ms);
-        const char *data_text = utf8(data, &len);
+        Py_ssize_t data_len;
+        const char *data_text = utf8(data, &data_len);
         if (data_text == NULL) goto error;
-        payload_out[i] = ((uint64_t)crc32_of(data_text, len, 0) << 32) | crc32_of(digits_buf, digits_len, start);
+        payload_out[i] = ((uint64_t)crc32_of(data_text, data_len, 0) << 32) | crc32_of(digits_buf, digits_len, start);
 
         /* the insert columns (rows.build_columns; times as rows.seconds) */
         PyObject *texts[5] = {namespace, event_id, source, event_type, subject};
@@ -915,7 +867,7 @@ static PyMethodDef methods[] = {
     {"configure_sink", (PyCFunction)(void (*)(void))configure_sink, METH_VARARGS | METH_KEYWORDS,
      "Give the sink's loop its schema decoders, bounds and header names (once, at import)."},
     {"prepare_items", (PyCFunction)(void (*)(void))prepare_items, METH_FASTCALL,
-     "prepare_items(items, suffixes, prefixes) -> (key_hashes, payload_hashes, offsets, columns, spans)"},
+     "prepare_items(items) -> (key_hashes, payload_hashes, offsets, columns, spans)"},
     {"kafka_time", (PyCFunction)kafka_time_py, METH_O,
      "A Kafka timestamp (ms) as a UTC datetime, or None where timestamp_to_datetime decides."},
     {"fast_time", (PyCFunction)fast_time_py, METH_O,

@@ -34,5 +34,5 @@ def configure_sink(
     to_millis: Callable[[datetime], int],
 ) -> None: ...
 def prepare_items(
-    items: list[Any], suffixes: dict[tuple[str, str], bytes], prefixes: dict[tuple[str, str], int], /
+    items: list[Any], /
 ) -> tuple[bytearray, bytearray, bytearray, tuple[list[Any], ...], dict[tuple[str, str, str], list[datetime]]]: ...

@@ -90,14 +90,9 @@ class Preparer:
     def prepare(self, items: Sequence[Item]) -> Prepared:
         """The batch's values: compiled (common/_cevents.c `prepare_items`) when the extension is built, else
         `_prepare`; the two agree on every batch (tests/unit/test_native_events.py)."""
-        suffixes, prefixes = self._suffixes, self._prefixes
-        if len(suffixes) >= self.MEMO_LIMIT:
-            suffixes.clear()
-        if len(prefixes) >= self.MEMO_LIMIT:
-            prefixes.clear()
         if not NATIVE or type(items) is not list:
             return self._prepare(items)
-        keys, payloads, offsets, columns, spans = _cevents.prepare_items(items, suffixes, prefixes)
+        keys, payloads, offsets, columns, spans = _cevents.prepare_items(items)
         return Prepared(
             np.frombuffer(keys, dtype=np.uint64),
             np.frombuffer(payloads, dtype=np.uint64),
@@ -109,6 +104,10 @@ class Preparer:
     def _prepare(self, items: Sequence[Item]) -> Prepared:
         """The reference of `prepare`, in Python."""
         suffixes, prefixes = self._suffixes, self._prefixes
+        if len(suffixes) >= self.MEMO_LIMIT:
+            suffixes.clear()
+        if len(prefixes) >= self.MEMO_LIMIT:
+            prefixes.clear()
         n = len(items)
         key_hashes: list[int] = []
         payload_hashes: list[int] = []
