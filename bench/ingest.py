@@ -396,15 +396,16 @@ async def kafka_part(events: int, batch: int) -> dict[str, Any]:
 
 @contextlib.contextmanager
 def python_decoder() -> Iterator[None]:
-    """The sink's decoding on the Python reference of common/_cevents.c while in the block."""
+    """The sink on the Python reference of common/_cevents.c (decoding and the prepare pass) in the block."""
     import ingest.sink.decode as decode
+    import ingest.sink.prepare as prepare
 
-    saved = decode.NATIVE, decode.event_from_document
-    decode.NATIVE, decode.event_from_document = False, cloudevents._event_from_document
+    saved = decode.NATIVE, decode.event_from_document, prepare.NATIVE
+    decode.NATIVE, decode.event_from_document, prepare.NATIVE = False, cloudevents._event_from_document, False
     try:
         yield
     finally:
-        decode.NATIVE, decode.event_from_document = saved
+        decode.NATIVE, decode.event_from_document, prepare.NATIVE = saved
 
 
 @contextlib.contextmanager
