@@ -32,6 +32,13 @@ if ! command -v curl >/dev/null 2>&1; then
   apt-get update -qq && apt-get install -y -qq curl >/dev/null
 fi
 
+# A C compiler builds the compiled decoder (common/_cevents.c), which the tests require (METERGATE_REQUIRE_NATIVE).
+if ! command -v gcc >/dev/null 2>&1; then
+  log "installing gcc from Debian"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq && apt-get install -y -qq gcc libc6-dev >/dev/null
+fi
+
 log "installing Python packages into .venv"
 if [ ! -x .venv/bin/python ]; then python3 -m venv .venv; fi
 .venv/bin/python -m pip install -q --upgrade pip >/dev/null

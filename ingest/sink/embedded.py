@@ -29,7 +29,7 @@ import structlog
 
 from common.clickhouse import ClickHouse
 from common.clock import Clock, SystemClock, to_millis
-from common.cloudevents import CloudEvent
+from common.cloudevents import NATIVE, CloudEvent
 from common.errors import Unavailable
 from common.events_table import EVENTS_TABLE
 from common.ingest_notifications import IngestNotifier
@@ -142,7 +142,12 @@ class EmbeddedLog:
         self._processor = processor
         self._unfinished.extend(unfinished)
         self._tuning.enter_context(tuned_interpreter())  # the request loop decodes while a thread writes
-        log.info("embedded_log_started", next_offset=self._next_offset, unfinished=len(unfinished))
+        log.info(
+            "embedded_log_started",
+            next_offset=self._next_offset,
+            unfinished=len(unfinished),
+            compiled_decoder=NATIVE,
+        )
         if unfinished:
             try:
                 await self._finish_unfinished(processor)

@@ -25,6 +25,7 @@ from aiokafka.errors import KafkaError
 
 from common.clickhouse import ClickHouse, connect_clickhouse
 from common.clock import Clock, SystemClock
+from common.cloudevents import NATIVE
 from common.settings import ClickHouseSettings, KafkaSettings
 from ingest.notification_stream import KafkaNotificationPublisher
 from ingest.settings import SinkSettings
@@ -424,7 +425,7 @@ async def open_worker(
     try:
         consumer.subscribe([kafka.events_topic], listener=worker.listener())
         await consumer.start()
-        log.info("sink_worker_started", topic=kafka.events_topic, group=sink.consumer_group)
+        log.info("sink_worker_started", topic=kafka.events_topic, group=sink.consumer_group, compiled_decoder=NATIVE)
         yield worker
     finally:
         with contextlib.suppress(Exception):
