@@ -162,7 +162,7 @@ static int refused(void) {
 }
 
 /* The event of its parts: the four text attributes (new references, stolen), the raw time (a str, or
- * Py_None) and the decoded data (borrowed). A new CloudEvent, Py_None when a rule refuses it (or it has no
+ * Py_None) and the data (borrowed): decoded (a dict or Py_None), or a str that is its canonical text. A new CloudEvent, Py_None when a rule refuses it (or it has no
  * time and no default), NULL with an exception where `_event_from_document` would raise. */
 static PyObject *event_of_parts(PyObject **attributes, PyObject *raw_time, PyObject *data, PyObject *default_time) {
     PyObject *items[6] = {attributes[0], attributes[1], attributes[2], attributes[3], NULL, NULL};
@@ -190,6 +190,8 @@ static PyObject *event_of_parts(PyObject **attributes, PyObject *raw_time, PyObj
     }
     if (data == Py_None) {
         items[5] = Py_NewRef(null_text);
+    } else if (PyUnicode_CheckExact(data)) { /* already the canonical text (`canonical_data`) */
+        items[5] = Py_NewRef(data);
     } else {
         PyObject *args[3] = {data, exact_float, sort_keys};
         PyObject *text = PyObject_Vectorcall(dumps, args, 1, dumps_kwnames);
@@ -308,12 +310,13 @@ typedef struct {
     PyObject *default_namespace;
     PyObject *decoded_type;
     TimeCache times;
+    PyObject *last_headers, *last_plan; /* the last header set planned (a producer sends the same few) */
 } Sink;
 
 static void sink_clear(Sink *sink) {
     PyObject **refs[] = {&sink->plans,    &sink->plan_of,     &sink->namespaces,        &sink->namespace_of,
                          &sink->ingested, &sink->ingested_of, &sink->decode,            &sink->default_namespace,
-                         &sink->times.timestamp, &sink->times.at};
+                         &sink->times.timestamp, &sink->times.at, &sink->last_headers, &sink->last_plan};
     for (size_t k = 0; k < sizeof(refs) / sizeof(refs[0]); k++) Py_CLEAR(*refs[k]);
 }
 
@@ -346,23 +349,395 @@ static PyObject *leave(void) {
     return NULL;
 }
 
+/* --- plain JSON: the forms producers send, read without building what is thrown away -------------------- */
+
+#define CANONICAL_MAX_DEPTH 32
+
+static const char *skip_ws(const char *p, const char *end) {
+    while (p < end && (*p == ' ' || *p == '\t' || *p == '\n' || *p == '\r')) p++;
+    return p;
+}
+
+/* A JSON string at p (at its opening quote) with no escape and no control character: its contents in
+ * [*start, *start + *len), the pointer past its closing quote; NULL otherwise. (UTF-8 is checked where the
+ * text is made.) */
+static const char *plain_string(const char *p, const char *end, const char **start, Py_ssize_t *len) {
+    if (p >= end || *p != '"') return NULL;
+    const char *s = ++p;
+    while (p < end && *p != '"') {
+        if (*p == '\\' || (unsigned char)*p < 0x20) return NULL;
+        p++;
+    }
+    if (p >= end) return NULL;
+    *start = s;
+    *len = p - s;
+    return p + 1;
+}
+
+static const char *canonical_value(const char *p, const char *end, int depth);
+
+/* An integer as orjson writes it: -?(0|[1-9][0-9]*), not "-0", at most 18 digits (within 64 bits), and not
+ * the start of a float. */
+static const char *canonical_number(const char *p, const char *end) {
+    const char *q = p;
+    if (q < end && *q == '-') q++;
+    const char *digits_start = q;
+    if (q >= end || *q < '0' || *q > '9') return NULL;
+    if (*q == '0') {
+        q++;
+        if (q - p == 2) return NULL; /* "-0" */
+    } else {
+        while (q < end && *q >= '0' && *q <= '9') q++;
+    }
+    if (q - digits_start > 18) return NULL;
+    if (q < end && (*q == '.' || *q == 'e' || *q == 'E' || (*q >= '0' && *q <= '9'))) return NULL;
+    return q;
+}
+
+static int key_before(const char *a, Py_ssize_t na, const char *b, Py_ssize_t nb) {
+    int c = memcmp(a, b, (size_t)(na < nb ? na : nb));
+    return c < 0 || (c == 0 && na < nb);
+}
+
+/* An object as orjson writes it with sorted keys: no whitespace, keys in strictly increasing byte order
+ * (UTF-8's order is the code points'), canonical values. */
+static const char *canonical_object(const char *p, const char *end, int depth) {
+    p++; /* '{' */
+    if (p < end && *p == '}') return p + 1;
+    const char *last = NULL;
+    Py_ssize_t last_len = 0;
+    for (;;) {
+        const char *key;
+        Py_ssize_t key_len;
+        p = plain_string(p, end, &key, &key_len);
+        if (p == NULL) return NULL;
+        if (last != NULL && !key_before(last, last_len, key, key_len)) return NULL;
+        last = key;
+        last_len = key_len;
+        if (p >= end || *p != ':') return NULL;
+        p = canonical_value(p + 1, end, depth);
+        if (p == NULL || p >= end) return NULL;
+        if (*p == '}') return p + 1;
+        if (*p != ',') return NULL;
+        p++;
+    }
+}
+
+static const char *canonical_array(const char *p, const char *end, int depth) {
+    p++; /* '[' */
+    if (p < end && *p == ']') return p + 1;
+    for (;;) {
+        p = canonical_value(p, end, depth);
+        if (p == NULL || p >= end) return NULL;
+        if (*p == ']') return p + 1;
+        if (*p != ',') return NULL;
+        p++;
+    }
+}
+
+/* A value exactly as `orjson.dumps(..., option=OPT_SORT_KEYS)` writes what it decodes to; NULL for anything
+ * else (floats, escapes, whitespace, unsorted or repeated keys, deep nesting: they are decoded and written
+ * again by the Python path's rules). */
+static const char *canonical_value(const char *p, const char *end, int depth) {
+    if (p >= end) return NULL;
+    switch (*p) {
+    case '{':
+        return depth >= CANONICAL_MAX_DEPTH ? NULL : canonical_object(p, end, depth + 1);
+    case '[':
+        return depth >= CANONICAL_MAX_DEPTH ? NULL : canonical_array(p, end, depth + 1);
+    case '"': {
+        const char *s;
+        Py_ssize_t n;
+        return plain_string(p, end, &s, &n);
+    }
+    case 't':
+        return end - p >= 4 && memcmp(p, "true", 4) == 0 ? p + 4 : NULL;
+    case 'f':
+        return end - p >= 5 && memcmp(p, "false", 5) == 0 ? p + 5 : NULL;
+    case 'n':
+        return end - p >= 4 && memcmp(p, "null", 4) == 0 ? p + 4 : NULL;
+    default:
+        return canonical_number(p, end);
+    }
+}
+
+#define DATA_MAX_MEMBERS 64
+
+typedef struct {
+    const char *key, *member; /* the key's text; the member from its opening quote to the end of its value */
+    Py_ssize_t key_len, member_len;
+} Member;
+
+/* The data object at p as its canonical text (a new str), when its values are already canonical and only
+ * the order of its own keys differs from sorted (as a producer's map gives them): its members sorted by key
+ * and joined. NULL without an exception otherwise (repeated keys, more than DATA_MAX_MEMBERS members, a
+ * value not canonical, not UTF-8), with *after set past the object when the text is made. */
+static PyObject *data_text(const char *p, const char *end, const char **after) {
+    const char *start = p;
+    Member members[DATA_MAX_MEMBERS];
+    int n = 0, sorted = 1;
+    p++; /* '{' */
+    if (p < end && *p == '}') {
+        *after = p + 1;
+        return PyUnicode_FromStringAndSize("{}", 2);
+    }
+    for (;;) {
+        if (n == DATA_MAX_MEMBERS) return NULL;
+        Member *m = &members[n];
+        m->member = p;
+        p = plain_string(p, end, &m->key, &m->key_len);
+        if (p == NULL || p >= end || *p != ':') return NULL;
+        p = canonical_value(p + 1, end, 1);
+        if (p == NULL || p >= end) return NULL;
+        m->member_len = p - m->member;
+        if (n > 0 && !key_before(members[n - 1].key, members[n - 1].key_len, m->key, m->key_len)) sorted = 0;
+        n++;
+        if (*p == '}') break;
+        if (*p != ',') return NULL;
+        p++;
+    }
+    *after = p + 1;
+    if (sorted) {
+        PyObject *text = PyUnicode_DecodeUTF8(start, *after - start, NULL);
+        if (text == NULL) PyErr_Clear();
+        return text;
+    }
+    for (int i = 1; i < n; i++) { /* insertion sort: a handful of members */
+        Member m = members[i];
+        int j = i - 1;
+        while (j >= 0 && key_before(m.key, m.key_len, members[j].key, members[j].key_len)) {
+            members[j + 1] = members[j];
+            j--;
+        }
+        members[j + 1] = m;
+    }
+    for (int i = 1; i < n; i++) { /* a repeated key: the schema's decoder keeps the last one */
+        if (!key_before(members[i - 1].key, members[i - 1].key_len, members[i].key, members[i].key_len)) return NULL;
+    }
+    Py_ssize_t size = *after - start; /* the same members and separators, reordered */
+    char stack[1024];
+    char *out = size <= (Py_ssize_t)sizeof(stack) ? stack : PyMem_Malloc((size_t)size);
+    if (out == NULL) {
+        PyErr_Clear();
+        return NULL;
+    }
+    char *q = out;
+    *q++ = '{';
+    for (int i = 0; i < n; i++) {
+        if (i > 0) *q++ = ',';
+        memcpy(q, members[i].member, (size_t)members[i].member_len);
+        q += members[i].member_len;
+    }
+    *q++ = '}';
+    PyObject *text = PyUnicode_DecodeUTF8(out, q - out, NULL);
+    if (out != stack) PyMem_Free(out);
+    if (text == NULL) PyErr_Clear();
+    return text;
+}
+
+/* The end of the JSON object or array at p (matching brackets, strings and their escapes skipped), NULL when
+ * the text ends first. Not a validator: the schema's decoder reads what it delimits. */
+static const char *skip_composite(const char *p, const char *end) {
+    int depth = 0;
+    while (p < end) {
+        char c = *p++;
+        if (c == '"') {
+            while (p < end && *p != '"') p += *p == '\\' ? 2 : 1;
+            if (p >= end) return NULL;
+            p++;
+        } else if (c == '{' || c == '[') {
+            depth++;
+        } else if (c == '}' || c == ']') {
+            if (--depth == 0) return p;
+        }
+    }
+    return NULL;
+}
+
+/* `data` as stored (the canonical JSON text) straight from its bytes when they already are that text: a new
+ * str, Py_None (new reference) for `null`; NULL without an exception when they are not (decode them). */
+static PyObject *canonical_data(const char *p, Py_ssize_t n) {
+    const char *end = p + n;
+    if (n == 4 && memcmp(p, "null", 4) == 0) return Py_NewRef(Py_None);
+    const char *after = NULL;
+    if (n < 2 || *p != '{') return NULL;
+    PyObject *text = data_text(p, end, &after); /* not UTF-8: the schema refuses it, and says why */
+    if (text != NULL && after != end) Py_CLEAR(text);
+    return text;
+}
+
+/* The event attributes the plain reader fills, by their index in `attribute_keys`. */
+enum { A_ID, A_SOURCE, A_SPECVERSION, A_TYPE, A_SUBJECT, A_TIME, A_DATACONTENTTYPE, A_DATA, A_COUNT };
+static const char *attribute_keys[A_COUNT] = {"id",   "source",          "specversion", "type",
+                                              "subject", "time", "datacontenttype", "data"};
+
+static int attribute_key(const char *key, Py_ssize_t n) {
+    for (int k = 0; k < A_COUNT; k++) {
+        if ((Py_ssize_t)strlen(attribute_keys[k]) == n && memcmp(attribute_keys[k], key, (size_t)n) == 0) return k;
+    }
+    return -1;
+}
+
+/* An attribute's text: valid UTF-8, 1 to max_attribute_length characters; NULL (no exception) otherwise. */
+static PyObject *plain_attribute(const char *s, Py_ssize_t n) {
+    if (n == 0 || n > 4 * max_attribute_length) return NULL;
+    PyObject *text = PyUnicode_DecodeUTF8(s, n, NULL);
+    if (text == NULL) {
+        PyErr_Clear();
+        return NULL;
+    }
+    if (PyUnicode_GET_LENGTH(text) > max_attribute_length) {
+        Py_DECREF(text);
+        return NULL;
+    }
+    return text;
+}
+
+/* A structured-mode event in the plain form, read without the schema's objects: an object of the schema's
+ * attributes (each at most once, no other), their values strings without escapes (time and
+ * datacontenttype may be null), specversion "1.0", datacontenttype application/json, data null or an
+ * object (kept as its text when already canonical, else read by the schema's data decoder). 1 with
+ * attributes[4] (new references), *raw_time and *data (new references: a str, a dict or None) set; 0
+ * (nothing set, no exception) for any other document, which the compiled schema then reads; -1 with an
+ * exception that is not an Exception. */
+static int plain_document(PyObject *value, PyObject **attributes, PyObject **raw_time, PyObject **data) {
+    const char *p = PyBytes_AS_STRING(value), *end = p + PyBytes_GET_SIZE(value);
+    const char *starts[A_COUNT] = {NULL};
+    Py_ssize_t lengths[A_COUNT] = {0};
+    int seen[A_COUNT] = {0}, nulls[A_COUNT] = {0}, decode_data = 0;
+    PyObject *data_made = NULL; /* the data's canonical text, made while reading (data_text) */
+    p = skip_ws(p, end);
+    if (p >= end || *p != '{') goto reject;
+    p = skip_ws(p + 1, end);
+    if (p < end && *p == '}') goto reject; /* no attributes: refused, and named, by the schema */
+    for (;;) {
+        const char *key;
+        Py_ssize_t key_len;
+        p = plain_string(p, end, &key, &key_len);
+        if (p == NULL) goto reject;
+        int k = attribute_key(key, key_len);
+        if (k < 0 || seen[k]) goto reject;
+        seen[k] = 1;
+        p = skip_ws(p, end);
+        if (p >= end || *p != ':') goto reject;
+        p = skip_ws(p + 1, end);
+        if (p >= end) goto reject;
+        if (*p == 'n') {
+            if (end - p < 4 || memcmp(p, "null", 4) != 0) goto reject;
+            if (k != A_TIME && k != A_DATACONTENTTYPE && k != A_DATA) goto reject;
+            nulls[k] = 1;
+            p += 4;
+        } else if (k == A_DATA) {
+            if (*p != '{') goto reject;
+            const char *after = NULL;
+            Py_XSETREF(data_made, data_text(p, end, &after));
+            if (data_made == NULL) { /* not as stored: the schema's data decoder reads it (data_decode) */
+                after = skip_composite(p, end);
+                if (after == NULL) goto reject;
+                decode_data = 1;
+            }
+            starts[k] = p;
+            lengths[k] = after - p;
+            p = after;
+        } else {
+            p = plain_string(p, end, &starts[k], &lengths[k]);
+            if (p == NULL) goto reject;
+        }
+        p = skip_ws(p, end);
+        if (p >= end) goto reject;
+        if (*p == '}') break;
+        if (*p != ',') goto reject;
+        p = skip_ws(p + 1, end);
+    }
+    if (skip_ws(p + 1, end) != end) goto reject;
+    for (int k = A_ID; k <= A_SUBJECT; k++) {
+        if (!seen[k]) goto reject;
+    }
+    if (lengths[A_SPECVERSION] != 3 || memcmp(starts[A_SPECVERSION], "1.0", 3) != 0) goto reject;
+    if (seen[A_DATACONTENTTYPE] && !nulls[A_DATACONTENTTYPE] &&
+        (lengths[A_DATACONTENTTYPE] != 16 || memcmp(starts[A_DATACONTENTTYPE], "application/json", 16) != 0))
+        goto reject;
+    int which[4] = {A_ID, A_SOURCE, A_TYPE, A_SUBJECT};
+    PyObject *parts[4] = {NULL, NULL, NULL, NULL}, *time = NULL, *text = NULL;
+    for (int k = 0; k < 4; k++) {
+        parts[k] = plain_attribute(starts[which[k]], lengths[which[k]]);
+        if (parts[k] == NULL) goto not_plain;
+    }
+    if (seen[A_TIME] && !nulls[A_TIME]) {
+        time = plain_attribute(starts[A_TIME], lengths[A_TIME]);
+        if (time == NULL) goto not_plain;
+    } else {
+        time = Py_NewRef(Py_None);
+    }
+    if (seen[A_DATA] && !nulls[A_DATA] && decode_data) {
+        PyObject *slice = PyBytes_FromStringAndSize(starts[A_DATA], lengths[A_DATA]);
+        text = slice == NULL ? NULL : PyObject_CallOneArg(data_decode, slice);
+        Py_XDECREF(slice);
+        if (text == NULL) {
+            if (!PyErr_ExceptionMatches(PyExc_Exception)) goto error;
+            PyErr_Clear();
+            goto not_plain;
+        }
+    } else if (seen[A_DATA] && !nulls[A_DATA]) {
+        text = Py_NewRef(data_made);
+    } else {
+        text = Py_NewRef(Py_None);
+    }
+    for (int k = 0; k < 4; k++) attributes[k] = parts[k];
+    *raw_time = time;
+    *data = text;
+    Py_XDECREF(data_made);
+    return 1;
+not_plain:
+    for (int k = 0; k < 4; k++) Py_XDECREF(parts[k]);
+    Py_XDECREF(time);
+reject:
+    Py_XDECREF(data_made);
+    return 0;
+error:
+    for (int k = 0; k < 4; k++) Py_XDECREF(parts[k]);
+    Py_XDECREF(time);
+    Py_XDECREF(data_made);
+    return -1;
+}
+
 /* The structured-mode fast path of `Decoder.decode`: a new Decoded, or NULL (no exception pending) when
  * the record needs the Python decoder. */
 static PyObject *structured(Sink *sink, PyObject *value, PyObject *headers, PyObject *timestamp) {
     PyObject *plan = NULL, *doc = NULL, *kafka_time = NULL, *event = NULL;
-    plan = memo(sink->plans, headers, sink->plan_of);
+    /* the previous record's header set when equal (compared as the memo's dict would, without hashing) */
+    int same = sink->last_headers == NULL ? 0 : PyObject_RichCompareBool(sink->last_headers, headers, Py_EQ);
+    if (same < 0) goto fail;
+    if (same) {
+        plan = Py_NewRef(sink->last_plan);
+    } else {
+        plan = memo(sink->plans, headers, sink->plan_of);
+        if (plan != NULL) {
+            Py_XSETREF(sink->last_headers, Py_NewRef(headers));
+            Py_XSETREF(sink->last_plan, Py_NewRef(plan));
+        }
+    }
     if (plan == NULL || !PyTuple_CheckExact(plan) || PyTuple_GET_SIZE(plan) != 2) goto fail;
-    doc = PyObject_CallOneArg(document_decode, value);
-    if (doc == NULL) goto fail;
     kafka_time = cached_kafka_time(&sink->times, timestamp);
     if (kafka_time == NULL) goto fail; /* outside 1970-2200 or not an int: the Python decoder decides */
     PyObject *ingested_at = PyTuple_GET_ITEM(plan, 1);
     if (ingested_at == Py_None) ingested_at = kafka_time;
-    event = event_of(doc, kafka_time);
+    PyObject *attributes[4], *raw_time, *data;
+    int plain = plain_document(value, attributes, &raw_time, &data);
+    if (plain < 0) goto fail;
+    if (plain) {
+        event = event_of_parts(attributes, raw_time, data, kafka_time);
+        Py_DECREF(raw_time);
+        Py_DECREF(data);
+    } else {
+        doc = PyObject_CallOneArg(document_decode, value);
+        if (doc == NULL) goto fail;
+        event = event_of(doc, kafka_time);
+    }
     if (event == NULL || event == Py_None) goto fail;
     PyObject *items[3] = {Py_NewRef(PyTuple_GET_ITEM(plan, 0)), event, Py_NewRef(ingested_at)};
     Py_DECREF(plan);
-    Py_DECREF(doc);
+    Py_XDECREF(doc);
     Py_DECREF(kafka_time);
     return named_tuple(sink->decoded_type, 3, items);
 fail:
@@ -451,7 +826,8 @@ static PyObject *binary(Sink *sink, PyObject *value, PyObject *headers, PyObject
     if (value == Py_None || PyBytes_GET_SIZE(value) == 0) {
         data = Py_NewRef(Py_None);
     } else {
-        data = PyObject_CallOneArg(data_decode, value);
+        data = canonical_data(PyBytes_AS_STRING(value), PyBytes_GET_SIZE(value));
+        if (data == NULL) data = PyObject_CallOneArg(data_decode, value);
         if (data == NULL) goto fail;
     }
     PyObject *event = event_of_parts(attributes, raw_time, data, kafka_time);

@@ -5,6 +5,7 @@ strategies of test_decoder_oracle, in batches, with aiokafka's own record type."
 
 from __future__ import annotations
 
+import json
 import os
 from datetime import UTC, datetime
 from typing import Any
@@ -23,7 +24,7 @@ from ingest.sink.dedupe import Item
 from ingest.sink.digest import message_digest
 from ingest.sink.prepare import Preparer
 from tests.support import legacy_decoder as legacy
-from tests.unit.test_decoder_oracle import TIMES, documents, kafka_messages, sink_outcome, times
+from tests.unit.test_decoder_oracle import TIMES, documents, json_values, kafka_messages, plain, sink_outcome, times
 
 if os.environ.get("METERGATE_REQUIRE_NATIVE"):  # scripts/test.sh: an install that fell back to Python fails
     from common import _cevents
@@ -342,3 +343,124 @@ def test_prepare_refuses_text_utf_8_cannot_hold_as_python_does() -> None:
         Preparer()._prepare(items)
     with pytest.raises(UnicodeEncodeError):
         Preparer().prepare(items)
+
+
+# --- plain JSON read without the schema's objects -----------------------------------------------------------
+
+DATA_TEXTS = [
+    b"null",
+    b"{}",
+    b'{"a":1,"b":2}',
+    b'{"b":2,"a":1}',
+    b'{"a":1,"a":2}',
+    b'{"a": 1}',
+    b' {"a":1} ',
+    b'{"a":-0}',
+    b'{"a":0}',
+    b'{"a":-1}',
+    b'{"a":123456789012345678}',
+    b'{"a":1234567890123456789}',
+    b'{"a":18446744073709551616}',
+    b'{"a":1.5}',
+    b'{"a":0.1}',
+    b'{"a":1e2}',
+    b'{"a":01}',
+    b'{"a":"\\u00e9"}',
+    '{"a":"é"}'.encode(),
+    '{"z":1,"é":2}'.encode(),
+    '{"é":1,"z":2}'.encode(),
+    '{"\uffff":1,"😀":2}'.encode(),
+    '{"😀":1,"\uffff":2}'.encode(),
+    b'{"a":[1,{"b":null,"a":true}]}',
+    b'{"a":[1,{"a":true,"b":null}]}',
+    b'{"a":[],"b":{},"c":[[]]}',
+    b'{"a":true,"b":false,"c":null,"d":"x"}',
+    b'{"a":' * 40 + b"1" + b"}" * 40,
+    b'{"a":' * 20 + b"1" + b"}" * 20,
+    b'{"a":"x\x01"}',
+    b'{"a":"\xff"}',
+    b'{"a":"\xed\xa0\x80"}',
+    b'{"a":1,}',
+    b'{"a":1}x',
+    b'{"a":1}{"b":2}',
+    b'{"a":1} ',
+    b'{"b":1,"a":[2,{"d":1,"c":0}]}',
+    b'{"a":1',
+    b'{"a":tru}',
+    b'{"a":nul}',
+    b'{"ab":1,"a":2}',
+    b'{"a":1,"ab":2}',
+    b"[1]",
+    b'"x"',
+]
+ENVELOPES = [
+    b'{"specversion":"1.0","id":"a","source":"s","type":"t","subject":"x","time":"2026-03-01T00:00:00.5Z","data":%s}',
+    b'{ "data" : %s , "subject" : "x", "type":"t","source":"s","id":"a","specversion":"1.0" }',
+    b'{"specversion":"1.0","id":"a","source":"s","type":"t","subject":"x","time":null,"datacontenttype":null,'
+    b'"data":%s}',
+    b'{"specversion":"1.0","id":"a","source":"s","type":"t","subject":"x","datacontenttype":"application/json",'
+    b'"data":%s}',
+    b'{"specversion":"1.0","id":"a","source":"s","type":"t","subject":"x","datacontenttype":"text/plain","data":%s}',
+    b'{"specversion":"1.0","id":"a","source":"s","type":"t","subject":"x","ext":"e","data":%s}',
+    b'{"specversion":"1.0","id":"a","id":"b","source":"s","type":"t","subject":"x","data":%s}',
+    b'{"specversion":"1.0","id":"\\u0061","source":"s","type":"t","subject":"x","data":%s}',
+    b'{"specversion":"\\u0031.0","id":"a","source":"s","type":"t","subject":"x","data":%s}',
+    b'{"specversion":"0.3","id":"a","source":"s","type":"t","subject":"x","data":%s}',
+    b'{"specversion":"1.00","id":"a","source":"s","type":"t","subject":"x","data":%s}',
+    b'{"specversion":"1.","id":"a","source":"s","type":"t","subject":"x","data":%s}',
+    b'{"specversion":"1.0","id":"","source":"s","type":"t","subject":"x","data":%s}',
+    b'{"specversion":"1.0","id":" ","source":"s","type":"t","subject":"x","data":%s}',
+    b'{"specversion":"1.0","id":null,"source":"s","type":"t","subject":"x","data":%s}',
+    b'{"specversion":"1.0","id":5,"source":"s","type":"t","subject":"x","data":%s}',
+    b'{"specversion":"1.0","source":"s","type":"t","subject":"x","data":%s}',
+    b'{"specversion":"1.0","id":"a","source":"s","type":"t","subject":"x","time":"","data":%s}',
+    b'{"specversion":"1.0","id":"a","source":"s","type":"t","subject":"x","time":"2026-02-30T00:00:00Z","data":%s}',
+    b'{"specversion":"1.0","id":"a","source":"s","type":"t","subject":"x","data":%s} x',
+    b'\xef\xbb\xbf{"specversion":"1.0","id":"a","source":"s","type":"t","subject":"x","data":%s}',
+    b'{"specversion":"1.0","id":"' + b"a" * 1025 + b'","source":"s","type":"t","subject":"x","data":%s}',
+    b'{"specversion":"1.0","id":"' + "é".encode() * 1024 + b'","source":"s","type":"t","subject":"x","data":%s}',
+]
+
+
+@pytest.mark.parametrize("envelope", ENVELOPES)
+def test_plain_documents_are_decided_as_the_schema_does(envelope: bytes) -> None:
+    structured = (("content-type", b"application/cloudevents+json"),)
+    records = [record(i, (envelope % data, structured, 1_767_225_600_123)) for i, data in enumerate(DATA_TEXTS)]
+    compiled = Decoder("default").decode_records(records, Item)
+    assert outcomes(compiled) == outcomes(Decoder("default")._decode_records(records, Item))
+
+
+def test_binary_mode_data_is_decided_as_the_schema_does() -> None:
+    records = [record(i, (data, BINARY, 1_767_225_600_123)) for i, data in enumerate(DATA_TEXTS)]
+    compiled = Decoder("default").decode_records(records, Item)
+    assert outcomes(compiled) == outcomes(Decoder("default")._decode_records(records, Item))
+    assert len(compiled.items) >= 15  # the canonical ones and those the schema reads again
+
+
+@st.composite
+def data_bytes(draw: st.DrawFn) -> bytes:
+    """A data object as producers write it: compact in map order, sorted, or with json.dumps' spaces."""
+    data = draw(
+        st.dictionaries(
+            st.one_of(st.sampled_from(["a", "b", "ab", "é", "😀", "\uffff"]), st.text(max_size=3)),
+            json_values,
+            max_size=6,
+        )
+    )
+    try:
+        how = draw(st.integers(0, 2))
+        if how == 2:
+            return json.dumps(plain(data), ensure_ascii=draw(st.booleans())).encode()
+        return orjson.dumps(data, option=orjson.OPT_SORT_KEYS if how else 0)
+    except (TypeError, ValueError, orjson.JSONEncodeError):
+        return b'{"unencodable":true}'
+
+
+@settings(max_examples=500, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(data_bytes(), min_size=1, max_size=8))
+def test_data_as_producers_write_it_is_stored_as_the_schema_does(datas: list[bytes]) -> None:
+    structured = (("content-type", b"application/cloudevents+json"),)
+    records = [record(i, (ENVELOPES[0] % data, structured, 1_767_225_600_123)) for i, data in enumerate(datas)]
+    records += [record(100 + i, (data, BINARY, 1_767_225_600_123)) for i, data in enumerate(datas)]
+    compiled = Decoder("default").decode_records(records, Item)
+    assert outcomes(compiled) == outcomes(Decoder("default")._decode_records(records, Item))
