@@ -24,7 +24,16 @@ from ingest.sink.dedupe import Item
 from ingest.sink.digest import message_digest
 from ingest.sink.prepare import Preparer
 from tests.support import legacy_decoder as legacy
-from tests.unit.test_decoder_oracle import TIMES, documents, json_values, kafka_messages, plain, sink_outcome, times
+from tests.unit.test_decoder_oracle import (
+    GOOD_BINARY,
+    TIMES,
+    documents,
+    json_values,
+    kafka_messages,
+    plain,
+    sink_outcome,
+    times,
+)
 
 if os.environ.get("METERGATE_REQUIRE_NATIVE"):  # scripts/test.sh: an install that fell back to Python fails
     from common import _cevents
@@ -207,16 +216,7 @@ def test_a_record_without_the_fields_of_a_record_is_an_error_not_a_decision() ->
         Decoder("default").decode_records([object()], Item)
 
 
-BINARY = (
-    ("ce_specversion", b"1.0"),
-    ("ce_id", b"e-1"),
-    ("ce_source", b"svc"),
-    ("ce_type", b"llm"),
-    ("ce_subject", b"cust-1"),
-    ("ce_time", b"2026-02-03T04:05:06.789123Z"),
-    ("content-type", b"application/json"),
-    ("namespace", b"acme"),
-)
+BINARY = tuple(GOOD_BINARY)
 
 
 def replaced(name: str, raw: bytes | None) -> tuple[tuple[str, bytes], ...]:
