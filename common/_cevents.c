@@ -1,13 +1,16 @@
-/* The compiled half of common/cloudevents.py and ingest/sink/decode.py (pure: no I/O, no clock).
+/* The compiled half of common/cloudevents.py and of the sink's decode and prepare passes (pure: no I/O,
+ * no clock).
  *
- * `event_from_document` is `cloudevents._event_from_document` in C, and `decode_records` is the sink's
- * per-message loop (`Decoder.decode` over a batch of aiokafka records) in C. Both decide only what is
- * plain to decide: the producers' usual forms (an RFC 3339 UTC time as `...T...Z` or `+00:00`, a
- * structured-mode message whose header set the decoder has planned). Everything else is handed to the
- * Python functions they were configured with, which stay the reference: the two must agree on every
- * input (tests/unit/test_native_events.py holds them together on generated and hostile input).
+ * `event_from_document` is `cloudevents._event_from_document` in C; `decode_records` is the sink's
+ * per-message loop (`Decoder.decode` over a batch of aiokafka records); `prepare_items` is the writer's
+ * prepare pass (`Preparer._prepare`). They decide only what is plain to decide: the producers' usual forms
+ * (a structured-mode document of the schema's attributes without escapes, binary-mode `ce_` headers, an
+ * RFC 3339 UTC time as `...T...Z` or `+00:00`, `data` already canonical or canonical but for the order of
+ * its own keys). Everything else is handed to the Python functions they were configured with, which stay
+ * the reference: the two must agree on every input (tests/unit/test_native_events.py holds them together
+ * on generated and hostile input).
  *
- * The module holds no state of its own beyond what `configure` gives it once at import.
+ * The module holds no state of its own beyond what `configure` and `configure_sink` give it once at import.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -162,8 +165,9 @@ static int refused(void) {
 }
 
 /* The event of its parts: the four text attributes (new references, stolen), the raw time (a str, or
- * Py_None) and the data (borrowed): decoded (a dict or Py_None), or a str that is its canonical text. A new CloudEvent, Py_None when a rule refuses it (or it has no
- * time and no default), NULL with an exception where `_event_from_document` would raise. */
+ * Py_None) and the data (borrowed): decoded (a dict or Py_None), or a str that is its canonical text.
+ * A new CloudEvent, Py_None when a rule refuses it (or it has no time and no default), NULL with an
+ * exception where `_event_from_document` would raise. */
 static PyObject *event_of_parts(PyObject **attributes, PyObject *raw_time, PyObject *data, PyObject *default_time) {
     PyObject *items[6] = {attributes[0], attributes[1], attributes[2], attributes[3], NULL, NULL};
     for (int k = 0; k < 4; k++) {
