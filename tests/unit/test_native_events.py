@@ -35,7 +35,7 @@ from tests.unit.test_decoder_oracle import (
     times,
 )
 
-if os.environ.get("METERGATE_REQUIRE_NATIVE"):  # scripts/test.sh: an install that fell back to Python fails
+if os.environ.get("REQUIRE_COMPILED_DECODER"):  # scripts/test.sh: an install that fell back to Python fails
     from common import _cevents
 else:
     _cevents = pytest.importorskip("common._cevents", reason="the C extension was not built (no compiler)")
