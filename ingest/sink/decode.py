@@ -233,8 +233,8 @@ class Decoder:
     def decode_records(self, records: list[Any], item: Callable[[int, Decoded], T]) -> Records[T]:
         """`decode` over aiokafka records (anything with value, headers, timestamp, offset), with `item`
         wrapping each decoded message with its offset. Compiled when the extension is built
-        (common/_cevents.c: the structured-mode fast path in C, any other record through `decode`), else
-        `_decode_records`; the two agree on every batch."""
+        (common/_cevents.c: both bindings' usual forms in C, any other record through `decode`), else
+        `_decode_records`; the two agree on every batch (tests/unit/test_native_events.py)."""
         if not NATIVE:
             return self._decode_records(records, item)
         # C reads the memos and their fillers by name: _plans/_structured_plan, _namespaces/_namespace,
