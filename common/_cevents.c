@@ -27,6 +27,7 @@ static PyObject *sort_keys;       /* its `option` */
 static PyObject *dumps_kwnames;   /* ("default", "option") */
 static PyObject *refusals;        /* exceptions that mean "refused": (EventValidationError, JSONEncodeError) */
 static PyObject *null_text;       /* "null" */
+static long long min_time_ms, max_time_ms; /* MIN_EVENT_TIME <= an event's time < MAX_EVENT_TIME, in ms */
 
 static PyObject *s_id, *s_source, *s_type, *s_subject, *s_time, *s_data;
 static PyObject *s_value, *s_headers, *s_timestamp, *s_offset;
@@ -80,13 +81,23 @@ static int digits(const char *p, int n, int *out) {
     return 1;
 }
 
+/* Days from 1970-01-01 of a proleptic Gregorian date (H. Hinnant's days_from_civil). */
+static long long days_from_civil(long long y, long long m, long long d) {
+    y -= m <= 2;
+    long long era = (y >= 0 ? y : y - 399) / 400;
+    long long yoe = y - era * 400;
+    long long doy = (153 * (m > 2 ? m - 3 : m + 9) + 2) / 5 + d - 1;
+    long long doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    return era * 146097 + doe - 719468;
+}
+
 static int days_in_month(int year, int month) {
     static const int days[] = {31, 28, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31};
     if (month == 2 && (year % 4 == 0 && (year % 100 != 0 || year % 400 == 0))) return 29;
     return days[month - 1];
 }
 
-/* `YYYY-MM-DDTHH:MM:SS[.f{1,9}](Z|+00:00)` between 1970 and 2200 as a UTC datetime truncated to the
+/* `YYYY-MM-DDTHH:MM:SS[.f{1,9}](Z|+00:00)` within the event time bounds as a UTC datetime truncated to the
  * millisecond; NULL without an error for anything else (parse_time then decides, and says why). */
 static PyObject *fast_time(PyObject *text) {
     if (!PyUnicode_IS_ASCII(text)) return NULL;
@@ -108,9 +119,11 @@ static PyObject *fast_time(PyObject *text) {
     }
     Py_ssize_t rest = n - i;
     if (!((rest == 1 && p[i] == 'Z') || (rest == 6 && memcmp(p + i, "+00:00", 6) == 0))) return NULL;
-    if (year < 1970 || year >= 2200 || month < 1 || month > 12 || day < 1 || day > days_in_month(year, month) ||
-        hour > 23 || minute > 59 || second > 59)
+    if (year < 1 || month < 1 || month > 12 || day < 1 || day > days_in_month(year, month) || hour > 23 ||
+        minute > 59 || second > 59)
         return NULL;
+    long long ms = ((days_from_civil(year, month, day) * 24 + hour) * 60 + minute) * 60000LL + second * 1000LL + millis;
+    if (ms < min_time_ms || ms >= max_time_ms) return NULL;
     return PyDateTimeAPI->DateTime_FromDateAndTime(year, month, day, hour, minute, second, millis * 1000,
                                                    PyDateTime_TimeZone_UTC, PyDateTimeAPI->DateTimeType);
 }
@@ -129,15 +142,13 @@ static void civil_from_days(long long z, int *year, int *month, int *day) {
     *year = (int)(yoe + era * 400 + (*month <= 2));
 }
 
-#define MILLIS_TO_2200 7258118400000LL /* 2200-01-01T00:00:00Z */
-
-/* A Kafka timestamp (ms since the epoch) between 1970 and 2200 as a UTC datetime; NULL without an error
- * for anything else (`timestamp_to_datetime` decides those). */
+/* A Kafka timestamp (ms since the epoch) within the event time bounds as a UTC datetime; NULL without an
+ * error for anything else (`timestamp_to_datetime` decides those). */
 static PyObject *kafka_time_of(PyObject *timestamp) {
     if (!PyLong_CheckExact(timestamp)) return NULL;
     int overflow = 0;
     long long ms = PyLong_AsLongLongAndOverflow(timestamp, &overflow);
-    if (overflow || ms < 0 || ms >= MILLIS_TO_2200) {
+    if (overflow || ms < 0 || ms < min_time_ms || ms >= max_time_ms) {
         if (PyErr_Occurred()) PyErr_Clear();
         return NULL;
     }
@@ -150,6 +161,7 @@ static PyObject *kafka_time_of(PyObject *timestamp) {
 }
 
 static PyObject *kafka_time_py(PyObject *self, PyObject *timestamp) {
+    if (!configured()) return NULL;
     PyObject *at = kafka_time_of(timestamp);
     if (at == NULL && !PyErr_Occurred()) Py_RETURN_NONE;
     return at;
@@ -253,6 +265,7 @@ static PyObject *event_from_document(PyObject *self, PyObject *const *args, Py_s
 }
 
 static PyObject *fast_time_py(PyObject *self, PyObject *text) {
+    if (!configured()) return NULL;
     if (!PyUnicode_Check(text)) Py_RETURN_NONE;
     PyObject *at = fast_time(text);
     if (at == NULL && !PyErr_Occurred()) Py_RETURN_NONE;
@@ -271,8 +284,8 @@ static PyObject *to_millis_of; /* common.clock.to_millis, for a datetime that is
 static PyObject *s_plans, *s_plan_of, *s_namespaces, *s_namespace_of, *s_ingested, *s_ingested_of, *s_decode,
     *s_default_namespace;
 
-/* The headers binary mode reads, by their index in `header_names` (the first seven are the attributes, in
- * the order of `attribute_names`). */
+/* The headers binary mode reads, by their index in `header_names`: the seven `ce_` attributes, then the
+ * three header names `configure_sink` fills in (content type, namespace, ingested_at). */
 enum { H_ID, H_SOURCE, H_SPECVERSION, H_TYPE, H_SUBJECT, H_TIME, H_DATACONTENTTYPE, H_CONTENT_TYPE, H_NAMESPACE,
        H_INGESTED_AT, H_COUNT };
 static char header_names[H_COUNT][32] = {"ce_id",   "ce_source", "ce_specversion", "ce_type", "ce_subject",
@@ -582,20 +595,21 @@ static int attribute_key(const char *key, Py_ssize_t n) {
     return -1;
 }
 
-/* An attribute's text: valid UTF-8, 1 to max_attribute_length characters; NULL (no exception) otherwise. */
-static PyObject *plain_attribute(const char *s, Py_ssize_t n) {
-    if (n == 0 || n > 4 * max_attribute_length) return NULL;
+/* An attribute's text as the schema would give it, NULL (no exception pending) for anything it would
+ * refuse or its reader leaves: empty, more than `max_bytes`, not UTF-8, past the attribute length. */
+static PyObject *attribute_of(const char *s, Py_ssize_t n, Py_ssize_t max_bytes) {
+    if (n == 0 || n > max_bytes) return NULL;
     PyObject *text = PyUnicode_DecodeUTF8(s, n, NULL);
-    if (text == NULL) {
-        PyErr_Clear();
-        return NULL;
-    }
+    if (text == NULL) return leave();
     if (PyUnicode_GET_LENGTH(text) > max_attribute_length) {
         Py_DECREF(text);
         return NULL;
     }
     return text;
 }
+
+/* An attribute of a plain document (its UTF-8 bytes: at most four per character). */
+static PyObject *plain_attribute(const char *s, Py_ssize_t n) { return attribute_of(s, n, 4 * max_attribute_length); }
 
 /* A structured-mode event in the plain form, read without the schema's objects: an object of the schema's
  * attributes (each at most once, no other), their values strings without escapes (time and
@@ -763,20 +777,11 @@ static int header_index(PyObject *name) {
     return -1;
 }
 
-/* An attribute's header value as the text the schema would give it, NULL (no exception pending) for
- * anything it would refuse: empty, too long, not UTF-8, past the attribute length. (Quotes, backslashes
- * and control characters are text like any other: the Python fast path leaves them to its general path
- * only because it builds JSON of the headers, and that path takes them as they are.) */
+/* An attribute's header value (`attribute_of`, at most max_header_bytes). Quotes, backslashes and control
+ * characters are text like any other: the Python fast path leaves them to its general path only because it
+ * builds JSON of the headers, and that path takes them as they are. */
 static PyObject *attribute_text(PyObject *raw) {
-    Py_ssize_t n = PyBytes_GET_SIZE(raw);
-    if (n == 0 || n > max_header_bytes) return NULL;
-    PyObject *text = PyUnicode_DecodeUTF8(PyBytes_AS_STRING(raw), n, NULL);
-    if (text == NULL) return leave();
-    if (PyUnicode_GET_LENGTH(text) > max_attribute_length) {
-        Py_DECREF(text);
-        return NULL;
-    }
-    return text;
+    return attribute_of(PyBytes_AS_STRING(raw), PyBytes_GET_SIZE(raw), max_header_bytes);
 }
 
 static int bytes_equal(PyObject *raw, const char *text) {
@@ -912,7 +917,7 @@ static PyObject *decode_records(PyObject *self, PyObject *const *args, Py_ssize_
                                    PyLong_Check(timestamp) ? PyLong_AsLongLong(timestamp) : -1,
                                    value == Py_None ? -1 : (long long)PyObject_Length(value)};
             if (PyErr_Occurred() || !PyLong_Check(offset) || !PyLong_Check(timestamp)) {
-                if (!PyErr_ExceptionMatches(PyExc_Exception) && PyErr_Occurred()) goto error;
+                if (PyErr_Occurred() && !PyErr_ExceptionMatches(PyExc_Exception)) goto error;
                 PyErr_Clear();
                 numbered = 0;
             }
@@ -931,24 +936,19 @@ static PyObject *decode_records(PyObject *self, PyObject *const *args, Py_ssize_
         }
         Py_DECREF(headers);
         if (decoded == NULL) goto error;
-        PyObject *kept;
+        PyObject *kept, *into;
         if (Py_TYPE(decoded) == (PyTypeObject *)decoded_type) {
             PyObject *pair[2] = {Py_NewRef(offset), decoded};
             kept = named_tuple(item_type, 2, pair);
-            if (kept == NULL) goto error;
-            if (PyList_Append(items, kept) < 0) {
-                Py_DECREF(kept);
-                goto error;
-            }
+            into = items;
         } else {
             kept = Py_BuildValue("(nN)", i, decoded);
-            if (kept == NULL) goto error;
-            if (PyList_Append(rejected, kept) < 0) {
-                Py_DECREF(kept);
-                goto error;
-            }
+            into = rejected;
         }
+        if (kept == NULL) goto error;
+        int appended = PyList_Append(into, kept);
         Py_DECREF(kept);
+        if (appended < 0) goto error;
         Py_CLEAR(timestamp);
         Py_CLEAR(offset);
     }
@@ -984,16 +984,6 @@ static uint32_t crc32_of(const char *data, Py_ssize_t n, uint32_t crc) {
     crc = ~crc;
     for (Py_ssize_t i = 0; i < n; i++) crc = crc_table[(crc ^ p[i]) & 0xFF] ^ (crc >> 8);
     return ~crc;
-}
-
-/* Days from 1970-01-01 of a proleptic Gregorian date (H. Hinnant's days_from_civil). */
-static long long days_from_civil(long long y, long long m, long long d) {
-    y -= m <= 2;
-    long long era = (y >= 0 ? y : y - 399) / 400;
-    long long yoe = y - era * 400;
-    long long doy = (153 * (m > 2 ? m - 3 : m + 9) + 2) / 5 + d - 1;
-    long long doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    return era * 146097 + doe - 719468;
 }
 
 /* Microseconds since the epoch of a UTC datetime; 0 (and *ok = 0) when it is not one (the caller then asks
@@ -1220,20 +1210,27 @@ static PyObject *configure_sink(PyObject *self, PyObject *args, PyObject *kwargs
 }
 
 static PyObject *configure(PyObject *self, PyObject *args, PyObject *kwargs) {
-    static char *keywords[] = {"cloud_event", "parse_time", "default_time", "dumps",
-                               "exact_float", "sort_keys", "refusals", NULL};
+    static char *keywords[] = {"cloud_event", "parse_time", "default_time", "dumps",       "exact_float",
+                               "sort_keys",   "refusals",   "min_time_ms",  "max_time_ms", NULL};
     PyObject *objs[7];
-    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "OOOOOOO:configure", keywords, &objs[0], &objs[1], &objs[2],
-                                     &objs[3], &objs[4], &objs[5], &objs[6]))
+    long long bounds[2];
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "OOOOOOOLL:configure", keywords, &objs[0], &objs[1], &objs[2],
+                                     &objs[3], &objs[4], &objs[5], &objs[6], &bounds[0], &bounds[1]))
         return NULL;
     if (!tuple_type(objs[0])) return NULL;
     if (!PyTuple_Check(objs[6])) {
         PyErr_SetString(PyExc_TypeError, "refusals must be a tuple of exception types");
         return NULL;
     }
+    if (bounds[0] < 0 || bounds[1] <= bounds[0]) {
+        PyErr_SetString(PyExc_ValueError, "the event time bounds must be 0 <= min_time_ms < max_time_ms");
+        return NULL;
+    }
     PyObject **slots[7] = {&CloudEventType, &parse_time, &default_time_of, &dumps,
                            &exact_float, &sort_keys, &refusals};
     for (int k = 0; k < 7; k++) Py_XSETREF(*slots[k], Py_NewRef(objs[k]));
+    min_time_ms = bounds[0];
+    max_time_ms = bounds[1];
     Py_RETURN_NONE;
 }
 

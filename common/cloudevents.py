@@ -23,7 +23,7 @@ import msgspec
 import orjson
 
 from common import exactjson
-from common.clock import format_time
+from common.clock import format_time, to_millis
 from common.errors import InvalidInput
 from common.records import equal_to_own_kind
 
@@ -268,6 +268,8 @@ else:
         exact_float=_exact_float,
         sort_keys=_SORT_KEYS,
         refusals=(EventValidationError, orjson.JSONEncodeError),
+        min_time_ms=to_millis(MIN_EVENT_TIME),
+        max_time_ms=to_millis(MAX_EVENT_TIME),
     )
     event_from_document = _cevents.event_from_document
 NATIVE = _cevents is not None  # the compiled decoder runs (common/_cevents.c)

@@ -88,7 +88,7 @@ class Records(NamedTuple, Generic[T]):
     values: list[bytes | None]
 
 
-_MAX_TIMESTAMP_MS = (MAX_EVENT_TIME - EPOCH) // timedelta(milliseconds=1)
+_MAX_TIMESTAMP_MS = to_millis(MAX_EVENT_TIME)
 
 
 def timestamp_to_datetime(timestamp_ms: int) -> datetime | None:
