@@ -348,9 +348,34 @@ async def topic_with(bootstrap: str, prefix: str, messages: list[Message]) -> Ka
     return kafka
 
 
+async def decoder_side(
+    bootstrap: str,
+    kafka: KafkaSettings,
+    ch_settings: ClickHouseSettings,
+    total: int,
+    batch: int,
+    unique: int,
+    raw: float,
+) -> dict[str, Any]:
+    """The sink worker and the event loop's ceiling on the decoder in use: events/s and the issue's ratios."""
+    sink, counters = await sink_worker(kafka, ch_settings, total, batch)
+    assert counters["stored"] == unique, counters
+    consume_only, consume_decode = await consume_and_decode(bootstrap, kafka.events_topic, total, batch)
+    return {
+        "sink_events_per_s": round(sink),
+        "sink_to_raw_ratio": round(sink / raw, 3),
+        "sink_batches": counters["batches"],
+        # the event loop's ceiling: aiokafka alone, and aiokafka + decode/validate with no writes at all
+        "consume_only_events_per_s": round(consume_only),
+        "consume_and_decode_events_per_s": round(consume_decode),
+        "consume_and_decode_to_consume_only_ratio": round(consume_decode / consume_only, 3),
+        "sink_to_consume_and_decode_ratio": round(sink / consume_decode, 3),
+    }
+
+
 async def kafka_part(events: int, batch: int) -> dict[str, Any]:
     stream = build_stream(events, duplicate_rate=0.02, conflict_rate=0.0, malformed_rate=0.0)
-    total = len(stream.messages)
+    total, unique = len(stream.messages), len(stream.expected)
     gc.collect()
     gc.freeze()  # the generated data is not the system under test: keep it out of the collector's scans
     with kafka_bootstrap() as bootstrap, tempfile.TemporaryDirectory(prefix="bench-chdb-") as folder:
@@ -361,34 +386,18 @@ async def kafka_part(events: int, batch: int) -> dict[str, Any]:
         if NATIVE:  # the same topic through the Python reference of the compiled decoder, side by side
             with python_decoder():  # a database of its own: the sink below must not find these events stored
                 py_settings = ClickHouseSettings(path=Path(folder), database="bench_python")
-                py_sink, py_counters = await sink_worker(kafka, py_settings, total, batch)
-                py_only, py_decode = await consume_and_decode(bootstrap, kafka.events_topic, total, batch)
-            assert py_counters["stored"] == len(stream.expected), py_counters
-        sink, counters = await sink_worker(kafka, ch_settings, total, batch)
-        consume_only, consume_decode = await consume_and_decode(bootstrap, kafka.events_topic, total, batch)
-        assert counters["stored"] == len(stream.expected), counters
+                python = await decoder_side(bootstrap, kafka, py_settings, total, batch, unique, raw)
+        compiled = await decoder_side(bootstrap, kafka, ch_settings, total, batch, unique, raw)
         if NATIVE:
-            python = {
-                "sink_events_per_s": round(py_sink),
-                "sink_to_raw_ratio": round(py_sink / raw, 3),
-                "consume_only_events_per_s": round(py_only),
-                "consume_and_decode_events_per_s": round(py_decode),
-                "consume_and_decode_to_consume_only_ratio": round(py_decode / py_only, 3),
-                "compiled_to_python_sink": round(sink / py_sink, 3),
-                "compiled_to_python_consume_and_decode": round(consume_decode / py_decode, 3),
-            }
+            python["compiled_to_python_sink"] = round(compiled["sink_events_per_s"] / python["sink_events_per_s"], 3)
+            python["compiled_to_python_consume_and_decode"] = round(
+                compiled["consume_and_decode_events_per_s"] / python["consume_and_decode_events_per_s"], 3
+            )
     return {
         "messages": total,
-        "unique_events": len(stream.expected),
+        "unique_events": unique,
         "raw_baseline_events_per_s": round(raw),
-        "sink_events_per_s": round(sink),
-        "sink_to_raw_ratio": round(sink / raw, 3),
-        "sink_batches": counters["batches"],
-        # the event loop's ceiling: aiokafka alone, and aiokafka + decode/validate with no writes at all
-        "consume_only_events_per_s": round(consume_only),
-        "consume_and_decode_events_per_s": round(consume_decode),
-        "consume_and_decode_to_consume_only_ratio": round(consume_decode / consume_only, 3),
-        "sink_to_consume_and_decode_ratio": round(sink / consume_decode, 3),
+        **compiled,
         # the same with the compiled decoder's Python reference (common/_cevents.c not used)
         "python_decoder": python,
     }
